@@ -1,0 +1,136 @@
+"""The `finetune` command: each sub-command turns its arguments into one function call.
+
+Heavy libraries (torch, transformers, peft) are imported inside the commands that need them, so
+`finetune --help` and `finetune validate` stay fast. A user's mistake (`UserError`) prints one line per
+problem and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from finetune.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Fine-tune LLMs with LoRA and QLoRA from one axolotl-style YAML file.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="axolotl-style YAML config.", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--set", help="Override a key: --set lora_r=16 --set datasets.0.path=data.jsonl (repeatable)."),
+]
+OutputDirArg = Annotated[Path, typer.Argument(help="A finished (or interrupted) run's output_dir.", show_default=False)]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from finetune import config as config_module
+
+    return config_module.load(config, overrides or [])
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check a config without loading any model: every problem is listed, one line each (exit 2)."""
+    cfg = _load(config, set_)
+    datasets = ", ".join(d.path for d in cfg.datasets)
+    quant = "4-bit" if cfg.quantized_4bit else "8-bit" if cfg.load_in_8bit else "16/32-bit"
+    print(f"{config}: OK — {cfg.base_model} ({quant}, {cfg.adapter} r={cfg.lora_r}) on {datasets}")
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.", show_default=False)],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny random Llama model + tokenizer (Hugging Face layout) for tests and dry runs."""
+    from finetune.tiny import write_tiny_model
+
+    write_tiny_model(out_dir, seed=seed)
+    print(f"wrote a tiny Llama model and tokenizer to {out_dir}")
+
+
+@app.command()
+def preprocess(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    inspect: Annotated[int, typer.Option(help="Print N tokenized examples with masked/trained parts marked.")] = 0,
+) -> None:
+    """Format and tokenize the datasets once into dataset_prepared_path; `train` reuses the cache."""
+    from finetune import data
+
+    cfg = _load(config, set_)
+    data.preprocess_command(cfg, inspect=inspect)
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty output_dir.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in output_dir.")] = False,
+    smoke: Annotated[bool, typer.Option(help="Dry run: same config and data formatting on a tiny random model, a few rows and steps, in a temp folder.")] = False,
+    num_processes: Annotated[int, typer.Option(help="Start N processes on this node (torch.distributed.run).")] = 1,
+    nnodes: Annotated[int, typer.Option(help="Number of nodes taking part.")] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
+    master_addr: Annotated[str, typer.Option(help="Address of node 0.")] = "127.0.0.1",
+    master_port: Annotated[int, typer.Option(help="Port on node 0.")] = 29500,
+) -> None:
+    """Fine-tune: data -> 4-bit/16-bit base + LoRA -> HF Trainer -> adapter, config.yml and card in output_dir."""
+    from finetune import train as train_module
+
+    cfg = _load(config, set_)
+    if num_processes > 1 or nnodes > 1:
+        from finetune import launch
+
+        raise typer.Exit(
+            launch.relaunch(
+                sys.argv[1:], num_processes=num_processes, nnodes=nnodes, node_rank=node_rank,
+                master_addr=master_addr, master_port=master_port,
+            )
+        )
+    train_module.run(cfg, overwrite=overwrite, resume=resume, smoke=smoke)
+
+
+@app.command()
+def merge(
+    output_dir: OutputDirArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged model.", show_default=False)],
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "bf16",
+    dequantize: Annotated[bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Fold the adapter into a 16/32-bit copy of the base and save a standalone model."""
+    from finetune import merge as merge_module
+
+    merge_module.merge_command(output_dir, out, dtype=dtype, dequantize=dequantize, overwrite=overwrite)
+
+
+@app.command()
+def card(output_dir: OutputDirArg) -> None:
+    """(Re)write output_dir/README.md, the model card, from what the run saved."""
+    from finetune import card as card_module
+
+    path = card_module.write_card(output_dir)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,538 @@
+"""The run's configuration: axolotl-style YAML read once, validated once, then trusted.
+
+`load(path, overrides)` returns a frozen `Config` or raises `ConfigError` listing every problem in the
+file at once, one line each: `file.yaml:12: lora_alhpa: unknown key (did you mean lora_alpha?)`.
+Field descriptions double as the README's config reference (`python -m finetune.config`).
+Only pydantic and PyYAML are imported here, so `finetune validate` stays fast (no torch).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+from finetune import axolotl_keys
+from finetune.errors import UserError
+
+SECRET_KEY = re.compile(r"(^|_)(api_key|apikey|secret|password|auth|hf_token|token)$", re.I)
+REDACTED = "***"
+
+
+class ConfigError(UserError):
+    """Every problem in a config file, one line each, prefixed by file and line."""
+
+
+
+def _looks_local(path: str) -> bool:
+    """Local paths are checked to exist; hub ids (`owner/name`) are never contacted while validating."""
+    return (
+        path.startswith(("/", "./", "../", "~"))
+        or Path(path).suffix.lower() in {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
+        or path.count("/") > 1
+        or os.path.exists(os.path.expanduser(path))
+    )
+
+
+def _check_exists(path: str | None, what: str) -> str | None:
+    if path and _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError(f"{what} not found: {path}")
+    return path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatasetType(_Strict):
+    """axolotl's user-defined prompt format: `type: {field_instruction: ..., format: "..."}`."""
+
+    system_prompt: str = Field("", description="System text used when a row has no `field_system` value.")
+    field_system: str | None = Field(None, description="Column holding a per-row system prompt.")
+    field_instruction: str = Field("instruction", description="Column holding the instruction.")
+    field_input: str | None = Field(None, description="Column holding the optional input.")
+    field_output: str = Field("output", description="Column holding the answer (the trained part).")
+    format: str = Field(
+        "{instruction} {input} ",
+        description="Prompt template with {instruction} and {input}; the answer follows it directly.",
+    )
+    no_input_format: str | None = Field(None, description="Template used when the row's input is empty.")
+    system_format: str = Field("{system}", description="Template for the system text, prepended to the prompt.")
+
+
+DATASET_TYPES = ("alpaca", "chat_template", "completion")
+DatasetTypeValue = Annotated[
+    Annotated[str, Tag("str")] | Annotated[DatasetType, Tag("dict")],
+    Discriminator(lambda v: "dict" if isinstance(v, dict | DatasetType) else "str"),
+]
+
+
+class DatasetConfig(_Strict):
+    """One entry of `datasets:` / `test_datasets:`."""
+
+    path: str = Field(description="Local file or folder (JSONL/JSON/CSV/Parquet), or a hub dataset id.")
+    type: DatasetTypeValue = Field(
+        "alpaca", description="Prompt format: alpaca, chat_template, completion, or a custom dict."
+    )
+    ds_type: Literal["json", "csv", "parquet", "arrow", "text"] | None = Field(
+        None, description="File format when the extension does not tell."
+    )
+    data_files: str | list[str] | None = Field(None, description="Files to read inside `path`.")
+    split: str = Field("train", description="Split to read.")
+    name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
+    revision: str | None = Field(None, description="Hub dataset revision.")
+    field: str | None = Field(None, description="`completion`: the column holding the raw text.")
+    field_messages: str = Field("messages", description="`chat_template`: the column holding the turns.")
+    message_property_mappings: dict[str, str] | None = Field(
+        None, description="`chat_template`: map `role`/`content` to the row's key names."
+    )
+    message_field_role: str | None = Field(None, description="Deprecated alias of message_property_mappings.role.")
+    message_field_content: str | None = Field(
+        None, description="Deprecated alias of message_property_mappings.content."
+    )
+    roles_to_train: list[str] | None = Field(None, description="`chat_template`: roles whose turns are trained.")
+    train_on_eos: Literal["turn", "last", "all", "none"] | None = Field(
+        None, description="`chat_template`: which end-of-turn tokens are trained."
+    )
+    roles: dict[str, list[str]] | None = Field(None, description="`chat_template`: map row roles to template roles.")
+    drop_system_message: bool | None = Field(None, description="`chat_template`: drop system turns.")
+    chat_template: str | None = Field(None, description="`chat_template`: per-dataset template override.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str) -> str:
+        return _check_exists(v, "dataset file") or v
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v):
+        if isinstance(v, str) and v not in DATASET_TYPES:
+            raise ValueError(
+                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format)"
+            )
+        return v
+
+
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_torch_8bit",
+    "adafactor",
+    "sgd",
+    "lion_8bit",
+    "paged_lion_8bit",
+)
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt")
+Positive = Annotated[int, Field(gt=0)]
+
+
+class Config(_Strict):
+    """Every key a finetune run reads. Names follow axolotl so existing configs work unchanged."""
+
+    # --- model
+    base_model: str = Field(description="Hub id or local folder of the base model.")
+    base_model_config: str | None = Field(None, description="Where to read the model config from (default: base_model).")
+    tokenizer_config: str | None = Field(None, description="Where to read the tokenizer from (default: base_model).")
+    revision_of_model: str | None = Field(None, validation_alias=AliasChoices("revision_of_model", "revision"), description="Hub revision (branch, tag or commit) of the base.")
+    model_type: str | None = Field(None, description="Accepted for axolotl compatibility; the architecture comes from the model's config.")
+    tokenizer_type: str | None = Field(None, description="Accepted for axolotl compatibility; AutoTokenizer is always used.")
+    tokenizer_use_fast: bool = Field(True, description="Use the fast (Rust) tokenizer.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you turn it on.")
+    load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 with bitsandbytes (QLoRA): ~4x less memory than bf16.")
+    load_in_8bit: bool = Field(False, description="Load the base in 8-bit with bitsandbytes.")
+    bnb_4bit_quant_storage: Literal["float32", "bfloat16", "float16", "uint8"] | None = Field(
+        None, description="Storage dtype of 4-bit weights; set to the training dtype so DeepSpeed ZeRO-3 can shard them (default: chosen for you)."
+    )
+    bnb_config_kwargs: dict[str, Any] | None = Field(None, description="Extra BitsAndBytesConfig arguments.")
+    bf16: bool | Literal["auto"] | None = Field("auto", description="bf16 mixed precision; `auto` uses it where the hardware supports it.")
+    fp16: bool | None = Field(None, description="fp16 mixed precision (older GPUs).")
+    tf32: bool | None = Field(None, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    attn_implementation: str | None = Field(None, description="Attention kernel: sdpa (default), eager, flash_attention_2 ...")
+    flash_attention: bool | None = Field(None, description="Shorthand for attn_implementation: flash_attention_2.")
+    gradient_checkpointing: bool | Literal["offload"] | None = Field(None, description="Recompute activations in backward: much less memory, ~30% slower.")
+    gradient_checkpointing_kwargs: dict[str, Any] | None = Field(None, description="e.g. {use_reentrant: false}.")
+    special_tokens: dict[str, str] | None = Field(None, description="bos_token/eos_token/pad_token/unk_token to set on the tokenizer.")
+    tokens: list[str] | None = Field(None, description="New tokens to add to the vocabulary (embeddings are resized and trained).")
+    eot_tokens: list[str] | None = Field(None, description="Extra end-of-turn tokens of the chat template.")
+    chat_template: str | None = Field(None, description="tokenizer_default, a named template (llama3, chatml ...) or a Jinja string.")
+    chat_template_jinja: str | None = Field(None, description="A Jinja chat template (used with chat_template: jinja).")
+
+    # --- adapter
+    adapter: Literal["lora", "qlora"] | None = Field(None, description="lora or qlora (qlora implies load_in_4bit).")
+    lora_r: Positive = Field(8, description="LoRA rank: adapter size and capacity grow with it.")
+    lora_alpha: float = Field(16, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | str | None = Field(None, description="Module names (or a regex) to adapt.")
+    lora_target_linear: bool | None = Field(None, description="Adapt every linear layer (all-linear).")
+    lora_modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved with the adapter.")
+    lora_fan_in_fan_out: bool = Field(False, description="For Conv1D-style weights (GPT-2).")
+    peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA; a little slower, often better.")
+    peft_use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    lora_model_dir: str | None = Field(None, description="Start from this existing adapter instead of a fresh one.")
+
+    # --- data
+    datasets: list[DatasetConfig] = Field(min_length=1, description="Training data; formatted, then concatenated.")
+    test_datasets: list[DatasetConfig] | None = Field(None, description="Evaluation data (instead of val_set_size).")
+    val_set_size: float = Field(0.0, ge=0, description="Held-out share (<1) or row count (>=1) for evaluation.")
+    dataset_prepared_path: str | None = Field(None, description="Where tokenized data is cached (default: last_run_prepared).")
+    dataset_processes: Positive | None = Field(None, description="Processes for tokenization (default: CPU count).")
+    dataset_exact_deduplication: bool = Field(False, description="Drop exact duplicate rows.")
+    shuffle_merged_datasets: bool = Field(True, description="Shuffle after concatenating datasets.")
+    sequence_len: Positive = Field(2048, description="Maximum tokens per row.")
+    excess_length_strategy: Literal["drop", "truncate"] = Field("drop", description="What happens to rows longer than sequence_len.")
+    train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens.")
+    sample_packing: bool = Field(False, description="Pack/bucket rows so no compute is spent on padding (strategy chosen per device).")
+    eval_sample_packing: bool | None = Field(None, description="Pack evaluation batches too.")
+    pad_to_sequence_len: bool | None = Field(None, description="Pad every batch to sequence_len (steadier GPU memory).")
+    group_by_length: bool = Field(False, description="Batch rows of similar length together.")
+
+    # --- training
+    output_dir: str = Field("./outputs/lora-out", description="Where the adapter, checkpoints, card and logs go.")
+    micro_batch_size: Positive = Field(1, description="Rows per device per step.")
+    eval_batch_size: Positive | None = Field(None, description="Rows per device per eval step (default: micro_batch_size).")
+    gradient_accumulation_steps: Positive = Field(1, description="Micro-batches per optimizer step.")
+    num_epochs: float = Field(1, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides num_epochs).")
+    optimizer: str = Field("adamw_torch", description=f"One of: {', '.join(OPTIMIZERS)}.")
+    lr_scheduler: str = Field("cosine", description=f"One of: {', '.join(SCHEDULERS)}.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: float | None = Field(None, ge=0, description="Warm-up steps (a value < 1 is read as a ratio, as axolotl does).")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a share of all steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    adam_beta1: float | None = Field(None, description="AdamW beta1.")
+    adam_beta2: float | None = Field(None, description="AdamW beta2.")
+    adam_epsilon: float | None = Field(None, validation_alias=AliasChoices("adam_epsilon", "adam_eps"), description="AdamW epsilon.")
+    logging_steps: Positive = Field(1, description="Log the training loss every N steps.")
+    evals_per_epoch: int | None = Field(None, ge=0, description="Evaluations per epoch.")
+    eval_steps: float | None = Field(None, gt=0, description="Evaluate every N steps (or a ratio < 1).")
+    eval_strategy: Literal["no", "steps", "epoch"] | None = Field(None, validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"), description="Override when evaluation happens.")
+    saves_per_epoch: int | None = Field(None, ge=0, description="Checkpoints per epoch.")
+    save_steps: float | None = Field(None, gt=0, description="Checkpoint every N steps (or a ratio < 1).")
+    save_strategy: Literal["no", "steps", "epoch", "best"] | None = Field(None, description="Override when checkpoints are saved.")
+    save_total_limit: Positive | None = Field(None, description="Keep at most this many checkpoints.")
+    seed: int = Field(42, description="Seed for data order, LoRA init and dropout.")
+    early_stopping_patience: Positive | None = Field(None, description="Stop after N evaluations without improvement.")
+    load_best_model_at_end: bool = Field(False, description="Keep the checkpoint with the best eval loss.")
+    resume_from_checkpoint: str | None = Field(None, description="Checkpoint folder to resume from.")
+    auto_resume_from_checkpoints: bool = Field(False, description="Resume from the last complete checkpoint in output_dir.")
+    deepspeed: str | dict[str, Any] | None = Field(None, description="DeepSpeed config: a JSON path or an inline mapping.")
+    torch_compile: bool | None = Field(None, description="torch.compile the model (GPU; slower on short CPU runs).")
+
+    # --- tracking and the card
+    wandb_project: str | None = Field(None, description="Weights & Biases project; unset means no W&B.")
+    wandb_entity: str | None = Field(None, description="W&B team or user.")
+    wandb_name: str | None = Field(None, description="W&B run name (also the model card's title).")
+    wandb_watch: Literal["false", "gradients", "parameters", "all"] | bool | None = Field(None, description="W&B gradient/parameter watching.")
+    wandb_log_model: Literal["false", "checkpoint", "end"] | bool | None = Field(None, description="Upload checkpoints to W&B.")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(None, description="W&B mode (offline writes files only).")
+    wandb_run_id: str | None = Field(None, description="W&B run id to resume.")
+    license: str | None = Field(None, description="License for the model card (e.g. llama3.1, apache-2.0).")
+    finetune_versions: dict[str, str] | None = Field(None, description="Written by finetune into the saved config.yml; ignored on input.")
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_exists(cls, v):
+        return _check_exists(v, "deepspeed config") if isinstance(v, str) else v
+
+    @field_validator("lora_model_dir")
+    @classmethod
+    def _adapter_exists(cls, v):
+        return _check_exists(v, "adapter folder")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            raise ValueError(f"'{v}' is not supported (supported: {', '.join(OPTIMIZERS)})")
+        return v
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"'{v}' is not supported (supported: {', '.join(SCHEDULERS)})")
+        return v
+
+    # --- derived values (never stored back into the config)
+    @property
+    def quantized_4bit(self) -> bool:
+        return self.load_in_4bit or self.adapter == "qlora"
+
+    @property
+    def run_name(self) -> str:
+        """Human name of the run: wandb_name, else the output folder's name."""
+        return self.wandb_name or Path(self.output_dir).resolve().name
+
+    @property
+    def prepared_path(self) -> str:
+        return self.dataset_prepared_path or "last_run_prepared"
+
+    @property
+    def use_wandb(self) -> bool:
+        return bool(self.wandb_project) and self.wandb_mode != "disabled"
+
+
+def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """Checks that involve several keys; each problem is reported at the key to change."""
+    problems = []
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        problems.append((("load_in_8bit",), "cannot be combined with load_in_4bit: choose one"))
+    if cfg.adapter is None:
+        problems.append((("adapter",), "full fine-tuning is not supported: set adapter: lora or qlora"))
+    if cfg.adapter == "qlora" and cfg.load_in_8bit:
+        problems.append((("load_in_8bit",), "qlora trains on a 4-bit base: set load_in_4bit: true instead"))
+    if cfg.evals_per_epoch and cfg.eval_steps:
+        problems.append((("eval_steps",), "set either eval_steps or evals_per_epoch, not both"))
+    if cfg.saves_per_epoch and cfg.save_steps:
+        problems.append((("save_steps",), "set either save_steps or saves_per_epoch, not both"))
+    if cfg.warmup_steps is not None and cfg.warmup_ratio is not None:
+        problems.append((("warmup_ratio",), "set either warmup_steps or warmup_ratio, not both"))
+    if cfg.fp16 and cfg.bf16 is True:
+        problems.append((("fp16",), "cannot be combined with bf16: true"))
+    if cfg.lora_target_modules is None and not cfg.lora_target_linear:
+        pass  # defaults to the attention projections (see model.py)
+    if cfg.load_best_model_at_end and not (cfg.val_set_size or cfg.test_datasets):
+        problems.append((("load_best_model_at_end",), "needs evaluation data: set val_set_size or test_datasets"))
+    if cfg.early_stopping_patience and not (cfg.val_set_size or cfg.test_datasets):
+        problems.append((("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets"))
+    return problems
+
+
+# ---------------------------------------------------------------- reading YAML with line numbers
+
+
+def _line_map(node, path=(), out=None) -> dict[tuple, int]:
+    """Key path -> 1-based line number, from PyYAML's composed node tree."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            out[child] = key_node.start_mark.line + 1
+            _line_map(value_node, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = item.start_mark.line + 1
+            _line_map(item, (*path, i), out)
+    return out
+
+
+def _parse_override_path(dotted: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for piece in re.split(r"\.|\[(\d+)\]", dotted):
+        if piece:
+            parts.append(int(piece) if piece.isdigit() else piece)
+    return parts
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`--set key.sub[0].x=value`: the value is parsed as YAML (so `true`, `3`, `[a, b]` work)."""
+    if "=" not in assignment:
+        raise ConfigError([f"--set {assignment}: expected key=value"])
+    dotted, _, text = assignment.partition("=")
+    keys = _parse_override_path(dotted.strip())
+    if not keys:
+        raise ConfigError([f"--set {assignment}: empty key"])
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    target: Any = raw
+    for depth, key in enumerate(keys[:-1]):
+        nxt = keys[depth + 1]
+        if isinstance(key, int):
+            if not isinstance(target, list) or key >= len(target):
+                raise ConfigError([f"--set {dotted}: index {key} is out of range"])
+        elif not isinstance(target, dict):
+            raise ConfigError([f"--set {dotted}: {key} is not inside a mapping"])
+        elif target.get(key) is None:
+            target[key] = [] if isinstance(nxt, int) else {}
+        target = target[key]
+    last = keys[-1]
+    if isinstance(last, int):
+        if not isinstance(target, list) or last > len(target):
+            raise ConfigError([f"--set {dotted}: index {last} is out of range"])
+        if last == len(target):
+            target.append(value)
+        else:
+            target[last] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise ConfigError([f"--set {dotted}: {last} is not inside a mapping"])
+
+
+def _format_loc(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+_TYPE_TAGS = re.compile(r"^(str|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$")
+
+
+def _friendly(err: dict, secret: bool) -> str:
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    got = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind.startswith("int_"):
+        return f"expected an integer{got}"
+    if kind.startswith("float_"):
+        return f"expected a number{got}"
+    if kind.startswith("bool_"):
+        return f"expected true or false{got}"
+    if kind == "string_type":
+        return f"expected a string{got}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list{got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping{got}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind == "too_short":
+        return "must not be empty"
+    msg = msg.replace("Input should be", "must be")
+    return f"{msg}{got}"
+
+
+def _known_keys(model: type[BaseModel]) -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(name)
+        if isinstance(field.validation_alias, AliasChoices):
+            keys.update(c for c in field.validation_alias.choices if isinstance(c, str))
+    return keys
+
+
+def _unknown(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known | set(axolotl_keys.UNSUPPORTED)), n=1, cutoff=0.75)
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+
+
+def validate(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None = None, overridden: set[tuple] = frozenset()) -> Config:
+    """Validate a raw mapping into a Config, or raise ConfigError with every problem."""
+    lines = lines or {}
+
+    def where(loc: tuple) -> str:
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in overridden:
+                return f"{source}: --set "
+            if loc[:n] in lines:
+                return f"{source}:{lines[loc[:n]]}: "
+        return f"{source}: "
+
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping of keys at the top level"])
+    problems: list[str] = []
+    data = {}
+    known = _known_keys(Config)
+    for key, value in raw.items():
+        key = str(key)
+        if key in axolotl_keys.IGNORED:
+            continue
+        if key in axolotl_keys.UNSUPPORTED and key not in known:
+            if not axolotl_keys.is_off(key, value):
+                problems.append(f"{where((key,))}{key}: not supported by finetune yet (remove it or set it to null)")
+            continue
+        data[key] = value
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        seen = set()
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _TYPE_TAGS.match(p)))
+            if loc in seen:
+                continue
+            seen.add(loc)
+            name = str(loc[-1]) if loc else ""
+            if err["type"] == "extra_forbidden":
+                parent = Config if len(loc) == 1 else (DatasetType if "type" in loc[:-1] else DatasetConfig)
+                text = _unknown(name, _known_keys(parent))
+            else:
+                text = _friendly(err, secret=bool(SECRET_KEY.search(name)))
+            problems.append(f"{where(loc)}{_format_loc(loc)}: {text}")
+        cfg = None
+    if cfg is not None:
+        problems += [f"{where(loc)}{_format_loc(loc)}: {text}" for loc, text in _cross_checks(cfg)]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read an axolotl-style YAML file (safe loader), apply `--set` overrides, validate."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: config file not found"]) from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: cannot read config ({exc.__class__.__name__})"]) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{source}{at}: invalid YAML: {problem}"]) from None
+    overridden = set()
+    for assignment in overrides:
+        if isinstance(raw, dict):
+            apply_override(raw, assignment)
+            overridden.add(tuple(_parse_override_path(assignment.partition("=")[0].strip())))
+    return validate(raw, source, lines, overridden)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy with secret-looking keys (tokens, API keys, passwords) replaced by ***."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if key and SECRET_KEY.search(key) and isinstance(value, str) and value:
+        return REDACTED
+    return value
+
+
+def resolved_dict(cfg: Config, versions: dict[str, str] | None = None) -> dict:
+    """The config as run: defaults filled in, secrets redacted. Loads back with `load`."""
+    data = cfg.model_dump(mode="json")
+    if versions:
+        data["finetune_versions"] = versions
+    return redact(data)
+
+
+def to_yaml(cfg: Config, versions: dict[str, str] | None = None) -> str:
+    return yaml.safe_dump(resolved_dict(cfg, versions), sort_keys=False, allow_unicode=True, width=120)
+
+
+def reference_markdown() -> str:
+    """The config reference in README, generated from the field descriptions."""
+    out = []
+    for title, model in (("Top-level keys", Config), ("`datasets[]` entries", DatasetConfig), ("Custom `type:` dict", DatasetType)):
+        out += [f"#### {title}", "", "| key | default | what it does |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            key = name
+            default = "required" if field.is_required() else f"`{field.default!r}`" if field.default is not None else ""
+            out.append(f"| `{key}` | {default} | {(field.description or '').replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())
