@@ -16,7 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (FinLoRA data, axolotl examples) is absent")
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason="../shared (FinLoRA data, axolotl examples) is absent"
+)
 
 
 @pytest.fixture(scope="session")

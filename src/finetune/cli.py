@@ -26,9 +26,13 @@ app = typer.Typer(
 ConfigArg = Annotated[Path, typer.Argument(help="axolotl-style YAML config.", show_default=False)]
 SetOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--set", help="Override a key: --set lora_r=16 --set datasets.0.path=data.jsonl (repeatable)."),
+    typer.Option(
+        "--set", help="Override a key: --set lora_r=16 --set datasets.0.path=data.jsonl (repeatable)."
+    ),
 ]
-OutputDirArg = Annotated[Path, typer.Argument(help="A finished (or interrupted) run's output_dir.", show_default=False)]
+OutputDirArg = Annotated[
+    Path, typer.Argument(help="A finished (or interrupted) run's output_dir.", show_default=False)
+]
 
 
 def _load(config: Path, overrides: list[str] | None):
@@ -48,7 +52,9 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command("tiny-model")
 def tiny_model(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.", show_default=False)],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write the model and tokenizer to.", show_default=False)
+    ],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a tiny random Llama model + tokenizer (Hugging Face layout) for tests and dry runs."""
@@ -62,7 +68,9 @@ def tiny_model(
 def preprocess(
     config: ConfigArg,
     set_: SetOpt = None,
-    inspect: Annotated[int, typer.Option(help="Print N tokenized examples with masked/trained parts marked.")] = 0,
+    inspect: Annotated[
+        int, typer.Option(help="Print N tokenized examples with masked/trained parts marked.")
+    ] = 0,
 ) -> None:
     """Format and tokenize the datasets once into dataset_prepared_path; `train` reuses the cache."""
     from finetune import data
@@ -76,9 +84,18 @@ def train(
     config: ConfigArg,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty output_dir.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in output_dir.")] = False,
-    smoke: Annotated[bool, typer.Option(help="Dry run: same config and data formatting on a tiny random model, a few rows and steps, in a temp folder.")] = False,
-    num_processes: Annotated[int, typer.Option(help="Start N processes on this node (torch.distributed.run).")] = 1,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the last complete checkpoint in output_dir.")
+    ] = False,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            help="Dry run: same config and data formatting on a tiny random model, a few rows and steps, in a temp folder."
+        ),
+    ] = False,
+    num_processes: Annotated[
+        int, typer.Option(help="Start N processes on this node (torch.distributed.run).")
+    ] = 1,
     nnodes: Annotated[int, typer.Option(help="Number of nodes taking part.")] = 1,
     node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
     master_addr: Annotated[str, typer.Option(help="Address of node 0.")] = "127.0.0.1",
@@ -93,8 +110,12 @@ def train(
 
         raise typer.Exit(
             launch.relaunch(
-                sys.argv[1:], num_processes=num_processes, nnodes=nnodes, node_rank=node_rank,
-                master_addr=master_addr, master_port=master_port,
+                sys.argv[1:],
+                num_processes=num_processes,
+                nnodes=nnodes,
+                node_rank=node_rank,
+                master_addr=master_addr,
+                master_port=master_port,
             )
         )
     train_module.run(cfg, overwrite=overwrite, resume=resume, smoke=smoke)
@@ -105,7 +126,9 @@ def merge(
     output_dir: OutputDirArg,
     out: Annotated[Path, typer.Option("--out", help="Folder for the merged model.", show_default=False)],
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "bf16",
-    dequantize: Annotated[bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")] = False,
+    dequantize: Annotated[
+        bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Fold the adapter into a 16/32-bit copy of the base and save a standalone model."""

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from finetune import axolotl_keys
 from finetune.errors import UserError
@@ -28,12 +37,12 @@ class ConfigError(UserError):
     """Every problem in a config file, one line each, prefixed by file and line."""
 
 
-
 def _looks_local(path: str) -> bool:
     """Local paths are checked to exist; hub ids (`owner/name`) are never contacted while validating."""
     return (
         path.startswith(("/", "./", "../", "~"))
-        or Path(path).suffix.lower() in {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
+        or Path(path).suffix.lower()
+        in {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
         or path.count("/") > 1
         or os.path.exists(os.path.expanduser(path))
     )
@@ -62,7 +71,9 @@ class DatasetType(_Strict):
         description="Prompt template with {instruction} and {input}; the answer follows it directly.",
     )
     no_input_format: str | None = Field(None, description="Template used when the row's input is empty.")
-    system_format: str = Field("{system}", description="Template for the system text, prepended to the prompt.")
+    system_format: str = Field(
+        "{system}", description="Template for the system text, prepended to the prompt."
+    )
 
 
 DATASET_TYPES = ("alpaca", "chat_template", "completion")
@@ -91,15 +102,21 @@ class DatasetConfig(_Strict):
     message_property_mappings: dict[str, str] | None = Field(
         None, description="`chat_template`: map `role`/`content` to the row's key names."
     )
-    message_field_role: str | None = Field(None, description="Deprecated alias of message_property_mappings.role.")
+    message_field_role: str | None = Field(
+        None, description="Deprecated alias of message_property_mappings.role."
+    )
     message_field_content: str | None = Field(
         None, description="Deprecated alias of message_property_mappings.content."
     )
-    roles_to_train: list[str] | None = Field(None, description="`chat_template`: roles whose turns are trained.")
+    roles_to_train: list[str] | None = Field(
+        None, description="`chat_template`: roles whose turns are trained."
+    )
     train_on_eos: Literal["turn", "last", "all", "none"] | None = Field(
         None, description="`chat_template`: which end-of-turn tokens are trained."
     )
-    roles: dict[str, list[str]] | None = Field(None, description="`chat_template`: map row roles to template roles.")
+    roles: dict[str, list[str]] | None = Field(
+        None, description="`chat_template`: map row roles to template roles."
+    )
     drop_system_message: bool | None = Field(None, description="`chat_template`: drop system turns.")
     chat_template: str | None = Field(None, description="`chat_template`: per-dataset template override.")
 
@@ -111,6 +128,8 @@ class DatasetConfig(_Strict):
     @field_validator("type")
     @classmethod
     def _known_type(cls, v):
+        if v == "chat_template.default":  # axolotl's long name for the same strategy
+            return "chat_template"
         if isinstance(v, str) and v not in DATASET_TYPES:
             raise ValueError(
                 f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format)"
@@ -131,7 +150,15 @@ OPTIMIZERS = (
     "lion_8bit",
     "paged_lion_8bit",
 )
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt")
+SCHEDULERS = (
+    "cosine",
+    "linear",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
 Positive = Annotated[int, Field(gt=0)]
 
 
@@ -140,104 +167,198 @@ class Config(_Strict):
 
     # --- model
     base_model: str = Field(description="Hub id or local folder of the base model.")
-    base_model_config: str | None = Field(None, description="Where to read the model config from (default: base_model).")
-    tokenizer_config: str | None = Field(None, description="Where to read the tokenizer from (default: base_model).")
-    revision_of_model: str | None = Field(None, validation_alias=AliasChoices("revision_of_model", "revision"), description="Hub revision (branch, tag or commit) of the base.")
-    model_type: str | None = Field(None, description="Accepted for axolotl compatibility; the architecture comes from the model's config.")
-    tokenizer_type: str | None = Field(None, description="Accepted for axolotl compatibility; AutoTokenizer is always used.")
+    base_model_config: str | None = Field(
+        None, description="Where to read the model config from (default: base_model)."
+    )
+    tokenizer_config: str | None = Field(
+        None, description="Where to read the tokenizer from (default: base_model)."
+    )
+    revision_of_model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("revision_of_model", "revision"),
+        description="Hub revision (branch, tag or commit) of the base.",
+    )
+    model_type: str | None = Field(
+        None,
+        description="Accepted for axolotl compatibility; the architecture comes from the model's config.",
+    )
+    tokenizer_type: str | None = Field(
+        None, description="Accepted for axolotl compatibility; AutoTokenizer is always used."
+    )
     tokenizer_use_fast: bool = Field(True, description="Use the fast (Rust) tokenizer.")
-    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you turn it on.")
-    load_in_4bit: bool = Field(False, description="Load the base in 4-bit NF4 with bitsandbytes (QLoRA): ~4x less memory than bf16.")
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with the model. Off unless you turn it on."
+    )
+    load_in_4bit: bool = Field(
+        False, description="Load the base in 4-bit NF4 with bitsandbytes (QLoRA): ~4x less memory than bf16."
+    )
     load_in_8bit: bool = Field(False, description="Load the base in 8-bit with bitsandbytes.")
     bnb_4bit_quant_storage: Literal["float32", "bfloat16", "float16", "uint8"] | None = Field(
-        None, description="Storage dtype of 4-bit weights; set to the training dtype so DeepSpeed ZeRO-3 can shard them (default: chosen for you)."
+        None,
+        description="Storage dtype of 4-bit weights; set to the training dtype so DeepSpeed ZeRO-3 can shard them (default: chosen for you).",
     )
     bnb_config_kwargs: dict[str, Any] | None = Field(None, description="Extra BitsAndBytesConfig arguments.")
-    bf16: bool | Literal["auto"] | None = Field("auto", description="bf16 mixed precision; `auto` uses it where the hardware supports it.")
+    bf16: bool | Literal["auto"] | None = Field(
+        "auto", description="bf16 mixed precision; `auto` uses it where the hardware supports it."
+    )
     fp16: bool | None = Field(None, description="fp16 mixed precision (older GPUs).")
     tf32: bool | None = Field(None, description="Allow TF32 matmuls on Ampere+ GPUs.")
-    attn_implementation: str | None = Field(None, description="Attention kernel: sdpa (default), eager, flash_attention_2 ...")
-    flash_attention: bool | None = Field(None, description="Shorthand for attn_implementation: flash_attention_2.")
-    gradient_checkpointing: bool | Literal["offload"] | None = Field(None, description="Recompute activations in backward: much less memory, ~30% slower.")
-    gradient_checkpointing_kwargs: dict[str, Any] | None = Field(None, description="e.g. {use_reentrant: false}.")
-    special_tokens: dict[str, str] | None = Field(None, description="bos_token/eos_token/pad_token/unk_token to set on the tokenizer.")
-    tokens: list[str] | None = Field(None, description="New tokens to add to the vocabulary (embeddings are resized and trained).")
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel: sdpa (default), eager, flash_attention_2 ..."
+    )
+    flash_attention: bool | None = Field(
+        None, description="Shorthand for attn_implementation: flash_attention_2."
+    )
+    gradient_checkpointing: bool | Literal["offload"] | None = Field(
+        None, description="Recompute activations in backward: much less memory, ~30% slower."
+    )
+    gradient_checkpointing_kwargs: dict[str, Any] | None = Field(
+        None, description="e.g. {use_reentrant: false}."
+    )
+    special_tokens: dict[str, str] | None = Field(
+        None, description="bos_token/eos_token/pad_token/unk_token to set on the tokenizer."
+    )
+    tokens: list[str] | None = Field(
+        None, description="New tokens to add to the vocabulary (embeddings are resized and trained)."
+    )
     eot_tokens: list[str] | None = Field(None, description="Extra end-of-turn tokens of the chat template.")
-    chat_template: str | None = Field(None, description="tokenizer_default, a named template (llama3, chatml ...) or a Jinja string.")
-    chat_template_jinja: str | None = Field(None, description="A Jinja chat template (used with chat_template: jinja).")
+    chat_template: str | None = Field(
+        None, description="tokenizer_default, a named template (llama3, chatml ...) or a Jinja string."
+    )
+    chat_template_jinja: str | None = Field(
+        None, description="A Jinja chat template (used with chat_template: jinja)."
+    )
 
     # --- adapter
-    adapter: Literal["lora", "qlora"] | None = Field(None, description="lora or qlora (qlora implies load_in_4bit).")
+    adapter: Literal["lora", "qlora"] | None = Field(
+        None, description="lora or qlora (qlora implies load_in_4bit)."
+    )
     lora_r: Positive = Field(8, description="LoRA rank: adapter size and capacity grow with it.")
     lora_alpha: float = Field(16, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target_modules: list[str] | str | None = Field(None, description="Module names (or a regex) to adapt.")
+    lora_target_modules: list[str] | str | None = Field(
+        None, description="Module names (or a regex) to adapt."
+    )
     lora_target_linear: bool | None = Field(None, description="Adapt every linear layer (all-linear).")
-    lora_modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved with the adapter.")
+    lora_modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full and saved with the adapter."
+    )
     lora_fan_in_fan_out: bool = Field(False, description="For Conv1D-style weights (GPT-2).")
-    peft_use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA; a little slower, often better.")
+    peft_use_dora: bool = Field(
+        False, description="DoRA: weight-decomposed LoRA; a little slower, often better."
+    )
     peft_use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
-    lora_model_dir: str | None = Field(None, description="Start from this existing adapter instead of a fresh one.")
+    lora_model_dir: str | None = Field(
+        None, description="Start from this existing adapter instead of a fresh one."
+    )
 
     # --- data
-    datasets: list[DatasetConfig] = Field(min_length=1, description="Training data; formatted, then concatenated.")
-    test_datasets: list[DatasetConfig] | None = Field(None, description="Evaluation data (instead of val_set_size).")
-    val_set_size: float = Field(0.0, ge=0, description="Held-out share (<1) or row count (>=1) for evaluation.")
-    dataset_prepared_path: str | None = Field(None, description="Where tokenized data is cached (default: last_run_prepared).")
-    dataset_processes: Positive | None = Field(None, description="Processes for tokenization (default: CPU count).")
+    datasets: list[DatasetConfig] = Field(
+        min_length=1, description="Training data; formatted, then concatenated."
+    )
+    test_datasets: list[DatasetConfig] | None = Field(
+        None, description="Evaluation data (instead of val_set_size)."
+    )
+    val_set_size: float = Field(
+        0.0, ge=0, description="Held-out share (<1) or row count (>=1) for evaluation."
+    )
+    dataset_prepared_path: str | None = Field(
+        None, description="Where tokenized data is cached (default: last_run_prepared)."
+    )
+    dataset_processes: Positive | None = Field(
+        None, description="Processes for tokenization (default: CPU count)."
+    )
     dataset_exact_deduplication: bool = Field(False, description="Drop exact duplicate rows.")
     shuffle_merged_datasets: bool = Field(True, description="Shuffle after concatenating datasets.")
     sequence_len: Positive = Field(2048, description="Maximum tokens per row.")
-    excess_length_strategy: Literal["drop", "truncate"] = Field("drop", description="What happens to rows longer than sequence_len.")
+    excess_length_strategy: Literal["drop", "truncate"] = Field(
+        "drop", description="What happens to rows longer than sequence_len."
+    )
     train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens.")
-    sample_packing: bool = Field(False, description="Pack/bucket rows so no compute is spent on padding (strategy chosen per device).")
+    sample_packing: bool = Field(
+        False, description="Pack/bucket rows so no compute is spent on padding (strategy chosen per device)."
+    )
     eval_sample_packing: bool | None = Field(None, description="Pack evaluation batches too.")
-    pad_to_sequence_len: bool | None = Field(None, description="Pad every batch to sequence_len (steadier GPU memory).")
+    pad_to_sequence_len: bool | None = Field(
+        None, description="Pad every batch to sequence_len (steadier GPU memory)."
+    )
     group_by_length: bool = Field(False, description="Batch rows of similar length together.")
 
     # --- training
-    output_dir: str = Field("./outputs/lora-out", description="Where the adapter, checkpoints, card and logs go.")
+    output_dir: str = Field(
+        "./outputs/lora-out", description="Where the adapter, checkpoints, card and logs go."
+    )
     micro_batch_size: Positive = Field(1, description="Rows per device per step.")
-    eval_batch_size: Positive | None = Field(None, description="Rows per device per eval step (default: micro_batch_size).")
+    eval_batch_size: Positive | None = Field(
+        None, description="Rows per device per eval step (default: micro_batch_size)."
+    )
     gradient_accumulation_steps: Positive = Field(1, description="Micro-batches per optimizer step.")
     num_epochs: float = Field(1, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides num_epochs).")
+    max_steps: int | None = Field(
+        None, description="Stop after this many optimizer steps (overrides num_epochs)."
+    )
     optimizer: str = Field("adamw_torch", description=f"One of: {', '.join(OPTIMIZERS)}.")
     lr_scheduler: str = Field("cosine", description=f"One of: {', '.join(SCHEDULERS)}.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    warmup_steps: float | None = Field(None, ge=0, description="Warm-up steps (a value < 1 is read as a ratio, as axolotl does).")
+    warmup_steps: float | None = Field(
+        None, ge=0, description="Warm-up steps (a value < 1 is read as a ratio, as axolotl does)."
+    )
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a share of all steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
     adam_beta1: float | None = Field(None, description="AdamW beta1.")
     adam_beta2: float | None = Field(None, description="AdamW beta2.")
-    adam_epsilon: float | None = Field(None, validation_alias=AliasChoices("adam_epsilon", "adam_eps"), description="AdamW epsilon.")
+    adam_epsilon: float | None = Field(
+        None, validation_alias=AliasChoices("adam_epsilon", "adam_eps"), description="AdamW epsilon."
+    )
     logging_steps: Positive = Field(1, description="Log the training loss every N steps.")
     evals_per_epoch: int | None = Field(None, ge=0, description="Evaluations per epoch.")
     eval_steps: float | None = Field(None, gt=0, description="Evaluate every N steps (or a ratio < 1).")
-    eval_strategy: Literal["no", "steps", "epoch"] | None = Field(None, validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"), description="Override when evaluation happens.")
+    eval_strategy: Literal["no", "steps", "epoch"] | None = Field(
+        None,
+        validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"),
+        description="Override when evaluation happens.",
+    )
     saves_per_epoch: int | None = Field(None, ge=0, description="Checkpoints per epoch.")
     save_steps: float | None = Field(None, gt=0, description="Checkpoint every N steps (or a ratio < 1).")
-    save_strategy: Literal["no", "steps", "epoch", "best"] | None = Field(None, description="Override when checkpoints are saved.")
+    save_strategy: Literal["no", "steps", "epoch", "best"] | None = Field(
+        None, description="Override when checkpoints are saved."
+    )
     save_total_limit: Positive | None = Field(None, description="Keep at most this many checkpoints.")
     seed: int = Field(42, description="Seed for data order, LoRA init and dropout.")
-    early_stopping_patience: Positive | None = Field(None, description="Stop after N evaluations without improvement.")
+    early_stopping_patience: Positive | None = Field(
+        None, description="Stop after N evaluations without improvement."
+    )
     load_best_model_at_end: bool = Field(False, description="Keep the checkpoint with the best eval loss.")
     resume_from_checkpoint: str | None = Field(None, description="Checkpoint folder to resume from.")
-    auto_resume_from_checkpoints: bool = Field(False, description="Resume from the last complete checkpoint in output_dir.")
-    deepspeed: str | dict[str, Any] | None = Field(None, description="DeepSpeed config: a JSON path or an inline mapping.")
-    torch_compile: bool | None = Field(None, description="torch.compile the model (GPU; slower on short CPU runs).")
+    auto_resume_from_checkpoints: bool = Field(
+        False, description="Resume from the last complete checkpoint in output_dir."
+    )
+    deepspeed: str | dict[str, Any] | None = Field(
+        None, description="DeepSpeed config: a JSON path or an inline mapping."
+    )
+    torch_compile: bool | None = Field(
+        None, description="torch.compile the model (GPU; slower on short CPU runs)."
+    )
 
     # --- tracking and the card
     wandb_project: str | None = Field(None, description="Weights & Biases project; unset means no W&B.")
     wandb_entity: str | None = Field(None, description="W&B team or user.")
     wandb_name: str | None = Field(None, description="W&B run name (also the model card's title).")
-    wandb_watch: Literal["false", "gradients", "parameters", "all"] | bool | None = Field(None, description="W&B gradient/parameter watching.")
-    wandb_log_model: Literal["false", "checkpoint", "end"] | bool | None = Field(None, description="Upload checkpoints to W&B.")
-    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(None, description="W&B mode (offline writes files only).")
+    wandb_watch: Literal["false", "gradients", "parameters", "all"] | bool | None = Field(
+        None, description="W&B gradient/parameter watching."
+    )
+    wandb_log_model: Literal["false", "checkpoint", "end"] | bool | None = Field(
+        None, description="Upload checkpoints to W&B."
+    )
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="W&B mode (offline writes files only)."
+    )
     wandb_run_id: str | None = Field(None, description="W&B run id to resume.")
     license: str | None = Field(None, description="License for the model card (e.g. llama3.1, apache-2.0).")
-    finetune_versions: dict[str, str] | None = Field(None, description="Written by finetune into the saved config.yml; ignored on input.")
+    finetune_versions: dict[str, str] | None = Field(
+        None, description="Written by finetune into the saved config.yml; ignored on input."
+    )
 
     @field_validator("deepspeed")
     @classmethod
@@ -302,9 +423,13 @@ def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
     if cfg.lora_target_modules is None and not cfg.lora_target_linear:
         pass  # defaults to the attention projections (see model.py)
     if cfg.load_best_model_at_end and not (cfg.val_set_size or cfg.test_datasets):
-        problems.append((("load_best_model_at_end",), "needs evaluation data: set val_set_size or test_datasets"))
+        problems.append(
+            (("load_best_model_at_end",), "needs evaluation data: set val_set_size or test_datasets")
+        )
     if cfg.early_stopping_patience and not (cfg.val_set_size or cfg.test_datasets):
-        problems.append((("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets"))
+        problems.append(
+            (("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets")
+        )
     return problems
 
 
@@ -378,7 +503,9 @@ def _format_loc(loc: tuple) -> str:
     return text
 
 
-_TYPE_TAGS = re.compile(r"^(str|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$")
+_TYPE_TAGS = re.compile(
+    r"^(str|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$"
+)
 
 
 def _friendly(err: dict, secret: bool) -> str:
@@ -420,7 +547,18 @@ def _unknown(key: str, known: set[str]) -> str:
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
 
 
-def validate(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None = None, overridden: set[tuple] = frozenset()) -> Config:
+def _drop_nulls(entry: Any) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    return {k: _drop_nulls(v) for k, v in entry.items() if v is not None}
+
+
+def validate(
+    raw: Any,
+    source: str = "<config>",
+    lines: dict[tuple, int] | None = None,
+    overridden: set[tuple] = frozenset(),
+) -> Config:
     """Validate a raw mapping into a Config, or raise ConfigError with every problem."""
     lines = lines or {}
 
@@ -439,13 +577,18 @@ def validate(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None 
     known = _known_keys(Config)
     for key, value in raw.items():
         key = str(key)
-        if key in axolotl_keys.IGNORED:
-            continue
+        if key in axolotl_keys.IGNORED or (value is None and key in known):
+            continue  # `key:` left empty is axolotl's way of saying "default"
         if key in axolotl_keys.UNSUPPORTED and key not in known:
             if not axolotl_keys.is_off(key, value):
-                problems.append(f"{where((key,))}{key}: not supported by finetune yet (remove it or set it to null)")
+                problems.append(
+                    f"{where((key,))}{key}: not supported by finetune yet (remove it or set it to null)"
+                )
             continue
         data[key] = value
+    for key in ("datasets", "test_datasets"):
+        if isinstance(data.get(key), list):
+            data[key] = [_drop_nulls(entry) for entry in data[key]]
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -466,8 +609,14 @@ def validate(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None 
     if cfg is not None:
         problems += [f"{where(loc)}{_format_loc(loc)}: {text}" for loc, text in _cross_checks(cfg)]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=_line_of))
     return cfg
+
+
+def _line_of(problem: str) -> int:
+    """Sort key: problems in file order; --set and file-level problems last."""
+    match = re.match(r"^.*?:(\d+): ", problem)
+    return int(match.group(1)) if match else 1 << 30
 
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -524,11 +673,21 @@ def to_yaml(cfg: Config, versions: dict[str, str] | None = None) -> str:
 def reference_markdown() -> str:
     """The config reference in README, generated from the field descriptions."""
     out = []
-    for title, model in (("Top-level keys", Config), ("`datasets[]` entries", DatasetConfig), ("Custom `type:` dict", DatasetType)):
+    for title, model in (
+        ("Top-level keys", Config),
+        ("`datasets[]` entries", DatasetConfig),
+        ("Custom `type:` dict", DatasetType),
+    ):
         out += [f"#### {title}", "", "| key | default | what it does |", "|---|---|---|"]
         for name, field in model.model_fields.items():
             key = name
-            default = "required" if field.is_required() else f"`{field.default!r}`" if field.default is not None else ""
+            default = (
+                "required"
+                if field.is_required()
+                else f"`{field.default!r}`"
+                if field.default is not None
+                else ""
+            )
             out.append(f"| `{key}` | {default} | {(field.description or '').replace('|', '/')} |")
         out.append("")
     return "\n".join(out)

@@ -12,7 +12,15 @@ from importlib import resources
 from pathlib import Path
 
 BOS, EOS, EOT, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
-SPECIAL_TOKENS = [BOS, EOS, "<|start_header_id|>", "<|end_header_id|>", EOT, PAD, "<|reserved_special_token_0|>"]
+SPECIAL_TOKENS = [
+    BOS,
+    EOS,
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    EOT,
+    PAD,
+    "<|reserved_special_token_0|>",
+]
 
 # Llama 3's chat template, trimmed of tool calling; `{% generation %}` marks let HF return assistant masks.
 LLAMA3_CHAT_TEMPLATE = (
@@ -56,7 +64,15 @@ def build_tokenizer(vocab_size: int = 1024):
     )
 
 
-def build_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128):
+def build_model(
+    tokenizer,
+    seed: int = 0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 128,
+):
     """A randomly initialised LlamaForCausalLM sized for CPU tests (~150k parameters by default)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -22,7 +22,9 @@ def load_tokenizer(cfg: Config):
             use_fast=cfg.tokenizer_use_fast,
         )
     except OSError as exc:
-        raise UserError(f"base_model: cannot load a tokenizer from {source!r} ({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"base_model: cannot load a tokenizer from {source!r} ({str(exc).splitlines()[0]})"
+        ) from None
     if cfg.special_tokens:
         tokenizer.add_special_tokens(dict(cfg.special_tokens))
     if cfg.tokens:

@@ -1,0 +1,89 @@
+"""Every real axolotl example config is either accepted or refused with one line per problem — never a crash.
+
+ACCEPTED is the exact set accepted today, so the set only changes on purpose: when a feature lands, add the
+configs it unlocks here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import AXOLOTL_EXAMPLES, ROOT, needs_shared
+from finetune import config
+
+ACCEPTED = {
+    "archived__code-llama__34b__qlora.yml",
+    "archived__code-llama__7b__lora.yml",
+    "archived__gptj__qlora.yml",
+    "archived__openllama-3b__lora.yml",
+    "archived__qwen__lora.yml",
+    "archived__qwen__qlora.yml",
+    "archived__qwen__qwen2-moe-lora.yaml",
+    "archived__qwen__qwen2-moe-qlora.yaml",
+    "archived__starcoder2__qlora.yml",
+    "archived__yi-34B-chat__qlora.yml",
+    "cohere__command-r-7b-qlora.yml",
+    "deepcogito__cogito-v1-preview-llama-3B-lora.yml",
+    "falcon-h1__falcon-h1-1b-deep-qlora.yaml",
+    "falcon-h1__falcon-h1-1b-qlora.yaml",
+    "falcon-h1__falcon-h1-34b-qlora.yaml",
+    "falcon-h1__falcon-h1-3b-qlora.yaml",
+    "falcon-h1__falcon-h1-500m-qlora.yaml",
+    "falcon-h1__falcon-h1-7b-qlora.yaml",
+    "gemma2__qlora.yml",
+    "llama-2__lora.yml",
+    "llama-2__qlora.yml",
+    "llama-3__instruct-lora-8b.yml",
+    "llama-3__lora-1b-deduplicate-sft.yml",
+    "llama-3__lora-8b.yml",
+    "mimo__mimo-7b-qlora.yaml",
+}
+LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
+
+
+def example_paths():
+    return sorted(p for p in AXOLOTL_EXAMPLES.glob("*.y*ml")) if AXOLOTL_EXAMPLES.is_dir() else []
+
+
+@needs_shared
+def test_each_example_is_accepted_or_refused_one_line_per_problem(monkeypatch):
+    monkeypatch.chdir(ROOT)  # relative paths (deepspeed_configs/...) resolve from the working directory
+    accepted, refused = set(), {}
+    for path in example_paths():
+        try:
+            cfg = config.load(path)
+        except config.ConfigError as exc:  # anything else is a crash and fails the test with its traceback
+            refused[path.name] = exc.problems
+            continue
+        assert cfg.adapter in ("lora", "qlora")
+        accepted.add(path.name)
+    assert len(accepted) + len(refused) == len(example_paths()) > 100
+    for name, problems in refused.items():
+        assert problems, name
+        for line in problems:
+            assert LINE.match(line), f"{name}: not a one-line problem: {line!r}"
+            assert "\n" not in line and "Traceback" not in line
+    assert accepted == ACCEPTED
+
+
+@needs_shared
+def test_refusals_name_the_unsupported_feature():
+    problems = {}
+    for path in example_paths():
+        try:
+            config.load(path)
+        except config.ConfigError as exc:
+            problems[path.name] = "\n".join(exc.problems)
+    assert "fsdp_config: not supported by finetune yet" in problems["llama-2__qlora-fsdp.yml"]
+    assert "rl: not supported by finetune yet" in problems["mistral__dpo__mistral-dpo-qlora.yml"]
+    assert "adapter: full fine-tuning is not supported" in problems["llama-3__fft-8b.yaml"]
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED)[:3])
+@needs_shared
+def test_accepted_examples_resolve_to_a_saveable_config(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = config.load(AXOLOTL_EXAMPLES / name)
+    assert config.to_yaml(cfg).startswith("base_model:")

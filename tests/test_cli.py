@@ -1,0 +1,76 @@
+"""The command line: fast start, one line per problem and exit 2 for a user's mistake, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+PROBE = """
+import sys
+sys.argv = ["finetune", *sys.argv[1:]]
+from finetune.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in ("torch", "transformers", "peft", "datasets") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_help_lists_commands_and_imports_no_torch():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "validate", "preprocess", "merge", "card", "tiny-model"):
+        assert command in result.stdout
+    assert "HEAVY=\n" in result.stderr
+
+
+def test_validate_ok_imports_no_torch(tmp_path, tiny_model_dir):
+    result = run_cli("validate", "examples/quickstart.yaml", "--set", f"base_model={tiny_model_dir}")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert "HEAVY=\n" in result.stderr
+
+
+def test_bad_config_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "base_model: org/m\nadapter: lora\nlora_alhpa: 3\nlora_r: x\ndatasets:\n  - path: missing.jsonl\n"
+    )
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("HEAVY=")]
+    assert lines == [
+        f"{path}:3: lora_alhpa: unknown key (did you mean lora_alpha?)",
+        f"{path}:4: lora_r: expected an integer (got 'x')",
+        f"{path}:6: datasets[0].path: dataset file not found: missing.jsonl",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run_cli("trian")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_tiny_model_command_is_byte_identical_across_runs(tmp_path):
+    for name in ("a", "b"):
+        result = run_cli("tiny-model", tmp_path / name, "--seed", "3")
+        assert result.returncode == 0, result.stderr
+    files_a = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert "model.safetensors" in files_a and "tokenizer.json" in files_a
+    for name in files_a:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -1,0 +1,233 @@
+"""The config loader: what it accepts, and the exact one-line messages for what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from conftest import FINLORA, ROOT, needs_shared
+from finetune import config
+from finetune.config import ConfigError
+
+GOOD = """\
+base_model: some-org/some-model
+adapter: lora
+lora_r: 8
+lora_alpha: 16
+datasets:
+  - path: {data}
+    type:
+      field_instruction: context
+      field_output: target
+      format: "[INST] {{instruction}} [/INST]"
+output_dir: {out}
+"""
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"context": "q", "target": "a"}\n')
+    return path
+
+
+@pytest.fixture()
+def good_text(data_file, tmp_path):
+    return GOOD.format(data=data_file, out=tmp_path / "out")
+
+
+def problems(path, overrides=()):
+    with pytest.raises(ConfigError) as info:
+        config.load(path, overrides)
+    return info.value.problems
+
+
+def test_good_config_loads_frozen_with_defaults(write_config, good_text):
+    cfg = config.load(write_config(good_text))
+    assert cfg.lora_r == 8 and cfg.seed == 42 and cfg.sequence_len == 2048
+    assert cfg.datasets[0].type.field_output == "target"
+    with pytest.raises(ValidationError):
+        cfg.lora_r = 4  # frozen: validated once, then trusted
+
+
+def test_typos_wrong_types_unsupported_and_missing_files_all_reported_at_once(write_config, good_text):
+    text = good_text.replace("lora_alpha: 16", "lora_alhpa: 16")
+    text = text.replace("lora_r: 8", "lora_r: eight")
+    text += "fsdp_config:\n  fsdp_version: 2\nmicro_batch_size: 0\nlearning_rate: fast\ndeepspeed: nowhere/zero9.json\n"
+    text = text.replace("field_output: target", "field_output: [target]")
+    path = write_config(text)
+    assert problems(path) == [
+        f"{path}:3: lora_r: expected an integer (got 'eight')",
+        f"{path}:4: lora_alhpa: unknown key (did you mean lora_alpha?)",
+        f"{path}:9: datasets[0].type.field_output: expected a string",
+        f"{path}:12: fsdp_config: not supported by finetune yet (remove it or set it to null)",
+        f"{path}:14: micro_batch_size: must be greater than 0 (got 0)",
+        f"{path}:15: learning_rate: expected a number (got 'fast')",
+        f"{path}:16: deepspeed: deepspeed config not found: nowhere/zero9.json",
+    ]
+
+
+def test_missing_dataset_file_and_unknown_dataset_key(write_config, tmp_path):
+    path = write_config(
+        {
+            "base_model": "org/m",
+            "adapter": "lora",
+            "datasets": [{"path": str(tmp_path / "nope.jsonl"), "typ": "alpaca"}],
+        }
+    )
+    assert problems(path) == [
+        f"{path}:4: datasets[0].path: dataset file not found: {tmp_path / 'nope.jsonl'}",
+        f"{path}:5: datasets[0].typ: unknown key (did you mean type?)",
+    ]
+
+
+def test_unsupported_dataset_type_and_values(write_config, data_file):
+    path = write_config(
+        {
+            "base_model": "org/m",
+            "adapter": "dora",
+            "optimizer": "adamw_torch_4bit",
+            "datasets": [{"path": str(data_file), "type": "alpaca:chat"}],
+        }
+    )
+    got = problems(path)
+    assert got[0] == f"{path}:2: adapter: must be 'lora' or 'qlora' (got 'dora')"
+    assert got[1].startswith(
+        f"{path}:3: optimizer: 'adamw_torch_4bit' is not supported (supported: adamw_torch,"
+    )
+    assert got[2].startswith(
+        f"{path}:6: datasets[0].type: 'alpaca:chat' is not supported (supported: alpaca, chat_template, completion"
+    )
+
+
+def test_unsupported_keys_at_their_off_value_are_accepted(write_config, good_text):
+    text = good_text + "fsdp:\nplugins: []\nliger_rope: false\nrl:\nstrict: false\ncontext_parallel_size: 1\n"
+    cfg = config.load(write_config(text))
+    assert not hasattr(cfg, "fsdp")
+
+
+def test_null_means_default_as_in_axolotl(write_config, good_text):
+    cfg = config.load(write_config(good_text.replace("lora_r: 8", "lora_r:") + "seed:\nwandb_project:\n"))
+    assert cfg.lora_r == 8 and cfg.seed == 42 and cfg.wandb_project is None
+
+
+def test_cross_key_checks_name_the_key_to_change(write_config, good_text):
+    path = write_config(
+        good_text + "load_in_4bit: true\nload_in_8bit: true\neval_steps: 5\nevals_per_epoch: 2\n"
+    )
+    assert problems(path) == [
+        f"{path}:13: load_in_8bit: cannot be combined with load_in_4bit: choose one",
+        f"{path}:14: eval_steps: set either eval_steps or evals_per_epoch, not both",
+    ]
+
+
+def test_full_finetune_is_refused_with_one_line(write_config, data_file):
+    path = write_config({"base_model": "org/m", "datasets": [{"path": str(data_file)}]})
+    assert problems(path) == [
+        f"{path}: adapter: full fine-tuning is not supported: set adapter: lora or qlora"
+    ]
+
+
+def test_yaml_syntax_error_names_the_line(write_config):
+    path = write_config("base_model: a\nlora_r: [1, 2\nadapter: lora\n")
+    (line,) = problems(path)
+    assert line.startswith(f"{path}:3: invalid YAML:")
+
+
+def test_yaml_is_read_with_a_safe_loader(write_config, good_text):
+    path = write_config(good_text + "seed: !!python/object/apply:os.system ['echo pwned']\n")
+    (line,) = problems(path)
+    assert "invalid YAML" in line
+
+
+def test_missing_config_file(tmp_path):
+    assert problems(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: config file not found"]
+
+
+def test_overrides_dotted_indexed_and_yaml_typed(write_config, good_text, data_file, tmp_path):
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"context": "q", "target": "a"}\n')
+    cfg = config.load(
+        write_config(good_text),
+        [
+            "lora_r=16",
+            f"datasets.0.path={other}",
+            "datasets[0].type.field_output=answer",
+            "lora_target_modules=[q_proj, v_proj]",
+            "bf16=false",
+        ],
+    )
+    assert cfg.lora_r == 16 and cfg.datasets[0].path == str(other)
+    assert cfg.datasets[0].type.field_output == "answer"
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.bf16 is False
+
+
+def test_overrides_are_validated_like_the_file(write_config, good_text):
+    path = write_config(good_text)
+    assert problems(path, ["lora_r=-1", "lora_alhpa=3"]) == [
+        f"{path}: --set lora_r: must be greater than 0 (got -1)",
+        f"{path}: --set lora_alhpa: unknown key (did you mean lora_alpha?)",
+    ]
+    assert problems(path, ["datasets.3.path=x"]) == ["--set datasets.3.path: index 3 is out of range"]
+    assert problems(path, ["lora_r"]) == ["--set lora_r: expected key=value"]
+
+
+def test_secrets_are_never_echoed_or_saved(write_config, good_text):
+    secret = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
+    path = write_config(good_text + f"hub_token: {secret}\n")
+    assert secret not in "\n".join(problems(path))
+    assert config.redact({"wandb_api_key": secret, "nested": {"hf_token": secret}, "lora_r": 8}) == {
+        "wandb_api_key": "***",
+        "nested": {"hf_token": "***"},
+        "lora_r": 8,
+    }
+
+
+def test_resolved_yaml_round_trips_with_versions(write_config, good_text, tmp_path):
+    cfg = config.load(write_config(good_text))
+    text = config.to_yaml(cfg, {"finetune": "0.1.0"})
+    saved = yaml.safe_load(text)
+    assert saved["seed"] == 42 and saved["finetune_versions"] == {"finetune": "0.1.0"}
+    again = config.load(write_config(text, "saved.yaml"))
+    assert again.model_dump(exclude={"finetune_versions"}) == cfg.model_dump(exclude={"finetune_versions"})
+
+
+@pytest.mark.parametrize("name", ["examples/quickstart.yaml"])
+def test_shipped_example_configs_validate(name, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = config.load(ROOT / name, [f"base_model={tiny_model_dir}"])
+    assert cfg.adapter in ("lora", "qlora")
+
+
+@needs_shared
+def test_financebench_recipe_validates_with_the_finlora_data(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = ROOT / "configs" / "financebench.yaml"
+    # Without the data file the only problem is the documented data path.
+    assert problems(path) == [
+        f"{path}:22: datasets[0].path: dataset file not found: data/financebench_train.jsonl"
+    ]
+    cfg = config.load(path, [f"datasets.0.path={FINLORA / 'financebench_train.jsonl'}"])
+    assert cfg.base_model == "meta-llama/Llama-3.1-8B-Instruct" and cfg.quantized_4bit
+    assert cfg.lora_r == 4 and cfg.lora_target_modules == ["q_proj", "k_proj", "v_proj"]
+    assert cfg.datasets[0].type.format == "[INST] {instruction} [/INST]"
+    assert cfg.deepspeed == "deepspeed_configs/zero1.json" and cfg.wandb_project
+
+
+@needs_shared
+def test_finlora_example_config_validates(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = FINLORA / "example_config.yml"
+    assert problems(path) == [
+        f"{path}:25: datasets[0].path: dataset file not found: ../data/train/finer_train_batched.jsonl"
+    ]
+    cfg = config.load(path, [f"datasets.0.path={FINLORA / 'financebench_train.jsonl'}"])
+    assert cfg.load_in_8bit and cfg.lora_r == 8 and cfg.chat_template == "llama3"
+    assert cfg.special_tokens == {"pad_token": "<|end_of_text|>"}
+
+
+def test_reference_lists_every_field():
+    ref = config.reference_markdown()
+    for name in config.Config.model_fields:
+        assert f"| `{name}` |" in ref
