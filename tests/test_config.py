@@ -231,3 +231,11 @@ def test_reference_lists_every_field():
     ref = config.reference_markdown()
     for name in config.Config.model_fields:
         assert f"| `{name}` |" in ref
+
+
+def test_readme_config_reference_is_up_to_date():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"])
+    assert result.returncode == 0, "README.md is stale: run python scripts/gen_config_reference.py"
