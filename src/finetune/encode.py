@@ -1,0 +1,206 @@
+"""Run the formats over every source in batches (optionally in worker processes), then filter and count.
+
+Batches go through `formats.encode_batch` and come back as Arrow record batches (int32 token lists), so
+100k-row datasets stay compact in memory. Nothing raises inside a worker: bad rows carry an error text and
+the first one is reported here by file and line, before anything is written. Rows that are too long are
+dropped or truncated (excess_length_strategy), rows with nothing to train are skipped, and every removal
+is counted in the stats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from contextlib import contextmanager
+
+import numpy as np
+
+from finetune import formats
+from finetune.errors import UserError
+
+BATCH = 1000
+COUNTERS = ("rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answer", "duplicates")
+_WORKER: tuple | None = None  # (Format, tokenizer), inherited by forked workers
+
+
+def encode_sources(sources, fmt: formats.Format, tokenizer, processes: int, progress=None):
+    """Tokenized, filtered Arrow table (input_ids, attention_mask, labels) of these sources + counters."""
+    import pyarrow as pa
+
+    tables, counts = [], Counter({k: 0 for k in COUNTERS})
+    for src in sources:
+        batches = _run(src, fmt, tokenizer, processes, progress)
+        table = pa.Table.from_batches(batches, schema=_schema()) if batches else _schema().empty_table()
+        kept, source_counts = _filter(table, src, fmt)
+        tables.append(kept)
+        counts.update(source_counts)
+    return (pa.concat_tables(tables) if tables else _empty()), counts
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("labels", pa.list_(pa.int32())),
+            ("status", pa.int8()),
+            ("error", pa.string()),
+            ("truncated", pa.bool_()),
+            ("trained", pa.int32()),
+        ]
+    )
+
+
+def _empty():
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "input_ids": pa.array([], pa.list_(pa.int32())),
+            "attention_mask": pa.array([], pa.list_(pa.int8())),
+            "labels": pa.array([], pa.list_(pa.int32())),
+        }
+    )
+
+
+def _encode_to_arrow(rows: dict):
+    import pyarrow as pa
+
+    fmt, tokenizer = _WORKER
+    out = formats.encode_batch(fmt, tokenizer, rows)
+    out["trained"] = [sum(1 for t in labels if t != formats.IGNORE) for labels in out["labels"]]
+    return pa.RecordBatch.from_pydict(out, schema=_schema())
+
+
+@contextmanager
+def _worker_state(fmt, tokenizer, processes: int):
+    """Set the globals forked workers read; quiet the tokenizers fork warning while the pool lives."""
+    global _WORKER
+    _WORKER, saved = (fmt, tokenizer), os.environ.get("TOKENIZERS_PARALLELISM")
+    if processes > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        _WORKER = None
+        if processes > 1:
+            if saved is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
+def _run(src, fmt, tokenizer, processes: int, progress) -> list:
+    n = len(src.dataset)
+    processes = max(1, min(processes, -(-n // BATCH)))
+    task = progress.add_task(f"tokenizing {os.path.basename(src.label)}", total=n) if progress else None
+    batches = []
+    with _worker_state(fmt, tokenizer, processes):
+        if processes == 1:
+            results = map(_encode_to_arrow, src.dataset.iter(batch_size=BATCH))
+            for batch in results:
+                batches.append(batch)
+                if progress:
+                    progress.advance(task, batch.num_rows)
+        else:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                for batch in pool.imap(_encode_to_arrow, src.dataset.iter(batch_size=BATCH)):
+                    batches.append(batch)
+                    if progress:
+                        progress.advance(task, batch.num_rows)
+    return batches
+
+
+def _filter(table, src, fmt: formats.Format):
+    """Report the first bad row; drop too-long and nothing-to-train rows; count each reason."""
+    import pyarrow.compute as pc
+
+    status = table["status"].to_numpy()
+    bad = np.flatnonzero(status == formats.ERROR)
+    if bad.size:
+        first = int(bad[0])
+        raise UserError(f"{src.where(first)}: {table['error'][first].as_py()}")
+    lengths = pc.list_value_length(table["input_ids"]).to_numpy(zero_copy_only=False)
+    trained = table["trained"].to_numpy()
+    truncated = table["truncated"].to_numpy(zero_copy_only=False)
+    ok = status == formats.OK
+    too_long = ok & (lengths > fmt.sequence_len)
+    cut_to_nothing = ok & truncated & (trained == 0)  # truncation left none of the answer
+    nothing = ok & ~truncated & (trained == 0)
+    keep = ok & ~too_long & ~cut_to_nothing & ~nothing
+    counts = {
+        "rows_in": len(status),
+        "rows_kept": int(keep.sum()),
+        "dropped_too_long": int(too_long.sum() + cut_to_nothing.sum()),
+        "truncated": int((keep & truncated).sum()),
+        "empty_answer": int((status == formats.EMPTY).sum() + nothing.sum()),
+        "duplicates": 0,
+    }
+    kept = table.filter(keep).select(["input_ids", "labels"])
+    return kept.add_column(1, "attention_mask", _ones_like(kept["input_ids"])), counts
+
+
+def _ones_like(column):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = (
+        pc.list_value_length(column).to_numpy(zero_copy_only=False) if len(column) else np.zeros(0, np.int64)
+    )
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ones(int(offsets[-1]), np.int8)))
+
+
+def deduplicate(table, against=None):
+    """Drop exact repeats (same tokens and labels), keeping the first; with `against`, drop rows found there."""
+    seen = set(_row_hashes(against)) if against is not None else set()
+    keep = []
+    for digest in _row_hashes(table):
+        keep.append(digest not in seen)
+        seen.add(digest)
+    mask = np.array(keep, dtype=bool)
+    return table.filter(mask) if len(mask) else table, int((~mask).sum())
+
+
+def _row_hashes(table):
+    ids, labels = table["input_ids"].combine_chunks(), table["labels"].combine_chunks()
+    id_values, id_offsets = ids.values.to_numpy(), ids.offsets.to_numpy()
+    label_values, label_offsets = labels.values.to_numpy(), labels.offsets.to_numpy()
+    for i in range(len(ids)):
+        h = hashlib.blake2b(id_values[id_offsets[i] : id_offsets[i + 1]].tobytes(), digest_size=16)
+        h.update(label_values[label_offsets[i] : label_offsets[i + 1]].tobytes())
+        yield h.digest()
+
+
+def split(table, val_set_size: float, seed: int, shuffle: bool):
+    """Seeded shuffle, then a held-out set of val_set_size rows (a share when < 1): (train, eval or None)."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    n = table.num_rows
+    if shuffle and n:
+        table = table.take(rng.permutation(n))
+    if not val_set_size:
+        return table, None
+    k = math.ceil(val_set_size * n) if val_set_size < 1 else int(val_set_size)
+    if k >= n:
+        raise UserError(f"val_set_size: {val_set_size:g} leaves no training rows ({n} rows after filtering)")
+    held = np.zeros(n, dtype=bool)
+    held[rng.choice(n, size=k, replace=False)] = True
+    return table.filter(~held), table.filter(held)
+
+
+def token_counts(table) -> tuple[int, int]:
+    """(all tokens, trained tokens) of a table."""
+    import pyarrow.compute as pc
+
+    if table is None or table.num_rows == 0:
+        return 0, 0
+    labels = pc.list_flatten(table["labels"])
+    return int(pc.sum(pc.list_value_length(table["input_ids"])).as_py()), int(
+        pc.sum(pc.not_equal(labels, formats.IGNORE)).as_py() or 0
+    )

@@ -1,0 +1,123 @@
+"""What the data stage tells the user: progress bars, what was removed and why, examples, lengths.
+
+`examples` is how people debug masking: each row is decoded in runs, masked tokens dim, trained tokens
+green and between ⟦ ⟧ (the brackets survive when the output is piped to a file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+IGNORE = -100
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def progress():
+    """Rich progress bars (on stderr) for tokenization: rows done, time spent and left."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def removals(stats: dict) -> str:
+    """One line: every reason rows were removed or changed, with counts (or that none were)."""
+    seq, strategy = stats.get("sequence_len"), stats.get("excess_length_strategy", "drop")
+    parts = []
+    if stats.get("dropped_too_long"):
+        why = "longer than" if strategy == "drop" else "with no answer left after truncation to"
+        parts.append(
+            f"dropped {stats['dropped_too_long']} rows {why} sequence_len {seq or ''} (excess_length_strategy: {strategy})".replace(
+                "  ", " "
+            )
+        )
+    if stats.get("truncated"):
+        parts.append(
+            f"truncated {stats['truncated']} rows to sequence_len {seq} (excess_length_strategy: truncate)"
+        )
+    if stats.get("empty_answer"):
+        parts.append(f"skipped {stats['empty_answer']} rows with an empty answer (nothing to train)")
+    if stats.get("duplicates"):
+        parts.append(f"removed {stats['duplicates']} exact duplicates (dataset_exact_deduplication)")
+    return "; ".join(parts) or "no rows dropped, truncated or skipped"
+
+
+def summary(stats: dict, folder: Path, reused: bool) -> None:
+    """Print what was prepared, where, and what was removed."""
+    console = _console()
+    how = "reused the cache" if reused else "saved"
+    eval_part = f", {stats.get('eval_rows', 0):,} eval rows" if stats.get("eval_rows") else ""
+    console.print(
+        f"data: {stats['rows_in']:,} rows in, {stats['train_rows']:,} train rows{eval_part}, "
+        f"{stats['tokens']:,} train tokens ({stats['trained_tokens']:,} trained) — {how} at {folder}"
+    )
+    console.print(f"data: {removals(stats)}")
+    if "test_datasets" in stats:
+        console.print(
+            f"data: test_datasets: {stats['test_datasets']['rows_in']:,} rows in; {removals({**stats, **stats['test_datasets']})}"
+        )
+
+
+def examples(dataset, tokenizer, n: int) -> None:
+    """Print n rows decoded in runs: masked parts dim, trained parts green inside ⟦ ⟧."""
+    console = _console()
+    console.print(
+        "[bold]examples[/bold] (masked text is dim; [green]⟦trained text⟧[/green] is what the loss sees)"
+    )
+    for i in range(min(n, len(dataset))):
+        row = dataset[i]
+        ids, labels = row["input_ids"], row["labels"]
+        trained = sum(1 for t in labels if t != IGNORE)
+        console.rule(f"row {i}: {len(ids)} tokens, {trained} trained")
+        console.print(_marked(ids, labels, tokenizer))
+
+
+def _marked(ids: list[int], labels: list[int], tokenizer) -> str:
+    out, start = [], 0
+    for j in range(1, len(ids) + 1):
+        if j == len(ids) or (labels[j] != IGNORE) != (labels[start] != IGNORE):
+            text = escape(tokenizer.decode(ids[start:j], skip_special_tokens=False))
+            out.append(f"[green]⟦{text}⟧[/green]" if labels[start] != IGNORE else f"[dim]{text}[/dim]")
+            start = j
+    return "".join(out)
+
+
+def length_distribution(train, eval_, sequence_len: int) -> None:
+    """Token lengths: count, min/mean/percentiles/max, and a histogram up to sequence_len."""
+    import numpy as np
+
+    console = _console()
+    for name, dataset in (("train", train), ("eval", eval_)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        lengths = np.array([len(x) for x in dataset["input_ids"]])
+        p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
+        console.print(
+            f"[bold]{name} lengths[/bold] ({len(lengths):,} rows): min {lengths.min()}, mean {lengths.mean():.0f}, "
+            f"p50 {p50:.0f}, p90 {p90:.0f}, p99 {p99:.0f}, max {lengths.max()} (sequence_len {sequence_len})"
+        )
+        edges = np.linspace(0, max(sequence_len, int(lengths.max())), 11).astype(int)
+        counts, _ = np.histogram(lengths, bins=edges)
+        for lo, hi, count in zip(edges[:-1], edges[1:], counts, strict=True):
+            bar = "█" * int(round(40 * count / max(counts.max(), 1)))
+            console.print(f"  {lo:>7}–{hi:<7} {count:>8,} {bar}")
