@@ -239,3 +239,13 @@ def test_readme_config_reference_is_up_to_date():
 
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"])
     assert result.returncode == 0, "README.md is stale: run python scripts/gen_config_reference.py"
+
+
+def test_known_axolotl_dataset_keys_are_unsupported_not_unknown(write_config, data_file):
+    path = write_config(
+        {"base_model": "org/m", "adapter": "lora",
+         "datasets": [{"path": str(data_file), "type": "chat_template", "field_thinking": "t", "step_separator": None}]}
+    )  # fmt: skip
+    assert problems(path) == [
+        f"{path}:6: datasets[0].field_thinking: not supported by finetune yet (remove it or set it to null)"
+    ]

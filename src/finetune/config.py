@@ -175,11 +175,12 @@ class Config(_Strict):
     )
     revision_of_model: str | None = Field(
         None,
-        validation_alias=AliasChoices("revision_of_model", "revision"),
+        validation_alias=AliasChoices("revision_of_model", "revision", "model_revision"),
         description="Hub revision (branch, tag or commit) of the base.",
     )
     model_type: str | None = Field(
         None,
+        validation_alias=AliasChoices("model_type", "type_of_model"),
         description="Accepted for axolotl compatibility; the architecture comes from the model's config.",
     )
     tokenizer_type: str | None = Field(
@@ -589,6 +590,17 @@ def validate(
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
             data[key] = [_drop_nulls(entry) for entry in data[key]]
+            for i, entry in enumerate(data[key]):
+                for name in (
+                    [n for n in entry if n in axolotl_keys.DATASET_UNSUPPORTED]
+                    if isinstance(entry, dict)
+                    else []
+                ):
+                    if not axolotl_keys.is_off(name, entry.pop(name)):
+                        loc = (key, i, name)
+                        problems.append(
+                            f"{where(loc)}{_format_loc(loc)}: not supported by finetune yet (remove it or set it to null)"
+                        )
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
