@@ -137,7 +137,8 @@ def test_card_body_facts(run_dir):
     assert (hp["lora_r"], hp["lora_alpha"], hp["lora_target_modules"]) == ("4", "8", "q_proj, v_proj")
     assert hp["quantization"].startswith("bitsandbytes 4-bit")
     assert "- PEFT 0.21.2" in text and "- DeepSpeed 0.19.8" in text and "- PyTorch 2.13.0" in text
-    assert "| train_tokens_per_second | 812.5 |" in text and "| peak_memory_gb | 0.4 |" in text
+    assert "| tokens/s | 812.5 |" in text and "| peak_memory_gb | 0.4 |" in text
+    assert "world_size" not in text.split("## Results")[1].split("## Usage")[0]  # facts feed hyperparameters
     assert "<details>" in text and "lora_target_modules:" in text
     # usage: PeftModel on the base, prompted in the training format
     usage = text.split("```python", 1)[1].split("```", 1)[0]
@@ -193,6 +194,30 @@ def test_local_base_has_no_hub_link(tmp_path, tiny_model_dir, adapter_dir):
     data = loaded.data.to_dict()
     assert "base_model" not in data and "license" not in data
     assert not any(t.startswith("base_model:") for t in data["tags"])
+
+
+def test_recorded_local_base_wins_over_its_looks(tmp_path, adapter_dir, monkeypatch):
+    """`models/tiny` looks like a hub id from another folder; training records that it was local."""
+    monkeypatch.chdir(tmp_path)  # a folder without models/tiny
+    out = make_run(tmp_path, "models/tiny", adapter_dir)
+    assert (
+        "https://huggingface.co/models/tiny" in Path(card.write_card(out)).read_text()
+    )  # no record: a hub id
+    results = json.loads((out / "all_results.json").read_text())
+    (out / "all_results.json").write_text(json.dumps({**results, "base_model_local": True}))
+    text = Path(card.write_card(out)).read_text()
+    front = yaml.safe_load(text.split("---")[1])
+    assert "huggingface.co/models" not in text and "base_model" not in front
+    assert not any(t.startswith("base_model:") for t in front["tags"])
+    assert "`models/tiny` (a local model folder)" in text
+
+
+def test_all_linear_targets_are_named_once(tmp_path, adapter_dir):
+    out = make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", adapter_dir, lora_target_linear=True)
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    paths = [f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.q_proj", "mlp.down_proj")]
+    (out / "adapter_config.json").write_text(json.dumps({**adapter, "target_modules": paths}))
+    assert "- lora_target_modules: all-linear (down_proj, q_proj)\n" in Path(card.write_card(out)).read_text()
 
 
 def test_interrupted_run_uses_newest_checkpoint(tmp_path, adapter_dir):

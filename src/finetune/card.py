@@ -20,7 +20,7 @@ from finetune import config as config_module
 from finetune.card_usage import usage_snippet
 from finetune.config import Config
 from finetune.files import atomic_write_text
-from finetune.run_dir import RUN_FACT_KEYS, Run, fact, is_hub_id, read_run
+from finetune.run_dir import Run, fact, hub_base, is_hub_id, read_run
 
 _NOT_DISTRIBUTED = {"", "no", "none", "not_parallel", "not_distributed"}
 _EVAL_NOISE = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
@@ -28,6 +28,16 @@ _EVAL_NOISE = {"runtime", "samples_per_second", "steps_per_second", "epoch", "st
 _SECRET_VALUE = re.compile(
     r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|wandb_v1_\w{20,})"
 )
+# all_results.json keys shown under Results, with their labels (peak memory keys are added as they are).
+_SUMMARY = {
+    "train_loss": "training loss (mean over the run)",
+    "final_train_loss": "training loss (last logged)",
+    "global_step": "optimizer steps",
+    "train_tokens": "tokens trained on (no padding)",
+    "train_runtime": "runtime (s)",
+    "train_samples_per_second": "samples/s",
+    "train_tokens_per_second": "tokens/s",
+}
 _VERSION_NAMES = {
     "finetune": "finetune", "peft": "PEFT", "transformers": "Transformers", "torch": "PyTorch",
     "datasets": "Datasets", "tokenizers": "Tokenizers", "accelerate": "Accelerate", "trl": "TRL",
@@ -174,7 +184,7 @@ def hyperparameters(run: Run) -> dict:
         or ("all-linear" if cfg.lora_target_linear else None)
     )
     if targets:
-        hp["lora_target_modules"] = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
+        hp["lora_target_modules"] = _targets(targets, cfg.lora_target_linear)
     for key, name in (("use_dora", "dora"), ("use_rslora", "rslora")):
         if ad.get(key, getattr(cfg, f"peft_{key}")):
             hp[name] = True
@@ -186,6 +196,14 @@ def hyperparameters(run: Run) -> dict:
     elif cfg.load_in_8bit:
         hp["quantization"] = "bitsandbytes 8-bit"
     return hp
+
+
+def _targets(targets: list[str] | str, all_linear: bool | None) -> str:
+    """peft saves `all-linear` expanded to every module path: show the distinct module names."""
+    if isinstance(targets, str):
+        return targets
+    names = ", ".join(sorted({t.rsplit(".", 1)[-1] for t in targets}))
+    return f"all-linear ({names})" if all_linear else names
 
 
 def _datasets(cfg: Config) -> list[str]:
@@ -204,12 +222,12 @@ def metadata(run: Run, merged: Merged | None = None):
     from huggingface_hub import EvalResult, ModelCardData
 
     cfg = run.cfg
-    hub_base = cfg.base_model if is_hub_id(cfg.base_model) else None
+    base_id = hub_base(run)
     tags = ["finetune", "qlora" if cfg.quantized_4bit else "lora", training_kind(cfg)]
     if run.adapter.get("use_dora", cfg.peft_use_dora):
         tags.insert(2, "dora")
-    if hub_base:
-        tags.append(f"base_model:{'finetune' if merged else 'adapter'}:{hub_base}")
+    if base_id:
+        tags.append(f"base_model:{'finetune' if merged else 'adapter'}:{base_id}")
     if merged:
         tags.append("merged")
     results = []
@@ -223,7 +241,7 @@ def metadata(run: Run, merged: Merged | None = None):
         )  # fmt: skip
     hub_data = [p for p in _datasets(cfg) if is_hub_id(p)]
     return ModelCardData(
-        base_model=hub_base,
+        base_model=base_id,
         library_name="transformers" if merged else "peft",
         pipeline_tag="text-generation",
         license=cfg.license,
@@ -240,7 +258,7 @@ def _link(name: str, kind: str = "") -> str:
 
 def _description(run: Run, merged: Merged | None) -> str:
     cfg, state = run.cfg, run.state
-    base = _link(cfg.base_model) + ("" if is_hub_id(cfg.base_model) else " (a local model folder)")
+    base = _link(cfg.base_model) if hub_base(run) else f"`{cfg.base_model}` (a local model folder)"
     data = ", ".join(_link(p, "datasets/") for p in _datasets(cfg))
     steps = state.get("global_step")
     length = (
@@ -291,13 +309,12 @@ def _results_section(run: Run) -> list[str]:
         out += [head, ""]
         others = {k: v for k, v in metrics.items() if k != "loss"}
         out += [f"- {k}: {fmt(v)}" for k, v in others.items()] + ([""] if others else [])
-    summary = {
-        k: v
-        for k, v in run.results.items()
-        if not k.startswith("eval_") and k not in RUN_FACT_KEYS and isinstance(v, int | float | str)
-    }
+    summary = [
+        (label, run.results[key]) for key, label in _SUMMARY.items() if run.results.get(key) is not None
+    ]
+    summary += [(k, v) for k, v in run.results.items() if "memory" in k and isinstance(v, int | float)]
     if summary:
-        out += ["| training | value |", "|---|---|", *(f"| {k} | {fmt(v)} |" for k, v in summary.items()), ""]
+        out += ["| training | |", "|---|---|", *(f"| {label} | {fmt(v)} |" for label, v in summary), ""]
     return ["## Results", "", *out] if out else []
 
 

@@ -20,7 +20,9 @@ from finetune.config import Config
 from finetune.errors import UserError
 
 # Keys read from all_results.json (else trainer_state.json) beyond HF's own; train.py writes them.
-RUN_FACT_KEYS = ("world_size", "distributed_type", "total_train_batch_size", "mixed_precision")
+RUN_FACT_KEYS = (
+    "world_size", "distributed_type", "total_train_batch_size", "mixed_precision", "base_model_local",
+)  # fmt: skip
 _DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
 
 
@@ -95,6 +97,15 @@ def is_hub_id(name: str | None) -> bool:
     if not name or name.startswith(("/", ".", "~")) or Path(name).suffix.lower() in _DATA_SUFFIXES:
         return False
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not Path(name).expanduser().exists()
+
+
+def hub_base(run: Run) -> str | None:
+    """The base model's hub id, or None for a local folder. Training records `base_model_local`, since a
+    relative path (models/tiny) looks like a hub id from any other working directory."""
+    local = fact(run, "base_model_local")
+    if local is not None:
+        return None if local else run.cfg.base_model
+    return run.cfg.base_model if is_hub_id(run.cfg.base_model) else None
 
 
 def fact(run: Run, key: str):
