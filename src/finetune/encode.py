@@ -70,7 +70,6 @@ def _encode_to_arrow(rows: dict):
 
     fmt, tokenizer = _WORKER
     out = formats.encode_batch(fmt, tokenizer, rows)
-    out["trained"] = [sum(1 for t in labels if t != formats.IGNORE) for labels in out["labels"]]
     return pa.RecordBatch.from_pydict(out, schema=_schema())
 
 

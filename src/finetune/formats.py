@@ -258,20 +258,26 @@ def render_chat(spec: ChatSpec, tokenizer, messages: list[dict], add_generation_
 
 
 def encode_batch(fmt: Format, tokenizer, rows: dict[str, list]) -> dict[str, list]:
-    """Tokenize a batch (column -> values): input_ids, labels, status (OK/EMPTY/ERROR), error, truncated."""
+    """Tokenize a batch (column -> values): input_ids, labels, trained (count), status (OK/EMPTY/ERROR), error, truncated."""
     n = len(next(iter(rows.values()))) if rows else 0
     records = [{k: v[i] for k, v in rows.items()} for i in range(n)]
-    if isinstance(fmt.spec, ChatSpec):
-        ids, labels, status, errors = _encode_chat(fmt, tokenizer, records)
-    else:
-        ids, labels, status, errors = _encode_text(fmt, tokenizer, records)
+    encode = _encode_chat if isinstance(fmt.spec, ChatSpec) else _encode_text
+    ids, labels, trained, status, errors = encode(fmt, tokenizer, records)
     truncated = [False] * n
     for i in range(n):
         if status[i] != OK:
-            ids[i], labels[i] = [], []
+            ids[i], labels[i], trained[i] = [], [], 0
         elif len(ids[i]) > fmt.sequence_len and fmt.truncate:
             ids[i], labels[i], truncated[i] = ids[i][: fmt.sequence_len], labels[i][: fmt.sequence_len], True
-    return {"input_ids": ids, "labels": labels, "status": status, "error": errors, "truncated": truncated}
+            trained[i] = sum(1 for t in labels[i] if t != IGNORE)
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "trained": trained,
+        "status": status,
+        "error": errors,
+        "truncated": truncated,
+    }
 
 
 def _encode_text(fmt: Format, tokenizer, records: list[dict]):
@@ -285,16 +291,35 @@ def _encode_text(fmt: Format, tokenizer, records: list[dict]):
                 status[i] = EMPTY
         except RowError as exc:
             status[i], errors[i] = ERROR, str(exc)
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    prompt_ids = token_ids(tokenizer, prompts, add_special_tokens=True)
+    answer_ids = token_ids(tokenizer, answers, add_special_tokens=False)
     eos = tokenizer.eos_token_id
-    ids, labels = [], []
+    ids, labels, trained = [], [], []
     for p, a in zip(prompt_ids, answer_ids, strict=True):
         if eos is not None and (not a or a[-1] != eos):
             a = [*a, eos]  # the trained stop token: without it the model never learns to end its answer
         ids.append(p + a)
         labels.append(p + a if fmt.train_on_inputs else [IGNORE] * len(p) + a)
-    return ids, labels, status, errors
+        trained.append(len(p) + len(a) if fmt.train_on_inputs else len(a))
+    return ids, labels, trained, status, errors
+
+
+def token_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of a batch; fast tokenizers go straight to the Rust backend (no offsets: ~30% faster).
+
+    Same ids as `tokenizer(texts)`: used only while the backend has no padding or truncation set and splits
+    special tokens as the tokenizer says.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if (
+        backend is not None
+        and hasattr(backend, "encode_batch_fast")
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def _encode_chat(fmt: Format, tokenizer, records: list[dict]):
@@ -314,7 +339,8 @@ def _encode_chat(fmt: Format, tokenizer, records: list[dict]):
     ids, labels = enc["input_ids"], []
     for row_ids, offsets, row_spans in zip(ids, enc["offset_mapping"], spans, strict=True):
         labels.append(_label_tokens(row_ids, offsets, row_spans))
-    return ids, labels, status, errors
+    trained = [sum(1 for t in row if t != IGNORE) for row in labels]
+    return ids, labels, trained, status, errors
 
 
 def _trained_spans(spec: ChatSpec, messages: list[dict], text: str, train_all: bool) -> list[tuple[int, int]]:

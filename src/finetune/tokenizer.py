@@ -61,7 +61,7 @@ def load_tokenizer(cfg: Config):
             trust_remote_code=cfg.trust_remote_code,
             use_fast=cfg.tokenizer_use_fast,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files, or a folder without tokenizer files
         raise UserError(
             f"base_model: cannot load a tokenizer from {source!r} ({str(exc).splitlines()[0]})"
         ) from None

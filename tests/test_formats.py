@@ -1,0 +1,266 @@
+"""Prompt formats on the tiny tokenizer: exactly which tokens are trained, for each `type:`."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune import config, formats
+from finetune.errors import UserError
+from finetune.formats import IGNORE
+from finetune.tokenizer import load_tokenizer
+
+BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
+INST = {
+    "field_instruction": "context",
+    "field_output": "target",
+    "format": "[INST] {instruction} [/INST]",
+    "no_input_format": "[INST] {instruction} [/INST]",
+    "system_prompt": "",
+    "field_system": "system",
+}
+CHAT = [
+    {"role": "system", "content": "You are a concise analyst."},
+    {"role": "user", "content": "What is ROE?"},
+    {"role": "assistant", "content": "Return on equity."},
+    {"role": "user", "content": "And ROA?"},
+    {"role": "assistant", "content": "Return on assets."},
+]
+
+
+def cfg_for(tiny_model_dir, dataset: dict, **extra):
+    raw = {
+        "base_model": str(tiny_model_dir),
+        "adapter": "lora",
+        "datasets": [{"path": "org/data", **dataset}],
+        **extra,
+    }
+    return config.validate(raw)
+
+
+def encode(cfg, rows: list[dict], tokenizer=None):
+    tokenizer = tokenizer or load_tokenizer(cfg)
+    fmt = formats.build_format(cfg, cfg.datasets[0], "datasets[0]", tokenizer)
+    columns = {key: [row.get(key) for row in rows] for key in {k for row in rows for k in row}}
+    return formats.encode_batch(fmt, tokenizer, columns), tokenizer
+
+
+def decoded(tokenizer, out, i, trained=True) -> str:
+    pairs = zip(out["input_ids"][i], out["labels"][i], strict=True)
+    return tokenizer.decode(
+        [t for t, label in pairs if (label != IGNORE) == trained], skip_special_tokens=False
+    )
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return load_tokenizer(cfg_for(tiny_model_dir, {}))
+
+
+def test_custom_dict_masks_prompt_and_trains_answer_plus_eos(tiny_model_dir, tok):
+    cfg = cfg_for(tiny_model_dir, {"type": INST})
+    rows = [
+        {"context": "Sentiment of: shares fell .", "target": "negative"},
+        {"context": "x", "target": " 21462.58"},
+    ]
+    out, _ = encode(cfg, rows, tok)
+    for i, row in enumerate(rows):
+        assert decoded(tok, out, i) == row["target"] + EOT
+        assert decoded(tok, out, i, trained=False) == f"{BOS}[INST] {row['context']} [/INST]"
+        assert out["status"][i] == formats.OK and out["trained"][i] == sum(
+            1 for t in out["labels"][i] if t != IGNORE
+        )
+    # the answer is tokenized on its own, after the prompt (axolotl's layout): no merge across the boundary
+    answer = tok("negative", add_special_tokens=False)["input_ids"]
+    assert out["input_ids"][0][-len(answer) - 1 :] == [*answer, tok.eos_token_id]
+
+
+def test_custom_dict_system_input_and_no_input_formats(tiny_model_dir, tok):
+    fields = {
+        "field_instruction": "q",
+        "field_input": "ctx",
+        "field_output": "a",
+        "field_system": "sys",
+        "format": "Q: {instruction}\nC: {input}\nA:",
+        "no_input_format": "Q: {instruction}\nA:",
+        "system_format": "<<{system}>>\n",
+    }
+    cfg = cfg_for(tiny_model_dir, {"type": fields})
+    rows = [{"q": "one", "ctx": "two", "a": "yes", "sys": "be brief"}, {"q": "one", "a": "no"}]
+    out, _ = encode(cfg, rows, tok)
+    assert decoded(tok, out, 0, trained=False) == f"{BOS}<<be brief>>\nQ: one\nC: two\nA:"
+    assert decoded(tok, out, 1, trained=False) == f"{BOS}Q: one\nA:"
+    assert decoded(tok, out, 1) == "no" + EOT
+
+
+def test_custom_system_prompt_used_only_without_field_system(tiny_model_dir, tok):
+    fields = {
+        "field_instruction": "q",
+        "field_output": "a",
+        "system_prompt": "SYS",
+        "format": "{instruction}:",
+    }
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": fields}), [{"q": "hi", "a": "yo"}], tok)
+    assert decoded(tok, out, 0, trained=False) == f"{BOS}SYShi:"  # system_format defaults to "{system}"
+    fields["field_system"] = "sys"  # axolotl: with field_system set, system_prompt is ignored
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": fields}), [{"q": "hi", "a": "yo"}], tok)
+    assert decoded(tok, out, 0, trained=False) == f"{BOS}hi:"
+
+
+def test_alpaca_with_and_without_input(tiny_model_dir, tok):
+    rows = [
+        {"instruction": "Classify.", "input": "Shares rose.", "output": "positive"},
+        {"instruction": "Say hi.", "output": "hi"},
+    ]
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": "alpaca"}), rows, tok)
+    assert decoded(tok, out, 0, trained=False) == (
+        f"{BOS}{formats.ALPACA_SYSTEM}\n\n### Instruction:\nClassify.\n\n### Input:\nShares rose.\n\n### Response:\n"
+    )
+    assert decoded(tok, out, 1, trained=False) == (
+        f"{BOS}{formats.ALPACA_SYSTEM_NO_INPUT}\n\n### Instruction:\nSay hi.\n\n### Response:\n"
+    )
+    assert [decoded(tok, out, i) for i in (0, 1)] == ["positive" + EOT, "hi" + EOT]
+
+
+def test_completion_trains_the_text_plus_eos(tiny_model_dir, tok):
+    out, _ = encode(
+        cfg_for(tiny_model_dir, {"type": "completion", "field": "body"}), [{"body": "Revenue grew 5%."}], tok
+    )
+    assert decoded(tok, out, 0) == "Revenue grew 5%." + EOT
+    assert decoded(tok, out, 0, trained=False) == BOS
+
+
+def test_train_on_inputs_trains_every_token(tiny_model_dir, tok):
+    cfg = cfg_for(tiny_model_dir, {"type": INST}, train_on_inputs=True)
+    out, _ = encode(cfg, [{"context": "q?", "target": "a"}], tok)
+    assert out["labels"][0] == out["input_ids"][0]
+    cfg = cfg_for(tiny_model_dir, {"type": "chat_template"}, train_on_inputs=True)
+    out, _ = encode(cfg, [{"messages": CHAT}], tok)
+    assert out["labels"][0] == out["input_ids"][0]
+
+
+def test_empty_answers_and_bad_values_are_flagged_per_row(tiny_model_dir, tok):
+    rows = [
+        {"context": "q", "target": "  "},
+        {"context": "q"},
+        {"context": "q", "target": 5},
+        {"context": ["q"], "target": "a"},
+    ]
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": INST}), rows, tok)
+    assert out["status"] == [formats.EMPTY, formats.ERROR, formats.ERROR, formats.ERROR]
+    assert out["error"][1:] == [
+        "missing field 'target'",
+        "field 'target': expected a string, got int '5'",
+        "field 'context': expected a string, got list \"['q']\"",
+    ]
+
+
+def test_chat_trains_only_assistant_turns_and_their_end_of_turn(tiny_model_dir, tok):
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": "chat_template"}), [{"messages": CHAT}], tok)
+    assert decoded(tok, out, 0) == f"Return on equity.{EOT}Return on assets.{EOT}"
+    assert out["input_ids"][0].count(tok.bos_token_id) == 1  # the template's BOS, no second one
+    # same labels as transformers' own assistant mask from the template's {% generation %} markers
+    mask = tok.apply_chat_template(CHAT, return_dict=True, return_assistant_tokens_mask=True)[
+        "assistant_masks"
+    ]
+    assert [label != IGNORE for label in out["labels"][0]] == [bool(m) for m in mask]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"roles_to_train": ["assistant", "user"]},
+            f"What is ROE?{EOT}Return on equity.{EOT}And ROA?{EOT}Return on assets.{EOT}",
+        ),
+        ({"train_on_eos": "last"}, f"Return on equity.Return on assets.{EOT}"),
+        ({"train_on_eos": "none"}, "Return on equity.Return on assets."),
+        ({"train_on_eos": "all"}, f"{EOT}{EOT}Return on equity.{EOT}{EOT}Return on assets.{EOT}"),
+    ],
+)
+def test_chat_roles_to_train_and_train_on_eos(tiny_model_dir, tok, extra, expected):
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": "chat_template", **extra}), [{"messages": CHAT}], tok)
+    assert decoded(tok, out, 0) == expected
+
+
+def test_chat_sharegpt_mapping_and_dropped_system(tiny_model_dir, tok):
+    turns = [
+        {"from": "system", "value": "S"},
+        {"from": "human", "value": "Hi?"},
+        {"from": "gpt", "value": "Hello."},
+    ]
+    dataset = {
+        "type": "chat_template",
+        "field_messages": "conversations",
+        "drop_system_message": True,
+        "message_property_mappings": {"role": "from", "content": "value"},
+    }
+    out, _ = encode(cfg_for(tiny_model_dir, dataset), [{"conversations": turns}], tok)
+    assert decoded(tok, out, 0) == f"Hello.{EOT}"
+    assert decoded(tok, out, 0, trained=False) == (
+        f"{BOS}<|start_header_id|>user<|end_header_id|>\n\nHi?{EOT}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_chat_rows_without_assistant_content_are_empty_and_bad_turns_named(tiny_model_dir, tok):
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]},
+        {"messages": [{"role": "user", "content": None}]},
+        {"messages": "hello"},
+    ]
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": "chat_template"}), rows, tok)
+    assert out["status"] == [formats.EMPTY, formats.ERROR, formats.ERROR]
+    assert out["error"][1:] == [
+        "field 'messages[0].content': missing field 'content'",
+        "field 'messages': expected a list of messages, got str",
+    ]
+
+
+def test_named_templates_llama3_chatml_and_jinja(tiny_model_dir, tok):
+    out, llama = encode(
+        cfg_for(tiny_model_dir, {"type": "chat_template"}, chat_template="llama3"), [{"messages": CHAT}]
+    )
+    assert decoded(llama, out, 0) == f"Return on equity.{EOT}Return on assets.{EOT}"
+    assert out["input_ids"][0].count(llama.bos_token_id) == 1
+
+    cfg = cfg_for(
+        tiny_model_dir,
+        {"type": "chat_template"},
+        chat_template="chatml",
+        tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    out, chatml = encode(cfg, [{"messages": CHAT}])
+    assert decoded(chatml, out, 0) == "Return on equity.<|im_end|>Return on assets.<|im_end|>"
+    assert decoded(chatml, out, 0, trained=False).startswith(
+        "<|im_start|>system\nYou are"
+    )  # chatml has no BOS
+
+    jinja = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|end_of_text|>{% endfor %}"
+    cfg = cfg_for(
+        tiny_model_dir, {"type": "chat_template"}, chat_template=jinja, eot_tokens=["<|end_of_text|>"]
+    )
+    out, plain = encode(cfg, [{"messages": CHAT[1:3]}])
+    # a token that straddles the boundary (" Return": the template's space + the content) is trained
+    assert decoded(plain, out, 0) == " Return on equity.<|end_of_text|>"
+    assert decoded(plain, out, 0, trained=False) == "user: What is ROE?<|end_of_text|>assistant:"
+
+
+def test_per_dataset_template_overrides_the_tokenizer_one(tiny_model_dir, tok):
+    cfg = cfg_for(tiny_model_dir, {"type": "chat_template", "chat_template": "llama3"})
+    fmt = formats.build_format(cfg, cfg.datasets[0], "datasets[0]", tok)
+    assert "loop_messages" in fmt.spec.template
+
+
+def test_bad_custom_format_is_one_line(tiny_model_dir, tok):
+    cfg = cfg_for(tiny_model_dir, {"type": {**INST, "format": "[INST] {question} [/INST]"}})
+    with pytest.raises(UserError) as info:
+        formats.build_format(cfg, cfg.datasets[0], "datasets[0]", tok)
+    assert info.value.problems == [
+        "datasets[0].type.format: bad template '[INST] {question} [/INST]' (KeyError: 'question'); "
+        "use {instruction}, {input} and {system}, and double literal braces"
+    ]
+
+
+def test_truncate_keeps_sequence_len_tokens(tiny_model_dir, tok):
+    cfg = cfg_for(tiny_model_dir, {"type": INST}, sequence_len=8, excess_length_strategy="truncate")
+    out, _ = encode(cfg, [{"context": "a long question about net present value", "target": "yes"}], tok)
+    assert len(out["input_ids"][0]) == 8 and out["truncated"] == [True] and out["trained"] == [0]
