@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune import card, config
+from finetune import card, card_training, config
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
 LOG_HISTORY = [
@@ -165,12 +165,12 @@ def test_training_table_rows_equal_the_logs(run_dir):
 def test_rows_join_train_and_eval_per_step():
     logs = [{"eval_loss": 2.0, "epoch": 0.1, "step": 1}, {"loss": 3.0, "epoch": 0.2, "step": 2},
             {"eval_loss": 1.5, "epoch": 0.2, "step": 2}, {"loss": 2.5, "epoch": 0.3, "step": 3}]  # fmt: skip
-    rows = card.training_rows(logs)
+    rows = card_training.training_rows(logs)
     assert [(r["Training Loss"], r["Step"], r["Validation Loss"]) for r in rows] == [
         ("No log", 1, 2.0),
         (3.0, 2, 1.5),
     ]
-    no_eval = card.training_rows([e for e in logs if "loss" in e])
+    no_eval = card_training.training_rows([e for e in logs if "loss" in e])
     assert no_eval == [
         {"Training Loss": 3.0, "Epoch": 0.2, "Step": 2},
         {"Training Loss": 2.5, "Epoch": 0.3, "Step": 3},
