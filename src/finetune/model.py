@@ -1,0 +1,339 @@
+"""The model stage: the base (4-bit, 8-bit or 16/32-bit) wrapped in a LoRA adapter, ready for the Trainer.
+
+`load(cfg, tokenizer)` is the whole stage; the helpers below it are its steps, top to bottom:
+precision -> quantization -> base weights -> vocabulary -> k-bit preparation -> adapter -> CPU 4-bit fix.
+Each step that changes what the user asked for (a kernel that is not available, embeddings that must be
+trained) leaves a line in `LoadedModel.notes`, which `train` prints, so nothing is replaced silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune.config import Config
+from finetune.errors import UserError
+
+# Attention projections: the default targets when neither lora_target_modules nor lora_target_linear is set.
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the run computes in: mixed-precision flags for the Trainer and the dtype the base is held in."""
+
+    bf16: bool
+    fp16: bool
+    tf32: bool | None
+    dtype: str  # "bfloat16" | "float16" | "float32": 4-bit compute dtype and the dtype of a 16/32-bit base
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # peft.PeftModel
+    quantization: str  # "4-bit", "8-bit" or "16-bit"/"32-bit"
+    trainable_params: int
+    total_params: int
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- precision and kernels
+
+
+def _accelerator_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def precision(cfg: Config) -> Precision:
+    """`bf16: auto` means bf16 where a GPU supports it; on CPU the run stays in fp32 (exact, and not slower)."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if cfg.bf16 is True:
+        bf16 = True
+    elif cfg.bf16 == "auto":
+        bf16 = _accelerator_bf16() and not cfg.fp16
+    else:
+        bf16 = False
+    fp16 = bool(cfg.fp16) and not bf16
+    if fp16 and not on_gpu:
+        raise UserError("fp16: fp16 mixed precision needs a GPU (set fp16: false, or bf16: auto)")
+    dtype = "bfloat16" if bf16 else "float16" if fp16 else "float32"
+    tf32 = cfg.tf32 if on_gpu else None  # TF32 is an Ampere+ GPU feature; the Trainer refuses it elsewhere
+    return Precision(bf16=bf16, fp16=fp16, tf32=tf32, dtype=dtype)
+
+
+def attn_implementation(cfg: Config, notes: list[str]) -> str:
+    """sdpa by default; flash_attention_2 only where it can run (CUDA + the flash_attn package)."""
+    import importlib.util
+
+    import torch
+
+    wanted = cfg.attn_implementation or ("flash_attention_2" if cfg.flash_attention else "sdpa")
+    if wanted.startswith("flash_attention") and not (
+        torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    ):
+        notes.append(f"attention: {wanted} needs a CUDA GPU and the flash_attn package; using sdpa instead")
+        return "sdpa"
+    return wanted
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def _prequantized(model_config) -> dict | None:
+    """A checkpoint saved already quantized (e.g. unsloth/...-bnb-4bit) carries quantization_config."""
+    q = getattr(model_config, "quantization_config", None)
+    if q is None:
+        return None
+    return q if isinstance(q, dict) else q.to_dict()
+
+
+def quantization_config(cfg: Config, prec: Precision):
+    """NF4 with double quantization for 4-bit (QLoRA paper's recipe), LLM.int8 for 8-bit, else None."""
+    from transformers import BitsAndBytesConfig
+
+    extra = dict(cfg.bnb_config_kwargs or {})
+    if cfg.quantized_4bit:
+        import torch
+
+        storage = cfg.bnb_4bit_quant_storage or "uint8"
+        return BitsAndBytesConfig(
+            **{
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_use_double_quant": True,
+                "bnb_4bit_compute_dtype": prec.torch_dtype,
+                "bnb_4bit_quant_storage": getattr(torch, storage),
+                **extra,
+            }
+        )
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True, **extra)
+    return None
+
+
+def _device_map(cfg: Config):
+    """One whole copy per process on its own GPU; None on CPU and under ZeRO-3 (DeepSpeed places weights)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if isinstance(cfg.deepspeed, str | dict) and '"stage": 3' in str(cfg.deepspeed).replace("'", '"'):
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
+
+
+# ---------------------------------------------------------------- the base model
+
+
+def load_base(cfg: Config, prec: Precision, notes: list[str]):
+    """from_pretrained with the run's quantization, dtype, attention kernel, revision and remote-code choice."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source_config = cfg.base_model_config or cfg.base_model
+    common = {"revision": cfg.revision_of_model, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        model_config = AutoConfig.from_pretrained(source_config, **common)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"base_model: cannot load a model config from {source_config!r} ({str(exc).splitlines()[0]})"
+        ) from None
+    pre = _prequantized(model_config)
+    if pre is not None:
+        quant = None  # loaded as it was saved; passing our own config would conflict with it
+        notes.append(
+            f"base_model: pre-quantized checkpoint ({pre.get('quant_method', '?')}), loaded as it is"
+        )
+    else:
+        quant = quantization_config(cfg, prec)
+    kwargs = {
+        "config": model_config,
+        "dtype": prec.torch_dtype,
+        "attn_implementation": attn_implementation(cfg, notes),
+        "device_map": _device_map(cfg),
+        **common,
+    }
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+    except OSError as exc:
+        raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def quantization_of(model) -> str:
+    """4-bit / 8-bit / 16-bit / 32-bit, read from the loaded modules (a pre-quantized base included)."""
+    import bitsandbytes as bnb
+
+    kinds = {type(m) for m in model.modules()}
+    if any(issubclass(k, bnb.nn.Linear4bit) for k in kinds):
+        return "4-bit"
+    if any(issubclass(k, bnb.nn.Linear8bitLt) for k in kinds):
+        return "8-bit"
+    dtype = next(model.parameters()).dtype
+    return "32-bit" if dtype.itemsize == 4 else "16-bit"
+
+
+def fit_vocabulary(model, tokenizer, new_tokens: int, notes: list[str]) -> list[str]:
+    """Grow the embeddings to the tokenizer; rows for new tokens are untrained, so train them in full.
+
+    Returns the module names to add to modules_to_save (empty when no token is new).
+    """
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if new_tokens <= 0:
+        return []
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    modules = [names[id(model.get_input_embeddings())]]
+    out = model.get_output_embeddings()
+    if out is not None and id(out) in names and names[id(out)] not in modules:
+        modules.append(names[id(out)])
+    notes.append(
+        f"tokens: {new_tokens} new token(s) added to the vocabulary; {' and '.join(modules)} are trained in full "
+        "and saved with the adapter (modules_to_save) so the new rows learn something"
+    )
+    return modules
+
+
+def count_new_tokens(cfg: Config, tokenizer) -> int:
+    """How many tokens `special_tokens`/`tokens` added beyond the base tokenizer's vocabulary."""
+    if not (cfg.special_tokens or cfg.tokens):
+        return 0
+    from finetune.tokenizer import load_tokenizer
+
+    plain = load_tokenizer(cfg.model_copy(update={"special_tokens": None, "tokens": None}))
+    return max(0, len(tokenizer) - len(plain))
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
+    from peft import LoraConfig
+
+    if cfg.lora_target_linear:
+        targets: list[str] | str = "all-linear"
+    elif cfg.lora_target_modules:
+        targets = cfg.lora_target_modules
+    else:
+        targets = DEFAULT_TARGETS
+    to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save])) or None
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=to_save,
+        fan_in_fan_out=cfg.lora_fan_in_fan_out,
+        use_dora=cfg.peft_use_dora,
+        use_rslora=cfg.peft_use_rslora,
+        bias="none",
+    )
+
+
+def gradient_checkpointing_kwargs(cfg: Config) -> dict:
+    # Non-reentrant checkpointing works with frozen inputs (LoRA) without extra hooks and is torch's advice.
+    return {"use_reentrant": False, **(cfg.gradient_checkpointing_kwargs or {})}
+
+
+def wrap_adapter(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
+    """k-bit preparation, gradient checkpointing, then a fresh LoRA (seeded) or the one in lora_model_dir."""
+    with (
+        warnings.catch_warnings()
+    ):  # peft 0.21 reads `is_gradient_checkpointing`, deprecated in transformers 5
+        warnings.filterwarnings(
+            "ignore",
+            message=".*(is_gradient_checkpointing|gradient_checkpointing_enable).*",
+            category=FutureWarning,
+        )
+        return _wrap_adapter(cfg, model, kbit, extra_modules_to_save, notes)
+
+
+def _wrap_adapter(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    checkpointing = bool(cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing == "offload":
+        notes.append("gradient_checkpointing: offload is not implemented; using plain gradient checkpointing")
+    gc_kwargs = gradient_checkpointing_kwargs(cfg)
+    if kbit:
+        # Casts norms/embeddings to fp32 and makes inputs require grad, so checkpointed k-bit layers backprop.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()
+    if checkpointing:
+        model.config.use_cache = False  # the cache is useless in training and conflicts with checkpointing
+
+    set_seed(cfg.seed)  # before the adapter is built: LoRA's init draws from the RNG (FACTS.md)
+    if cfg.lora_model_dir:
+        model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
+        notes.append(
+            f"adapter: continuing from {cfg.lora_model_dir} (its r/alpha/targets apply, not this config's)"
+        )
+    else:
+        model = get_peft_model(model, lora_config(cfg, extra_modules_to_save))
+    return model
+
+
+def disable_cpu_bf16_repack(model) -> int:
+    """Work around bitsandbytes' CPU 4-bit trap; returns the number of layers changed.
+
+    On CPUs with AVX512-BF16, a forward in eval mode repacks the 4-bit weights for a faster inference
+    kernel that has no autograd; later training forwards then drop the gradients through those layers
+    silently (FACTS.md; bitsandbytes 0.50 `Linear4bit.forward`). Turning the repack off keeps training
+    exact after evaluation, at the cost of slower CPU evaluation.
+    """
+    import bitsandbytes as bnb
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total); peft counts a packed 4-bit weight as the parameters it stands for."""
+    return model.get_nb_trainable_parameters()
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def load(cfg: Config, tokenizer) -> LoadedModel:
+    """Base model + LoRA adapter, in the precision and quantization the config asks for."""
+    notes: list[str] = []
+    prec = precision(cfg)
+    model = load_base(cfg, prec, notes)
+    quantization = quantization_of(model)
+    kbit = quantization in ("4-bit", "8-bit")
+    trained_embeddings = fit_vocabulary(model, tokenizer, count_new_tokens(cfg, tokenizer), notes)
+    model = wrap_adapter(cfg, model, kbit, trained_embeddings, notes)
+    disable_cpu_bf16_repack(model)
+    trainable, total = parameter_counts(model)
+    return LoadedModel(
+        model=model, quantization=quantization, trainable_params=trainable, total_params=total, notes=notes
+    )

@@ -1,0 +1,190 @@
+"""The model stage on the tiny model: 4/8/16-bit bases, LoRA variants, vocabulary growth, the CPU 4-bit trap."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+bnb = pytest.importorskip("bitsandbytes")
+
+from finetune import config, model  # noqa: E402
+from finetune.errors import UserError  # noqa: E402
+from finetune.tokenizer import load_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+QA = ROOT / "examples" / "finance_qa.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are fastest on one thread, and two busy threads on a shared 2-core machine crawl."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_cfg(base, **over) -> config.Config:
+    raw = {"base_model": str(base), "adapter": "lora", "datasets": [{"path": str(QA)}], "seed": 3, **over}
+    return config.validate(raw)
+
+
+def load(cfg):
+    tok = load_tokenizer(cfg)
+    return model.load(cfg, tok), tok
+
+
+def batch(tok):
+    return tok(
+        ["Revenue grew 12% while margins held.", "What is liquidity?"], return_tensors="pt", padding=True
+    )
+
+
+def lora_grads(m, x) -> dict:
+    m.train()
+    m.zero_grad()
+    m(**x, labels=x["input_ids"]).loss.backward()
+    return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    ("settings", "quantization", "layer"),
+    [
+        ({"load_in_4bit": True, "adapter": "qlora"}, "4-bit", "Linear4bit"),
+        ({"load_in_8bit": True}, "8-bit", "Linear8bitLt"),
+        ({}, "32-bit", "Linear"),
+    ],
+)
+def test_bases_train_only_the_adapter(tiny_model_dir, settings, quantization, layer):
+    loaded, tok = load(make_cfg(tiny_model_dir, **settings))
+    m = loaded.model
+    assert loaded.quantization == quantization
+    q_proj = m.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer).__name__ == layer
+    # default targets: q,k,v,o with r=8 on 2 layers (hidden 64, k/v out 32)
+    assert loaded.trainable_params == 2 * 8 * ((64 + 64) + (64 + 32) * 2 + (64 + 64))
+    assert loaded.trainable_params < loaded.total_params
+    grads = lora_grads(m, batch(tok))
+    assert grads and all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)  # A's is 0 while B starts at 0
+
+
+@pytest.mark.filterwarnings("ignore:bitsandbytes::gemv_4bit")  # raised on purpose by the no-workaround half
+def test_cpu_4bit_gradients_survive_evaluation(tiny_model_dir):
+    """FACTS.md trap: an eval-mode forward repacks 4-bit weights and later LoRA gradients go wrong."""
+    loaded, tok = load(make_cfg(tiny_model_dir, load_in_4bit=True, adapter="qlora", lora_target_linear=True))
+    m, x = loaded.model, batch(tok)
+    before = lora_grads(m, x)
+    m.eval()
+    with torch.no_grad():
+        m(**x)
+    after = lora_grads(m, x)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+    from bitsandbytes.nn.modules import has_avx512bf16
+
+    if has_avx512bf16():  # show the test has teeth: without the workaround the gradients change
+        fresh, _ = load(make_cfg(tiny_model_dir, load_in_4bit=True, adapter="qlora", lora_target_linear=True))
+        for mod in fresh.model.modules():
+            if isinstance(mod, bnb.nn.Linear4bit):
+                mod.support_avx512bf16_for_cpu = True
+        g1 = lora_grads(fresh.model, x)
+        fresh.model.eval()
+        with torch.no_grad():
+            fresh.model(**x)
+        g2 = lora_grads(fresh.model, x)
+        assert any(not torch.allclose(g1[n], g2[n]) for n in g1)
+
+
+def test_all_linear_dora_and_rslora(tiny_model_dir):
+    cfg = make_cfg(
+        tiny_model_dir, load_in_4bit=True, adapter="qlora", lora_target_linear=True, peft_use_dora=True,
+        peft_use_rslora=True, lora_r=4, lora_alpha=8,
+    )  # fmt: skip
+    loaded, tok = load(cfg)
+    m = loaded.model
+    wrapped = {n.split(".")[-1] for n, mod in m.named_modules() if hasattr(mod, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    layer = m.base_model.model.model.layers[0].mlp.down_proj
+    assert "default" in layer.lora_magnitude_vector  # DoRA
+    assert layer.scaling["default"] == pytest.approx(8 / math.sqrt(4))  # rsLoRA: alpha / sqrt(r)
+    grads = lora_grads(m, batch(tok))
+    assert any("lora_magnitude_vector" in n and g.abs().sum() > 0 for n, g in grads.items())
+
+
+def test_lora_model_dir_starts_from_the_saved_adapter(tiny_model_dir, tmp_path):
+    first, _ = load(make_cfg(tiny_model_dir, lora_r=4))
+    with torch.no_grad():
+        for n, p in first.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    first.model.save_pretrained(tmp_path / "adapter")
+    saved = {n: p.detach().clone() for n, p in first.model.named_parameters() if "lora_" in n}
+
+    loaded, tok = load(make_cfg(tiny_model_dir, lora_model_dir=str(tmp_path / "adapter"), lora_r=16))
+    now = {n: p for n, p in loaded.model.named_parameters() if "lora_" in n}
+    assert now.keys() == saved.keys()
+    assert all(torch.equal(now[n].detach(), saved[n]) for n in saved)
+    assert all(p.requires_grad for p in now.values())
+    assert any("continuing from" in note for note in loaded.notes)
+
+
+def test_prequantized_checkpoint_loads_as_it_is(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=q)
+    base.save_pretrained(tmp_path / "bnb-4bit")
+    load_tokenizer(make_cfg(tiny_model_dir)).save_pretrained(tmp_path / "bnb-4bit")
+
+    loaded, tok = load(make_cfg(tmp_path / "bnb-4bit"))  # no load_in_4bit: the checkpoint says so itself
+    assert loaded.quantization == "4-bit"
+    assert any("pre-quantized" in note for note in loaded.notes)
+    x = batch(tok)
+    model.disable_cpu_bf16_repack(base)  # compare like with like: the repacked CPU kernel computes in bf16
+    with torch.no_grad(), loaded.model.disable_adapter():
+        assert torch.allclose(loaded.model(**x).logits, base(**x).logits, atol=1e-5)
+
+
+def test_new_tokens_resize_and_train_embeddings(tiny_model_dir):
+    loaded, tok = load(make_cfg(tiny_model_dir, tokens=["<|fin_q|>", "<|fin_a|>"]))
+    m = loaded.model
+    assert m.get_input_embeddings().num_embeddings == len(tok)
+    assert set(m.peft_config["default"].modules_to_save) >= {"embed_tokens", "lm_head"}
+    assert any("embed_tokens and lm_head are trained in full" in note for note in loaded.notes)
+    grads = lora_grads(m, tok(["<|fin_q|> revenue <|fin_a|> up"], return_tensors="pt"))
+    assert any("embed_tokens" in n for n in grads)
+
+
+def test_no_new_tokens_means_no_trained_embeddings(tiny_model_dir):
+    loaded, _ = load(make_cfg(tiny_model_dir, special_tokens={"pad_token": "<|end_of_text|>"}))
+    assert not loaded.model.peft_config["default"].modules_to_save
+    assert loaded.model.base_model.model.config.pad_token_id is not None
+
+
+def test_gradient_checkpointing_and_attention_fallback(tiny_model_dir):
+    loaded, tok = load(make_cfg(tiny_model_dir, gradient_checkpointing=True, flash_attention=True))
+    base = loaded.model.base_model.model
+    assert base.is_activation_checkpointing
+    assert base.config._attn_implementation == "sdpa"
+    assert any("using sdpa instead" in note for note in loaded.notes)
+    assert lora_grads(loaded.model, batch(tok))
+
+
+def test_precision_on_cpu(tiny_model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectations")
+    assert model.precision(make_cfg(tiny_model_dir)).dtype == "float32"  # bf16: auto stays fp32 on CPU
+    assert model.precision(make_cfg(tiny_model_dir, bf16=True)).bf16
+    with pytest.raises(UserError, match="fp16"):
+        model.precision(make_cfg(tiny_model_dir, bf16=False, fp16=True))
+
+
+def test_unknown_base_model_is_a_user_error(tmp_path):
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    with pytest.raises(UserError, match="base_model"):
+        model.load(make_cfg(empty), tokenizer=None)
