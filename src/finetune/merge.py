@@ -1,0 +1,231 @@
+"""`finetune merge`: fold a run's adapter into a 16/32-bit copy of its base and save a standalone model.
+
+The base is never merged in 4-bit (rounding LoRA's delta into NF4 weights is a classic source of broken
+merges). A QLoRA adapter was trained against NF4 weights, though, so `dequantize=True` first rounds the
+base through NF4 and back, exactly as bitsandbytes did in training, and merges into that. After saving,
+the merged folder is loaded again and its logits are compared with base + adapter on a few prompts.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from pathlib import Path
+
+from finetune import card, run_dir
+from finetune.errors import UserError
+from finetune.files import atomic_dir
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# Precision the run trained in (train.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
+# weights were quantized from, which --dequantize must reproduce to round the same way.
+_TRAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32", "fp32": "float32"}
+NF4_BLOCKSIZE = 64  # bitsandbytes' Linear4bit default (Params4bit), which transformers uses
+CHECK_PROMPTS = ("What does EBITDA stand for?", "Net income rose 12% in 2023 because", "Hello")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def base_config(run: run_dir.Run):
+    """The base's model config (cheap): tells a checkpoint saved quantized before any weight is read."""
+    from transformers import AutoConfig
+
+    cfg = run.cfg
+    source = cfg.base_model_config or cfg.base_model
+    try:
+        return AutoConfig.from_pretrained(
+            source, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"base_model: cannot load a model config from {source!r} ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def load_base(run: run_dir.Run, config, dtype: str):
+    """The config's base_model in `dtype`. A checkpoint saved quantized (e.g. unsloth/...-bnb-4bit) loads
+    quantized whatever we ask, so it is dequantized: those are exactly the weights training saw."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = run.cfg
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.base_model, config=config, dtype=_torch_dtype(dtype),
+            revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code,
+        )  # fmt: skip
+    except OSError as exc:
+        raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
+    if getattr(model, "hf_quantizer", None) is not None:
+        print(f"base_model: {cfg.base_model} is saved quantized; dequantizing it to {dtype} before merging")
+        model = model.dequantize(dtype=_torch_dtype(dtype))
+        model.config.dtype = _torch_dtype(dtype)
+        forget_bnb_loading_steps(model)
+    return model
+
+
+def forget_bnb_loading_steps(model) -> None:
+    """Workaround: transformers 5.x `dequantize()` keeps the bitsandbytes deserialize steps in
+    `model._weight_conversions`, and `save_pretrained` then fails trying to reverse them
+    (NotImplementedError in `reverse_op`; https://github.com/huggingface/transformers/pull/45743).
+    The weights are plain tensors now, so those steps no longer apply; every other step is kept."""
+    from transformers.integrations.bitsandbytes import Bnb4bitDeserialize, Bnb8bitDeserialize
+
+    steps = getattr(model, "_weight_conversions", None)
+    if steps:
+        bnb_ops = (Bnb4bitDeserialize, Bnb8bitDeserialize)
+        model._weight_conversions = [
+            s for s in steps if not any(isinstance(op, bnb_ops) for op in getattr(s, "operations", ()))
+        ]
+
+
+def training_dtype(run: run_dir.Run, fallback: str) -> str:
+    """The dtype the base was loaded in for training, which its 4-bit weights were quantized from."""
+    return _TRAIN_DTYPES.get(str(run_dir.fact(run, "mixed_precision") or "").lower(), fallback)
+
+
+def nf4_round_trip(model, run: run_dir.Run, train_dtype: str) -> int:
+    """Replace each weight bitsandbytes quantized in training by its NF4 quantize -> dequantize round trip.
+
+    The same modules as transformers' bnb loader (its skip rules: lm_head, tied and fp32 modules,
+    llm_int8_skip_modules), the same settings (finetune.model.quantization_config), and `model` must be
+    loaded in the training dtype: NF4 of bf16-rounded weights is not NF4 of fp32 ones. Returns the number
+    of weights replaced.
+    """
+    import bitsandbytes.functional as F
+    import torch
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from finetune import model as model_module
+
+    prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
+    quant = model_module.quantization_config(run.cfg, prec)
+    skip = HfQuantizer.get_modules_to_not_convert(
+        model, quant.llm_int8_skip_modules, getattr(model, "_keep_in_fp32_modules", None)
+    )
+    replaced = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not (type(module) is torch.nn.Linear or isinstance(module, Conv1D)):
+                continue
+            if not should_convert_module(name, skip):
+                continue
+            weight = module.weight.data
+            source = (weight.T if isinstance(module, Conv1D) else weight).to(_torch_dtype(train_dtype))
+            packed, state = F.quantize_4bit(
+                source.contiguous(),
+                blocksize=NF4_BLOCKSIZE,
+                compress_statistics=quant.bnb_4bit_use_double_quant,
+                quant_type=quant.bnb_4bit_quant_type,
+                quant_storage=quant.bnb_4bit_quant_storage,
+            )
+            restored = F.dequantize_4bit(packed, state)
+            module.weight.data = (restored.T if isinstance(module, Conv1D) else restored).to(weight.dtype)
+            replaced += 1
+    return replaced
+
+
+def prompt_ids(tokenizer) -> list:
+    return [tokenizer(p, return_tensors="pt")["input_ids"] for p in CHECK_PROMPTS]
+
+
+def logits(model, prompts: list) -> list:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return [model(input_ids=ids).logits.float() for ids in prompts]
+
+
+def max_difference(a: list, b: list) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def _check_paths(output_dir: Path, out: Path) -> None:
+    src, dst = output_dir.resolve(), out.resolve()
+    if dst == src or src.is_relative_to(dst):
+        raise UserError(
+            f"--out {out}: would replace the run folder {output_dir} itself; choose another folder"
+        )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+
+
+def merge_command(
+    output_dir: str | Path,
+    out: str | Path,
+    dtype: str = "bf16",
+    dequantize: bool = False,
+    overwrite: bool = False,
+    max_shard_size: str = "5GB",
+) -> float:
+    """Merge output_dir's adapter into its base; save model, tokenizer, generation config and card in `out`.
+
+    Returns the largest |logit difference| between the saved merged model and base + adapter.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output_dir, out = Path(output_dir), Path(out)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    run = run_dir.read_run(output_dir)
+    if run.adapter_dir is None:
+        raise UserError(f"{output_dir}: no adapter_config.json here or in a checkpoint-* folder")
+    if run.adapter_dir != output_dir:
+        print(
+            f"{output_dir}: no final adapter (interrupted run?); merging the newest checkpoint {run.adapter_dir}"
+        )
+    _check_paths(output_dir, out)
+    torch_dtype = DTYPES[dtype]
+    config = base_config(run)
+    prequantized = getattr(config, "quantization_config", None) is not None
+    if dequantize and not (run.cfg.quantized_4bit or prequantized):
+        raise UserError("--dequantize: this run trained on a 16/32-bit base, not a 4-bit one; leave it out")
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        print(f"loading {run.cfg.base_model} in {dtype}")
+        tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)  # training may have added tokens
+        if dequantize and not prequantized:
+            train_dtype = training_dtype(run, torch_dtype)
+            base = load_base(run, config, train_dtype)
+            n = nf4_round_trip(base, run, train_dtype)
+            base = base.to(_torch_dtype(torch_dtype))
+            print(f"rounded {n} weights through NF4 and back from {train_dtype}, as in training")
+        else:
+            base = load_base(run, config, torch_dtype)
+        if run.cfg.quantized_4bit and not (dequantize or prequantized):
+            print("note: the adapter was trained on NF4 weights; --dequantize merges into exactly those")
+        if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(base, run.adapter_dir)
+        prompts = prompt_ids(tokenizer)
+        reference = logits(model, prompts)
+
+        merged = model.merge_and_unload(progressbar=True)
+        if tokenizer.pad_token_id is not None:
+            merged.config.pad_token_id = tokenizer.pad_token_id
+        merged.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        del model, merged, base
+        gc.collect()  # free the first copy before the saved one is loaded: peak memory stays one model
+
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=_torch_dtype(torch_dtype))
+        diff = max_difference(logits(reloaded, prompts), reference)
+        del reloaded
+        print(f"check: max |logit difference| between the saved merged model and base + adapter = {diff:.3g}")
+
+        if (output_dir / "loss.png").is_file():
+            shutil.copy2(output_dir / "loss.png", tmp / "loss.png")
+        shutil.copy2(output_dir / "config.yml", tmp / "config.yml")
+        merged_info = card.Merged(
+            out=out, dtype=dtype, dequantize=dequantize or prequantized, max_logit_diff=diff
+        )
+        card.write_card(output_dir, merged_info, dest=tmp)
+    print(f"wrote the merged model to {out}")
+    return diff
