@@ -1,0 +1,99 @@
+"""Finding the checkpoint to resume from: the newest *complete* one, in the HF layout output_dir/checkpoint-N/.
+
+A run killed while saving (kill -9, power cut, full disk) leaves a checkpoint folder with missing or cut-off
+files. Resuming from it would crash, or worse, continue from half a state. The Trainer writes
+trainer_state.json last, so its presence plus intact weight/optimizer files marks a finished save; anything
+less is skipped with a warning and moved aside so the resumed run can save that step again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+from finetune.errors import UserError
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """checkpoint-N folders, oldest step first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from, or None when it is complete."""
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (the save did not finish)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))["global_step"]
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return "trainer_state.json is cut off"
+    weights = [ckpt / n for n in ("adapter_model.safetensors", "model.safetensors") if (ckpt / n).is_file()]
+    if not weights:
+        return "no adapter weights"
+    from safetensors import safe_open
+
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception:
+            return f"{path.name} is cut off"
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        path = ckpt / name
+        if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip; cut off = no directory
+            return f"{name} is cut off"
+    has_optimizer = (ckpt / "optimizer.pt").is_file() or any(
+        ckpt.glob("global_step*")
+    )  # DeepSpeed: its own folder
+    if not has_optimizer:
+        return "no optimizer state"
+    return None
+
+
+def last_complete(output_dir: str | Path, warn=print) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones are reported and moved aside."""
+    for ckpt in reversed(checkpoints(output_dir)):
+        why = problem(ckpt)
+        if why is None:
+            return ckpt
+        aside = ckpt.with_name(f".incomplete-{ckpt.name}")
+        warn(f"skipping {ckpt}: {why}; moved to {aside.name}")
+        if aside.exists():
+            import shutil
+
+            shutil.rmtree(aside)
+        ckpt.rename(aside)
+    return None
+
+
+def resume_point(
+    output_dir: str | Path, explicit: str | None, resume: bool, auto: bool, warn=print
+) -> Path | None:
+    """Which checkpoint this run continues from, or None for a fresh start.
+
+    `explicit` is resume_from_checkpoint from the config; `resume` is --resume (a checkpoint must exist);
+    `auto` is auto_resume_from_checkpoints (resume when there is something to resume).
+    """
+    if explicit:
+        path = Path(explicit)
+        why = "not found" if not path.is_dir() else problem(path)
+        if why:
+            raise UserError(f"resume_from_checkpoint: {explicit}: {why}")
+        return path
+    if not (resume or auto):
+        return None
+    found = last_complete(output_dir, warn=warn)
+    if found is None and resume:
+        raise UserError(
+            f"--resume: no complete checkpoint in {output_dir} (train without --resume to start afresh)"
+        )
+    return found

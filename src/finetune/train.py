@@ -1,0 +1,357 @@
+"""`finetune train`: the recipe, top to bottom — tokenizer, data, model, Trainer, train, outputs, card.
+
+    finetune tiny-model models/tiny && finetune train examples/quickstart.yaml     # seconds on a CPU
+    finetune train configs/financebench.yaml --smoke                               # check a recipe first
+
+Each step is a call into the module that owns it (tokenizer, data, model, trainer_args, outputs, card);
+this file only orders them and decides who writes: in a multi-process run only the main process writes
+outputs, and it prepares the data first while the others wait, then they read its cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import sys
+import tempfile
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from finetune import checkpoints, outputs, trainer_args
+from finetune.config import Config
+from finetune.errors import UserError
+from finetune.files import check_output_dir
+
+SMOKE_STEPS = 2
+SMOKE_EVAL_ROWS = 4
+
+
+def run(
+    cfg: Config, overwrite: bool = False, resume: bool = False, smoke: bool = False, callbacks=()
+) -> Path:
+    """Train one adapter as `cfg` says; returns output_dir. Ctrl-C/SIGTERM checkpoint and exit (128 + signal)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    notes: list[str] = []  # every replacement of what the config says; printed as soon as it is known
+
+    def say_notes() -> None:
+        for note in notes:
+            console.print(f"[yellow]note:[/] {note}")
+        notes.clear()
+
+    _quiet_libraries()
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: choose one")
+    if smoke:
+        cfg = smoke_config(cfg, notes)
+        overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
+        say_notes()
+    output_dir = Path(cfg.output_dir)
+
+    # --- where we start: a fresh folder, or the last complete checkpoint of this one
+    check_output_dir(
+        output_dir, overwrite, resume or cfg.auto_resume_from_checkpoints or bool(cfg.resume_from_checkpoint)
+    )
+    single_process_launch_env(cfg, notes)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if overwrite and is_main:
+        clear_previous_run(output_dir)
+    warn = (lambda msg: console.print(f"[yellow]warning:[/] {msg}")) if is_main else (lambda msg: None)
+    start_from = checkpoints.resume_point(
+        output_dir, cfg.resume_from_checkpoint, resume, cfg.auto_resume_from_checkpoints, warn=warn
+    )
+    if start_from is not None:
+        console.print(f"resuming from {start_from}")
+    say_notes()
+
+    # --- tokenizer and data (the main process prepares and caches; the others wait, then read its cache)
+    from finetune import data
+    from finetune.tokenizer import load_tokenizer
+
+    with _status(console, "loading the tokenizer"):
+        tokenizer = load_tokenizer(cfg)
+    with main_process_first(), _status(console, "preparing the data"):
+        prepared = data.prepare(cfg, tokenizer, is_main=is_main)
+    train_set, eval_set = prepared.train, prepared.eval
+    if smoke:
+        train_set, eval_set = smoke_rows(cfg, train_set, eval_set, notes)
+        say_notes()
+    if len(train_set) == 0:
+        raise UserError("datasets: no training rows left after formatting and length filtering")
+    console.print(
+        f"data: {len(train_set)} training rows, {len(eval_set) if eval_set is not None else 0} evaluation rows"
+    )
+
+    # --- model: base + adapter
+    from finetune import model as model_module
+
+    with _status(console, f"loading {cfg.base_model}"):
+        loaded = model_module.load(cfg, tokenizer)
+    console.print(
+        f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: "
+        f"{loaded.trainable_params:,} trainable of {loaded.total_params:,} parameters "
+        f"({100 * loaded.trainable_params / max(1, loaded.total_params):.3f}%)"
+    )
+    prec = model_module.precision(cfg)
+    args, sched = trainer_args.training_arguments(
+        cfg, prec, len(train_set), eval_set is not None and len(eval_set) > 0, str(output_dir), notes
+    )
+    notes += loaded.notes
+    say_notes()
+    console.print(f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)")
+
+    # --- train
+    trainer, stop, throughput = build_trainer(
+        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks)
+    )
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        outputs.write_config(cfg, output_dir)  # first, so an interrupted run can be understood (and carded)
+    wandb_env = trainer_args.wandb_environment(cfg, str(output_dir))
+    with _environ(wandb_env):
+        result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
+            _finish_wandb(cfg)
+            ckpt = output_dir / f"checkpoint-{trainer.state.global_step}"
+            console.print(
+                f"[bold yellow]{stop.signal_name}: stopped at step {trainer.state.global_step}; checkpoint saved in {ckpt}.[/]\n"
+                f"Resume with: {resume_command()}"
+            )
+            raise SystemExit(128 + stop.received)
+        eval_metrics = final_evaluation(trainer, eval_set)
+
+        # --- outputs: only the main process writes
+        if trainer.is_world_process_zero():
+            session_tokens = throughput.session_tokens(trainer.state)
+            facts = run_facts(trainer, prec)
+            train_res, all_res = outputs.results(
+                trainer, result.metrics, eval_metrics, session_tokens, prepared.stats, facts
+            )
+            outputs.save_model(trainer, tokenizer, output_dir)
+            outputs.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
+            _write_card(output_dir)
+            _finish_wandb(cfg, all_res)
+            Console(highlight=False, soft_wrap=True).print(
+                "\n".join(["[bold green]done[/]", *outputs.summary_lines(output_dir, all_res)])
+            )
+    return output_dir
+
+
+# ---------------------------------------------------------------- the Trainer
+
+
+def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list):
+    """HF Trainer with padding per batch and finetune's callbacks (metrics file, signals, progress, W&B).
+
+    Returns (trainer, the signal watcher, the token counter): `run` reads those two after training.
+    """
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    from finetune import callbacks as cb
+    from finetune.config import resolved_dict
+
+    pad_full = bool(cfg.pad_to_sequence_len)
+    collator = DataCollatorForSeq2Seq(
+        tokenizer,
+        padding="max_length" if pad_full else True,
+        max_length=cfg.sequence_len if pad_full else None,
+        label_pad_token_id=-100,
+    )
+    stop, throughput = cb.StopOnSignal(), cb.Throughput()
+    callbacks = [
+        cb.LossBeforeEval(),
+        cb.MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
+        stop,
+        throughput,
+        cb.RichProgress(console),
+    ]
+    if cfg.early_stopping_patience and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    if cfg.use_wandb:
+        callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set if eval_set is not None and len(eval_set) else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks + extra_callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
+    return trainer, stop, throughput
+
+
+def final_evaluation(trainer, eval_set) -> dict:
+    """The final eval loss: reuse the evaluation at the last step, or run one now."""
+    if eval_set is None or len(eval_set) == 0:
+        return {}
+    history = trainer.state.log_history
+    last = next((e for e in reversed(history) if "eval_loss" in e), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def run_facts(trainer, prec) -> dict:
+    """Facts the card reports that HF's metrics leave out."""
+    args = trainer.args
+    return {
+        "world_size": args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type.value).lower(),
+        "total_train_batch_size": args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * args.world_size,
+        "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
+    }
+
+
+# ---------------------------------------------------------------- smoke runs
+
+
+def smoke_config(cfg: Config, notes: list[str]) -> Config:
+    """The same recipe on a tiny random model, in a temp folder, for a few steps; no DeepSpeed, no W&B."""
+    from finetune.tiny import write_tiny_model
+
+    root = Path(tempfile.mkdtemp(prefix="finetune-smoke-"))
+    tiny = write_tiny_model(root / "tiny-model")
+    update = {
+        "base_model": str(tiny),
+        "base_model_config": None,
+        "tokenizer_config": None,
+        "revision_of_model": None,
+        "trust_remote_code": False,
+        "lora_model_dir": None,
+        "output_dir": str(root / "output"),
+        "dataset_prepared_path": str(root / "prepared"),
+        "max_steps": SMOKE_STEPS,
+        "deepspeed": None,
+        "wandb_project": None,
+        "resume_from_checkpoint": None,
+        "auto_resume_from_checkpoints": False,
+    }
+    notes.append(
+        f"smoke: base_model {cfg.base_model} -> a tiny random Llama ({tiny}); its tokenizer formats the data"
+    )
+    notes.append(f"smoke: output_dir {cfg.output_dir} -> {root / 'output'}; max_steps -> {SMOKE_STEPS}")
+    if cfg.lora_model_dir:
+        notes.append(f"smoke: lora_model_dir {cfg.lora_model_dir} is not used (it fits the real model only)")
+    if cfg.deepspeed:
+        notes.append("smoke: deepspeed is off (one process)")
+    if cfg.use_wandb:
+        notes.append("smoke: W&B is off")
+    return cfg.model_copy(update=update)
+
+
+def smoke_rows(cfg: Config, train_set, eval_set, notes: list[str]):
+    """Just enough rows for the smoke steps (and a small evaluation)."""
+    want = cfg.micro_batch_size * cfg.gradient_accumulation_steps * SMOKE_STEPS
+    n_train = min(len(train_set), want)
+    train_set = train_set.select(range(n_train))
+    if eval_set is not None:
+        eval_set = eval_set.select(range(min(len(eval_set), SMOKE_EVAL_ROWS)))
+    notes.append(
+        f"smoke: {n_train} training rows, {len(eval_set) if eval_set is not None else 0} evaluation rows"
+    )
+    return train_set, eval_set
+
+
+# ---------------------------------------------------------------- processes and environment
+
+
+def single_process_launch_env(cfg: Config, notes: list[str]) -> None:
+    """DeepSpeed in a plain `python` process looks for mpi4py (FACTS.md); give it the env torchrun would."""
+    if not cfg.deepspeed or "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    notes.append(
+        "deepspeed: not started by a launcher, so running as a one-process group (RANK=0, WORLD_SIZE=1)"
+    )
+
+
+@contextmanager
+def main_process_first():
+    """The main process runs the block first (e.g. writes the data cache); the others run it after."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
+
+
+@contextmanager
+def _environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """--overwrite: drop the old run's checkpoints and metrics (they would mix with the new run's)."""
+    import shutil
+
+    for ckpt in checkpoints.checkpoints(output_dir):
+        shutil.rmtree(ckpt)
+    for path in output_dir.glob(".incomplete-checkpoint-*"):
+        shutil.rmtree(path)
+    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def resume_command() -> str:
+    """The command that continues this run: the one given, with --resume and without --overwrite."""
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        return "finetune train CONFIG --resume"
+    kept = [a for a in argv if a not in ("--overwrite", "--resume", "--smoke")]
+    return "finetune " + shlex.join(kept) + " --resume"
+
+
+def _quiet_libraries() -> None:
+    """Our progress replaces the libraries' own bars; their warnings still show."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _status(console, text: str):
+    return console.status(text) if console.is_terminal else nullcontext()
+
+
+def _write_card(output_dir: Path) -> None:
+    from finetune import card
+
+    card.write_card(output_dir)
+
+
+def _finish_wandb(cfg: Config, summary: dict | None = None) -> None:
+    if not cfg.use_wandb:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        if summary:
+            wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        wandb.finish()

@@ -1,0 +1,210 @@
+"""The config's training keys as `transformers.TrainingArguments`, mapped by meaning, not by old name.
+
+transformers 5 renamed or reshaped several axolotl-era keys (group_by_length became
+`train_sampling_strategy`, warmup_ratio folded into a fractional `warmup_steps`), and "per epoch" keys
+(evals_per_epoch, saves_per_epoch) have no Trainer equivalent at all: they are resolved here into step
+counts from the real number of optimizer steps, so what the user meant is what runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from finetune.config import Config
+from finetune.model import Precision
+
+BNB_OPTIMIZERS = {
+    "adamw_bnb_8bit": "AdamW8bit",
+    "adamw_8bit": "AdamW8bit",
+    "paged_adamw_8bit": "PagedAdamW8bit",
+    "paged_adamw_32bit": "PagedAdamW32bit",
+    "lion_8bit": "Lion8bit",
+    "paged_lion_8bit": "PagedLion8bit",
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer steps of the run, worked out before the Trainer exists (it needs them for per-epoch keys)."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def schedule(cfg: Config, train_rows: int) -> Schedule:
+    """Same arithmetic as the Trainer: batches per epoch per process, then accumulation, rounded up."""
+    batches = math.ceil(train_rows / (cfg.micro_batch_size * world_size()))
+    per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
+    total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
+    return Schedule(steps_per_epoch=per_epoch, total_steps=max(1, total))
+
+
+def _steps(value: float, sched: Schedule) -> int:
+    """A step count, or a ratio (< 1) of all steps as axolotl and HF read it."""
+    return max(1, round(value * sched.total_steps)) if value < 1 else int(value)
+
+
+def _interval(
+    per_epoch: int | None, steps: float | None, strategy: str | None, sched: Schedule, default: str
+) -> tuple[str, int | None]:
+    """(strategy, steps) for evaluation or saving: explicit strategy > N per epoch > every N steps > default."""
+    if strategy is not None and strategy != "steps":
+        return strategy, None
+    if per_epoch == 0:
+        return "no", None
+    if per_epoch:
+        return "steps", max(1, sched.steps_per_epoch // per_epoch)
+    if steps:
+        return "steps", _steps(steps, sched)
+    if strategy == "steps":
+        return "steps", max(1, sched.steps_per_epoch)
+    return default, None
+
+
+def optimizer(cfg: Config, notes: list[str]) -> str:
+    """The optimizer name for the Trainer; bitsandbytes ones are probed once on CPU and replaced if they fail."""
+    import torch
+
+    name = cfg.optimizer
+    if name == "adamw_torch_8bit":
+        import importlib.util
+
+        if importlib.util.find_spec("torchao") is None:
+            notes.append("optimizer: adamw_torch_8bit needs torchao (not installed); using adamw_torch")
+            return "adamw_torch"
+    if name in BNB_OPTIMIZERS and not torch.cuda.is_available():
+        try:
+            import bitsandbytes as bnb
+
+            param = torch.nn.Parameter(torch.zeros(4096))
+            param.grad = torch.ones(4096)
+            getattr(bnb.optim, BNB_OPTIMIZERS[name])([param], lr=1e-3).step()
+        except Exception as exc:  # any failure of the probe means the real optimizer would fail too
+            notes.append(
+                f"optimizer: {name} does not run on this CPU ({type(exc).__name__}); using adamw_torch"
+            )
+            return "adamw_torch"
+        if name.startswith("paged_"):
+            notes.append(f"optimizer: {name} runs unpaged on CPU (paging only helps GPU memory)")
+    return name
+
+
+def _warmup(cfg: Config) -> float:
+    if cfg.warmup_ratio is not None:
+        return cfg.warmup_ratio
+    if cfg.warmup_steps is None:
+        return 0
+    return cfg.warmup_steps if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
+
+
+def _wandb_watch(value) -> str | None:
+    if value is None:
+        return None
+    return "gradients" if value is True else "false" if value is False else value
+
+
+def _wandb_log_model(value) -> str | None:
+    if value is None:
+        return None
+    return "end" if value is True else "false" if value is False else value
+
+
+def wandb_environment(cfg: Config, output_dir: str) -> dict[str, str]:
+    """W&B settings are read by the Trainer's W&B callback and by wandb itself from the environment.
+
+    Run files go to output_dir/wandb unless WANDB_DIR is already set, so a run's records stay together.
+    """
+    if not cfg.use_wandb:
+        return {}
+    env = {
+        "WANDB_PROJECT": cfg.wandb_project,
+        "WANDB_ENTITY": cfg.wandb_entity,
+        "WANDB_WATCH": _wandb_watch(cfg.wandb_watch),
+        "WANDB_LOG_MODEL": _wandb_log_model(cfg.wandb_log_model),
+        "WANDB_MODE": cfg.wandb_mode,
+        "WANDB_RUN_ID": cfg.wandb_run_id,
+        "WANDB_RESUME": "allow" if cfg.wandb_run_id else None,
+        "WANDB_DIR": None if os.environ.get("WANDB_DIR") else output_dir,
+    }
+    return {k: str(v) for k, v in env.items() if v is not None}
+
+
+def training_arguments(
+    cfg: Config, prec: Precision, train_rows: int, has_eval: bool, output_dir: str, notes: list[str]
+):
+    """Build TrainingArguments; every adjustment to what the config says is explained in `notes`."""
+    from transformers import TrainingArguments
+
+    sched = schedule(cfg, train_rows)
+    if has_eval:
+        eval_strategy, eval_steps = _interval(
+            cfg.evals_per_epoch, cfg.eval_steps, cfg.eval_strategy, sched, "epoch"
+        )
+    else:
+        eval_strategy, eval_steps = "no", None
+    save_strategy, save_steps = _interval(
+        cfg.saves_per_epoch, cfg.save_steps, cfg.save_strategy, sched, "epoch"
+    )
+
+    load_best = cfg.load_best_model_at_end and eval_strategy != "no"
+    if load_best and save_strategy != "best" and (save_strategy, save_steps) != (eval_strategy, eval_steps):
+        # The Trainer can only restore the best model from a checkpoint saved at an evaluation.
+        if eval_strategy == "steps" and save_strategy == "steps" and save_steps >= eval_steps:
+            save_steps = eval_steps * max(1, round(save_steps / eval_steps))
+        else:
+            save_strategy, save_steps = eval_strategy, eval_steps
+        notes.append(
+            f"load_best_model_at_end: checkpoints follow the evaluations ({save_strategy}, every {save_steps or 'epoch'})"
+        )
+
+    kwargs = {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": cfg.micro_batch_size,
+        "per_device_eval_batch_size": cfg.eval_batch_size or cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "num_train_epochs": cfg.num_epochs,
+        "max_steps": cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
+        "optim": optimizer(cfg, notes),
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": _warmup(cfg),
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+        "logging_strategy": "steps",
+        "logging_steps": cfg.logging_steps,
+        "logging_first_step": True,
+        "eval_strategy": eval_strategy,
+        "save_strategy": save_strategy,
+        "save_total_limit": cfg.save_total_limit,
+        "load_best_model_at_end": load_best,
+        "metric_for_best_model": "eval_loss" if (load_best or cfg.early_stopping_patience) else None,
+        "greater_is_better": False if (load_best or cfg.early_stopping_patience) else None,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "train_sampling_strategy": "group_by_length" if cfg.group_by_length else "random",
+        "bf16": prec.bf16,
+        "fp16": prec.fp16,
+        "tf32": prec.tf32,
+        "torch_compile": bool(cfg.torch_compile),
+        "deepspeed": cfg.deepspeed,
+        "report_to": ["wandb"] if cfg.use_wandb else "none",
+        "run_name": cfg.run_name,
+        # tokens/s counts real tokens only: padding is work, not progress
+        "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": True,  # progress is drawn by finetune's rich callback
+        "dataloader_pin_memory": False,
+    }
+    if eval_steps:
+        kwargs["eval_steps"] = eval_steps
+    if save_steps:
+        kwargs["save_steps"] = save_steps
+    for key in ("adam_beta1", "adam_beta2", "adam_epsilon"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    return TrainingArguments(**{k: v for k, v in kwargs.items() if v is not None}), sched
