@@ -309,3 +309,13 @@ def test_preprocess_inspect_marks_trained_text_and_shows_lengths(tiny_model_dir,
         == 2
     )
     assert "train lengths (8 rows)" in out and "eval lengths (2 rows)" in out
+
+
+def test_fingerprint_ignores_the_tokenizers_padding_state(tiny_model_dir, tmp_path):
+    cfg = make_cfg(
+        tiny_model_dir, tmp_path, [{"path": str(write_jsonl(tmp_path / "qa.jsonl", QA)), "type": INST}]
+    )
+    tokenizer = load_tokenizer(cfg)
+    before = data.fingerprint(cfg, tokenizer)
+    tokenizer(["a", "b c d e"], padding=True, truncation=True, max_length=3)  # e.g. a collator ran first
+    assert data.fingerprint(cfg, tokenizer) == before

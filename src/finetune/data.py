@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune import encode, formats, report, sources
+from finetune import chat_format, encode, formats, report, sources
 from finetune.config import Config, DatasetConfig
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_json
@@ -58,7 +58,8 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
     read the cache (if it is not visible there, e.g. a node without a shared disk, they build the same
     data in memory and write nothing).
     """
-    folder = Path(cfg.prepared_path) / fingerprint(cfg, tokenizer)
+    inputs = fingerprint_inputs(cfg, tokenizer)
+    folder = Path(cfg.prepared_path) / _digest(inputs)
     if (folder / STATS_FILE).is_file():
         data = load_prepared(folder)
         if is_main:
@@ -67,7 +68,11 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
     train, eval_, stats = build(cfg, tokenizer, show_progress=is_main)
     if not is_main:
         return PreparedData(_dataset(train), _dataset(eval_) if eval_ is not None else None, stats, None)
-    _save(folder, train, eval_, stats, fingerprint_inputs(cfg, tokenizer))
+    try:
+        _save(folder, train, eval_, stats, inputs)
+    except OSError:
+        if not (folder / STATS_FILE).is_file():
+            raise  # else another process wrote the same cache first: identical tokens, use it
     data = load_prepared(folder)
     report.summary(stats, folder, reused=False)
     return data
@@ -143,14 +148,27 @@ def fingerprint_inputs(cfg: Config, tokenizer) -> dict:
 
 def fingerprint(cfg: Config, tokenizer) -> str:
     """16 hex digits naming the cache folder of this config's tokens."""
-    text = json.dumps(fingerprint_inputs(cfg, tokenizer), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _digest(fingerprint_inputs(cfg, tokenizer))
+
+
+def _digest(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def tokenizer_digest(tokenizer) -> str:
-    """Vocabulary, merges, added tokens, post-processor (BOS/EOS rules), special tokens and chat template."""
+    """Vocabulary, merges, added tokens, post-processor (BOS/EOS rules), special tokens and chat template.
+
+    The backend's padding/truncation state is left out: a call like `tokenizer(x, padding=True)` before
+    `prepare` changes it without changing our tokens, and must not cost a cache miss.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    model = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        model = json.dumps(state, sort_keys=True)
+    else:
+        model = json.dumps(sorted(tokenizer.get_vocab().items()))
     parts = [
         type(tokenizer).__name__,
         model,
@@ -206,8 +224,8 @@ def render(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> tuple[st
     """
     fmt = formats.build_format(cfg, ds_cfg, "dataset", tokenizer)
     try:
-        if isinstance(fmt.spec, formats.ChatSpec):
-            messages = formats.chat_messages(fmt.spec, row)
+        if isinstance(fmt.spec, chat_format.ChatSpec):
+            messages = chat_format.chat_messages(fmt.spec, row)
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
             return messages[:last], messages[last]["content"] if last < len(messages) else ""
         return formats.render_text(fmt.spec, row)
@@ -221,13 +239,13 @@ def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> s
     if isinstance(prompt, str):
         return prompt
     spec = formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec
-    return formats.render_chat(spec, tokenizer, prompt, add_generation_prompt=True)
+    return chat_format.render_chat(spec, tokenizer, prompt, add_generation_prompt=True)
 
 
 def encode_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> list[int]:
     """The prompt's token ids exactly as in training (one BOS: the tokenizer's, or the chat template's)."""
     text = format_prompt(cfg, ds_cfg, row, tokenizer)
-    chat = isinstance(formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec, formats.ChatSpec)
+    chat = isinstance(formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec, chat_format.ChatSpec)
     return tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
 
