@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,11 +80,8 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
 
 def build(cfg: Config, tokenizer, show_progress: bool = True):
     """(train table, eval table or None, stats) in memory; raises UserError on the first bad row."""
-    import datasets
-
-    datasets.disable_progress_bars()  # ours are rich bars, per source
     processes = cfg.dataset_processes or os.cpu_count() or 1
-    with report.progress() if show_progress else nullcontext() as bars:
+    with _no_datasets_bars(), report.progress() if show_progress else nullcontext() as bars:
         train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, processes, bars)
         test = (
             _encode_entries(cfg, cfg.test_datasets, "test_datasets", tokenizer, processes, bars)
@@ -111,6 +108,20 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
     stats["eval_tokens"] = encode.token_counts(eval_)[0]
     stats["sequence_len"], stats["excess_length_strategy"] = cfg.sequence_len, cfg.excess_length_strategy
     return train, eval_, stats
+
+
+@contextmanager
+def _no_datasets_bars():
+    """datasets' tqdm bars off while we load and save (ours are rich bars), restored after."""
+    import datasets
+
+    were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_on:
+            datasets.enable_progress_bars()
 
 
 def _encode_entries(cfg, entries, key, tokenizer, processes, bars):
@@ -189,7 +200,7 @@ def _save(folder: Path, train, eval_, stats: dict, inputs: dict) -> None:
     """Write the cache atomically: a reader sees a complete folder or none."""
     import datasets
 
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with _no_datasets_bars(), atomic_dir(folder, overwrite=True) as tmp:
         if eval_ is None:
             _dataset(train).save_to_disk(str(tmp))
         else:
