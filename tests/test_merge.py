@@ -11,6 +11,9 @@ import torch
 from finetune import config, merge
 from finetune.errors import UserError
 
+# bitsandbytes quantizes on the GPU when there is one (and rounds differently from its CPU kernel)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def _perturb(peft_model, seed: int) -> None:
     """Fresh LoRA B is zero (the adapter is a no-op): give every adapter weight random values."""
@@ -66,7 +69,7 @@ def make_run(root: Path, tiny_model_dir: Path, *, dora=False, four_bit=False, ne
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "config.yml").write_text(config.to_yaml(cfg, {"finetune": "0.1.0"}))
-    (out / "all_results.json").write_text(json.dumps({"mixed_precision": "no"}))
+    (out / "all_results.json").write_text(json.dumps({"mixed_precision": "no", "device": DEVICE}))
     return out
 
 
@@ -156,16 +159,18 @@ def test_nf4_round_trip_equals_what_bitsandbytes_trained_on(tmp_path, tiny_model
         tiny_model_dir, dtype=dtype, quantization_config=model_module.quantization_config(cfg, prec)
     )
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
-    assert merge.nf4_round_trip(plain, run_dir.read_run(run), train_dtype) == 14
+    assert merge.nf4_round_trip(plain, run_dir.read_run(run), train_dtype, DEVICE) == 14
     modules = dict(plain.named_modules())
     checked = 0
     for name, module in four_bit.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
-            expected = F.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            expected = F.dequantize_4bit(module.weight.data, module.weight.quant_state).cpu()
             assert torch.equal(modules[name].weight.data, expected), name
             checked += 1
     assert checked == 14
-    assert torch.equal(plain.lm_head.weight, four_bit.lm_head.weight)  # not quantized in training either
+    assert torch.equal(
+        plain.lm_head.weight, four_bit.lm_head.weight.cpu()
+    )  # not quantized in training either
 
 
 def test_merge_prequantized_base(tmp_path, tiny_model_dir):

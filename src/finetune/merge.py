@@ -61,7 +61,7 @@ def load_base(run: run_dir.Run, config, dtype: str):
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
     if getattr(model, "hf_quantizer", None) is not None:
         print(f"base_model: {cfg.base_model} is saved quantized; dequantizing it to {dtype} before merging")
-        model = model.dequantize(dtype=_torch_dtype(dtype))
+        model = model.dequantize(dtype=_torch_dtype(dtype)).to("cpu")  # bnb may have placed it on a GPU
         model.config.dtype = _torch_dtype(dtype)
         forget_bnb_loading_steps(model)
     return model
@@ -87,13 +87,31 @@ def training_dtype(run: run_dir.Run, fallback: str) -> str:
     return _TRAIN_DTYPES.get(str(run_dir.fact(run, "mixed_precision") or "").lower(), fallback)
 
 
-def nf4_round_trip(model, run: run_dir.Run, train_dtype: str) -> int:
+def quantization_device(run: run_dir.Run) -> str:
+    """Where to round through NF4: the kind of device training quantized on (all_results.json["device"]),
+    else CUDA when there is one. bitsandbytes' CUDA and CPU kernels do not round alike: on an H100, bf16
+    weights with double quantization differed in ~0.06% of values (by up to one bf16 step), fp32 ones in
+    most values (double-quantized absmax differs), so a GPU-trained adapter is merged exactly only on a GPU."""
+    import torch
+
+    trained_on = str(run_dir.fact(run, "device") or "").split(":")[0]
+    if torch.cuda.is_available() and trained_on != "cpu":
+        return "cuda"
+    if trained_on == "cuda":
+        print(
+            "note: this run quantized on a GPU; rounding through NF4 on the CPU differs from it in the last bit "
+            "of a few weights (merge on a GPU machine for an exact copy)"
+        )
+    return "cpu"
+
+
+def nf4_round_trip(model, run: run_dir.Run, train_dtype: str, device: str = "cpu") -> int:
     """Replace each weight bitsandbytes quantized in training by its NF4 quantize -> dequantize round trip.
 
     The same modules as transformers' bnb loader (its skip rules: lm_head, tied and fp32 modules,
     llm_int8_skip_modules), the same settings (finetune.model.quantization_config), and `model` must be
-    loaded in the training dtype: NF4 of bf16-rounded weights is not NF4 of fp32 ones. Returns the number
-    of weights replaced.
+    loaded in the training dtype: NF4 of bf16-rounded weights is not NF4 of fp32 ones. Each weight visits
+    `device` alone (see quantization_device). Returns the number of weights replaced.
     """
     import bitsandbytes.functional as F
     import torch
@@ -116,7 +134,9 @@ def nf4_round_trip(model, run: run_dir.Run, train_dtype: str) -> int:
             if not should_convert_module(name, skip):
                 continue
             weight = module.weight.data
-            source = (weight.T if isinstance(module, Conv1D) else weight).to(_torch_dtype(train_dtype))
+            source = (weight.T if isinstance(module, Conv1D) else weight).to(
+                device, _torch_dtype(train_dtype)
+            )
             packed, state = F.quantize_4bit(
                 source.contiguous(),
                 blocksize=NF4_BLOCKSIZE,
@@ -125,7 +145,8 @@ def nf4_round_trip(model, run: run_dir.Run, train_dtype: str) -> int:
                 quant_storage=quant.bnb_4bit_quant_storage,
             )
             restored = F.dequantize_4bit(packed, state)
-            module.weight.data = (restored.T if isinstance(module, Conv1D) else restored).to(weight.dtype)
+            restored = restored.T if isinstance(module, Conv1D) else restored
+            module.weight.data = restored.to(weight.device, weight.dtype)
             replaced += 1
     return replaced
 
@@ -139,7 +160,7 @@ def logits(model, prompts: list) -> list:
 
     model.eval()
     with torch.no_grad():
-        return [model(input_ids=ids).logits.float() for ids in prompts]
+        return [model(input_ids=ids.to(model.device)).logits.float().cpu() for ids in prompts]
 
 
 def max_difference(a: list, b: list) -> float:
@@ -194,9 +215,10 @@ def merge_command(
         if dequantize and not prequantized:
             train_dtype = training_dtype(run, torch_dtype)
             base = load_base(run, config, train_dtype)
-            n = nf4_round_trip(base, run, train_dtype)
+            device = quantization_device(run)
+            n = nf4_round_trip(base, run, train_dtype, device)
             base = base.to(_torch_dtype(torch_dtype))
-            print(f"rounded {n} weights through NF4 and back from {train_dtype}, as in training")
+            print(f"rounded {n} weights through NF4 and back from {train_dtype} on {device}, as in training")
         else:
             base = load_base(run, config, torch_dtype)
         if run.cfg.quantized_4bit and not (dequantize or prequantized):
