@@ -10,6 +10,7 @@ is counted in the stats.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections import Counter
 from contextlib import contextmanager
@@ -106,11 +107,14 @@ def _run(src, fmt, tokenizer, processes: int, progress) -> list:
         else:
             import multiprocessing
 
+            rows = src.dataset.iter(batch_size=BATCH)
             with multiprocessing.get_context("fork").Pool(processes) as pool:
-                for batch in pool.imap(_encode_to_arrow, src.dataset.iter(batch_size=BATCH)):
-                    batches.append(batch)
-                    if progress:
-                        progress.advance(task, batch.num_rows)
+                # a few batches per worker at a time: Pool.imap would read the whole dataset into Python first
+                while window := list(itertools.islice(rows, 4 * processes)):
+                    for batch in pool.imap(_encode_to_arrow, window):
+                        batches.append(batch)
+                        if progress:
+                            progress.advance(task, batch.num_rows)
     return batches
 
 
