@@ -61,7 +61,7 @@ class _Strict(BaseModel):
 class DatasetType(_Strict):
     """axolotl's user-defined prompt format: `type: {field_instruction: ..., format: "..."}`."""
 
-    system_prompt: str = Field("", description="System text used when a row has no `field_system` value.")
+    system_prompt: str = Field("", description="System text for every row (as in axolotl, ignored when `field_system` is set).")
     field_system: str | None = Field(None, description="Column holding a per-row system prompt.")
     field_instruction: str = Field("instruction", description="Column holding the instruction.")
     field_input: str | None = Field(None, description="Column holding the optional input.")
