@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from transformers import TrainerCallback  # noqa: E402
 
 from conftest import FINLORA, needs_shared  # noqa: E402
-from finetune import checkpoints, config, train  # noqa: E402
+from finetune import checkpoints, config, smoke, train  # noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,7 +317,7 @@ def test_financebench_smoke(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "meta-llama/Llama-3.1-8B-Instruct -> a tiny random Llama" in err
     assert "deepspeed is off" in err and "W&B is off" in err
-    assert json.loads((out / "all_results.json").read_text())["global_step"] == train.SMOKE_STEPS
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == smoke.SMOKE_STEPS
 
 
 @needs_shared

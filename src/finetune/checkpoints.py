@@ -59,12 +59,14 @@ def problem(ckpt: Path) -> str | None:
     return None
 
 
-def last_complete(output_dir: str | Path, warn=print) -> Path | None:
-    """The newest complete checkpoint; newer incomplete ones are reported and moved aside."""
+def last_complete(output_dir: str | Path, warn=print, move_aside: bool = True) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones are reported and (by the main process) moved aside."""
     for ckpt in reversed(checkpoints(output_dir)):
         why = problem(ckpt)
         if why is None:
             return ckpt
+        if not move_aside:
+            continue
         aside = ckpt.with_name(f".incomplete-{ckpt.name}")
         warn(f"skipping {ckpt}: {why}; moved to {aside.name}")
         if aside.exists():
@@ -76,12 +78,13 @@ def last_complete(output_dir: str | Path, warn=print) -> Path | None:
 
 
 def resume_point(
-    output_dir: str | Path, explicit: str | None, resume: bool, auto: bool, warn=print
+    output_dir: str | Path, explicit: str | None, resume: bool, auto: bool, warn=print, is_main: bool = True
 ) -> Path | None:
     """Which checkpoint this run continues from, or None for a fresh start.
 
     `explicit` is resume_from_checkpoint from the config; `resume` is --resume (a checkpoint must exist);
-    `auto` is auto_resume_from_checkpoints (resume when there is something to resume).
+    `auto` is auto_resume_from_checkpoints (resume when there is something to resume). Only the main
+    process moves incomplete checkpoints aside; the others reach the same answer without touching files.
     """
     if explicit:
         path = Path(explicit)
@@ -91,7 +94,7 @@ def resume_point(
         return path
     if not (resume or auto):
         return None
-    found = last_complete(output_dir, warn=warn)
+    found = last_complete(output_dir, warn=warn, move_aside=is_main)
     if found is None and resume:
         raise UserError(
             f"--resume: no complete checkpoint in {output_dir} (train without --resume to start afresh)"

@@ -1,7 +1,7 @@
 """The model stage: the base (4-bit, 8-bit or 16/32-bit) wrapped in a LoRA adapter, ready for the Trainer.
 
 `load(cfg, tokenizer)` is the whole stage; the helpers below it are its steps, top to bottom:
-precision -> quantization -> base weights -> vocabulary -> k-bit preparation -> adapter -> CPU 4-bit fix.
+precision -> quantization -> base weights -> vocabulary -> adapter (adapter.py) -> CPU 4-bit fix.
 Each step that changes what the user asked for (a kernel that is not available, embeddings that must be
 trained) leaves a line in `LoadedModel.notes`, which `train` prints, so nothing is replaced silently.
 """
@@ -9,15 +9,12 @@ trained) leaves a line in `LoadedModel.notes`, which `train` prints, so nothing 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune import adapter
 from finetune.config import Config
 from finetune.errors import UserError
-
-# Attention projections: the default targets when neither lora_target_modules nor lora_target_linear is set.
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,8 @@ def precision(cfg: Config) -> Precision:
     if fp16 and not on_gpu:
         raise UserError("fp16: fp16 mixed precision needs a GPU (set fp16: false, or bf16: auto)")
     dtype = "bfloat16" if bf16 else "float16" if fp16 else "float32"
-    tf32 = cfg.tf32 if on_gpu else None  # TF32 is an Ampere+ GPU feature; the Trainer refuses it elsewhere
+    # TF32 is an Ampere+ GPU feature; the Trainer raises on any other device, so it is dropped there.
+    tf32 = cfg.tf32 if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None
     return Precision(bf16=bf16, fp16=fp16, tf32=tf32, dtype=dtype)
 
 
@@ -222,81 +220,6 @@ def count_new_tokens(cfg: Config, tokenizer) -> int:
     return max(0, len(tokenizer) - len(plain))
 
 
-# ---------------------------------------------------------------- the adapter
-
-
-def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
-    from peft import LoraConfig
-
-    if cfg.lora_target_linear:
-        targets: list[str] | str = "all-linear"
-    elif cfg.lora_target_modules:
-        targets = cfg.lora_target_modules
-    else:
-        targets = DEFAULT_TARGETS
-    to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save])) or None
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        modules_to_save=to_save,
-        fan_in_fan_out=cfg.lora_fan_in_fan_out,
-        use_dora=cfg.peft_use_dora,
-        use_rslora=cfg.peft_use_rslora,
-        bias="none",
-    )
-
-
-def gradient_checkpointing_kwargs(cfg: Config) -> dict:
-    # Non-reentrant checkpointing works with frozen inputs (LoRA) without extra hooks and is torch's advice.
-    return {"use_reentrant": False, **(cfg.gradient_checkpointing_kwargs or {})}
-
-
-def wrap_adapter(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
-    """k-bit preparation, gradient checkpointing, then a fresh LoRA (seeded) or the one in lora_model_dir."""
-    with (
-        warnings.catch_warnings()
-    ):  # peft 0.21 reads `is_gradient_checkpointing`, deprecated in transformers 5
-        warnings.filterwarnings(
-            "ignore",
-            message=".*(is_gradient_checkpointing|gradient_checkpointing_enable).*",
-            category=FutureWarning,
-        )
-        return _wrap_adapter(cfg, model, kbit, extra_modules_to_save, notes)
-
-
-def _wrap_adapter(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import set_seed
-
-    checkpointing = bool(cfg.gradient_checkpointing)
-    if cfg.gradient_checkpointing == "offload":
-        notes.append("gradient_checkpointing: offload is not implemented; using plain gradient checkpointing")
-    gc_kwargs = gradient_checkpointing_kwargs(cfg)
-    if kbit:
-        # Casts norms/embeddings to fp32 and makes inputs require grad, so checkpointed k-bit layers backprop.
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=gc_kwargs
-        )
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-        model.enable_input_require_grads()
-    if checkpointing:
-        model.config.use_cache = False  # the cache is useless in training and conflicts with checkpointing
-
-    set_seed(cfg.seed)  # before the adapter is built: LoRA's init draws from the RNG (FACTS.md)
-    if cfg.lora_model_dir:
-        model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
-        notes.append(
-            f"adapter: continuing from {cfg.lora_model_dir} (its r/alpha/targets apply, not this config's)"
-        )
-    else:
-        model = get_peft_model(model, lora_config(cfg, extra_modules_to_save))
-    return model
-
-
 def disable_cpu_bf16_repack(model) -> int:
     """Work around bitsandbytes' CPU 4-bit trap; returns the number of layers changed.
 
@@ -315,11 +238,6 @@ def disable_cpu_bf16_repack(model) -> int:
     return changed
 
 
-def parameter_counts(model) -> tuple[int, int]:
-    """(trainable, total); peft counts a packed 4-bit weight as the parameters it stands for."""
-    return model.get_nb_trainable_parameters()
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -331,9 +249,9 @@ def load(cfg: Config, tokenizer) -> LoadedModel:
     quantization = quantization_of(model)
     kbit = quantization in ("4-bit", "8-bit")
     trained_embeddings = fit_vocabulary(model, tokenizer, count_new_tokens(cfg, tokenizer), notes)
-    model = wrap_adapter(cfg, model, kbit, trained_embeddings, notes)
+    model = adapter.wrap(cfg, model, kbit, trained_embeddings, notes)
     disable_cpu_bf16_repack(model)
-    trainable, total = parameter_counts(model)
+    trainable, total = model.get_nb_trainable_parameters()  # a 4-bit weight counts in full
     return LoadedModel(
         model=model, quantization=quantization, trainable_params=trainable, total_params=total, notes=notes
     )

@@ -14,7 +14,6 @@ import os
 import shlex
 import socket
 import sys
-import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -22,9 +21,7 @@ from finetune import checkpoints, outputs, trainer_args
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.files import check_output_dir
-
-SMOKE_STEPS = 2
-SMOKE_EVAL_ROWS = 4
+from finetune.smoke import smoke_config, smoke_rows
 
 
 def run(
@@ -34,7 +31,7 @@ def run(
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    notes: list[str] = []  # every replacement of what the config says; printed as soon as it is known
+    notes: list[str] = []  # every replacement of what the config says, printed as soon as it is known
 
     def say_notes() -> None:
         for note in notes:
@@ -47,20 +44,13 @@ def run(
     if smoke:
         cfg = smoke_config(cfg, notes)
         overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
-        say_notes()
     output_dir = Path(cfg.output_dir)
-
-    # --- where we start: a fresh folder, or the last complete checkpoint of this one
-    check_output_dir(
-        output_dir, overwrite, resume or cfg.auto_resume_from_checkpoints or bool(cfg.resume_from_checkpoint)
-    )
     single_process_launch_env(cfg, notes)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if overwrite and is_main:
-        clear_previous_run(output_dir)
-    warn = (lambda msg: console.print(f"[yellow]warning:[/] {msg}")) if is_main else (lambda msg: None)
-    start_from = checkpoints.resume_point(
-        output_dir, cfg.resume_from_checkpoint, resume, cfg.auto_resume_from_checkpoints, warn=warn
+
+    # --- where we start: a fresh folder, or the last complete checkpoint of this one
+    start_from = start_point(
+        cfg, overwrite, resume, is_main, warn=lambda m: console.print(f"[yellow]warning:[/] {m}")
     )
     if start_from is not None:
         console.print(f"resuming from {start_from}")
@@ -74,69 +64,82 @@ def run(
         tokenizer = load_tokenizer(cfg)
     with main_process_first(), _status(console, "preparing the data"):
         prepared = data.prepare(cfg, tokenizer, is_main=is_main)
-    train_set, eval_set = prepared.train, prepared.eval
+    train_set, eval_set = (
+        prepared.train,
+        prepared.eval if prepared.eval is not None and len(prepared.eval) else None,
+    )
     if smoke:
         train_set, eval_set = smoke_rows(cfg, train_set, eval_set, notes)
-        say_notes()
-    if len(train_set) == 0:
-        raise UserError("datasets: no training rows left after formatting and length filtering")
-    console.print(
-        f"data: {len(train_set)} training rows, {len(eval_set) if eval_set is not None else 0} evaluation rows"
-    )
+    say_notes()
+    console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
 
-    # --- model: base + adapter
+    # --- model: base + adapter, and the Trainer's arguments
     from finetune import model as model_module
 
     with _status(console, f"loading {cfg.base_model}"):
         loaded = model_module.load(cfg, tokenizer)
+    share = 100 * loaded.trainable_params / max(1, loaded.total_params)
     console.print(
-        f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: "
-        f"{loaded.trainable_params:,} trainable of {loaded.total_params:,} parameters "
-        f"({100 * loaded.trainable_params / max(1, loaded.total_params):.3f}%)"
+        f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: {loaded.trainable_params:,} trainable "
+        f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
     prec = model_module.precision(cfg)
     args, sched = trainer_args.training_arguments(
-        cfg, prec, len(train_set), eval_set is not None and len(eval_set) > 0, str(output_dir), notes
+        cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes
     )
     notes += loaded.notes
     say_notes()
     console.print(f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)")
 
-    # --- train
+    # --- train (config.yml first, so an interrupted run can be understood and carded)
     trainer, stop, throughput = build_trainer(
         cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks)
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        outputs.write_config(cfg, output_dir)  # first, so an interrupted run can be understood (and carded)
-    wandb_env = trainer_args.wandb_environment(cfg, str(output_dir))
-    with _environ(wandb_env):
+        outputs.write_config(cfg, output_dir)
+    with _environ(trainer_args.wandb_environment(cfg, str(output_dir))):
         result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
         if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
             _finish_wandb(cfg)
-            ckpt = output_dir / f"checkpoint-{trainer.state.global_step}"
             console.print(
-                f"[bold yellow]{stop.signal_name}: stopped at step {trainer.state.global_step}; checkpoint saved in {ckpt}.[/]\n"
-                f"Resume with: {resume_command()}"
+                f"[bold yellow]{stop.signal_name}: stopped at step {stop.saved_step}; checkpoint saved in "
+                f"{output_dir / f'checkpoint-{stop.saved_step}'}.[/]\nResume with: {resume_command()}"
             )
             raise SystemExit(128 + stop.received)
         eval_metrics = final_evaluation(trainer, eval_set)
 
         # --- outputs: only the main process writes
         if trainer.is_world_process_zero():
-            session_tokens = throughput.session_tokens(trainer.state)
             facts = run_facts(trainer, prec)
+            tokens = throughput.session_tokens(trainer.state)
             train_res, all_res = outputs.results(
-                trainer, result.metrics, eval_metrics, session_tokens, prepared.stats, facts
+                trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts
             )
             outputs.save_model(trainer, tokenizer, output_dir)
             outputs.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
             _write_card(output_dir)
             _finish_wandb(cfg, all_res)
-            Console(highlight=False, soft_wrap=True).print(
-                "\n".join(["[bold green]done[/]", *outputs.summary_lines(output_dir, all_res)])
-            )
+            summary = outputs.summary_lines(output_dir, all_res)
+            Console(highlight=False, soft_wrap=True).print("\n".join(["[bold green]done[/]", *summary]))
     return output_dir
+
+
+def start_point(cfg: Config, overwrite: bool, resume: bool, is_main: bool, warn) -> Path | None:
+    """Refuse a used output_dir unless asked; with --overwrite clear the old run; find the checkpoint to resume."""
+    output_dir = Path(cfg.output_dir)
+    continuing = resume or cfg.auto_resume_from_checkpoints or bool(cfg.resume_from_checkpoint)
+    check_output_dir(output_dir, overwrite, continuing)
+    if overwrite and is_main:
+        clear_previous_run(output_dir)
+    return checkpoints.resume_point(
+        output_dir,
+        cfg.resume_from_checkpoint,
+        resume,
+        cfg.auto_resume_from_checkpoints,
+        warn=warn,
+        is_main=is_main,
+    )
 
 
 # ---------------------------------------------------------------- the Trainer
@@ -176,7 +179,7 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, cons
         model=model,
         args=args,
         train_dataset=train_set,
-        eval_dataset=eval_set if eval_set is not None and len(eval_set) else None,
+        eval_dataset=eval_set,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks + extra_callbacks,
@@ -187,7 +190,7 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, cons
 
 def final_evaluation(trainer, eval_set) -> dict:
     """The final eval loss: reuse the evaluation at the last step, or run one now."""
-    if eval_set is None or len(eval_set) == 0:
+    if eval_set is None:
         return {}
     history = trainer.state.log_history
     last = next((e for e in reversed(history) if "eval_loss" in e), None)
@@ -207,56 +210,6 @@ def run_facts(trainer, prec) -> dict:
         * args.world_size,
         "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
     }
-
-
-# ---------------------------------------------------------------- smoke runs
-
-
-def smoke_config(cfg: Config, notes: list[str]) -> Config:
-    """The same recipe on a tiny random model, in a temp folder, for a few steps; no DeepSpeed, no W&B."""
-    from finetune.tiny import write_tiny_model
-
-    root = Path(tempfile.mkdtemp(prefix="finetune-smoke-"))
-    tiny = write_tiny_model(root / "tiny-model")
-    update = {
-        "base_model": str(tiny),
-        "base_model_config": None,
-        "tokenizer_config": None,
-        "revision_of_model": None,
-        "trust_remote_code": False,
-        "lora_model_dir": None,
-        "output_dir": str(root / "output"),
-        "dataset_prepared_path": str(root / "prepared"),
-        "max_steps": SMOKE_STEPS,
-        "deepspeed": None,
-        "wandb_project": None,
-        "resume_from_checkpoint": None,
-        "auto_resume_from_checkpoints": False,
-    }
-    notes.append(
-        f"smoke: base_model {cfg.base_model} -> a tiny random Llama ({tiny}); its tokenizer formats the data"
-    )
-    notes.append(f"smoke: output_dir {cfg.output_dir} -> {root / 'output'}; max_steps -> {SMOKE_STEPS}")
-    if cfg.lora_model_dir:
-        notes.append(f"smoke: lora_model_dir {cfg.lora_model_dir} is not used (it fits the real model only)")
-    if cfg.deepspeed:
-        notes.append("smoke: deepspeed is off (one process)")
-    if cfg.use_wandb:
-        notes.append("smoke: W&B is off")
-    return cfg.model_copy(update=update)
-
-
-def smoke_rows(cfg: Config, train_set, eval_set, notes: list[str]):
-    """Just enough rows for the smoke steps (and a small evaluation)."""
-    want = cfg.micro_batch_size * cfg.gradient_accumulation_steps * SMOKE_STEPS
-    n_train = min(len(train_set), want)
-    train_set = train_set.select(range(n_train))
-    if eval_set is not None:
-        eval_set = eval_set.select(range(min(len(eval_set), SMOKE_EVAL_ROWS)))
-    notes.append(
-        f"smoke: {n_train} training rows, {len(eval_set) if eval_set is not None else 0} evaluation rows"
-    )
-    return train_set, eval_set
 
 
 # ---------------------------------------------------------------- processes and environment

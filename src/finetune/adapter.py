@@ -1,0 +1,84 @@
+"""The adapter half of the model stage: a LoRA (or DoRA / rsLoRA) configuration from the config's keys,
+k-bit preparation and gradient checkpointing, then peft's wrap — fresh and seeded, or from lora_model_dir.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from finetune.config import Config
+
+# Attention projections: the default targets when neither lora_target_modules nor lora_target_linear is set.
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
+    from peft import LoraConfig
+
+    if cfg.lora_target_linear:
+        targets: list[str] | str = "all-linear"
+    elif cfg.lora_target_modules:
+        targets = cfg.lora_target_modules
+    else:
+        targets = DEFAULT_TARGETS
+    to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save])) or None
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=to_save,
+        fan_in_fan_out=cfg.lora_fan_in_fan_out,
+        use_dora=cfg.peft_use_dora,
+        use_rslora=cfg.peft_use_rslora,
+        bias="none",
+    )
+
+
+def gradient_checkpointing_kwargs(cfg: Config) -> dict:
+    # Non-reentrant checkpointing works with frozen inputs (LoRA) without extra hooks and is torch's advice.
+    return {"use_reentrant": False, **(cfg.gradient_checkpointing_kwargs or {})}
+
+
+def wrap(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
+    """k-bit preparation, gradient checkpointing, then a fresh LoRA (seeded) or the one in lora_model_dir."""
+    with (
+        warnings.catch_warnings()
+    ):  # peft 0.21 reads `is_gradient_checkpointing`, deprecated in transformers 5
+        warnings.filterwarnings(
+            "ignore",
+            message=".*(is_gradient_checkpointing|gradient_checkpointing_enable).*",
+            category=FutureWarning,
+        )
+        return _wrap(cfg, model, kbit, extra_modules_to_save, notes)
+
+
+def _wrap(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    checkpointing = bool(cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing == "offload":
+        notes.append("gradient_checkpointing: offload is not implemented; using plain gradient checkpointing")
+    gc_kwargs = gradient_checkpointing_kwargs(cfg)
+    if kbit:
+        # Casts norms/embeddings to fp32 and makes inputs require grad, so checkpointed k-bit layers backprop.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()
+    if checkpointing:
+        model.config.use_cache = False  # the cache is useless in training and conflicts with checkpointing
+
+    set_seed(cfg.seed)  # before the adapter is built: LoRA's init draws from the RNG (FACTS.md)
+    if cfg.lora_model_dir:
+        model = PeftModel.from_pretrained(model, cfg.lora_model_dir, is_trainable=True)
+        notes.append(
+            f"adapter: continuing from {cfg.lora_model_dir} (its r/alpha/targets apply, not this config's)"
+        )
+    else:
+        model = get_peft_model(model, lora_config(cfg, extra_modules_to_save))
+    return model
