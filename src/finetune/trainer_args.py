@@ -156,7 +156,7 @@ def training_arguments(
     if load_best and save_strategy != "best" and (save_strategy, save_steps) != (eval_strategy, eval_steps):
         # The Trainer can only restore the best model from a checkpoint saved at an evaluation.
         if eval_strategy == "steps" and save_strategy == "steps" and save_steps >= eval_steps:
-            save_steps = eval_steps * max(1, round(save_steps / eval_steps))
+            save_steps = eval_steps * max(1, int(save_steps / eval_steps + 0.5))  # nearest multiple, half up
         else:
             save_strategy, save_steps = eval_strategy, eval_steps
         notes.append(

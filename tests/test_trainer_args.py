@@ -1,0 +1,121 @@
+"""Config keys -> TrainingArguments, by meaning (no model is loaded: these run in well under a second each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from finetune import config, trainer_args  # noqa: E402
+from finetune.model import Precision  # noqa: E402
+
+QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
+FP32 = Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
+
+
+def build(tmp_path, rows=100, has_eval=True, **over):
+    raw = {"base_model": "org/model", "adapter": "lora", "datasets": [{"path": str(QA)}], **over}
+    notes: list[str] = []
+    args, sched = trainer_args.training_arguments(
+        config.validate(raw), FP32, rows, has_eval, str(tmp_path), notes
+    )
+    return args, sched, notes
+
+
+def test_batch_epochs_and_optimizer_keys(tmp_path):
+    args, sched, _ = build(
+        tmp_path, micro_batch_size=4, eval_batch_size=8, gradient_accumulation_steps=2, num_epochs=3,
+        learning_rate=1e-4, lr_scheduler="linear", weight_decay=0.01, max_grad_norm=0.5, seed=5,
+        adam_beta2=0.95, save_total_limit=2,
+    )  # fmt: skip
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (4, 8)
+    assert args.gradient_accumulation_steps == 2 and args.num_train_epochs == 3 and args.max_steps == -1
+    assert args.learning_rate == 1e-4 and args.lr_scheduler_type == "linear"
+    assert (args.weight_decay, args.max_grad_norm, args.adam_beta2) == (0.01, 0.5, 0.95)
+    assert args.seed == args.data_seed == 5 and args.save_total_limit == 2
+    assert (sched.steps_per_epoch, sched.total_steps) == (13, 39)  # 25 batches / 2, rounded up; x 3
+    assert args.include_num_input_tokens_seen == "non_padding"
+    assert args.report_to == []
+
+
+def test_per_epoch_keys_become_step_counts(tmp_path):
+    args, sched, _ = build(tmp_path, micro_batch_size=2, evals_per_epoch=4, saves_per_epoch=2, num_epochs=2)
+    assert sched.steps_per_epoch == 50
+    assert (args.eval_strategy, args.eval_steps) == ("steps", 12)
+    assert (args.save_strategy, args.save_steps) == ("steps", 25)
+
+
+def test_defaults_evaluate_and_save_each_epoch(tmp_path):
+    args, _, _ = build(tmp_path)
+    assert args.eval_strategy == "epoch" and args.save_strategy == "epoch"
+    args, _, _ = build(tmp_path, has_eval=False, evals_per_epoch=4)
+    assert args.eval_strategy == "no"
+    args, _, _ = build(tmp_path, saves_per_epoch=0)
+    assert args.save_strategy == "no"
+
+
+def test_ratios_warmup_and_max_steps(tmp_path):
+    args, sched, _ = build(tmp_path, max_steps=200, eval_steps=0.25, save_steps=0.5, warmup_ratio=0.1)
+    assert sched.total_steps == 200 and args.max_steps == 200
+    assert (args.eval_steps, args.save_steps) == (50, 100)
+    assert args.warmup_steps == 0.1  # transformers 5 reads a fraction as a ratio of all steps
+    args, _, _ = build(tmp_path, warmup_steps=10)
+    assert args.warmup_steps == 10
+
+
+def test_group_by_length_is_a_sampling_strategy(tmp_path):
+    args, _, _ = build(tmp_path, group_by_length=True)
+    assert args.train_sampling_strategy == "group_by_length"
+    args, _, _ = build(tmp_path)
+    assert args.train_sampling_strategy == "random"
+
+
+def test_load_best_model_aligns_saves_with_evaluations(tmp_path):
+    args, _, notes = build(
+        tmp_path, load_best_model_at_end=True, val_set_size=0.1, eval_steps=10, save_steps=25
+    )
+    assert (
+        args.load_best_model_at_end
+        and args.metric_for_best_model == "eval_loss"
+        and not args.greater_is_better
+    )
+    assert (args.eval_steps, args.save_steps) == (10, 30)
+    assert any("load_best_model_at_end" in n for n in notes)
+    args, _, _ = build(tmp_path, early_stopping_patience=2, val_set_size=0.1, eval_steps=10)
+    assert args.metric_for_best_model == "eval_loss"
+
+
+def test_bnb_optimizers_on_cpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    args, _, notes = build(tmp_path, optimizer="adamw_bnb_8bit")
+    assert args.optim == "adamw_bnb_8bit" and not notes  # bitsandbytes' 8-bit AdamW steps on CPU
+    args, _, notes = build(tmp_path, optimizer="paged_adamw_8bit")
+    assert args.optim == "paged_adamw_8bit" and "unpaged" in notes[0]
+
+
+def test_wandb_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    raw = {"base_model": "org/model", "adapter": "lora", "datasets": [{"path": str(QA)}]}
+    assert trainer_args.wandb_environment(config.validate(raw), str(tmp_path)) == {}
+    cfg = config.validate(
+        {
+            **raw,
+            "wandb_project": "p",
+            "wandb_entity": "team",
+            "wandb_watch": True,
+            "wandb_log_model": "end",
+            "wandb_mode": "offline",
+        }
+    )
+    env = trainer_args.wandb_environment(cfg, str(tmp_path))
+    assert env == {
+        "WANDB_PROJECT": "p", "WANDB_ENTITY": "team", "WANDB_WATCH": "gradients", "WANDB_LOG_MODEL": "end",
+        "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+    }  # fmt: skip
+    assert (
+        trainer_args.wandb_environment(cfg.model_copy(update={"wandb_mode": "disabled"}), str(tmp_path)) == {}
+    )
