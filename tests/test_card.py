@@ -258,3 +258,63 @@ def test_chat_template_usage(tmp_path, adapter_dir):
     text = Path(card.write_card(out)).read_text()
     assert "tokenizer.apply_chat_template(" in text
     assert "datasets" not in yaml.safe_load(text.split("---")[1])  # no hub dataset: the key is left out
+
+
+@pytest.mark.slow
+def test_quickstart_run_card_end_to_end(tmp_path, monkeypatch):
+    """Train the quickstart for real; its card matches its logs, `finetune card` rewrites it byte for byte,
+    and a --dequantize merge of the QLoRA adapter equals the 4-bit base + adapter it was trained as."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    from finetune import merge, train
+    from finetune.tiny import write_tiny_model
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    write_tiny_model(tmp_path / "models" / "tiny")
+    (tmp_path / "examples").mkdir()
+    shutil.copy(root / "examples" / "finance_qa.jsonl", tmp_path / "examples")
+    cfg = config.load(root / "examples" / "quickstart.yaml", ["num_epochs=2"])
+    out = train.run(cfg)
+
+    first = (out / "README.md").read_text()
+    loaded = ModelCard.load(out / "README.md")
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    assert [r.metric_value for r in loaded.data.eval_results] == [evals[-1]["eval_loss"]]
+    assert "base_model" not in loaded.data.to_dict() and "huggingface.co/models" not in first
+    rows = _table(first, "### Training results")
+    assert [(r["Step"], r["Validation Loss"]) for r in rows] == [
+        (str(e["step"]), card_training.fmt(e["eval_loss"])) for e in evals
+    ]
+    train_losses = {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+    assert [r["Training Loss"] for r in rows] == [card_training.fmt(train_losses[e["step"]]) for e in evals]
+    assert "![Training and validation loss](loss.png)" in first and (out / "loss.png").is_file()
+    assert "prompt = '[INST] What does EBITDA stand for? [/INST]'" in first
+
+    (out / "README.md").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune.cli", "card", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "README.md").read_text() == first
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune import model as model_module
+
+    merge.merge_command(out, tmp_path / "merged", dtype="fp32", dequantize=True)
+    prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
+    base = AutoModelForCausalLM.from_pretrained(
+        cfg.base_model, dtype=torch.float32, quantization_config=model_module.quantization_config(cfg, prec)
+    )
+    trained = PeftModel.from_pretrained(base, out)
+    model_module.disable_cpu_bf16_repack(trained)
+    prompts = merge.prompt_ids(AutoTokenizer.from_pretrained(out))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merge.max_difference(merge.logits(merged, prompts), merge.logits(trained, prompts)) < 1e-4
