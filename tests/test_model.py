@@ -188,3 +188,17 @@ def test_unknown_base_model_is_a_user_error(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="base_model"):
         model.load(make_cfg(empty), tokenizer=None)
+
+
+def test_tiny_models_train_on_one_cpu_thread(tiny_model_dir, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    loaded, _ = load(make_cfg(tiny_model_dir))
+    assert torch.get_num_threads() == 1
+    assert any("one thread" in note for note in loaded.notes)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    torch.set_num_threads(2)
+    load(make_cfg(tiny_model_dir))
+    assert torch.get_num_threads() == 2  # the user's choice wins
