@@ -67,6 +67,9 @@ def test_bases_train_only_the_adapter(tiny_model_dir, settings, quantization, la
     # default targets: q,k,v,o with r=8 on 2 layers (hidden 64, k/v out 32)
     assert loaded.trainable_params == 2 * 8 * ((64 + 64) + (64 + 32) * 2 + (64 + 64))
     assert loaded.trainable_params < loaded.total_params
+    if quantization == "4-bit":  # QLoRA's recipe: NF4 with double quantization
+        q = m.base_model.model.config.quantization_config
+        assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     grads = lora_grads(m, batch(tok))
     assert grads and all("lora_" in n for n in grads)
     assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)  # A's is 0 while B starts at 0
@@ -202,3 +205,13 @@ def test_tiny_models_train_on_one_cpu_thread(tiny_model_dir, monkeypatch):
     torch.set_num_threads(2)
     load(make_cfg(tiny_model_dir))
     assert torch.get_num_threads() == 2  # the user's choice wins
+
+
+def test_adapter_init_follows_the_seed(tiny_model_dir):
+    def lora_a(seed):
+        loaded, _ = load(make_cfg(tiny_model_dir, seed=seed))
+        return {n: p.detach().clone() for n, p in loaded.model.named_parameters() if "lora_A" in n}
+
+    first, again, other = lora_a(1), lora_a(1), lora_a(2)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)

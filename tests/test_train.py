@@ -100,6 +100,9 @@ def test_outputs_are_complete(finished):
     ):  # fmt: skip
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        not (out / "wandb").exists() and not (out / "training_args.bin").exists()
+    )  # no W&B settings: no W&B
     saved = config.load(out / "config.yml")  # the resolved config loads back to the same run
     assert saved.finetune_versions["transformers"]
     assert saved.model_copy(update={"finetune_versions": None}) == cfg

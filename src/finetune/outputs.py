@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -60,15 +59,23 @@ def write_config(cfg: Config, output_dir: str | Path) -> None:
     atomic_write_text(Path(output_dir) / "config.yml", config_module.to_yaml(cfg, versions()))
 
 
-def save_model(trainer, tokenizer, output_dir: str | Path) -> None:
-    """Adapter + tokenizer saved into a temp folder, then each file moved into place with os.replace."""
+def save_model(trainer, output_dir: str | Path) -> None:
+    """Adapter + tokenizer saved into a temp folder, then each file moved into place with os.replace.
+
+    Every process calls this: under ZeRO-3 the Trainer gathers the sharded weights collectively; only the
+    main process writes and moves files.
+    """
     output_dir = Path(output_dir)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".final-"))
+    tmp = output_dir / ".final-tmp"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # the adapter and the processing class (tokenizer)
+    if not main:
+        return
     try:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
         for path in sorted(tmp.rglob("*")):
-            if path.is_file():
+            if path.is_file() and path.name != "training_args.bin":  # a pickle; config.yml says it all
                 target = output_dir / path.relative_to(tmp)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, target)

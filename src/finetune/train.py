@@ -108,6 +108,7 @@ def run(
             )
             raise SystemExit(128 + stop.received)
         eval_metrics = final_evaluation(trainer, eval_set)
+        outputs.save_model(trainer, output_dir)  # every process: ZeRO-3 gathers the weights collectively
 
         # --- outputs: only the main process writes
         if trainer.is_world_process_zero():
@@ -116,7 +117,6 @@ def run(
             train_res, all_res = outputs.results(
                 trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts
             )
-            outputs.save_model(trainer, tokenizer, output_dir)
             outputs.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
             _write_card(output_dir)
             _finish_wandb(cfg, all_res)
