@@ -266,7 +266,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tiny_model_dir, tm
     with pytest.raises(UserError, match="--overwrite"):
         train.run(cfg)  # not without --resume
     train.run(cfg, resume=True)
-    assert "skipping" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipping" in err and "resuming from" in err and "differs" not in err
     assert (out / ".incomplete-checkpoint-5").is_dir()
     a, b = adapter_weights(straight), adapter_weights(out)
     assert a.keys() == b.keys()
@@ -343,3 +344,20 @@ def test_financebench_with_deepspeed_in_one_plain_process(tiny_model_dir, tmp_pa
     results = json.loads((out / "all_results.json").read_text())
     assert results["global_step"] == 2 and results["distributed_type"] == "deepspeed"
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_resume_config_drift_and_overwrite_cleanup(tiny_model_dir, tmp_path, prepared_dir):
+    from finetune import outputs
+
+    out = tmp_path / "out"
+    cfg = make_cfg(tiny_model_dir, out, prepared_dir)
+    outputs.write_config(cfg, out)
+    assert checkpoints.changed_keys(cfg, out / "config.yml") == []
+    drifted = cfg.model_copy(update={"lora_r": 16, "learning_rate": 0.1})
+    assert checkpoints.changed_keys(drifted, out / "config.yml") == ["learning_rate", "lora_r"]
+
+    (out / "checkpoint-3").mkdir()
+    (out / ".incomplete-checkpoint-5").mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    checkpoints.clear_previous_run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yml"]

@@ -1,4 +1,4 @@
-"""Finding the checkpoint to resume from: the newest *complete* one, in the HF layout output_dir/checkpoint-N/.
+"""Where a run starts: a fresh output_dir, or the newest *complete* checkpoint (HF layout, checkpoint-N/).
 
 A run killed while saving (kill -9, power cut, full disk) leaves a checkpoint folder with missing or cut-off
 files. Resuming from it would crash, or worse, continue from half a state. The Trainer writes
@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
+import sys
 import zipfile
 from pathlib import Path
 
+from finetune.config import Config
 from finetune.errors import UserError
+from finetune.files import check_output_dir
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -70,8 +75,6 @@ def last_complete(output_dir: str | Path, warn=print, move_aside: bool = True) -
         aside = ckpt.with_name(f".incomplete-{ckpt.name}")
         warn(f"skipping {ckpt}: {why}; moved to {aside.name}")
         if aside.exists():
-            import shutil
-
             shutil.rmtree(aside)
         ckpt.rename(aside)
     return None
@@ -100,3 +103,57 @@ def resume_point(
             f"--resume: no complete checkpoint in {output_dir} (train without --resume to start afresh)"
         )
     return found
+
+
+def start_point(cfg: Config, overwrite: bool, resume: bool, is_main: bool, warn) -> Path | None:
+    """Refuse a used output_dir unless asked; with --overwrite clear the old run; find the checkpoint to resume."""
+    output_dir = Path(cfg.output_dir)
+    continuing = resume or cfg.auto_resume_from_checkpoints or bool(cfg.resume_from_checkpoint)
+    check_output_dir(output_dir, overwrite, continuing)
+    if overwrite and is_main:
+        clear_previous_run(output_dir)
+    start = resume_point(
+        output_dir,
+        cfg.resume_from_checkpoint,
+        resume,
+        cfg.auto_resume_from_checkpoints,
+        warn=warn,
+        is_main=is_main,
+    )
+    if start is not None and is_main:
+        changed = changed_keys(cfg, output_dir / "config.yml")
+        if changed:
+            warn(f"resuming with a config that differs from the interrupted run's in: {', '.join(changed)}")
+    return start
+
+
+def changed_keys(cfg: Config, saved: Path) -> list[str]:
+    """Top-level keys whose value differs from the run saved in `saved` (config.yml), for a resume warning."""
+    import yaml
+
+    from finetune.config import resolved_dict
+
+    if not saved.is_file():
+        return []
+    before = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    now = resolved_dict(cfg)
+    ignore = {"finetune_versions", "resume_from_checkpoint", "auto_resume_from_checkpoints"}
+    return sorted(k for k in now.keys() | before.keys() if k not in ignore and now.get(k) != before.get(k))
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """--overwrite: drop the old run's checkpoints and metrics (they would mix with the new run's)."""
+    for ckpt in checkpoints(output_dir):
+        shutil.rmtree(ckpt)
+    for path in output_dir.glob(".incomplete-checkpoint-*"):
+        shutil.rmtree(path)
+    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def resume_command() -> str:
+    """The command that continues this run: the one given, with --resume and without --overwrite."""
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        return "finetune train CONFIG --resume"
+    kept = [a for a in argv if a not in ("--overwrite", "--resume", "--smoke")]
+    return "finetune " + shlex.join(kept) + " --resume"

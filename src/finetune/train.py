@@ -11,16 +11,13 @@ outputs, and it prepares the data first while the others wait, then they read it
 from __future__ import annotations
 
 import os
-import shlex
 import socket
-import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from finetune import checkpoints, outputs, trainer_args
 from finetune.config import Config
 from finetune.errors import UserError
-from finetune.files import check_output_dir
 from finetune.smoke import smoke_config, smoke_rows
 
 
@@ -49,7 +46,7 @@ def run(
     is_main = int(os.environ.get("RANK", "0")) == 0
 
     # --- where we start: a fresh folder, or the last complete checkpoint of this one
-    start_from = start_point(
+    start_from = checkpoints.start_point(
         cfg, overwrite, resume, is_main, warn=lambda m: console.print(f"[yellow]warning:[/] {m}")
     )
     if start_from is not None:
@@ -104,7 +101,7 @@ def run(
             _finish_wandb(cfg)
             console.print(
                 f"[bold yellow]{stop.signal_name}: stopped at step {stop.saved_step}; checkpoint saved in "
-                f"{output_dir / f'checkpoint-{stop.saved_step}'}.[/]\nResume with: {resume_command()}"
+                f"{output_dir / f'checkpoint-{stop.saved_step}'}.[/]\nResume with: {checkpoints.resume_command()}"
             )
             raise SystemExit(128 + stop.received)
         eval_metrics = final_evaluation(trainer, eval_set)
@@ -123,23 +120,6 @@ def run(
             summary = outputs.summary_lines(output_dir, all_res)
             Console(highlight=False, soft_wrap=True).print("\n".join(["[bold green]done[/]", *summary]))
     return output_dir
-
-
-def start_point(cfg: Config, overwrite: bool, resume: bool, is_main: bool, warn) -> Path | None:
-    """Refuse a used output_dir unless asked; with --overwrite clear the old run; find the checkpoint to resume."""
-    output_dir = Path(cfg.output_dir)
-    continuing = resume or cfg.auto_resume_from_checkpoints or bool(cfg.resume_from_checkpoint)
-    check_output_dir(output_dir, overwrite, continuing)
-    if overwrite and is_main:
-        clear_previous_run(output_dir)
-    return checkpoints.resume_point(
-        output_dir,
-        cfg.resume_from_checkpoint,
-        resume,
-        cfg.auto_resume_from_checkpoints,
-        warn=warn,
-        is_main=is_main,
-    )
 
 
 # ---------------------------------------------------------------- the Trainer
@@ -259,26 +239,6 @@ def _environ(values: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def clear_previous_run(output_dir: Path) -> None:
-    """--overwrite: drop the old run's checkpoints and metrics (they would mix with the new run's)."""
-    import shutil
-
-    for ckpt in checkpoints.checkpoints(output_dir):
-        shutil.rmtree(ckpt)
-    for path in output_dir.glob(".incomplete-checkpoint-*"):
-        shutil.rmtree(path)
-    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-
-
-def resume_command() -> str:
-    """The command that continues this run: the one given, with --resume and without --overwrite."""
-    argv = sys.argv[1:]
-    if "train" not in argv:
-        return "finetune train CONFIG --resume"
-    kept = [a for a in argv if a not in ("--overwrite", "--resume", "--smoke")]
-    return "finetune " + shlex.join(kept) + " --resume"
 
 
 def _quiet_libraries() -> None:
