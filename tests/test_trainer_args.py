@@ -81,7 +81,7 @@ def test_load_best_model_aligns_saves_with_evaluations(tmp_path):
         and args.metric_for_best_model == "eval_loss"
         and not args.greater_is_better
     )
-    assert (args.eval_steps, args.save_steps) == (10, 30)
+    assert (args.eval_steps, args.save_steps) == (10, 10)
     assert any("load_best_model_at_end" in n for n in notes)
     args, _, _ = build(tmp_path, early_stopping_patience=2, val_set_size=0.1, eval_steps=10)
     assert args.metric_for_best_model == "eval_loss"

@@ -104,6 +104,11 @@ def run(
                 f"{output_dir / f'checkpoint-{stop.saved_step}'}.[/]\nResume with: {checkpoints.resume_command()}"
             )
             raise SystemExit(128 + stop.received)
+        if trainer.state.global_step < trainer.state.max_steps:
+            console.print(
+                f"stopped early at step {trainer.state.global_step} of {trainer.state.max_steps}: no eval loss "
+                f"improvement in {cfg.early_stopping_patience} evaluations (early_stopping_patience)"
+            )
         eval_metrics = final_evaluation(trainer, eval_set)
         outputs.save_model(trainer, output_dir)  # every process: ZeRO-3 gathers the weights collectively
 
@@ -169,12 +174,14 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, cons
 
 
 def final_evaluation(trainer, eval_set) -> dict:
-    """The final eval loss: reuse the evaluation at the last step, or run one now."""
+    """The final eval loss: reuse the evaluation at the last step, or run one now (also after the best
+    checkpoint was loaded back, so the numbers describe the adapter that is saved)."""
     if eval_set is None:
         return {}
     history = trainer.state.log_history
     last = next((e for e in reversed(history) if "eval_loss" in e), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
+    reloaded = trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint
+    if last is not None and last.get("step") == trainer.state.global_step and not reloaded:
         return {k: v for k, v in last.items() if k.startswith("eval_")}
     return trainer.evaluate()
 

@@ -154,13 +154,11 @@ def training_arguments(
 
     load_best = cfg.load_best_model_at_end and eval_strategy != "no"
     if load_best and save_strategy != "best" and (save_strategy, save_steps) != (eval_strategy, eval_steps):
-        # The Trainer can only restore the best model from a checkpoint saved at an evaluation.
-        if eval_strategy == "steps" and save_strategy == "steps" and save_steps >= eval_steps:
-            save_steps = eval_steps * max(1, int(save_steps / eval_steps + 0.5))  # nearest multiple, half up
-        else:
-            save_strategy, save_steps = eval_strategy, eval_steps
+        # The best model can only be restored from a checkpoint saved at its evaluation: save at every one.
+        save_strategy, save_steps = eval_strategy, eval_steps
         notes.append(
-            f"load_best_model_at_end: checkpoints follow the evaluations ({save_strategy}, every {save_steps or 'epoch'})"
+            f"load_best_model_at_end: a checkpoint is saved at every evaluation ({save_strategy}"
+            f"{f', every {save_steps} steps' if save_steps else ''})"
         )
 
     kwargs = {
