@@ -161,6 +161,12 @@ def training_arguments(
             f"{f', every {save_steps} steps' if save_steps else ''})"
         )
 
+    if cfg.sample_packing and not cfg.group_by_length:
+        notes.append(
+            "sample_packing: packing is not implemented yet; rows of similar length are batched together "
+            "instead (group_by_length), which removes most of the padding"
+        )
+
     kwargs = {
         "output_dir": output_dir,
         "per_device_train_batch_size": cfg.micro_batch_size,
@@ -185,7 +191,9 @@ def training_arguments(
         "greater_is_better": False if (load_best or cfg.early_stopping_patience) else None,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
-        "train_sampling_strategy": "group_by_length" if cfg.group_by_length else "random",
+        "train_sampling_strategy": "group_by_length"
+        if cfg.group_by_length or cfg.sample_packing
+        else "random",
         "bf16": prec.bf16,
         "fp16": prec.fp16,
         "tf32": prec.tf32,
