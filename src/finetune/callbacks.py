@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -29,7 +30,7 @@ class MetricsLog(TrainerCallback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({**logs, "step": state.global_step}) + "\n")
+            f.write(json.dumps({**logs, "step": state.global_step, "time": round(time.time(), 3)}) + "\n")
 
 
 class LossBeforeEval(TrainerCallback):

@@ -1,0 +1,165 @@
+"""GPU throughput and memory of `finetune train` on real model shapes (random weights, nothing downloaded).
+
+    python benchmarks/gpu_qlora.py --shape 8b --mode qlora      # Llama-3.1-8B shape, 4-bit NF4 base
+    python benchmarks/gpu_qlora.py --shape 8b --mode lora       # same, bf16 base
+    python benchmarks/gpu_qlora.py --shape 1b --mode qlora --deepspeed zero2
+
+For a lent GPU machine (CUDA needed). The script writes a randomly initialised Llama model with the real
+dimensions to --workdir (once per shape), rows that fill the whole sequence (so every batch is full, as a
+packed batch is), and a config with LoRA r=16 on all linear layers; then it runs the real `finetune train`
+on it and prints real tokens/s over the steady-state steps (the first --skip steps are warm-up), peak GPU
+memory and MFU. MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
+(forward + input gradients; no weight gradients) plus causal attention, without recomputation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {  # Llama 3.1 / 3.2 dimensions
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
+}
+VOCAB = 128256
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def write_model(shape: str, folder: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune.tiny import build_tokenizer
+
+    if (folder / "config.json").exists():
+        return
+    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=131072, rope_theta=500000.0, **SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    start = time.time()
+    model.save_pretrained(folder, max_shard_size="5GB")
+    build_tokenizer().save_pretrained(folder)  # ids < VOCAB, so any tokenizer this small works
+    print(f"wrote random {shape} model to {folder} in {time.time() - start:.0f}s", flush=True)
+    del model
+    torch.cuda.empty_cache()
+
+
+def write_rows(path: Path, rows: int) -> None:
+    """Rows longer than any sequence here; truncation cuts each to exactly sequence_len tokens."""
+    from importlib import resources
+
+    text = resources.files("finetune").joinpath("assets/tiny_corpus.txt").read_text()
+    with path.open("w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"text": f"row {i}. " + text[i % 500 :] + text}) + "\n")
+
+
+def linear_params(shape: str) -> int:
+    s = SHAPES[shape]
+    d, f, layers = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    kv = d // s["num_attention_heads"] * s["num_key_value_heads"]
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * f
+    return layers * per_layer + d * VOCAB  # + lm_head
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
+    parser.add_argument("--mode", choices=["qlora", "lora"], default="qlora")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of tokens/s")
+    parser.add_argument("--gradient-checkpointing", choices=["true", "false"], default="true")
+    parser.add_argument("--deepspeed", choices=["none", "zero2", "zero3"], default="none")
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-bench"))
+    args = parser.parse_args()
+
+    import torch
+    import yaml
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model_dir = args.workdir / f"llama-{args.shape}-random"
+    write_model(args.shape, model_dir)
+    rows = args.workdir / "rows.jsonl"
+    write_rows(rows, args.micro_batch * args.steps + 8)
+    run = f"{args.shape}-{args.mode}-{args.deepspeed}-gc{args.gradient_checkpointing}"
+    out = args.workdir / run
+    config = {
+        "base_model": str(model_dir),
+        "load_in_4bit": args.mode == "qlora",
+        "adapter": args.mode,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_target_linear": True,
+        "datasets": [{"path": str(rows), "type": "completion", "field": "text"}],
+        "sequence_len": args.seq,
+        "excess_length_strategy": "truncate",
+        "dataset_prepared_path": str(args.workdir / "prepared"),
+        "micro_batch_size": args.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "max_steps": args.steps,
+        "learning_rate": 1e-4,
+        "optimizer": "adamw_torch_fused" if args.mode == "lora" else "paged_adamw_8bit",
+        "bf16": True,
+        "gradient_checkpointing": args.gradient_checkpointing == "true",
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "attn_implementation": args.attn,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "output_dir": str(out),
+    }
+    if args.deepspeed != "none":
+        config["deepspeed"] = str(Path(__file__).resolve().parent.parent / "deepspeed_configs" / f"{args.deepspeed}.json")
+    cfg_path = args.workdir / f"{run}.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "finetune.cli", "train", str(cfg_path), "--overwrite"]
+    if args.deepspeed != "none":
+        command += ["--num-processes", "1"]
+    start = time.time()
+    proc = subprocess.run(command, env={**os.environ, "WANDB_MODE": "disabled"})
+    wall = time.time() - start
+    if proc.returncode != 0:
+        sys.exit(f"finetune train failed ({proc.returncode})")
+
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if "loss" in e and "time" in e]
+    results = json.loads((out / "all_results.json").read_text())
+    tokens_per_step = args.micro_batch * args.seq
+    steady = steps[args.skip :]
+    if len(steady) >= 2:
+        seconds = steady[-1]["time"] - steady[0]["time"]
+        tps = tokens_per_step * (len(steady) - 1) / seconds
+    else:
+        tps = results.get("train_tokens_per_second", float("nan"))
+    s = SHAPES[args.shape]
+    flops_per_token = 4 * linear_params(args.shape) + 6 * s["num_hidden_layers"] * args.seq * s["hidden_size"]
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), float("nan"))
+    mfu = tps * flops_per_token / (peak * 1e12)
+    print(
+        json.dumps(
+            {
+                "run": run,
+                "device": name,
+                "tokens_per_s_steady": round(tps, 1),
+                "train_tokens_per_second_all_steps": results.get("train_tokens_per_second"),
+                "peak_gpu_mem_gib": round(results.get("peak_gpu_memory_mb", float("nan")) / 1024, 2),
+                "mfu": round(mfu, 3),
+                "final_loss": steps[-1]["loss"] if steps else None,
+                "wall_s": round(wall, 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
