@@ -40,3 +40,65 @@ def write_config(tmp_path):
         return path
 
     return _write
+
+
+# ---------------------------------------------------------------- a finished run (generate, eval, metrics tests)
+
+SENTIMENT_PROMPT = (
+    "Instruction: What is the sentiment of this news? Please choose an answer from "
+    "{{negative/neutral/positive}}.\nInput: {}\nAnswer: "
+)
+INST_FORMAT = {
+    "field_instruction": "context",
+    "field_output": "target",
+    "format": "[INST] {instruction} [/INST]",
+    "no_input_format": "[INST] {instruction} [/INST]",
+}
+
+
+def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict]:
+    """FinLoRA-style sentiment rows (fields context/target, labels in turn), deterministic."""
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["Nokia", "Apple", "The bank", "Shell", "Siemens", "The company", "HSBC", "Unilever"]
+    news = {
+        "positive": ["reported record profit", "raised its dividend", "beat analyst estimates"],
+        "negative": ["cut 2,000 jobs", "warned on earnings", "posted a net loss"],
+        "neutral": ["will hold its annual meeting in May", "appointed a new CFO", "is based in Helsinki"],
+    }
+    rows = []
+    for i in range(n):
+        label = ("positive", "negative", "neutral")[i % 3]
+        text = f"{rng.choice(subjects)} {rng.choice(news[label])} ."
+        rows.append({"context": SENTIMENT_PROMPT.format(text), "target": label})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A finished QLoRA run on the tiny model: FinLoRA's `[INST]` custom format over sentiment rows, 20 steps,
+    evaluations with token accuracy and `eval_metrics: auto`. Read-only: copy it before writing into it."""
+    import json
+
+    import torch
+
+    from finetune import config, train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "sentiment.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows()))
+    cfg = config.validate({
+        "base_model": str(tiny_model_dir), "load_in_4bit": True, "adapter": "qlora", "lora_r": 8,
+        "lora_alpha": 16, "lora_target_linear": True, "datasets": [{"path": str(data), "type": INST_FORMAT}],
+        "val_set_size": 8, "sequence_len": 256, "dataset_prepared_path": str(root / "prepared"),
+        "dataset_processes": 1, "output_dir": str(root / "out"), "micro_batch_size": 4, "max_steps": 20,
+        "learning_rate": 0.01, "lr_scheduler": "constant", "logging_steps": 5, "eval_steps": 10,
+        "eval_metrics": "auto", "eval_metrics_samples": 8, "seed": 7,
+    })  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train.run(cfg)
+    finally:
+        torch.set_num_threads(threads)

@@ -284,7 +284,10 @@ def test_quickstart_run_card_end_to_end(tmp_path, monkeypatch):
     loaded = ModelCard.load(out / "README.md")
     state = json.loads((out / "trainer_state.json").read_text())
     evals = [e for e in state["log_history"] if "eval_loss" in e]
-    assert [r.metric_value for r in loaded.data.eval_results] == [evals[-1]["eval_loss"]]
+    assert [(r.metric_type, r.metric_value) for r in loaded.data.eval_results] == [
+        ("loss", evals[-1]["eval_loss"]),
+        ("token_accuracy", evals[-1]["eval_token_accuracy"]),
+    ]
     assert "base_model" not in loaded.data.to_dict() and "huggingface.co/models" not in first
     rows = _table(first, "### Training results")
     assert [(r["Step"], r["Validation Loss"]) for r in rows] == [

@@ -4,7 +4,8 @@ Training calls `write_card(output_dir)` as its last step and `finetune card OUTP
 so both give the same card, also for an interrupted run (the newest checkpoint's trainer_state.json is used).
 The front matter comes from huggingface_hub's ModelCardData, so it is what the hub validates; the body is
 written here, leaving out any section with nothing to say (no "More information needed" filler).
-Reading: config.yml (resolved config), trainer_state.json, all/train/eval_results.json, adapter_config.json.
+Reading: config.yml (resolved config), trainer_state.json, all/train/eval_results.json, adapter_config.json (with
+`finetune eval`'s scores under its `generation` key).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from finetune import config as config_module
+from finetune import eval_results
 from finetune.card_training import (
     eval_metrics,
     fmt,
@@ -95,6 +97,7 @@ def metadata(run: Run, merged: Merged | None = None):
                 metric_type=key, metric_name=f"Validation {key.replace('_', ' ')}", metric_value=value,
             )
         )  # fmt: skip
+    results += [EvalResult(**entry) for entry in eval_results.model_index(run)]  # `finetune eval` scores
     hub_data = [p for p in _datasets(cfg) if is_hub_id(p)]
     return ModelCardData(
         base_model=base_id,
@@ -163,7 +166,9 @@ def body(run: Run, merged: Merged | None = None) -> str:
             f"Check after saving: max |logit difference| vs base + adapter = {merged.max_logit_diff:.3g}.",
             "",
         ]
-    parts += results_section(run)
+    generation = eval_results.card_section(run)
+    parts += results_section(run) or (["## Results", ""] if generation else [])
+    parts += generation
     snippet = usage_snippet(run, merged)
     if snippet:
         parts += ["## Usage", "", "```python", snippet, "```", ""]

@@ -146,6 +146,86 @@ def card(output_dir: OutputDirArg) -> None:
     print(f"wrote {path}")
 
 
+@app.command("generate")
+def generate_(
+    output_dir: Annotated[
+        Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
+    ],
+    question: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Argument(help="The question (left out with --chat).", show_default=False),
+    ] = None,
+    system: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="System prompt (chat templates, or a custom format with a system slot).", show_default=False
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
+    chat: Annotated[bool, typer.Option("--chat", help="Interactive: ask question after question.")] = False,
+) -> None:
+    """Answer a question with base + adapter (4-bit if trained so), prompted exactly as in training; streamed."""
+    from finetune import generate as generate_module
+
+    generate_module.generate_command(
+        output_dir,
+        question,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        chat_mode=chat,
+    )
+
+
+@app.command("eval")
+def eval_(
+    output_dir: Annotated[
+        Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
+    ],
+    data: Annotated[Path, typer.Option(help="JSONL file to score.", show_default=False)],
+    field_input: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Column with the question (default: the training format's).", show_default=False),
+    ] = None,
+    field_target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Column with the expected answer (default: the training format's).", show_default=False
+        ),
+    ] = None,
+    metric: Annotated[
+        str, typer.Option(help="auto, accuracy, f1 (label sets: both + F1 by class), exact or numeric.")
+    ] = "auto",
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Score only the first N rows.", show_default=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padding).")] = 8,
+    max_new_tokens: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Longest answer (default: longest target + 16 tokens).", show_default=False),
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="numeric: relative tolerance.")] = 0.01,
+    base_only: Annotated[
+        bool, typer.Option("--base-only", help="Score the base model alone, the same way (the 'before').")
+    ] = False,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Folder for eval_results.json and predictions (default: OUTPUT_DIR).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Score greedy answers on a JSONL file in the training format; results into eval_results.json and the card."""
+    from finetune import evaluate
+
+    evaluate.run(
+        output_dir, data, field_input=field_input, field_target=field_target, metric=metric, limit=limit,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, base_only=base_only, out=out, tolerance=tolerance,
+    )  # fmt: skip
+
+
 def main() -> None:
     try:
         app()

@@ -320,6 +320,13 @@ class Config(_Strict):
         validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"),
         description="Override when evaluation happens.",
     )
+    eval_metrics: Literal["auto", "accuracy", "f1", "exact", "numeric"] | None = Field(
+        None,
+        description="At each evaluation, also answer eval_metrics_samples evaluation rows by greedy generation and score them (accuracy + macro/weighted F1 for label sets, exact or numeric match; auto picks from the targets), logged as eval_gen_*. Costs one generation pass over those rows per evaluation. (The accuracy of the answer tokens, eval_token_accuracy, is always logged.)",
+    )
+    eval_metrics_samples: Positive = Field(
+        32, description="Evaluation rows answered by generation when eval_metrics is set (the first ones)."
+    )
     saves_per_epoch: int | None = Field(None, ge=0, description="Checkpoints per epoch.")
     save_steps: float | None = Field(None, gt=0, description="Checkpoint every N steps (or a ratio < 1).")
     save_strategy: Literal["no", "steps", "epoch", "best"] | None = Field(
@@ -427,6 +434,8 @@ def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
         problems.append(
             (("load_best_model_at_end",), "needs evaluation data: set val_set_size or test_datasets")
         )
+    if cfg.eval_metrics and not (cfg.val_set_size or cfg.test_datasets):
+        problems.append((("eval_metrics",), "needs evaluation data: set val_set_size or test_datasets"))
     if cfg.early_stopping_patience and not (cfg.val_set_size or cfg.test_datasets):
         problems.append(
             (("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets")

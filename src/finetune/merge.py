@@ -151,6 +151,16 @@ def nf4_round_trip(model, run: run_dir.Run, train_dtype: str, device: str = "cpu
     return replaced
 
 
+def attach_adapter(base, tokenizer, adapter_dir):
+    """base + the run's adapter (peft); embeddings grown first when training added tokens. Shared with
+    `finetune generate` / `finetune eval`, so they load exactly what merge folds in."""
+    from peft import PeftModel
+
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    return PeftModel.from_pretrained(base, adapter_dir)
+
+
 def prompt_ids(tokenizer) -> list:
     return [tokenizer(p, return_tensors="pt")["input_ids"] for p in CHECK_PROMPTS]
 
@@ -189,7 +199,6 @@ def merge_command(
 
     Returns the largest |logit difference| between the saved merged model and base + adapter.
     """
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     output_dir, out = Path(output_dir), Path(out)
@@ -223,9 +232,7 @@ def merge_command(
             base = load_base(run, config, torch_dtype)
         if run.cfg.quantized_4bit and not (dequantize or prequantized):
             print("note: the adapter was trained on NF4 weights; --dequantize merges into exactly those")
-        if len(tokenizer) > base.get_input_embeddings().num_embeddings:
-            base.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(base, run.adapter_dir)
+        model = attach_adapter(base, tokenizer, run.adapter_dir)
         prompts = prompt_ids(tokenizer)
         reference = logits(model, prompts)
 

@@ -139,6 +139,7 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, cons
     from transformers.trainer_callback import PrinterCallback
 
     from finetune import callbacks as cb
+    from finetune import metrics
     from finetune.config import resolved_dict
 
     pad_full = bool(cfg.pad_to_sequence_len)
@@ -168,6 +169,7 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, cons
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks + extra_callbacks,
+        **metrics.trainer_hooks(cfg, model, tokenizer, eval_set),  # token accuracy (+ eval_metrics: scores)
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
     return trainer, stop, throughput
