@@ -130,13 +130,12 @@ def main() -> None:
         sys.exit(f"finetune train failed ({proc.returncode})")
 
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [e for e in events if "loss" in e and "time" in e]
+    steps = [e for e in events if "loss" in e and "train_runtime" in e and "num_input_tokens_seen" in e]
     results = json.loads((out / "all_results.json").read_text())
-    tokens_per_step = args.micro_batch * args.seq
     steady = steps[args.skip :]
-    if len(steady) >= 2:
-        seconds = steady[-1]["time"] - steady[0]["time"]
-        tps = tokens_per_step * (len(steady) - 1) / seconds
+    if len(steady) >= 2:  # real tokens over the seconds between the first and last steady-state step
+        tokens = steady[-1]["num_input_tokens_seen"] - steady[0]["num_input_tokens_seen"]
+        tps = tokens / (steady[-1]["train_runtime"] - steady[0]["train_runtime"])
     else:
         tps = results.get("train_tokens_per_second", float("nan"))
     s = SHAPES[args.shape]
