@@ -78,6 +78,7 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
     tok_dir = run.adapter_dir or path
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)  # as trained: added tokens, pad token, chat template
     prec = _precision(run.cfg)
+    notes: list[str] = []
     if merged and not base_only:
         import torch
 
@@ -88,10 +89,7 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
     else:
         # one whole copy on this device: DeepSpeed's placement (ZeRO-3) is for training only
         cfg = run.cfg.model_copy(update={"deepspeed": None})
-        notes: list[str] = []
         base = model_module.load_base(cfg, prec, notes)
-        for note in notes:
-            say(f"note: {note}")
         if base_only:
             if len(tokenizer) > base.get_input_embeddings().num_embeddings:
                 base.resize_token_embeddings(len(tokenizer))  # the rows training started from
@@ -103,6 +101,9 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
                 )
                 model = merge.attach_adapter(base, tokenizer, run.adapter_dir)
             what = "adapter"
+    model_module.cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
+    for note in notes:
+        say(f"note: {note}")
     model.eval()
     return Loaded(model, tokenizer, run, what)
 
