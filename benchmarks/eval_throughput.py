@@ -1,13 +1,12 @@
 """`finetune eval` throughput: examples/s of batched greedy generation on FinLoRA's fpb_test.jsonl, on CPU.
 
-    python benchmarks/eval_throughput.py [--rows 96] [--batch-sizes 1 8 32] [--sizes tiny small]
+    python benchmarks/eval_throughput.py [--rows 96] [--batch-sizes 1 8 32] [--sizes tiny small] [--steps 30]
 
-For each model size it trains a QLoRA adapter for 2 steps on fpb rows (FinLoRA's `[INST]` custom format,
-so the run folder is a real one), then runs `evaluate.run` on the first --rows rows of fpb_test.jsonl at
-each batch size. examples/s counts generation only (model loading is reported apart). max_new_tokens is auto
-(longest label + 16 = 17 tokens); how long the answers are depends on the random weights (mean_answer_tokens
-is printed): the tiny model runs every answer to the limit, a worst case for a classification set, where a
-trained model stops after ~2 tokens.
+For each model size it trains a QLoRA adapter (--steps, 30 by default) on fpb rows in FinLoRA's `[INST]`
+custom format, so the run folder is a real one and the answers are a trained classifier's (a label, then
+EOS), then runs `evaluate.run` on the first --rows rows of fpb_test.jsonl at each batch size. examples/s
+counts generation only (loading is in total_s_with_loading). max_new_tokens is auto (longest label + 16);
+mean_answer_tokens re-tokenizes the answers (exact for label words, approximate for random text).
 Sizes: tiny = finetune.tiny defaults (hidden 64, 2 layers, ~0.2M parameters); small = hidden 512,
 8 layers (~25M parameters). Needs ../shared/data/finlora/fpb_test.jsonl.
 """
