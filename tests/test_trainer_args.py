@@ -70,8 +70,9 @@ def test_group_by_length_is_a_sampling_strategy(tmp_path):
     assert args.train_sampling_strategy == "group_by_length"
     args, _, _ = build(tmp_path)
     assert args.train_sampling_strategy == "random"
-    args, _, notes = build(tmp_path, sample_packing=True)
-    assert args.train_sampling_strategy == "group_by_length" and "not implemented" in notes[0]
+    # sample_packing batches through finetune's own token-budget sampler (test_batching.py)
+    args, _, notes = build(tmp_path, sample_packing=True, group_by_length=True)
+    assert args.train_sampling_strategy == "random" and not notes
 
 
 def test_load_best_model_aligns_saves_with_evaluations(tmp_path):

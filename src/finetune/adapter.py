@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+from finetune import speedups
 from finetune.config import Config
 
 # Attention projections: the default targets when neither lora_target_modules nor lora_target_linear is set.
@@ -58,9 +59,11 @@ def _wrap(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], note
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    checkpointing = bool(cfg.gradient_checkpointing)
-    if cfg.gradient_checkpointing == "offload":
-        notes.append("gradient_checkpointing: offload is not implemented; using plain gradient checkpointing")
+    checkpointing = bool(cfg.gradient_checkpointing)  # "offload" too: see speedups.offload_activations
+    if cfg.gradient_checkpointing == "offload" and not speedups.offload_applies(cfg):
+        notes.append(
+            "gradient_checkpointing: offload runs as plain checkpointing on CPU (no device memory to save)"
+        )
     gc_kwargs = gradient_checkpointing_kwargs(cfg)
     if kbit:
         # Casts norms/embeddings to fp32 and makes inputs require grad, so checkpointed k-bit layers backprop.

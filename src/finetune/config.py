@@ -160,6 +160,7 @@ SCHEDULERS = (
     "inverse_sqrt",
 )
 Positive = Annotated[int, Field(gt=0)]
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 
 
 class Config(_Strict):
@@ -211,7 +212,8 @@ class Config(_Strict):
         None, description="Shorthand for attn_implementation: flash_attention_2."
     )
     gradient_checkpointing: bool | Literal["offload"] | None = Field(
-        None, description="Recompute activations in backward: much less memory, ~30% slower."
+        None,
+        description="Recompute activations in backward: much less memory, ~30% slower. `offload` also moves the hidden states kept between layers to host memory on a GPU (less GPU memory still, costs PCIe copies; plain checkpointing on CPU).",
     )
     gradient_checkpointing_kwargs: dict[str, Any] | None = Field(
         None, description="e.g. {use_reentrant: false}."
@@ -277,13 +279,19 @@ class Config(_Strict):
     )
     train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens.")
     sample_packing: bool = Field(
-        False, description="Pack/bucket rows so no compute is spent on padding (strategy chosen per device)."
+        False,
+        description="Spend no compute on padding; the strategy is chosen for the device. GPU + flash attention: padding-free packed rows of up to micro_batch_size x sequence_len tokens. Elsewhere (CPU, sdpa): rows sorted by length in batches of up to that many padded tokens (packing would cost full attention there). Either way a step holds a varying number of rows, so steps per epoch are fewer than rows / micro_batch_size.",
     )
-    eval_sample_packing: bool | None = Field(None, description="Pack evaluation batches too.")
+    eval_sample_packing: bool | None = Field(
+        None, description="Batch evaluation rows the same way (default: as sample_packing; one process only)."
+    )
     pad_to_sequence_len: bool | None = Field(
         None, description="Pad every batch to sequence_len (steadier GPU memory)."
     )
-    group_by_length: bool = Field(False, description="Batch rows of similar length together.")
+    group_by_length: bool = Field(
+        False,
+        description="micro_batch_size rows of similar length a batch (less padding; HF's length-grouped sampler).",
+    )
 
     # --- training
     output_dir: str = Field(
@@ -346,7 +354,26 @@ class Config(_Strict):
         None, description="DeepSpeed config: a JSON path or an inline mapping."
     )
     torch_compile: bool | None = Field(
-        None, description="torch.compile the model (GPU; slower on short CPU runs)."
+        None,
+        description="torch.compile the model on a GPU (compiles per new shape; skipped on CPU, where it measured slower).",
+    )
+    torch_compile_backend: str | None = Field(None, description="torch.compile backend (default inductor).")
+    torch_compile_mode: str | None = Field(
+        None, description="torch.compile mode: default, reduce-overhead, max-autotune ..."
+    )
+    # --- Liger kernels (GPU, `pip install liger-kernel`; skipped on CPU): fused Triton kernels, less memory
+    plugins: list[str] | None = Field(
+        None,
+        description="axolotl plugins: only axolotl.integrations.liger.LigerPlugin is accepted (its liger_* keys below are what takes effect).",
+    )
+    liger_rope: bool | None = Field(None, description="Liger fused rotary embedding.")
+    liger_rms_norm: bool | None = Field(None, description="Liger fused RMSNorm.")
+    liger_glu_activation: bool | None = Field(None, description="Liger fused SwiGLU/GeGLU MLP activation.")
+    liger_layer_norm: bool | None = Field(None, description="Liger fused LayerNorm (models that have one).")
+    liger_cross_entropy: bool | None = Field(None, description="Liger cross-entropy on the logits.")
+    liger_fused_linear_cross_entropy: bool | None = Field(
+        None,
+        description="Liger lm_head + cross-entropy fused in chunks: the full logits are never stored (large memory saving with big vocabularies).",
     )
 
     # --- tracking and the card
@@ -439,6 +466,16 @@ def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
     if cfg.early_stopping_patience and not (cfg.val_set_size or cfg.test_datasets):
         problems.append(
             (("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets")
+        )
+    for i, plugin in enumerate(cfg.plugins or []):
+        if plugin != LIGER_PLUGIN:
+            problems.append((("plugins", i), f"{plugin} is not supported (only {LIGER_PLUGIN})"))
+    if cfg.liger_cross_entropy and cfg.liger_fused_linear_cross_entropy:
+        problems.append(
+            (
+                ("liger_cross_entropy",),
+                "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
+            )
         )
     return problems
 

@@ -101,7 +101,8 @@ def results(
 ) -> tuple[dict, dict]:
     """(train_results, all_results): HF's own metrics plus final losses, tokens/s, memory and run facts.
 
-    train_tokens_per_second counts real tokens (attention mask, no padding) trained in this session.
+    train_tokens_per_second counts real tokens (attention mask, no padding) trained in this session;
+    `facts` carries the batching strategy and the padding fraction (trainer.FinetuneTrainer.batching_facts).
     """
     state = trainer.state
     runtime = train_metrics.get("train_runtime") or 0
@@ -184,6 +185,12 @@ def summary_lines(output_dir: str | Path, all_res: dict) -> list[str]:
         f"speed: {num('train_tokens_per_second', '{:,.0f}')} real tokens/s, "
         f"{num('train_samples_per_second', '{:.2f}')} samples/s, {num('train_runtime', '{:.1f}')} s"
     )
+    if all_res.get("batching"):
+        pad = all_res.get("padding_fraction")
+        lines.append(
+            f"batching: {all_res['batching']}"
+            + (f", {pad:.1%} of tokens were padding" if pad is not None else "")
+        )
     mem = f"peak memory: {num('peak_cpu_memory_mb', '{:,.0f}')} MiB RAM"
     if "peak_gpu_memory_mb" in all_res:
         mem += f", {num('peak_gpu_memory_mb', '{:,.0f}')} MiB GPU"

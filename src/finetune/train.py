@@ -81,16 +81,21 @@ def run(
         f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
     prec = model_module.precision(cfg)
+    from finetune import batching
+
+    plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.model.config._attn_implementation)
+    notes += plan.notes
     args, sched = trainer_args.training_arguments(
-        cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes
+        cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
     )
     notes += loaded.notes
     say_notes()
+    console.print(f"batching: {plan.summary}")
     console.print(f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)")
 
     # --- train (config.yml first, so an interrupted run can be understood and carded)
     trainer, stop, throughput = build_trainer(
-        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks)
+        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), plan
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -130,25 +135,24 @@ def run(
 # ---------------------------------------------------------------- the Trainer
 
 
-def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list):
-    """HF Trainer with padding per batch and finetune's callbacks (metrics file, signals, progress, W&B).
+def build_trainer(
+    cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list, plan=None
+):
+    """The Trainer with the batching plan (batching.py) and finetune's callbacks (metrics file, signals,
+    progress, W&B).
 
     Returns (trainer, the signal watcher, the token counter): `run` reads those two after training.
     """
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
+    from finetune import batching, metrics, speedups
     from finetune import callbacks as cb
-    from finetune import metrics
     from finetune.config import resolved_dict
+    from finetune.trainer import FinetuneTrainer
 
-    pad_full = bool(cfg.pad_to_sequence_len)
-    collator = DataCollatorForSeq2Seq(
-        tokenizer,
-        padding="max_length" if pad_full else True,
-        max_length=cfg.sequence_len if pad_full else None,
-        label_pad_token_id=-100,
-    )
+    if plan is None:
+        plan = batching.plan(cfg, tokenizer, train_set, eval_set, model.config._attn_implementation)
     stop, throughput = cb.StopOnSignal(), cb.Throughput()
     callbacks = [
         cb.LossBeforeEval(),
@@ -161,12 +165,14 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, cons
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.use_wandb:
         callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
-    trainer = Trainer(
+    trainer = FinetuneTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=collator,
+        data_collator=plan.train_collator,
+        batch_plan=plan,
+        offload=speedups.offload_applies(cfg),
         processing_class=tokenizer,
         callbacks=callbacks + extra_callbacks,
         **metrics.trainer_hooks(cfg, model, tokenizer, eval_set),  # token accuracy (+ eval_metrics: scores)
@@ -198,6 +204,7 @@ def run_facts(trainer, prec) -> dict:
         * args.gradient_accumulation_steps
         * args.world_size,
         "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
+        **trainer.batching_facts(),  # strategy, padding fraction
     }
 
 

@@ -37,9 +37,13 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def schedule(cfg: Config, train_rows: int) -> Schedule:
-    """Same arithmetic as the Trainer: batches per epoch per process, then accumulation, rounded up."""
-    batches = math.ceil(train_rows / (cfg.micro_batch_size * world_size()))
+def schedule(cfg: Config, train_rows: int, batches_per_epoch: int | None = None) -> Schedule:
+    """Same arithmetic as the Trainer: batches per epoch per process, then accumulation, rounded up.
+
+    Token-budget batching (sample_packing) knows its batch count per process (`batches_per_epoch`); without
+    it, batches are micro_batch_size rows.
+    """
+    batches = batches_per_epoch or math.ceil(train_rows / (cfg.micro_batch_size * world_size()))
     per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
     return Schedule(steps_per_epoch=per_epoch, total_steps=max(1, total))
@@ -136,12 +140,26 @@ def wandb_environment(cfg: Config, output_dir: str) -> dict[str, str]:
 
 
 def training_arguments(
-    cfg: Config, prec: Precision, train_rows: int, has_eval: bool, output_dir: str, notes: list[str]
+    cfg: Config,
+    prec: Precision,
+    train_rows: int,
+    has_eval: bool,
+    output_dir: str,
+    notes: list[str],
+    batches_per_epoch: int | None = None,
+    on_gpu: bool | None = None,
 ):
-    """Build TrainingArguments; every adjustment to what the config says is explained in `notes`."""
+    """Build TrainingArguments; every adjustment to what the config says is explained in `notes`.
+
+    `batches_per_epoch`: batches per process per epoch when the batching plan decides it (batching.py).
+    """
+    import torch
     from transformers import TrainingArguments
 
-    sched = schedule(cfg, train_rows)
+    from finetune import speedups
+
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    sched = schedule(cfg, train_rows, batches_per_epoch)
     if has_eval:
         eval_strategy, eval_steps = _interval(
             cfg.evals_per_epoch, cfg.eval_steps, cfg.eval_strategy, sched, "epoch"
@@ -159,12 +177,6 @@ def training_arguments(
         notes.append(
             f"load_best_model_at_end: a checkpoint is saved at every evaluation ({save_strategy}"
             f"{f', every {save_steps} steps' if save_steps else ''})"
-        )
-
-    if cfg.sample_packing and not cfg.group_by_length:
-        notes.append(
-            "sample_packing: packing is not implemented yet; rows of similar length are batched together "
-            "instead (group_by_length), which removes most of the padding"
         )
 
     kwargs = {
@@ -191,13 +203,15 @@ def training_arguments(
         "greater_is_better": False if (load_best or cfg.early_stopping_patience) else None,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
+        # sample_packing batches through finetune's own sampler (batching.py), not the Trainer's
         "train_sampling_strategy": "group_by_length"
-        if cfg.group_by_length or cfg.sample_packing
+        if cfg.group_by_length and not cfg.sample_packing
         else "random",
         "bf16": prec.bf16,
         "fp16": prec.fp16,
         "tf32": prec.tf32,
-        "torch_compile": bool(cfg.torch_compile),
+        **speedups.compile_arguments(cfg, on_gpu, notes),
+        **speedups.liger_arguments(cfg, on_gpu, notes),
         "deepspeed": cfg.deepspeed,
         "report_to": ["wandb"] if cfg.use_wandb else "none",
         "run_name": cfg.run_name,
