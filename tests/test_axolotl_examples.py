@@ -38,7 +38,9 @@ ACCEPTED = {
     "llama-3__instruct-lora-8b.yml",
     "llama-3__lora-1b-deduplicate-sft.yml",
     "llama-3__lora-8b.yml",
+    "llama-3__lora-1b-deduplicate-dpo.yml",  # rl: dpo, chat_template preference rows (issue 8)
     "mimo__mimo-7b-qlora.yaml",
+    "mistral__dpo__mistral-dpo-qlora.yml",  # rl: dpo on a 4-bit base (issue 8)
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 
@@ -77,7 +79,7 @@ def test_refusals_name_the_unsupported_feature():
         except config.ConfigError as exc:
             problems[path.name] = "\n".join(exc.problems)
     assert "fsdp_config: not supported by finetune yet" in problems["llama-2__qlora-fsdp.yml"]
-    assert "rl: not supported by finetune yet" in problems["mistral__dpo__mistral-dpo-qlora.yml"]
+    assert "rl: 'kto' is not implemented yet (implemented: dpo)" in problems["llama-3__qlora-1b-kto.yaml"]
     assert "adapter: full fine-tuning is not supported" in problems["llama-3__fft-8b.yaml"]
 
 

@@ -22,9 +22,10 @@ def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
         targets = cfg.lora_target_modules
     else:
         targets = DEFAULT_TARGETS
-    to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save])) or None
+    head = ["score"] if cfg.reward_model else []  # a new reward head: trained in full, saved with the adapter
+    to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save, *head])) or None
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if cfg.reward_model else "CAUSAL_LM",
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,

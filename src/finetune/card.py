@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from finetune import card_preference, eval_results
 from finetune import config as config_module
-from finetune import eval_results
 from finetune.card_training import (
     eval_metrics,
     fmt,
@@ -61,7 +61,7 @@ def _method(run: Run) -> str:
 
 
 def training_kind(cfg: Config) -> str:
-    return getattr(cfg, "rl", None) or "sft"
+    return {"reward": "reward-model"}.get(cfg.training_kind, cfg.training_kind)
 
 
 def _datasets(cfg: Config) -> list[str]:
@@ -88,12 +88,15 @@ def metadata(run: Run, merged: Merged | None = None):
         tags.append(f"base_model:{'finetune' if merged else 'adapter'}:{base_id}")
     if merged:
         tags.append("merged")
+    if cfg.preference:
+        tags += [t for t in card_preference.tags(cfg) if t not in tags]
+    task = card_preference.pipeline_tag(cfg) if cfg.preference else "text-generation"
     results = []
     kind, name, split = _eval_data(cfg)
     for key, value in eval_metrics(run).items():
         results.append(
             EvalResult(
-                task_type="text-generation", dataset_type=kind, dataset_name=name, dataset_split=split,
+                task_type=task, dataset_type=kind, dataset_name=name, dataset_split=split,
                 metric_type=key, metric_name=f"Validation {key.replace('_', ' ')}", metric_value=value,
             )
         )  # fmt: skip
@@ -102,7 +105,7 @@ def metadata(run: Run, merged: Merged | None = None):
     return ModelCardData(
         base_model=base_id,
         library_name="transformers" if merged else "peft",
-        pipeline_tag="text-generation",
+        pipeline_tag=task,
         license=cfg.license,
         tags=tags,
         datasets=hub_data or None,
@@ -137,6 +140,12 @@ def _description(run: Run, merged: Merged | None) -> str:
         )
     else:
         first = f"**{cfg.run_name}** is a {_method(run)} adapter for {base}."
+    if cfg.preference:  # reward model or DPO: what it is, and how it was trained, said its own way
+        first = card_preference.what_it_is(run, _method(run), base, merged)
+        return (
+            f"{first} It was trained with {tool} ({card_preference.how_trained(cfg)}) on preference pairs from "
+            f"{data} for {length}{done}, with sequences of up to {cfg.sequence_len} tokens."
+        )
     return (
         f"{first} It was trained with {tool} ({training_kind(cfg)}, loss on {loss}) on {data} for {length}{done}, "
         f"with sequences of up to {cfg.sequence_len} tokens."
@@ -173,8 +182,10 @@ def body(run: Run, merged: Merged | None = None) -> str:
     if snippet:
         parts += ["## Usage", "", "```python", snippet, "```", ""]
     parts += ["## Training procedure", "", "### Training hyperparameters", ""]
-    parts += [f"- {k}: {fmt(v)}" for k, v in hyperparameters(run).items()] + [""]
-    table = markdown_table(training_rows(run.state.get("log_history", [])))
+    hp = {**hyperparameters(run), **(card_preference.hyperparameters(cfg) if cfg.preference else {})}
+    parts += [f"- {k}: {fmt(v)}" for k, v in hp.items()] + [""]
+    log_keys = card_preference.LOG_KEYS if cfg.preference else ()
+    table = markdown_table(training_rows(run.state.get("log_history", []), log_keys))
     if table:
         parts += ["### Training results", "", table, ""]
     if (run.output_dir / "loss.png").is_file():
@@ -187,6 +198,7 @@ def body(run: Run, merged: Merged | None = None) -> str:
     ]
     parts += ["```yaml", _config_yaml(run), "```", "", "</details>", ""]
     parts += _versions_section(run)
+    parts += card_preference.citations(cfg) if cfg.preference else []
     return "\n".join(parts)
 
 
@@ -197,6 +209,7 @@ def _versions_section(run: Run) -> list[str]:
         "deepspeed": bool(cfg.deepspeed),
         "wandb": cfg.use_wandb,
         "bitsandbytes": cfg.quantized_4bit or cfg.load_in_8bit or "8bit" in cfg.optimizer,
+        "trl": cfg.preference,
     }
     names = [k for k in _VERSION_NAMES if k in versions] + [k for k in versions if k not in _VERSION_NAMES]
     lines = [f"- {_VERSION_NAMES.get(k, k)} {versions[k]}" for k in names if used.get(k, True)]

@@ -9,7 +9,12 @@ import math
 from finetune.run_dir import Run, fact
 
 _NOT_DISTRIBUTED = {"", "no", "none", "not_parallel", "not_distributed"}
-_EVAL_NOISE = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step"}
+_EVAL_NOISE = {
+    "runtime", "samples_per_second", "steps_per_second", "epoch", "step",
+    # TRL's trainers (DPO, reward models) also log these; the card keeps rewards, margins and accuracy
+    "num_tokens", "entropy", "mean_token_accuracy", "logits/chosen", "logits/rejected", "logps/chosen",
+    "logps/rejected", "min_reward", "mean_reward", "max_reward",
+}  # fmt: skip
 # all_results.json keys shown under Results, with their labels (peak memory keys are added as they are).
 _SUMMARY = {
     "train_loss": "training loss (mean over the run)",
@@ -37,15 +42,21 @@ def _column(key: str) -> str:
     return " ".join(part.capitalize() for part in key.removeprefix("eval_").split("_"))
 
 
-def training_rows(log_history: list[dict]) -> list[dict]:
+def training_rows(log_history: list[dict], log_keys: tuple[str, ...] = ()) -> list[dict]:
     """HF's training-results table: one row per evaluation, joined with the latest training loss logged at
     or before its step (the Trainer logs `loss` and `eval_loss` as separate entries). Without evaluations,
-    one row per logged training loss."""
+    one row per logged training loss, with the `log_keys` metrics logged beside it (DPO's rewards/...)."""
     train = sorted((e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e)
     evals = [e for e in log_history if "eval_loss" in e]
     if not evals:
         logs = [e for e in log_history if "loss" in e]
-        return [{"Training Loss": e["loss"], "Epoch": e.get("epoch"), "Step": e.get("step")} for e in logs]
+        return [
+            {
+                "Training Loss": e["loss"], "Epoch": e.get("epoch"), "Step": e.get("step"),
+                **{_column(k): e[k] for k in log_keys if k in e},
+            }
+            for e in logs
+        ]  # fmt: skip
     rows = []
     for e in evals:
         before = [loss for step, loss in train if step <= e.get("step", 0)]
@@ -169,7 +180,7 @@ def results_section(run: Run) -> list[str]:
     if metrics:
         loss = metrics.get("loss")
         head = f"Final evaluation loss: **{fmt(loss)}**" if loss is not None else "Final evaluation:"
-        if loss is not None and loss < 50:
+        if loss is not None and loss < 50 and not run.cfg.preference:  # a pair loss has no perplexity
             head += f" (perplexity {math.exp(loss):.4f})"
         out += [head, ""]
         others = {k: v for k, v in metrics.items() if k != "loss"}

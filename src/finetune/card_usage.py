@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from finetune import formats
+from finetune import card_preference, formats, preference
+from finetune.config import PreferenceType
 
 if TYPE_CHECKING:
     from finetune.card import Merged
@@ -24,6 +25,8 @@ def example_prompt(run: Run) -> str | None:
     ds = cfg.datasets[0]
     if isinstance(ds.type, str) and ds.type == "chat_template":
         return None
+    if isinstance(ds.type, PreferenceType):  # DPO: the question in the pairs' prompt format
+        return preference.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer=None).spec
     if spec.field_output is None:  # completion: the model continues raw text
         return "EBITDA stands for"
@@ -45,6 +48,8 @@ def usage_snippet(run: Run, merged: Merged | None = None) -> str:
             else f"{cfg.output_dir}/{run.adapter_dir.name}"
         )
     )
+    if cfg.reward_model:
+        return card_preference.reward_usage(run, merged, where)
     lines = ["import torch"]
     if merged:
         lines += [

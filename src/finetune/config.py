@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -76,10 +77,35 @@ class DatasetType(_Strict):
     )
 
 
+class PreferenceType(_Strict):
+    """axolotl's user-defined preference format (rl: dpo, reward_model): `type: {field_prompt: ..., field_chosen: ...}`."""
+
+    field_prompt: str = Field("prompt", description="Column holding the prompt.")
+    field_system: str = Field(
+        "system", description="Column holding an optional per-row system text (`{system}` in prompt_format)."
+    )
+    field_chosen: str = Field("chosen", description="Column holding the preferred answer.")
+    field_rejected: str = Field("rejected", description="Column holding the worse answer.")
+    prompt_format: str = Field(
+        "{prompt}", description="Prompt template with {prompt} (and {system}); the answers follow it as is."
+    )
+    chosen_format: str = Field("{chosen}", description="Template of the preferred answer, with {chosen}.")
+    rejected_format: str = Field("{rejected}", description="Template of the worse answer, with {rejected}.")
+
+
+PREFERENCE_TYPE_KEYS = frozenset(PreferenceType.model_fields) - {"field_system"}
 DATASET_TYPES = ("alpaca", "chat_template", "completion")
+
+
+def _type_tag(v) -> str:
+    if isinstance(v, PreferenceType) or (isinstance(v, dict) and PREFERENCE_TYPE_KEYS & set(v)):
+        return "pref"
+    return "dict" if isinstance(v, dict | DatasetType) else "str"
+
+
 DatasetTypeValue = Annotated[
-    Annotated[str, Tag("str")] | Annotated[DatasetType, Tag("dict")],
-    Discriminator(lambda v: "dict" if isinstance(v, dict | DatasetType) else "str"),
+    Annotated[str, Tag("str")] | Annotated[DatasetType, Tag("dict")] | Annotated[PreferenceType, Tag("pref")],
+    Discriminator(_type_tag),
 ]
 
 
@@ -119,6 +145,13 @@ class DatasetConfig(_Strict):
     )
     drop_system_message: bool | None = Field(None, description="`chat_template`: drop system turns.")
     chat_template: str | None = Field(None, description="`chat_template`: per-dataset template override.")
+    field_chosen: str | None = Field(
+        None,
+        description="`chat_template` preference rows (rl: dpo, reward_model): the column holding the preferred answer (a string, an assistant message, or a list ending with it); default `chosen`.",
+    )
+    field_rejected: str | None = Field(
+        None, description="`chat_template` preference rows: the column holding the worse answer (`rejected`)."
+    )
 
     @field_validator("path")
     @classmethod
@@ -132,7 +165,7 @@ class DatasetConfig(_Strict):
             return "chat_template"
         if isinstance(v, str) and v not in DATASET_TYPES:
             raise ValueError(
-                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format)"
+                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
             )
         return v
 
@@ -161,6 +194,13 @@ SCHEDULERS = (
 )
 Positive = Annotated[int, Field(gt=0)]
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+RL_METHODS = ("dpo",)
+RL_LATER = ("orpo", "kto", "ipo", "simpo", "grpo")  # axolotl's other rl: values, refused until implemented
+# TRL 1.16 DPOConfig.loss_type values.
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
 
 
 class Config(_Strict):
@@ -376,6 +416,35 @@ class Config(_Strict):
         description="Liger lm_head + cross-entropy fused in chunks: the full logits are never stored (large memory saving with big vocabularies).",
     )
 
+    # --- preference training (reward models, DPO): see preference.py and rl.py
+    rl: str | None = Field(
+        None,
+        description=f"Train on preference pairs instead of SFT: `dpo` (TRL's DPOTrainer; the reference model is the base with the adapter switched off, so no second copy is loaded; each step runs the policy and the reference on chosen and rejected, ~2x an SFT step). Not implemented yet (refused): {', '.join(RL_LATER)}.",
+    )
+    rl_beta: float | None = Field(
+        None,
+        gt=0,
+        description="DPO beta: how strongly the policy is held to the reference (larger = closer). Default 0.1 (TRL's).",
+    )
+    dpo_beta: float | None = Field(
+        None, gt=0, description="axolotl's deprecated name of rl_beta: read as rl_beta, with a warning."
+    )
+    dpo_loss_type: str | list[str] | None = Field(
+        None,
+        description=f"DPO loss (TRL's loss_type): {', '.join(DPO_LOSSES)}; a list adds several. Default sigmoid (the DPO paper's).",
+    )
+    max_prompt_len: Positive | None = Field(
+        None,
+        description="Preference rows: a prompt longer than this many tokens keeps only its last ones (next to the answers), so long prompts cannot crowd the answers out of sequence_len. Default: no limit of its own.",
+    )
+    reward_model: bool = Field(
+        False,
+        description="Train a reward model: the base with a one-output sequence-classification head (trained in full and saved with the adapter) on preference pairs, with TRL's RewardTrainer (Bradley-Terry loss); evaluation reports accuracy, the share of pairs whose chosen answer scores above the rejected one.",
+    )
+    num_labels: Literal[1] | None = Field(
+        None, description="Outputs of the reward head: 1 (a scalar score); accepted as axolotl writes it."
+    )
+
     # --- tracking and the card
     wandb_project: str | None = Field(None, description="Weights & Biases project; unset means no W&B.")
     wandb_entity: str | None = Field(None, description="W&B team or user.")
@@ -404,6 +473,24 @@ class Config(_Strict):
     @classmethod
     def _adapter_exists(cls, v):
         return _check_exists(v, "adapter folder")
+
+    @field_validator("rl")
+    @classmethod
+    def _known_rl(cls, v: str | None) -> str | None:
+        if v is None or v in RL_METHODS:
+            return v
+        hint = " (rl: dpo with dpo_loss_type: ipo trains the IPO loss)" if v == "ipo" else ""
+        if v in RL_LATER:
+            raise ValueError(f"'{v}' is not implemented yet (implemented: {', '.join(RL_METHODS)}){hint}")
+        raise ValueError(f"'{v}' is not a known method (implemented: {', '.join(RL_METHODS)})")
+
+    @field_validator("dpo_loss_type")
+    @classmethod
+    def _known_dpo_loss(cls, v):
+        for name in [v] if isinstance(v, str) else v or []:
+            if name not in DPO_LOSSES:
+                raise ValueError(f"'{name}' is not a DPO loss (known: {', '.join(DPO_LOSSES)})")
+        return v
 
     @field_validator("optimizer")
     @classmethod
@@ -436,6 +523,16 @@ class Config(_Strict):
     @property
     def use_wandb(self) -> bool:
         return bool(self.wandb_project) and self.wandb_mode != "disabled"
+
+    @property
+    def training_kind(self) -> str:
+        """`sft`, `dpo` or `reward`: which trainer runs and which data layout the datasets must have."""
+        return "reward" if self.reward_model else self.rl or "sft"
+
+    @property
+    def preference(self) -> bool:
+        """Trained on chosen/rejected pairs (DPO or a reward model) rather than on answers."""
+        return self.training_kind != "sft"
 
 
 def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
@@ -477,6 +574,47 @@ def _cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
             )
         )
+    return problems + _preference_checks(cfg)
+
+
+def _preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """Preference keys only with a preference run, and preference data only there (never silently ignored)."""
+    problems = []
+    if cfg.rl and cfg.reward_model:
+        problems.append((("reward_model",), f"cannot be combined with rl: {cfg.rl}: choose one"))
+    if cfg.num_labels is not None and not cfg.reward_model:
+        problems.append((("num_labels",), "only used by reward models: set reward_model: true or remove it"))
+    for key in ("rl_beta", "dpo_loss_type"):
+        if getattr(cfg, key) is not None and cfg.rl != "dpo":
+            problems.append(((key,), "only used by DPO: set rl: dpo or remove it"))
+    if cfg.max_prompt_len is not None and not cfg.preference:
+        problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
+    if cfg.preference and cfg.train_on_inputs:
+        problems.append((("train_on_inputs",), f"has no meaning for {cfg.training_kind} training: remove it"))
+    if cfg.preference and cfg.eval_metrics:
+        problems.append((("eval_metrics",), "SFT only: DPO and reward models log rewards and accuracy"))
+    for key in ("datasets", "test_datasets"):
+        for i, ds in enumerate(getattr(cfg, key) or []):
+            pref_type = isinstance(ds.type, PreferenceType)
+            chat_pairs = ds.field_chosen is not None or ds.field_rejected is not None
+            if not cfg.preference and (pref_type or chat_pairs):
+                field = "type" if pref_type else "field_chosen" if ds.field_chosen else "field_rejected"
+                loc = (key, i, field)
+                problems.append((loc, "preference data: set rl: dpo or reward_model: true to train on it"))
+            elif cfg.preference and isinstance(ds.type, str) and ds.type != "chat_template":
+                problems.append(
+                    (
+                        (key, i, "type"),
+                        f"{cfg.training_kind} trains on preference pairs: use a dict with field_prompt/field_chosen/field_rejected, or chat_template with field_chosen/field_rejected (got {ds.type})",
+                    )
+                )
+            elif cfg.preference and isinstance(ds.type, DatasetType):
+                problems.append(
+                    (
+                        (key, i, "type"),
+                        f"{cfg.training_kind} trains on preference pairs: this format has no chosen/rejected answers (use field_prompt/field_chosen/field_rejected)",
+                    )
+                )
     return problems
 
 
@@ -551,7 +689,7 @@ def _format_loc(loc: tuple) -> str:
 
 
 _TYPE_TAGS = re.compile(
-    r"^(str|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$"
+    r"^(str|pref|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$"
 )
 
 
@@ -633,9 +771,14 @@ def validate(
                 )
             continue
         data[key] = value
+    _preference_defaults(data, problems, where)
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
             data[key] = [_drop_nulls(entry) for entry in data[key]]
+            if data.get("rl") or data.get("reward_model"):  # no `type:`: the prompt/chosen/rejected columns
+                for entry in data[key]:
+                    if isinstance(entry, dict) and "type" not in entry:
+                        entry["type"] = PreferenceType().model_dump()
             for i, entry in enumerate(data[key]):
                 for name in (
                     [n for n in entry if n in axolotl_keys.DATASET_UNSUPPORTED]
@@ -658,7 +801,15 @@ def validate(
             seen.add(loc)
             name = str(loc[-1]) if loc else ""
             if err["type"] == "extra_forbidden":
-                parent = Config if len(loc) == 1 else (DatasetType if "type" in loc[:-1] else DatasetConfig)
+                parent = (
+                    Config
+                    if len(loc) == 1
+                    else PreferenceType
+                    if "pref" in err["loc"]
+                    else DatasetType
+                    if "type" in loc[:-1]
+                    else DatasetConfig
+                )
                 text = _unknown(name, _known_keys(parent))
             else:
                 text = _friendly(err, secret=bool(SECRET_KEY.search(name)))
@@ -669,6 +820,20 @@ def validate(
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
     return cfg
+
+
+def _preference_defaults(data: dict, problems: list[str], where) -> None:
+    """axolotl's deprecated `dpo_beta` is read as rl_beta (the saved config says rl_beta), with a warning."""
+    if data.get("dpo_beta") is None:
+        return
+    if data.get("rl_beta") is not None:
+        problems.append(f"{where(('dpo_beta',))}dpo_beta: deprecated name of rl_beta; set only rl_beta")
+        return
+    data["rl_beta"] = data.pop("dpo_beta")
+    print(
+        f"warning: {where(('dpo_beta',))}dpo_beta: deprecated (axolotl's old name); read as rl_beta: {data['rl_beta']}",
+        file=sys.stderr,
+    )
 
 
 def _line_of(problem: str) -> int:
@@ -735,6 +900,7 @@ def reference_markdown() -> str:
         ("Top-level keys", Config),
         ("`datasets[]` entries", DatasetConfig),
         ("Custom `type:` dict", DatasetType),
+        ("Preference `type:` dict (rl: dpo, reward_model)", PreferenceType),
     ):
         out += [f"#### {title}", "", "| key | default | what it does |", "|---|---|---|"]
         for name, field in model.model_fields.items():

@@ -63,7 +63,7 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
     if (folder / STATS_FILE).is_file():
         data = load_prepared(folder)
         if is_main:
-            report.summary(data.stats, folder, reused=True)
+            _summary(cfg, data.stats, folder, reused=True)
         return data
     train, eval_, stats = build(cfg, tokenizer, show_progress=is_main)
     if not is_main:
@@ -74,12 +74,25 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
         if not (folder / STATS_FILE).is_file():
             raise  # else another process wrote the same cache first: identical tokens, use it
     data = load_prepared(folder)
-    report.summary(stats, folder, reused=False)
+    _summary(cfg, stats, folder, reused=False)
     return data
+
+
+def _summary(cfg: Config, stats: dict, folder: Path, reused: bool) -> None:
+    if cfg.preference:
+        from finetune import preference_data
+
+        preference_data.summary(stats, folder, reused)
+    else:
+        report.summary(stats, folder, reused)
 
 
 def build(cfg: Config, tokenizer, show_progress: bool = True):
     """(train table, eval table or None, stats) in memory; raises UserError on the first bad row."""
+    if cfg.preference:  # rl: dpo, reward_model: (prompt, chosen, rejected) tables
+        from finetune import preference_data
+
+        return preference_data.build(cfg, tokenizer, show_progress)
     processes = cfg.dataset_processes or os.cpu_count() or 1
     with _no_datasets_bars(), report.progress() if show_progress else nullcontext() as bars:
         train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, processes, bars)
@@ -154,7 +167,14 @@ def fingerprint_inputs(cfg: Config, tokenizer) -> dict:
         "test_datasets": [entry(ds, f"test_datasets[{i}]") for i, ds in enumerate(cfg.test_datasets or [])],
         "settings": {key: getattr(cfg, key) for key in TOKEN_KEYS},
         "tokenizer_sha256": tokenizer_digest(tokenizer),
+        **({"preference": _preference_settings(cfg)} if cfg.preference else {}),
     }
+
+
+def _preference_settings(cfg: Config) -> dict:
+    from finetune import preference_data
+
+    return preference_data.fingerprint_settings(cfg)
 
 
 def fingerprint(cfg: Config, tokenizer) -> str:
@@ -246,6 +266,10 @@ def render(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> tuple[st
 
 def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> str:
     """The prompt text the model is trained to answer; chat formats end with the assistant header."""
+    if cfg.preference:
+        from finetune import preference
+
+        return preference.format_prompt(cfg, ds_cfg, row, tokenizer)
     prompt, _ = render(cfg, ds_cfg, row, tokenizer)
     if isinstance(prompt, str):
         return prompt
@@ -256,7 +280,11 @@ def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> s
 def encode_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> list[int]:
     """The prompt's token ids exactly as in training (one BOS: the tokenizer's, or the chat template's)."""
     text = format_prompt(cfg, ds_cfg, row, tokenizer)
-    chat = isinstance(formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec, chat_format.ChatSpec)
+    chat = (
+        isinstance(ds_cfg.type, str) and ds_cfg.type == "chat_template"
+        if cfg.preference
+        else isinstance(formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec, chat_format.ChatSpec)
+    )
     return tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
 
@@ -270,6 +298,11 @@ def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     tokenizer = load_tokenizer(cfg)
     data = prepare(cfg, tokenizer)
     if inspect:
-        report.examples(data.train, tokenizer, inspect)
-        report.length_distribution(data.train, data.eval, cfg.sequence_len)
+        if cfg.preference:
+            from finetune import preference_data
+
+            preference_data.examples(data.train, tokenizer, inspect)
+        else:
+            report.examples(data.train, tokenizer, inspect)
+            report.length_distribution(data.train, data.eval, cfg.sequence_len)
     return data

@@ -138,8 +138,14 @@ def _device_map(cfg: Config):
 
 
 def load_base(cfg: Config, prec: Precision, notes: list[str]):
-    """from_pretrained with the run's quantization, dtype, attention kernel, revision and remote-code choice."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """from_pretrained with the run's quantization, dtype, attention kernel, revision and remote-code choice.
+
+    A reward model is the same base with a one-output sequence-classification head (`score`) instead of the LM
+    head: it is newly initialised here, trained in full and saved with the adapter (adapter.lora_config).
+    """
+    from contextlib import nullcontext
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     source_config = cfg.base_model_config or cfg.base_model
     common = {"revision": cfg.revision_of_model, "trust_remote_code": cfg.trust_remote_code}
@@ -166,11 +172,28 @@ def load_base(cfg: Config, prec: Precision, notes: list[str]):
     }
     if quant is not None:
         kwargs["quantization_config"] = quant
+    auto_class, quiet = AutoModelForCausalLM, nullcontext()
+    if cfg.reward_model:
+        auto_class, quiet = AutoModelForSequenceClassification, _new_head_is_expected()
+        model_config.num_labels = 1  # one scalar reward per sequence
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+        with quiet:
+            model = auto_class.from_pretrained(cfg.base_model, **kwargs)
     except OSError as exc:
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
     return model
+
+
+def _new_head_is_expected():
+    """The LM checkpoint has no `score` weights and an unused lm_head: that is the point, not a warning
+    (TRL's own context manager for it; a no-op where TRL lacks it)."""
+    try:
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+    except ImportError:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return suppress_seqcls_warning()
 
 
 def quantization_of(model) -> str:
@@ -196,7 +219,7 @@ def fit_vocabulary(model, tokenizer, new_tokens: int, notes: list[str]) -> list[
         model.resize_token_embeddings(len(tokenizer))
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-        if model.generation_config is not None:
+        if getattr(model, "generation_config", None) is not None:  # a reward model does not generate
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     if new_tokens <= 0:
         return []

@@ -50,7 +50,9 @@ def load_saved_config(path: Path) -> Config:
 
     def dataset(entry: dict) -> config_module.DatasetConfig:
         kind = entry.get("type", "alpaca")
-        kind = config_module.DatasetType(**kind) if isinstance(kind, dict) else kind
+        if isinstance(kind, dict):  # a custom SFT format, or a preference one (field_prompt/field_chosen ...)
+            pref = config_module._type_tag(kind) == "pref"
+            kind = (config_module.PreferenceType if pref else config_module.DatasetType)(**kind)
         return config_module.DatasetConfig.model_construct(**{**entry, "type": kind})
 
     for key in ("datasets", "test_datasets"):

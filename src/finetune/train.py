@@ -165,6 +165,14 @@ def build_trainer(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.use_wandb:
         callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
+    if cfg.preference:  # rl: dpo / reward_model: TRL's trainers, same arguments and callbacks (rl.py)
+        from finetune import rl
+
+        trainer = rl.build_trainer(
+            cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
+        )
+        trainer.remove_callback(PrinterCallback)
+        return trainer, stop, throughput
     trainer = FinetuneTrainer(
         model=model,
         args=args,
