@@ -110,7 +110,23 @@ def reward_usage(run: Run, merged: Merged | None, where: str) -> str:
             f'base_model = "{cfg.base_model}"',
             f'adapter = "{where}"  # this folder, or its repo id on the hub',
             "tokenizer = AutoTokenizer.from_pretrained(adapter)",
-            "model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.bfloat16)",
+        ]
+        if cfg.quantized_4bit:  # the adapter was trained against NF4 weights: load the base the same way
+            lines[2] += ", BitsAndBytesConfig"
+            lines += [
+                "quant = BitsAndBytesConfig(",
+                '    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,',
+                "    bnb_4bit_compute_dtype=torch.bfloat16,",
+                ")",
+                "model = AutoModelForSequenceClassification.from_pretrained(",
+                "    base_model, num_labels=1, quantization_config=quant, dtype=torch.bfloat16",
+                ")",
+            ]
+        else:
+            lines += [
+                "model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.bfloat16)"
+            ]
+        lines += [
             "model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token",
             "model = PeftModel.from_pretrained(model, adapter)  # LoRA + the trained score head",
         ]

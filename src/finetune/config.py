@@ -591,6 +591,9 @@ def _preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
         problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
     if cfg.preference and cfg.train_on_inputs:
         problems.append((("train_on_inputs",), f"has no meaning for {cfg.training_kind} training: remove it"))
+    for key in ("sample_packing", "eval_sample_packing", "group_by_length"):
+        if cfg.preference and getattr(cfg, key):
+            problems.append(((key,), "not for preference pairs (batches of chosen + rejected, padded)"))
     if cfg.preference and cfg.eval_metrics:
         problems.append((("eval_metrics",), "SFT only: DPO and reward models log rewards and accuracy"))
     for key in ("datasets", "test_datasets"):

@@ -46,17 +46,29 @@ def base_config(run: run_dir.Run):
         ) from None
 
 
+def auto_class(run: run_dir.Run):
+    """What the run trained: a reward model is the base with a one-output score head (saved with the adapter)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if run.cfg.reward_model else AutoModelForCausalLM
+
+
 def load_base(run: run_dir.Run, config, dtype: str):
     """The config's base_model in `dtype`. A checkpoint saved quantized (e.g. unsloth/...-bnb-4bit) loads
     quantized whatever we ask, so it is dequantized: those are exactly the weights training saw."""
-    from transformers import AutoModelForCausalLM
+    from contextlib import nullcontext
+
+    from finetune.model import _new_head_is_expected
 
     cfg = run.cfg
+    if cfg.reward_model:
+        config.num_labels = 1  # the score head; its trained weights come with the adapter
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model, config=config, dtype=_torch_dtype(dtype),
-            revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code,
-        )  # fmt: skip
+        with _new_head_is_expected() if cfg.reward_model else nullcontext():
+            model = auto_class(run).from_pretrained(
+                cfg.base_model, config=config, dtype=_torch_dtype(dtype),
+                revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code,
+            )  # fmt: skip
     except OSError as exc:
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
     if getattr(model, "hf_quantizer", None) is not None:
@@ -199,7 +211,7 @@ def merge_command(
 
     Returns the largest |logit difference| between the saved merged model and base + adapter.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     output_dir, out = Path(output_dir), Path(out)
     if dtype not in DTYPES:
@@ -232,6 +244,8 @@ def merge_command(
             base = load_base(run, config, torch_dtype)
         if run.cfg.quantized_4bit and not (dequantize or prequantized):
             print("note: the adapter was trained on NF4 weights; --dequantize merges into exactly those")
+        if run.cfg.reward_model and tokenizer.pad_token_id is not None:
+            base.config.pad_token_id = tokenizer.pad_token_id  # a score is read at the last non-pad token
         model = attach_adapter(base, tokenizer, run.adapter_dir)
         prompts = prompt_ids(tokenizer)
         reference = logits(model, prompts)
@@ -244,7 +258,7 @@ def merge_command(
         del model, merged, base
         gc.collect()  # free the first copy before the saved one is loaded: peak memory stays one model
 
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=_torch_dtype(torch_dtype))
+        reloaded = auto_class(run).from_pretrained(tmp, dtype=_torch_dtype(torch_dtype))
         diff = max_difference(logits(reloaded, prompts), reference)
         del reloaded
         print(f"check: max |logit difference| between the saved merged model and base + adapter = {diff:.3g}")
