@@ -182,3 +182,20 @@ def test_trl_arguments_follow_the_config(tiny_model_dir, tmp_path):
     assert (
         type(rl.trl_arguments(reward, TrainingArguments(str(tmp_path / "o")), [])).__name__ == "RewardConfig"
     )
+
+
+def test_dpo_after_sft_holds_the_policy_to_the_sft_adapter(trained_run, tiny_model_dir, tmp_path):
+    """lora_model_dir: the SFT adapter is both the starting policy and the reference (TRL's frozen `ref` copy)."""
+    data = write(tmp_path / "pairs.jsonl", pairs(sentiment_rows(16)))
+    cfg = dpo_cfg(
+        tiny_model_dir, tmp_path, data, adapter="qlora", load_in_4bit=True, lora_model_dir=str(trained_run),
+        max_steps=2, datasets=[{"path": str(data), "type": {**PAIR_TYPE, "prompt_format": "[INST] {prompt} [/INST]"}}],
+    )  # fmt: skip
+    watch = Watch()
+    out = one_thread_run(cfg, callbacks=[watch.callback])
+    first = next(e for e in history(out) if "rewards/chosen" in e)
+    assert (
+        first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
+    )  # not rounded apart by TRL's bf16 cast
+    assert watch.adapters == ["default", "ref"]
+    assert (out / "ref" / "adapter_config.json").is_file()  # TRL saves the reference copy beside the adapter

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from finetune import config, data, preference, preference_data
 from finetune.errors import UserError
 from finetune.tokenizer import load_tokenizer
@@ -257,3 +258,16 @@ def test_generation_prompt_of_a_preference_run_is_its_training_prompt(tiny_model
         data.encode_prompt(cfg, cfg.datasets[0], row, tok)
         == tok("Q: Sentiment of 'profit rose'?\nA:")["input_ids"]
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "metric"), [("examples/dpo.yaml", "rewards/accuracies"), ("examples/reward.yaml", "accuracy")]
+)
+def test_examples_run_as_a_smoke_test(name, metric, monkeypatch):
+    from finetune import train
+
+    monkeypatch.chdir(ROOT)  # the examples name their data relative to the repository
+    out = train.run(config.load(ROOT / name), smoke=True)
+    logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any(metric in e for e in logged) and any(f"eval_{metric}" in e for e in logged)
+    assert (out / "README.md").is_file() and (out / "adapter_model.safetensors").is_file()

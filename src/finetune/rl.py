@@ -15,12 +15,13 @@ What finetune decides here, and why (TRL 1.16, FACTS.md):
 - Reference model (DPO): the base with the adapter switched off — a fresh LoRA adapter starts as exactly the
   base, so no second copy of the model is held. (TRL copies the adapter as a frozen "ref" adapter; that copy is
   only kept when training continues from lora_model_dir, whose adapter is then the reference.)
-- Adapter precision: on a quantized base TRL casts the trainable weights to bf16; they are put back in the
-  dtype the model stage chose (fp32), as in SFT, so small updates are not rounded away on CPU runs.
+- Adapter precision: on a quantized base TRL casts the trainable weights to bf16; the model stage's tensors are
+  put back (fp32, as in SFT), so small updates are not rounded away on CPU runs.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields
 
 from finetune.config import Config
@@ -121,8 +122,12 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, call
     for note in notes:
         if console is not None:
             console.print(f"[yellow]note:[/] {note}")
+    # TRL 1.16 reads `is_gradient_checkpointing` (deprecated in transformers 5) at each reference forward
+    warnings.filterwarnings(
+        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     reward_cls, dpo_cls = _trainer_classes()
-    dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    weights = {name: p.data for name, p in model.named_parameters() if p.requires_grad}  # references, no copy
     common = {"args": args, "processing_class": tokenizer, "callbacks": callbacks}
     if cfg.reward_model:
         trainer = reward_cls(
@@ -136,7 +141,7 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, call
             model=model, ref_model=None, train_dataset=train_set, eval_dataset=eval_set, **common
         )
         reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
-    restore_trainable_dtypes(trainer.model, dtypes)
+    restore_trainable_weights(trainer.model, weights)
     return trainer
 
 
@@ -151,14 +156,15 @@ def reference_without_copy(model, keep_copy: bool) -> bool:
     return True
 
 
-def restore_trainable_dtypes(model, dtypes: dict) -> None:
+def restore_trainable_weights(model, weights: dict) -> None:
     """Undo TRL's bf16 cast of trainable weights on quantized bases (trl dpo/reward_trainer `_is_quantized_model`):
-    the adapter keeps the dtype the model stage gave it, as in SFT (bf16 weights on a CPU fp32 run round away
-    updates smaller than ~0.4% of a weight)."""
+    each gets back the very tensor the model stage made (no copy was kept, the cast made new ones), so the adapter
+    trains in the dtype SFT uses (bf16 weights on a CPU fp32 run round away updates smaller than ~0.4% of a
+    weight) and an adapter from lora_model_dir is not rounded before it starts (nor apart from its reference)."""
     for name, param in model.named_parameters():
-        dtype = dtypes.get(name)
-        if dtype is not None and param.dtype != dtype:
-            param.data = param.data.to(dtype)
+        original = weights.get(name)
+        if original is not None and param.data is not original:
+            param.data = original
 
 
 # ---------------------------------------------------------------- scoring with a reward model
