@@ -199,3 +199,30 @@ def test_dpo_after_sft_holds_the_policy_to_the_sft_adapter(trained_run, tiny_mod
     )  # not rounded apart by TRL's bf16 cast
     assert watch.adapters == ["default", "ref"]
     assert (out / "ref" / "adapter_config.json").is_file()  # TRL saves the reference copy beside the adapter
+
+
+@needs_shared
+def test_dpo_adapter_generates_and_evaluates_in_its_prompt_format(dpo_run, tmp_path):
+    import shutil
+
+    from finetune import evaluate, generate
+
+    cfg, out, _ = dpo_run
+    run = shutil.copytree(out, tmp_path / "run")  # `finetune eval` writes its results into the run folder
+    text = generate.generate_command(run, "Profits rose .", max_new_tokens=3, write=lambda s: None)
+    assert isinstance(text, str)
+    entry = evaluate.run(run, cfg.test_datasets[0].path, limit=6, max_new_tokens=3)  # chosen = the target
+    assert entry["examples"] == 6 and 0 <= entry["accuracy"] <= 1
+    assert entry["task"] == "classification"
+
+
+def test_a_reward_model_refuses_to_generate(tmp_path):
+    from finetune import generate
+    from finetune.errors import UserError
+
+    cfg = config.validate(
+        {"base_model": "org/m", "adapter": "lora", "reward_model": True, "datasets": [{"path": "org/d"}]}
+    )
+    (tmp_path / "config.yml").write_text(config.to_yaml(cfg))
+    with pytest.raises(UserError, match="a reward model scores text and does not generate"):
+        generate.load(tmp_path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from finetune import data as data_module
 from finetune import eval_results, formats, generate, metrics
+from finetune.config import PreferenceType
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
 
@@ -73,6 +74,8 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
     """Rows as prompts in the training format. Without --field-*, rows are read in the training data's
     layout; with them, the named columns fill the format's question and answer."""
     cfg, ds, tok = loaded.cfg, loaded.dataset, loaded.tokenizer
+    if isinstance(ds.type, PreferenceType):
+        return _preference_examples(loaded, rows, path, field_input, field_target)
     kind = generate.format_kind(ds)
     spec = formats.build_format(cfg, ds, "datasets[0]", tok).spec
     if kind == "completion" and not field_target:
@@ -101,6 +104,25 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
                 if spec.field_output:
                     row[spec.field_output] = target
             ids = generate.prompt_ids(cfg, ds, row, tok)
+        except formats.RowError as exc:
+            raise UserError(f"{path}:{line}: {exc}") from None
+        except UserError as exc:
+            raise UserError(f"{path}:{line}: {str(exc).removeprefix('row: ')}") from None
+        out.append(Example(line, question, target, ids))
+    return out
+
+
+def _preference_examples(loaded, rows, path: Path, field_input: str | None, field_target: str | None):
+    """A DPO run (preference.py): prompts in its pairs' prompt_format; the chosen answer is the target."""
+    t = loaded.dataset.type
+    out = []
+    for line, row in rows:
+        try:
+            question = _field(row, field_input or t.field_prompt, "--field-input")
+            target = _field(row, field_target or t.field_chosen, "--field-target")
+            ids = generate.prompt_ids(
+                loaded.cfg, loaded.dataset, {**row, t.field_prompt: question}, loaded.tokenizer
+            )
         except formats.RowError as exc:
             raise UserError(f"{path}:{line}: {exc}") from None
         except UserError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import data, formats, run_dir
-from finetune.config import Config, DatasetConfig, DatasetType
+from finetune.config import Config, DatasetConfig, DatasetType, PreferenceType
 from finetune.errors import UserError
 
 
@@ -66,6 +66,10 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
     path = Path(path)
     run = run_dir.read_run(path)
+    if run.cfg.reward_model:
+        raise UserError(
+            f"{path}: a reward model scores text and does not generate (its card shows how to score)"
+        )
     merged = run.adapter_dir is None and (path / "config.json").is_file()
     if run.adapter_dir is None and not merged:
         raise UserError(
@@ -143,6 +147,12 @@ def question_prompt(
     history: list[tuple[str, str]] = (),
 ) -> list[int]:
     """The prompt ids for a user's question (after `history`'s (role, text) turns in chat formats)."""
+    if isinstance(ds.type, PreferenceType):  # a DPO run: its pairs' prompt_format (preference.py)
+        if system and "{system}" not in ds.type.prompt_format:
+            raise UserError("--system: this run's prompt_format has no {system} (it trained without one)")
+        return prompt_ids(
+            cfg, ds, {ds.type.field_prompt: question, ds.type.field_system: system or ""}, tokenizer
+        )
     kind = format_kind(ds)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     if kind == "chat":

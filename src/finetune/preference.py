@@ -93,11 +93,15 @@ def render_pair(spec: PairSpec, row: dict, tokenizer) -> tuple[str, str, str]:
 
 
 def prompt_messages(spec: ChatSpec, row: dict) -> list[dict]:
-    """The conversation before the answers; a plain string is one user turn (as axolotl reads it)."""
+    """The conversation before the answers; a plain string is one user turn (as axolotl reads it). A last,
+    empty assistant turn is the answer's place (generation asks that way), not part of the prompt."""
     turns = row.get(spec.field_messages)
     if isinstance(turns, str):
         return [{"role": "user", "content": turns}]
-    return chat_messages(spec, row)
+    messages = chat_messages(spec, row)
+    while messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
+        messages.pop()
+    return messages
 
 
 def _answer_message(spec: ChatSpec, row: dict, field: str) -> dict:
