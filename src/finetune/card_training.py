@@ -102,6 +102,8 @@ def hyperparameters(run: Run) -> dict:
     distributed = fact(run, "distributed_type")
     if distributed is not None and str(distributed).lower() not in _NOT_DISTRIBUTED:
         hp["distributed_type"] = distributed
+    if fact(run, "zero_stage") is not None:
+        hp["deepspeed_zero_stage"] = fact(run, "zero_stage")
     if world > 1:
         hp["num_devices"] = world
     if cfg.gradient_accumulation_steps > 1:

@@ -94,29 +94,34 @@ def train(
         ),
     ] = False,
     num_processes: Annotated[
-        int, typer.Option(help="Start N processes on this node (torch.distributed.run).")
+        int, typer.Option(help="Start N processes (one per GPU) on this node through torchrun.")
     ] = 1,
-    nnodes: Annotated[int, typer.Option(help="Number of nodes taking part.")] = 1,
-    node_rank: Annotated[int, typer.Option(help="This node's rank.")] = 0,
-    master_addr: Annotated[str, typer.Option(help="Address of node 0.")] = "127.0.0.1",
-    master_port: Annotated[int, typer.Option(help="Port on node 0.")] = 29500,
+    nnodes: Annotated[int, typer.Option(help="Number of nodes taking part (run the command on each).")] = 1,
+    node_rank: Annotated[int, typer.Option(help="This node's rank, 0 .. nnodes-1.")] = 0,
+    master_addr: Annotated[
+        str, typer.Option(help="Address of node 0, reachable from every node.")
+    ] = "127.0.0.1",
+    master_port: Annotated[
+        Optional[int],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            help="Port on node 0 [default: a free port on one node, 29500 across nodes]", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune: data -> 4-bit/16-bit base + LoRA -> HF Trainer -> adapter, config.yml and card in output_dir."""
+    from finetune import launch
     from finetune import train as train_module
 
     cfg = _load(config, set_)
-    if num_processes > 1 or nnodes > 1:
-        from finetune import launch
-
-        raise typer.Exit(
-            launch.relaunch(
-                sys.argv[1:],
-                num_processes=num_processes,
-                nnodes=nnodes,
-                node_rank=node_rank,
-                master_addr=master_addr,
-                master_port=master_port,
-            )
+    launch.check(num_processes, nnodes, node_rank)
+    if launch.wanted(num_processes, nnodes):  # replaces this process with torchrun running this command
+        launch.relaunch(
+            sys.argv[1:],
+            num_processes=num_processes,
+            nnodes=nnodes,
+            node_rank=node_rank,
+            master_addr=master_addr,
+            master_port=master_port,
         )
     train_module.run(cfg, overwrite=overwrite, resume=resume, smoke=smoke)
 
@@ -227,6 +232,9 @@ def eval_(
 
 
 def main() -> None:
+    from finetune.launch import without_local_rank
+
+    sys.argv[1:] = without_local_rank(sys.argv[1:])  # the deepspeed launcher's; LOCAL_RANK says the same
     try:
         app()
     except UserError as exc:

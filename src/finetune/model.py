@@ -107,7 +107,9 @@ def quantization_config(cfg: Config, prec: Precision):
     if cfg.quantized_4bit:
         import torch
 
-        storage = cfg.bnb_4bit_quant_storage or "uint8"
+        from finetune.distributed import quant_storage
+
+        storage = quant_storage(cfg, prec.dtype)  # ZeRO-3 shards 4-bit weights stored in the training dtype
         return BitsAndBytesConfig(
             **{
                 "load_in_4bit": True,
@@ -129,7 +131,9 @@ def _device_map(cfg: Config):
 
     if not torch.cuda.is_available():
         return None
-    if isinstance(cfg.deepspeed, str | dict) and '"stage": 3' in str(cfg.deepspeed).replace("'", '"'):
+    from finetune.distributed import zero_stage
+
+    if zero_stage(cfg.deepspeed) == 3:
         return None
     return {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
 

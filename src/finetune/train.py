@@ -11,11 +11,10 @@ outputs, and it prepares the data first while the others wait, then they read it
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from finetune import checkpoints, outputs, trainer_args
+from finetune import checkpoints, distributed, outputs, trainer_args
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.smoke import smoke_config, smoke_rows
@@ -42,8 +41,8 @@ def run(
         cfg = smoke_config(cfg, notes)
         overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
     output_dir = Path(cfg.output_dir)
-    single_process_launch_env(cfg, notes)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
+    console.quiet = not is_main  # the other ranks would print the same lines again
 
     # --- where we start: a fresh folder, or the last complete checkpoint of this one
     start_from = checkpoints.start_point(
@@ -59,8 +58,8 @@ def run(
 
     with _status(console, "loading the tokenizer"):
         tokenizer = load_tokenizer(cfg)
-    with main_process_first(), _status(console, "preparing the data"):
-        prepared = data.prepare(cfg, tokenizer, is_main=is_main)
+    with distributed.main_process_first(), _status(console, "preparing the data"):
+        prepared = data.prepare(cfg, tokenizer, is_main=distributed.local_rank() == 0)
     train_set, eval_set = (
         prepared.train,
         prepared.eval if prepared.eval is not None and len(prepared.eval) else None,
@@ -73,7 +72,10 @@ def run(
     # --- model: base + adapter, and the Trainer's arguments
     from finetune import model as model_module
 
-    with _status(console, f"loading {cfg.base_model}"):
+    with (
+        _status(console, f"loading {cfg.base_model}"),
+        distributed.sharded_loading(cfg, model_module.precision(cfg)),  # ZeRO-3: built partitioned
+    ):
         loaded = model_module.load(cfg, tokenizer)
     share = 100 * loaded.trainable_params / max(1, loaded.total_params)
     console.print(
@@ -129,6 +131,7 @@ def run(
             _finish_wandb(cfg, all_res)
             summary = outputs.summary_lines(output_dir, all_res)
             Console(highlight=False, soft_wrap=True).print("\n".join(["[bold green]done[/]", *summary]))
+    distributed.finish()
     return output_dir
 
 
@@ -204,51 +207,14 @@ def final_evaluation(trainer, eval_set) -> dict:
 
 def run_facts(trainer, prec) -> dict:
     """Facts the card reports that HF's metrics leave out."""
-    args = trainer.args
     return {
-        "world_size": args.world_size,
-        "distributed_type": str(trainer.accelerator.distributed_type.value).lower(),
-        "total_train_batch_size": args.per_device_train_batch_size
-        * args.gradient_accumulation_steps
-        * args.world_size,
+        **distributed.facts(trainer),  # distributed type, ZeRO stage, processes, global batch size
         "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
         **trainer.batching_facts(),  # strategy, padding fraction
     }
 
 
 # ---------------------------------------------------------------- processes and environment
-
-
-def single_process_launch_env(cfg: Config, notes: list[str]) -> None:
-    """DeepSpeed in a plain `python` process looks for mpi4py (FACTS.md); give it the env torchrun would."""
-    if not cfg.deepspeed or "WORLD_SIZE" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(
-        RANK="0",
-        LOCAL_RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_WORLD_SIZE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    notes.append(
-        "deepspeed: not started by a launcher, so running as a one-process group (RANK=0, WORLD_SIZE=1)"
-    )
-
-
-@contextmanager
-def main_process_first():
-    """The main process runs the block first (e.g. writes the data cache); the others run it after."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield
-        return
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
-        yield
 
 
 @contextmanager

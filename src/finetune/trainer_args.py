@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from finetune import distributed
 from finetune.config import Config
 from finetune.model import Precision
 
@@ -212,7 +213,12 @@ def training_arguments(
         "tf32": prec.tf32,
         **speedups.compile_arguments(cfg, on_gpu, notes),
         **speedups.liger_arguments(cfg, on_gpu, notes),
-        "deepspeed": cfg.deepspeed,
+        "deepspeed": distributed.for_trainer(cfg.deepspeed),  # absent batch/precision keys: "auto"
+        # accelerate counts CPU processes (gloo) only when told the run is on CPU: else each trains alone.
+        # Not for one process: there it would also reset torch's thread count (model.cpu_threads).
+        "use_cpu": True if distributed.world_size() > 1 and distributed.cpu_only() else None,
+        # every LoRA weight takes part in every forward: DDP need not search for unused ones each step
+        "ddp_find_unused_parameters": False if distributed.world_size() > 1 else None,
         "report_to": ["wandb"] if cfg.use_wandb else "none",
         "run_name": cfg.run_name,
         # tokens/s counts real tokens only: padding is work, not progress
