@@ -237,7 +237,7 @@ class Config(_Strict):
     load_in_8bit: bool = Field(False, description="Load the base in 8-bit with bitsandbytes.")
     bnb_4bit_quant_storage: Literal["float32", "bfloat16", "float16", "uint8"] | None = Field(
         None,
-        description="Storage dtype of 4-bit weights; set to the training dtype so DeepSpeed ZeRO-3 can shard them (default: chosen for you).",
+        description="Storage dtype of packed 4-bit weights (same NF4 values); default: the training dtype under DeepSpeed ZeRO-3, so it can shard them, else uint8.",
     )
     bnb_config_kwargs: dict[str, Any] | None = Field(None, description="Extra BitsAndBytesConfig arguments.")
     bf16: bool | Literal["auto"] | None = Field(
