@@ -5,6 +5,7 @@ The launch itself (processes training together) is tested in test_distributed.py
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,14 @@ def test_cli_reports_a_bad_node_rank_before_launching(write_config, tiny_model_d
     assert (
         done.stderr.strip().splitlines()[-1] == "--node-rank: must be between 0 and --nnodes - 1 = 1 (got 5)"
     )
+
+
+def test_resume_hint_repeats_the_launch_flags_the_processes_never_saw(monkeypatch):
+    from finetune import checkpoints
+
+    typed = ["train", "cfg.yaml", "--num-processes", "2", "--overwrite"]
+    monkeypatch.setattr(sys, "argv", ["finetune.cli", *launch.strip_launch_flags(typed)])
+    monkeypatch.delenv(launch.COMMAND_ENV, raising=False)
+    assert checkpoints.resume_command() == "finetune train cfg.yaml --resume"
+    monkeypatch.setenv(launch.COMMAND_ENV, json.dumps(typed))  # what relaunch leaves for its processes
+    assert checkpoints.resume_command() == "finetune train cfg.yaml --num-processes 2 --resume"

@@ -12,7 +12,6 @@ import json
 import re
 import shlex
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -152,7 +151,9 @@ def clear_previous_run(output_dir: Path) -> None:
 
 def resume_command() -> str:
     """The command that continues this run: the one given, with --resume and without --overwrite."""
-    argv = sys.argv[1:]
+    from finetune.launch import command_argv
+
+    argv = command_argv()  # with --num-processes etc. when finetune launched the processes itself
     if "train" not in argv:
         return "finetune train CONFIG --resume"
     kept = [a for a in argv if a not in ("--overwrite", "--resume", "--smoke")]

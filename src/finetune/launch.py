@@ -12,6 +12,7 @@ unchanged under `torchrun`, `accelerate launch` and the `deepspeed` launcher.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -21,6 +22,7 @@ from finetune.errors import UserError
 
 LAUNCH_FLAGS = ("--num-processes", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 DEFAULT_PORT = 29500  # torchrun's default: every node must agree on the port, so multi-node runs use it
+COMMAND_ENV = "FINETUNE_LAUNCH_ARGV"  # the command as typed, launch flags included, for the resume hint
 
 
 def strip_launch_flags(argv: list[str]) -> list[str]:
@@ -51,6 +53,12 @@ def without_local_rank(argv: list[str]) -> list[str]:
         elif not arg.startswith(("--local_rank=", "--local-rank=")):
             out.append(arg)
     return out
+
+
+def command_argv() -> list[str]:
+    """The `finetune` arguments as the user typed them: a launched process's own lack the launch flags."""
+    saved = os.environ.get(COMMAND_ENV)
+    return json.loads(saved) if saved else sys.argv[1:]
 
 
 def free_port() -> int:
@@ -104,6 +112,7 @@ def relaunch(argv: list[str], **how) -> None:
             "launch, deepspeed); drop these flags, the launcher decides the processes"
         )
     command = torchrun_command(argv, **how)
+    os.environ[COMMAND_ENV] = json.dumps(argv)  # inherited by every process (checkpoints.resume_command)
     print("launching: " + shlex.join(["python", *command[1:]]), file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execv(command[0], command)
