@@ -135,8 +135,14 @@ def card_hyperparameters(out: Path) -> dict:
     "name, deepspeed", [("ddp", None), ("zero2", ZERO[2]), ("zero3", ZERO[3])], ids=["ddp", "zero2", "zero3"]
 )
 def test_two_processes_match_one(name, deepspeed, tiny_model_dir, tmp_path, reference, write_config):
-    """`finetune train --num-processes 2` (torchrun underneath); ZeRO-3 loads the base already sharded."""
-    cfg = write_config(run_cfg(tiny_model_dir, tmp_path, **({"deepspeed": deepspeed} if deepspeed else {})))
+    """`finetune train --num-processes 2` (torchrun underneath); ZeRO-3 loads the base already sharded.
+    The DDP run also logs to W&B (offline): one run, from rank 0."""
+    extra = (
+        {"deepspeed": deepspeed}
+        if deepspeed
+        else {"wandb_project": "finetune-tests", "wandb_mode": "offline"}
+    )
+    cfg = write_config(run_cfg(tiny_model_dir, tmp_path, **extra))
     (log,) = launch([["train", str(cfg), "--num-processes", "2"]], tmp_path)
     out = tmp_path / "out"
     check_matches(out, reference)
@@ -149,6 +155,10 @@ def test_two_processes_match_one(name, deepspeed, tiny_model_dir, tmp_path, refe
     assert hp["num_devices"] == "2" and hp["total_train_batch_size"] == "4" and hp["train_batch_size"] == "2"
     assert hp["distributed_type"] == results["distributed_type"]
     assert not list((tmp_path / "torch_extensions").rglob("*shm*"))  # the 75-95 s CPU op was not built
+    if name == "ddp":
+        (run,) = (out / "wandb").glob("offline-run-*")
+        (record,) = run.glob("run-*.wandb")
+        assert b"train/loss" in record.read_bytes()
 
 
 def test_two_nodes_on_localhost_zero1(tiny_model_dir, tmp_path, reference, write_config):
