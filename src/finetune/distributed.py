@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
 from finetune.config import Config
 from finetune.errors import UserError
+from finetune.launch import free_port
 
 # How long a process waits for the others (a collective, or rank 0 preparing the data): HF's ddp_timeout.
 TIMEOUT = timedelta(seconds=1800)
@@ -152,12 +152,6 @@ def check_deepspeed(cfg: Config, prec) -> None:
 # ---------------------------------------------------------------- joining the group
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_only() -> bool:
     import torch
 
@@ -176,7 +170,7 @@ def setup(cfg: Config, notes: list[str]) -> bool:
     if cfg.deepspeed and not launched():
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         )  # fmt: skip
         notes.append(
             "deepspeed: not started by a launcher, so running as a one-process group (RANK=0, WORLD_SIZE=1)"
