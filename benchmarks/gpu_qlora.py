@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", choices=["true", "false"], default="true")
     parser.add_argument("--deepspeed", choices=["none", "zero2", "zero3"], default="none")
     parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--liger", action="store_true", help="Liger kernels: RoPE, RMSNorm, SwiGLU, fused linear CE")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-bench"))
     args = parser.parse_args()
 
@@ -90,7 +91,7 @@ def main() -> None:
     write_model(args.shape, model_dir)
     rows = args.workdir / "rows.jsonl"
     write_rows(rows, args.micro_batch * args.steps + 8)
-    run = f"{args.shape}-{args.mode}-{args.deepspeed}-gc{args.gradient_checkpointing}"
+    run = f"{args.shape}-{args.mode}-{args.deepspeed}-gc{args.gradient_checkpointing}{'-liger' if args.liger else ''}"
     out = args.workdir / run
     config = {
         "base_model": str(model_dir),
@@ -116,6 +117,8 @@ def main() -> None:
         "save_strategy": "no",
         "output_dir": str(out),
     }
+    if args.liger:
+        config.update(liger_rope=True, liger_rms_norm=True, liger_glu_activation=True, liger_fused_linear_cross_entropy=True)
     if args.deepspeed != "none":
         config["deepspeed"] = str(Path(__file__).resolve().parent.parent / "deepspeed_configs" / f"{args.deepspeed}.json")
     cfg_path = args.workdir / f"{run}.yaml"
@@ -153,6 +156,8 @@ def main() -> None:
                 "peak_gpu_mem_gib": round(results.get("peak_gpu_memory_mb", float("nan")) / 1024, 2),
                 "mfu": round(mfu, 3),
                 "final_loss": steps[-1]["loss"] if steps else None,
+                "distributed_type": results.get("distributed_type"),
+                "batching": results.get("batching", results.get("batching_strategy")),
                 "wall_s": round(wall, 1),
             }
         ),
