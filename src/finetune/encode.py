@@ -158,11 +158,15 @@ def _ones_like(column):
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ones(int(offsets[-1]), np.int8)))
 
 
-def deduplicate(table, against=None):
-    """Drop exact repeats (same tokens and labels), keeping the first; with `against`, drop rows found there."""
-    seen = set(_row_hashes(against)) if against is not None else set()
+def deduplicate(table, against=None, row_hashes=None):
+    """Drop exact repeats, keeping the first; with `against`, drop rows found there too.
+
+    Rows are compared by `row_hashes(table)` (default: same tokens and labels).
+    """
+    row_hashes = row_hashes or _row_hashes
+    seen = set(row_hashes(against)) if against is not None else set()
     keep = []
-    for digest in _row_hashes(table):
+    for digest in row_hashes(table):
         keep.append(digest not in seen)
         seen.add(digest)
     mask = np.array(keep, dtype=bool)

@@ -152,13 +152,9 @@ def _empty():
 
 def deduplicate(table, against=None):
     """Drop exact repeats of (prompt, chosen, rejected), keeping the first; with `against`, rows found there."""
-    seen = set(_row_hashes(against)) if against is not None else set()
-    keep = []
-    for digest in _row_hashes(table):
-        keep.append(digest not in seen)
-        seen.add(digest)
-    mask = np.array(keep, dtype=bool)
-    return table.filter(mask) if len(mask) else table, int((~mask).sum())
+    from finetune import encode
+
+    return encode.deduplicate(table, against, row_hashes=_row_hashes)
 
 
 def _row_hashes(table):
