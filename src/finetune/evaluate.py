@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def _field(row: dict, key: str, option: str) -> str:
     return formats.text_value(row, key)
 
 
+@contextmanager
+def _at_line(path: Path, line: int):
+    """A bad row (RowError, or a UserError from the format) is reported as one line at path:line."""
+    try:
+        yield
+    except formats.RowError as exc:
+        raise UserError(f"{path}:{line}: {exc}") from None
+    except UserError as exc:
+        raise UserError(f"{path}:{line}: {str(exc).removeprefix('row: ')}") from None
+
+
 def examples(loaded, rows, path: Path, field_input: str | None, field_target: str | None) -> list[Example]:
     """Rows as prompts in the training format. Without --field-*, rows are read in the training data's
     layout; with them, the named columns fill the format's question and answer."""
@@ -82,7 +94,7 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
         raise UserError("--field-target: this run trained on raw text (completion): name the answer column")
     out = []
     for line, row in rows:
-        try:
+        with _at_line(path, line):
             if kind == "chat":
                 if field_input or field_target:
                     q, a = (
@@ -104,10 +116,6 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
                 if spec.field_output:
                     row[spec.field_output] = target
             ids = generate.prompt_ids(cfg, ds, row, tok)
-        except formats.RowError as exc:
-            raise UserError(f"{path}:{line}: {exc}") from None
-        except UserError as exc:
-            raise UserError(f"{path}:{line}: {str(exc).removeprefix('row: ')}") from None
         out.append(Example(line, question, target, ids))
     return out
 
@@ -117,16 +125,12 @@ def _preference_examples(loaded, rows, path: Path, field_input: str | None, fiel
     t = loaded.dataset.type
     out = []
     for line, row in rows:
-        try:
+        with _at_line(path, line):
             question = _field(row, field_input or t.field_prompt, "--field-input")
             target = _field(row, field_target or t.field_chosen, "--field-target")
             ids = generate.prompt_ids(
                 loaded.cfg, loaded.dataset, {**row, t.field_prompt: question}, loaded.tokenizer
             )
-        except formats.RowError as exc:
-            raise UserError(f"{path}:{line}: {exc}") from None
-        except UserError as exc:
-            raise UserError(f"{path}:{line}: {str(exc).removeprefix('row: ')}") from None
         out.append(Example(line, question, target, ids))
     return out
 
@@ -264,8 +268,6 @@ def run(
 
 
 def _progress(console, total: int):
-    from contextlib import contextmanager
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     @contextmanager
