@@ -54,6 +54,8 @@ INST_FORMAT = {
     "format": "[INST] {instruction} [/INST]",
     "no_input_format": "[INST] {instruction} [/INST]",
 }
+# the same `type:` as configs/financebench.yaml writes it (FinLoRA's axolotl config): no system prompt
+FINLORA_INST = {**INST_FORMAT, "system_prompt": "", "field_system": "system"}
 
 
 def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict]:

@@ -9,20 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import FINLORA, needs_shared
+from conftest import FINLORA_INST as INST
 from finetune import config, data
 from finetune.errors import UserError
 from finetune.formats import IGNORE
 from finetune.tokenizer import load_tokenizer
 
 EOT = "<|eot_id|>"
-INST = {
-    "field_instruction": "context",
-    "field_output": "target",
-    "format": "[INST] {instruction} [/INST]",
-    "no_input_format": "[INST] {instruction} [/INST]",
-    "system_prompt": "",
-    "field_system": "system",
-}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import FINLORA_INST as INST
 from finetune import config, formats
 from finetune.errors import UserError
 from finetune.formats import IGNORE
 from finetune.tokenizer import load_tokenizer
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
-INST = {
-    "field_instruction": "context",
-    "field_output": "target",
-    "format": "[INST] {instruction} [/INST]",
-    "no_input_format": "[INST] {instruction} [/INST]",
-    "system_prompt": "",
-    "field_system": "system",
-}
 
 
 def cfg_for(tiny_model_dir, dataset: dict, **extra):
