@@ -86,7 +86,13 @@ def test_drop_and_truncate_counts(tiny_model_dir, tmp_path, tok, capsys):
         {"context": "q", "target": " "},
     ]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    cfg = make_cfg(tiny_model_dir, tmp_path, [{"path": str(path), "type": INST}], sequence_len=40)
+
+    def cfg_40(path, **extra):
+        return make_cfg(
+            tiny_model_dir, tmp_path, [{"path": str(path), "type": INST}], sequence_len=40, **extra
+        )
+
+    cfg = cfg_40(path)
     stats = data.prepare(cfg, tok).stats
     assert (stats["rows_in"], stats["rows_kept"], stats["dropped_too_long"], stats["empty_answer"]) == (
         9,
@@ -99,23 +105,11 @@ def test_drop_and_truncate_counts(tiny_model_dir, tmp_path, tok, capsys):
     assert "skipped 2 rows with an empty answer" in out
 
     # truncate: the long prompt eats the whole budget, so no answer is left: those rows are dropped too
-    cfg = make_cfg(
-        tiny_model_dir,
-        tmp_path,
-        [{"path": str(path), "type": INST}],
-        sequence_len=40,
-        excess_length_strategy="truncate",
-    )
+    cfg = cfg_40(path, excess_length_strategy="truncate")
     assert data.prepare(cfg, tok).stats["dropped_too_long"] == 2
     cut = {"context": "short", "target": "word " * 60}  # the answer is cut: kept, truncated
     path = write_jsonl(tmp_path / "rows2.jsonl", [*QA[:3], cut])
-    cfg = make_cfg(
-        tiny_model_dir,
-        tmp_path,
-        [{"path": str(path), "type": INST}],
-        sequence_len=40,
-        excess_length_strategy="truncate",
-    )
+    cfg = cfg_40(path, excess_length_strategy="truncate")
     prepared = data.prepare(cfg, tok)
     assert (prepared.stats["truncated"], prepared.stats["dropped_too_long"], prepared.stats["rows_kept"]) == (
         1,
