@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lora", action="store_true", help="fp32 base + LoRA instead of 4-bit QLoRA")
+    p.add_argument("--gpu", action="store_true", help="bf16 and flash_attention_2 (a CUDA GPU)")
     p.add_argument("--group-by-length", action="store_true")
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args()
@@ -81,15 +82,19 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     train_set = datasets.Dataset.from_list(tokenize(load_rows(a.data, a.rows), tokenizer, a.seq_len))
+    dtype = torch.bfloat16 if a.gpu else torch.float32
     quant = None
     if not a.lora:
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(a.model, quantization_config=quant, dtype=torch.float32)
+    attn = "flash_attention_2" if a.gpu else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(
+        a.model, quantization_config=quant, dtype=dtype, attn_implementation=attn
+    )
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     set_seed(a.seed)
@@ -110,6 +115,7 @@ def main() -> None:
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if a.group_by_length else "random",
         dataloader_pin_memory=False,
+        bf16=a.gpu,
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator)

@@ -111,11 +111,11 @@ def run_finetune(cfg: Path, name: str) -> dict:
     }
 
 
-def run_hf(model: Path, rows: Path, n: int, work: Path, lora: bool, grouped: bool) -> dict:
+def run_hf(model: Path, rows: Path, n: int, work: Path, lora: bool, grouped: bool, gpu: bool = False) -> dict:
     out = work / f"hf-{'grouped' if grouped else 'dynamic'}.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "hf_baseline.py"), "--model", str(model)]
     cmd += ["--data", str(rows), "--rows", str(n), "--out", str(out)]
-    cmd += ["--lora"] * lora + ["--group-by-length"] * grouped
+    cmd += ["--lora"] * lora + ["--group-by-length"] * grouped + ["--gpu"] * gpu
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return json.loads(out.read_text())
 
@@ -265,6 +265,9 @@ def main() -> None:
     p.add_argument("--axolotl", default=shutil.which("axolotl"), help="axolotl executable (default: on PATH)")
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument(
+        "--gpu", action="store_true", help="CUDA: flash attention for every contender (finetune then packs)"
+    )
+    p.add_argument(
         "--repeat", type=int, default=1, help="runs per contender, interleaved; the fastest counts"
     )
     p.add_argument(
@@ -290,11 +293,11 @@ def main() -> None:
     runs = []  # one function per contender, each run in turn `--repeat` times; the fastest run counts
     for packing in (True, False):
         cfg = finetune_config(work / f"ft-{packing}.yaml", model, rows, work, f"ft-{packing}",
-                              adapter=a.adapter, sample_packing=packing)  # fmt: skip
+                              adapter=a.adapter, sample_packing=packing, flash_attention=a.gpu)  # fmt: skip
         name = f"finetune, sample_packing: {str(packing).lower()}"
         runs.append(functools.partial(run_finetune, cfg, name))
     for grouped in (False, True):
-        runs.append(functools.partial(run_hf, model, rows, n, work, a.adapter == "lora", grouped))
+        runs.append(functools.partial(run_hf, model, rows, n, work, a.adapter == "lora", grouped, a.gpu))
     if a.axolotl and a.adapter == "lora":
         acfg = axolotl_config(work / "axolotl.yaml", model, rows, work)
         runs.append(functools.partial(run_axolotl, a.axolotl, acfg, prepared_tokens(runs[0].args[0])))
