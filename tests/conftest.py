@@ -30,6 +30,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
+def one_thread():
+    """Tiny models are fastest on one thread, and two busy threads on a shared 2-core machine crawl.
+    Modules that train or run models use it for every test: `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture()
 def write_config(tmp_path):
     """Write a YAML config (a dict or text) into tmp_path and return its path."""
     import yaml

@@ -17,14 +17,7 @@ from finetune.tokenizer import load_tokenizer  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread, and two busy threads on a shared 2-core machine crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(base, **over) -> config.Config:

@@ -29,16 +29,7 @@ PROMPT = {
     "no_input_format": "[INST] {instruction} [/INST]",
 }
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread, and two busy threads on a shared 2-core machine crawl."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
