@@ -31,12 +31,7 @@ PROMPT = {
 LENGTHS = np.random.default_rng(0).integers(5, 300, size=257)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg_of(tmp_path, **over) -> config.Config:
