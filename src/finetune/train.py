@@ -72,9 +72,10 @@ def run(
     # --- model: base + adapter, and the Trainer's arguments
     from finetune import model as model_module
 
+    prec = model_module.precision(cfg)
     with (
         _status(console, f"loading {cfg.base_model}"),
-        distributed.sharded_loading(cfg, model_module.precision(cfg)),  # ZeRO-3: built partitioned
+        distributed.sharded_loading(cfg, prec),  # ZeRO-3: built partitioned
     ):
         loaded = model_module.load(cfg, tokenizer)
     share = 100 * loaded.trainable_params / max(1, loaded.total_params)
@@ -82,7 +83,6 @@ def run(
         f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: {loaded.trainable_params:,} trainable "
         f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
-    prec = model_module.precision(cfg)
     from finetune import batching
 
     plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.model.config._attn_implementation)
