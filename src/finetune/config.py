@@ -8,7 +8,6 @@ Only pydantic and PyYAML are imported here, so `finetune validate` stays fast (n
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -27,15 +26,11 @@ from pydantic import (
     field_validator,
 )
 
-from finetune import axolotl_keys
-from finetune.errors import UserError
+from finetune import axolotl_keys, config_yaml
+from finetune.config_yaml import ConfigError, apply_override  # noqa: F401 - re-exported
 
 SECRET_KEY = re.compile(r"(^|_)(api_key|apikey|secret|password|auth|hf_token|token)$", re.I)
 REDACTED = "***"
-
-
-class ConfigError(UserError):
-    """Every problem in a config file, one line each, prefixed by file and line."""
 
 
 def _looks_local(path: str) -> bool:
@@ -62,7 +57,9 @@ class _Strict(BaseModel):
 class DatasetType(_Strict):
     """axolotl's user-defined prompt format: `type: {field_instruction: ..., format: "..."}`."""
 
-    system_prompt: str = Field("", description="System text for every row (as in axolotl, ignored when `field_system` is set).")
+    system_prompt: str = Field(
+        "", description="System text for every row (as in axolotl, ignored when `field_system` is set)."
+    )
     field_system: str | None = Field(None, description="Column holding a per-row system prompt.")
     field_instruction: str = Field("instruction", description="Column holding the instruction.")
     field_input: str | None = Field(None, description="Column holding the optional input.")
@@ -621,106 +618,6 @@ def _preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
     return problems
 
 
-# ---------------------------------------------------------------- reading YAML with line numbers
-
-
-def _line_map(node, path=(), out=None) -> dict[tuple, int]:
-    """Key path -> 1-based line number, from PyYAML's composed node tree."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value)
-            out[child] = key_node.start_mark.line + 1
-            _line_map(value_node, child, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*path, i)] = item.start_mark.line + 1
-            _line_map(item, (*path, i), out)
-    return out
-
-
-def _parse_override_path(dotted: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for piece in re.split(r"\.|\[(\d+)\]", dotted):
-        if piece:
-            parts.append(int(piece) if piece.isdigit() else piece)
-    return parts
-
-
-def apply_override(raw: dict, assignment: str) -> None:
-    """`--set key.sub[0].x=value`: the value is parsed as YAML (so `true`, `3`, `[a, b]` work)."""
-    if "=" not in assignment:
-        raise ConfigError([f"--set {assignment}: expected key=value"])
-    dotted, _, text = assignment.partition("=")
-    keys = _parse_override_path(dotted.strip())
-    if not keys:
-        raise ConfigError([f"--set {assignment}: empty key"])
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    target: Any = raw
-    for depth, key in enumerate(keys[:-1]):
-        nxt = keys[depth + 1]
-        if isinstance(key, int):
-            if not isinstance(target, list) or key >= len(target):
-                raise ConfigError([f"--set {dotted}: index {key} is out of range"])
-        elif not isinstance(target, dict):
-            raise ConfigError([f"--set {dotted}: {key} is not inside a mapping"])
-        elif target.get(key) is None:
-            target[key] = [] if isinstance(nxt, int) else {}
-        target = target[key]
-    last = keys[-1]
-    if isinstance(last, int):
-        if not isinstance(target, list) or last > len(target):
-            raise ConfigError([f"--set {dotted}: index {last} is out of range"])
-        if last == len(target):
-            target.append(value)
-        else:
-            target[last] = value
-    elif isinstance(target, dict):
-        target[last] = value
-    else:
-        raise ConfigError([f"--set {dotted}: {last} is not inside a mapping"])
-
-
-def _format_loc(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-_TYPE_TAGS = re.compile(
-    r"^(str|pref|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$"
-)
-
-
-def _friendly(err: dict, secret: bool) -> str:
-    kind, msg, value = err["type"], err["msg"], err.get("input")
-    got = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"
-    if kind == "missing":
-        return "required key is missing"
-    if kind.startswith("int_"):
-        return f"expected an integer{got}"
-    if kind.startswith("float_"):
-        return f"expected a number{got}"
-    if kind.startswith("bool_"):
-        return f"expected true or false{got}"
-    if kind == "string_type":
-        return f"expected a string{got}"
-    if kind in ("list_type", "tuple_type"):
-        return f"expected a list{got}"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"expected a mapping{got}"
-    if kind == "value_error":
-        return msg.removeprefix("Value error, ")
-    if kind == "too_short":
-        return "must not be empty"
-    msg = msg.replace("Input should be", "must be")
-    return f"{msg}{got}"
-
-
 def _known_keys(model: type[BaseModel]) -> set[str]:
     keys = set()
     for name, field in model.model_fields.items():
@@ -728,17 +625,6 @@ def _known_keys(model: type[BaseModel]) -> set[str]:
         if isinstance(field.validation_alias, AliasChoices):
             keys.update(c for c in field.validation_alias.choices if isinstance(c, str))
     return keys
-
-
-def _unknown(key: str, known: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(known | set(axolotl_keys.UNSUPPORTED)), n=1, cutoff=0.75)
-    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
-
-
-def _drop_nulls(entry: Any) -> Any:
-    if not isinstance(entry, dict):
-        return entry
-    return {k: _drop_nulls(v) for k, v in entry.items() if v is not None}
 
 
 def validate(
@@ -777,7 +663,7 @@ def validate(
     _preference_defaults(data, problems, where)
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
-            data[key] = [_drop_nulls(entry) for entry in data[key]]
+            data[key] = [config_yaml.drop_nulls(entry) for entry in data[key]]
             if data.get("rl") or data.get("reward_model"):  # no `type:`: the prompt/chosen/rejected columns
                 for entry in data[key]:
                     if isinstance(entry, dict) and "type" not in entry:
@@ -791,14 +677,14 @@ def validate(
                     if not axolotl_keys.is_off(name, entry.pop(name)):
                         loc = (key, i, name)
                         problems.append(
-                            f"{where(loc)}{_format_loc(loc)}: not supported by finetune yet (remove it or set it to null)"
+                            f"{where(loc)}{config_yaml.format_loc(loc)}: not supported by finetune yet (remove it or set it to null)"
                         )
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         seen = set()
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _TYPE_TAGS.match(p)))
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and config_yaml.TYPE_TAGS.match(p)))
             if loc in seen:
                 continue
             seen.add(loc)
@@ -813,15 +699,15 @@ def validate(
                     if "type" in loc[:-1]
                     else DatasetConfig
                 )
-                text = _unknown(name, _known_keys(parent))
+                text = config_yaml.unknown_key(name, _known_keys(parent))
             else:
-                text = _friendly(err, secret=bool(SECRET_KEY.search(name)))
-            problems.append(f"{where(loc)}{_format_loc(loc)}: {text}")
+                text = config_yaml.friendly(err, secret=bool(SECRET_KEY.search(name)))
+            problems.append(f"{where(loc)}{config_yaml.format_loc(loc)}: {text}")
         cfg = None
     if cfg is not None:
-        problems += [f"{where(loc)}{_format_loc(loc)}: {text}" for loc, text in _cross_checks(cfg)]
+        problems += [f"{where(loc)}{config_yaml.format_loc(loc)}: {text}" for loc, text in _cross_checks(cfg)]
     if problems:
-        raise ConfigError(sorted(problems, key=_line_of))
+        raise ConfigError(sorted(problems, key=config_yaml.line_of))
     return cfg
 
 
@@ -839,12 +725,6 @@ def _preference_defaults(data: dict, problems: list[str], where) -> None:
     )
 
 
-def _line_of(problem: str) -> int:
-    """Sort key: problems in file order; --set and file-level problems last."""
-    match = re.match(r"^.*?:(\d+): ", problem)
-    return int(match.group(1)) if match else 1 << 30
-
-
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read an axolotl-style YAML file (safe loader), apply `--set` overrides, validate."""
     source = str(path)
@@ -856,7 +736,7 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError([f"{source}: cannot read config ({exc.__class__.__name__})"]) from None
     try:
         raw = yaml.safe_load(text) or {}
-        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader))
+        lines = config_yaml.line_map(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark else ""
@@ -866,7 +746,7 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
     for assignment in overrides:
         if isinstance(raw, dict):
             apply_override(raw, assignment)
-            overridden.add(tuple(_parse_override_path(assignment.partition("=")[0].strip())))
+            overridden.add(tuple(config_yaml.parse_override_path(assignment.partition("=")[0].strip())))
     return validate(raw, source, lines, overridden)
 
 
