@@ -193,18 +193,8 @@ def removals(stats: dict) -> str:
 
 
 def summary(stats: dict, folder, reused: bool) -> None:
-    """data.prepare's report for preference tables."""
-    console = report._console()
-    how = "reused the cache" if reused else "saved"
-    eval_part = f", {stats.get('eval_rows', 0):,} eval pairs" if stats.get("eval_rows") else ""
-    console.print(
-        f"data: {stats['rows_in']:,} rows in, {stats['train_rows']:,} train pairs{eval_part}, "
-        f"{stats['tokens']:,} train tokens ({stats['trained_tokens']:,} in answers) — {how} at {folder}"
-    )
-    console.print(f"data: {removals(stats)}")
-    if "test_datasets" in stats:
-        test = {**stats, **stats["test_datasets"]}
-        console.print(f"data: test_datasets: {test['rows_in']:,} rows in; {removals(test)}")
+    """data.prepare's report for preference tables: the SFT report in pairs, with pair-specific removals."""
+    report.summary(stats, folder, reused, unit="pairs", trained="in answers", describe=removals)
 
 
 def examples(dataset, tokenizer, n: int) -> None:

@@ -62,20 +62,25 @@ def removals(stats: dict) -> str:
     return "; ".join(parts) or "no rows dropped, truncated or skipped"
 
 
-def summary(stats: dict, folder: Path, reused: bool) -> None:
-    """Print what was prepared, where, and what was removed."""
+def summary(
+    stats: dict, folder: Path, reused: bool, unit: str = "rows", trained: str = "trained", describe=None
+) -> None:
+    """Print what was prepared, where, and what was removed (`describe(stats)` says what; default `removals`).
+
+    Preference data calls it with unit="pairs", trained="in answers" and its own removal wording.
+    """
+    describe = describe or removals
     console = _console()
     how = "reused the cache" if reused else "saved"
-    eval_part = f", {stats.get('eval_rows', 0):,} eval rows" if stats.get("eval_rows") else ""
+    eval_part = f", {stats.get('eval_rows', 0):,} eval {unit}" if stats.get("eval_rows") else ""
     console.print(
-        f"data: {stats['rows_in']:,} rows in, {stats['train_rows']:,} train rows{eval_part}, "
-        f"{stats['tokens']:,} train tokens ({stats['trained_tokens']:,} trained) — {how} at {folder}"
+        f"data: {stats['rows_in']:,} rows in, {stats['train_rows']:,} train {unit}{eval_part}, "
+        f"{stats['tokens']:,} train tokens ({stats['trained_tokens']:,} {trained}) — {how} at {folder}"
     )
-    console.print(f"data: {removals(stats)}")
+    console.print(f"data: {describe(stats)}")
     if "test_datasets" in stats:
-        console.print(
-            f"data: test_datasets: {stats['test_datasets']['rows_in']:,} rows in; {removals({**stats, **stats['test_datasets']})}"
-        )
+        test = {**stats, **stats["test_datasets"]}
+        console.print(f"data: test_datasets: {test['rows_in']:,} rows in; {describe(test)}")
 
 
 def examples(dataset, tokenizer, n: int) -> None:
