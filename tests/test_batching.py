@@ -17,17 +17,12 @@ torch = pytest.importorskip("torch")
 
 from transformers import TrainerCallback  # noqa: E402
 
+from conftest import INST_FORMAT as PROMPT  # noqa: E402
 from finetune import batching, config, speedups, train, trainer_args  # noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"
-PROMPT = {
-    "field_instruction": "context",
-    "field_output": "target",
-    "format": "[INST] {instruction} [/INST]",
-    "no_input_format": "[INST] {instruction} [/INST]",
-}
 LENGTHS = np.random.default_rng(0).integers(5, 300, size=257)
 
 
