@@ -284,6 +284,12 @@ def test_packing_run_schedule_results_and_resume_in_second_epoch(tiny_model_dir,
     assert state["max_steps"] == state["global_step"] == 2 * per_epoch  # the schedule matches the batches
     assert results["batching"] == "length_budget" and 0 <= results["padding_fraction"] < 0.2
     assert state["num_input_tokens_seen"] == 2 * lengths.sum()  # every row, every epoch, real tokens only
+    # a step of token-budget batches is reported in tokens (its row count varies), not micro_batch x accumulation
+    assert results["total_train_batch_tokens"] == 256 * 2 and "total_train_batch_size" not in results
+    assert results["mean_rows_per_step"] == round(len(lengths) / per_epoch, 1)
+    card = (straight / "README.md").read_text()
+    assert f"total_train_batch_size: 512 tokens (~{results['mean_rows_per_step']} rows)" in card
+    assert "train_batch_size: 256 tokens (token-budget batches)" in card
     logs = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert all("padding_fraction" in e and "train_tokens_per_second" in e for e in logs if "loss" in e)
 

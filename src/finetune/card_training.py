@@ -109,7 +109,12 @@ def hyperparameters(run: Run) -> dict:
     if cfg.gradient_accumulation_steps > 1:
         hp["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
     total = fact(run, "total_train_batch_size") or batch * world * cfg.gradient_accumulation_steps
-    if total != batch:
+    budget_tokens = fact(run, "total_train_batch_tokens")
+    if budget_tokens:  # token-budget batches (sample_packing): a batch's row count varies, its tokens do not
+        hp["train_batch_size"] = f"{fact(run, 'batch_token_budget'):,} tokens (token-budget batches)"
+        rows = fact(run, "mean_rows_per_step")
+        hp["total_train_batch_size"] = f"{budget_tokens:,} tokens" + (f" (~{rows} rows)" if rows else "")
+    elif total != batch:
         hp["total_train_batch_size"] = total
     if "adam" in cfg.optimizer:
         betas = f"({cfg.adam_beta1 or 0.9},{cfg.adam_beta2 or 0.999})"

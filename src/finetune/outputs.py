@@ -190,6 +190,12 @@ def summary_lines(output_dir: str | Path, all_res: dict) -> list[str]:
         lines.append(
             f"batching: {all_res['batching']}"
             + (f", {pad:.1%} of tokens were padding" if pad is not None else "")
+            + (
+                f"; {all_res['total_train_batch_tokens']:,} tokens (~{all_res['mean_rows_per_step']} rows) "
+                "per optimizer step"
+                if all_res.get("total_train_batch_tokens")
+                else ""
+            )
         )
     mem = f"peak memory: {num('peak_cpu_memory_mb', '{:,.0f}')} MiB RAM"
     if "peak_gpu_memory_mb" in all_res:

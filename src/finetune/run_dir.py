@@ -19,11 +19,6 @@ from finetune import config as config_module
 from finetune.config import Config
 from finetune.errors import UserError
 
-# Keys read from all_results.json (else trainer_state.json) beyond HF's own; train.py writes them.
-RUN_FACT_KEYS = (
-    "world_size", "distributed_type", "zero_stage", "total_train_batch_size", "mixed_precision",
-    "base_model_local",
-)  # fmt: skip
 _DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
 
 

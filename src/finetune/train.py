@@ -207,11 +207,14 @@ def final_evaluation(trainer, eval_set) -> dict:
 
 def run_facts(trainer, prec) -> dict:
     """Facts the card reports that HF's metrics leave out."""
-    return {
+    facts = {
         **distributed.facts(trainer),  # distributed type, ZeRO stage, processes, global batch size
         "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
-        **trainer.batching_facts(),  # strategy, padding fraction
+        **trainer.batching_facts(),  # strategy, padding fraction, tokens per step of token-budget batches
     }
+    if "total_train_batch_tokens" in facts:  # rows per step vary there: micro_batch_size x ... is no count
+        facts.pop("total_train_batch_size", None)
+    return facts
 
 
 # ---------------------------------------------------------------- processes and environment

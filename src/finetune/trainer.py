@@ -107,6 +107,12 @@ class FinetuneTrainer(Trainer):
         out = {"batching": plan.strategy if plan is not None else "random"}
         if plan is not None and plan.token_budget:
             out["batch_token_budget"] = plan.token_budget
+            sampler = plan.train_sampler
+            if sampler is not None:  # a step is a token budget, not a row count: say what it holds
+                accumulation = self.args.gradient_accumulation_steps
+                steps_per_epoch = max(1, -(-sampler.batches_per_rank // accumulation))
+                out["total_train_batch_tokens"] = plan.token_budget * accumulation * sampler.world_size
+                out["mean_rows_per_step"] = round(len(sampler.lengths) / steps_per_epoch, 1)
         if self.slot_tokens:
             out["padding_fraction"] = self.padding_fraction()
             out["padded_tokens"] = self.slot_tokens - self.real_tokens
