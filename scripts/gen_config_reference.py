@@ -1,4 +1,5 @@
-"""Regenerate README.md's config reference from the field descriptions in finetune/config.py.
+"""Regenerate README.md's config reference from the config field descriptions
+(finetune/config_schema.py, config_datasets.py).
 
     python scripts/gen_config_reference.py          # rewrite README.md in place
     python scripts/gen_config_reference.py --check  # exit 1 if README.md is stale (used by the tests)

@@ -1,0 +1,174 @@
+"""Checks beyond a field's type: the allowed values of single keys, and rules that involve several keys.
+
+The schema (config_schema.py) attaches the single-key checks as field validators, so pydantic reports them
+with the key's location; `cross_checks` runs on the validated `Config` and returns (key path, problem) pairs
+that config.validate places at the key to change. Each message says what to set instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from finetune.config_datasets import DatasetType, PreferenceType, check_exists
+
+if TYPE_CHECKING:
+    from finetune.config_schema import Config
+
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_torch_8bit",
+    "adafactor",
+    "sgd",
+    "lion_8bit",
+    "paged_lion_8bit",
+)
+SCHEDULERS = (
+    "cosine",
+    "linear",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+)
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+RL_METHODS = ("dpo",)
+RL_LATER = ("orpo", "kto", "ipo", "simpo", "grpo")  # axolotl's other rl: values, refused until implemented
+# TRL 1.16 DPOConfig.loss_type values.
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- single keys (field validators)
+
+
+def deepspeed_exists(v):
+    return check_exists(v, "deepspeed config") if isinstance(v, str) else v
+
+
+def adapter_exists(v):
+    return check_exists(v, "adapter folder")
+
+
+def known_rl(v: str | None) -> str | None:
+    if v is None or v in RL_METHODS:
+        return v
+    hint = " (rl: dpo with dpo_loss_type: ipo trains the IPO loss)" if v == "ipo" else ""
+    if v in RL_LATER:
+        raise ValueError(f"'{v}' is not implemented yet (implemented: {', '.join(RL_METHODS)}){hint}")
+    raise ValueError(f"'{v}' is not a known method (implemented: {', '.join(RL_METHODS)})")
+
+
+def known_dpo_loss(v):
+    for name in [v] if isinstance(v, str) else v or []:
+        if name not in DPO_LOSSES:
+            raise ValueError(f"'{name}' is not a DPO loss (known: {', '.join(DPO_LOSSES)})")
+    return v
+
+
+def known_optimizer(v: str) -> str:
+    if v not in OPTIMIZERS:
+        raise ValueError(f"'{v}' is not supported (supported: {', '.join(OPTIMIZERS)})")
+    return v
+
+
+def known_scheduler(v: str) -> str:
+    if v not in SCHEDULERS:
+        raise ValueError(f"'{v}' is not supported (supported: {', '.join(SCHEDULERS)})")
+    return v
+
+
+# ---------------------------------------------------------------- several keys (on the validated Config)
+
+
+def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """Checks that involve several keys; each problem is reported at the key to change."""
+    problems = []
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        problems.append((("load_in_8bit",), "cannot be combined with load_in_4bit: choose one"))
+    if cfg.adapter is None:
+        problems.append((("adapter",), "full fine-tuning is not supported: set adapter: lora or qlora"))
+    if cfg.adapter == "qlora" and cfg.load_in_8bit:
+        problems.append((("load_in_8bit",), "qlora trains on a 4-bit base: set load_in_4bit: true instead"))
+    if cfg.evals_per_epoch and cfg.eval_steps:
+        problems.append((("eval_steps",), "set either eval_steps or evals_per_epoch, not both"))
+    if cfg.saves_per_epoch and cfg.save_steps:
+        problems.append((("save_steps",), "set either save_steps or saves_per_epoch, not both"))
+    if cfg.warmup_steps is not None and cfg.warmup_ratio is not None:
+        problems.append((("warmup_ratio",), "set either warmup_steps or warmup_ratio, not both"))
+    if cfg.fp16 and cfg.bf16 is True:
+        problems.append((("fp16",), "cannot be combined with bf16: true"))
+    if cfg.lora_target_modules is None and not cfg.lora_target_linear:
+        pass  # defaults to the attention projections (see model.py)
+    if cfg.load_best_model_at_end and not (cfg.val_set_size or cfg.test_datasets):
+        problems.append(
+            (("load_best_model_at_end",), "needs evaluation data: set val_set_size or test_datasets")
+        )
+    if cfg.eval_metrics and not (cfg.val_set_size or cfg.test_datasets):
+        problems.append((("eval_metrics",), "needs evaluation data: set val_set_size or test_datasets"))
+    if cfg.early_stopping_patience and not (cfg.val_set_size or cfg.test_datasets):
+        problems.append(
+            (("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets")
+        )
+    for i, plugin in enumerate(cfg.plugins or []):
+        if plugin != LIGER_PLUGIN:
+            problems.append((("plugins", i), f"{plugin} is not supported (only {LIGER_PLUGIN})"))
+    if cfg.liger_cross_entropy and cfg.liger_fused_linear_cross_entropy:
+        problems.append(
+            (
+                ("liger_cross_entropy",),
+                "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
+            )
+        )
+    return problems + preference_checks(cfg)
+
+
+def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """Preference keys only with a preference run, and preference data only there (never silently ignored)."""
+    problems = []
+    if cfg.rl and cfg.reward_model:
+        problems.append((("reward_model",), f"cannot be combined with rl: {cfg.rl}: choose one"))
+    if cfg.num_labels is not None and not cfg.reward_model:
+        problems.append((("num_labels",), "only used by reward models: set reward_model: true or remove it"))
+    for key in ("rl_beta", "dpo_loss_type"):
+        if getattr(cfg, key) is not None and cfg.rl != "dpo":
+            problems.append(((key,), "only used by DPO: set rl: dpo or remove it"))
+    if cfg.max_prompt_len is not None and not cfg.preference:
+        problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
+    if cfg.preference and cfg.train_on_inputs:
+        problems.append((("train_on_inputs",), f"has no meaning for {cfg.training_kind} training: remove it"))
+    for key in ("sample_packing", "eval_sample_packing", "group_by_length"):
+        if cfg.preference and getattr(cfg, key):
+            problems.append(((key,), "not for preference pairs (batches of chosen + rejected, padded)"))
+    if cfg.preference and cfg.eval_metrics:
+        problems.append((("eval_metrics",), "SFT only: DPO and reward models log rewards and accuracy"))
+    for key in ("datasets", "test_datasets"):
+        for i, ds in enumerate(getattr(cfg, key) or []):
+            pref_type = isinstance(ds.type, PreferenceType)
+            chat_pairs = ds.field_chosen is not None or ds.field_rejected is not None
+            if not cfg.preference and (pref_type or chat_pairs):
+                field = "type" if pref_type else "field_chosen" if ds.field_chosen else "field_rejected"
+                loc = (key, i, field)
+                problems.append((loc, "preference data: set rl: dpo or reward_model: true to train on it"))
+            elif cfg.preference and isinstance(ds.type, str) and ds.type != "chat_template":
+                problems.append(
+                    (
+                        (key, i, "type"),
+                        f"{cfg.training_kind} trains on preference pairs: use a dict with field_prompt/field_chosen/field_rejected, or chat_template with field_chosen/field_rejected (got {ds.type})",
+                    )
+                )
+            elif cfg.preference and isinstance(ds.type, DatasetType):
+                problems.append(
+                    (
+                        (key, i, "type"),
+                        f"{cfg.training_kind} trains on preference pairs: this format has no chosen/rejected answers (use field_prompt/field_chosen/field_rejected)",
+                    )
+                )
+    return problems

@@ -1,0 +1,149 @@
+"""Dataset-level config: one `datasets:` entry and the `type:` dicts that describe its prompt format.
+
+`Config.datasets` and `Config.test_datasets` (config_schema.py) are lists of `DatasetConfig`.
+`StrictModel` and `check_exists` live here because the dataset entries are their first users; the top-level
+schema reuses both (every model forbids unknown keys and is frozen; local paths must exist).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+
+def looks_local(path: str) -> bool:
+    """Local paths are checked to exist; hub ids (`owner/name`) are never contacted while validating."""
+    return (
+        path.startswith(("/", "./", "../", "~"))
+        or Path(path).suffix.lower()
+        in {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
+        or path.count("/") > 1
+        or os.path.exists(os.path.expanduser(path))
+    )
+
+
+def check_exists(path: str | None, what: str) -> str | None:
+    if path and looks_local(path) and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError(f"{what} not found: {path}")
+    return path
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatasetType(StrictModel):
+    """axolotl's user-defined prompt format: `type: {field_instruction: ..., format: "..."}`."""
+
+    system_prompt: str = Field(
+        "", description="System text for every row (as in axolotl, ignored when `field_system` is set)."
+    )
+    field_system: str | None = Field(None, description="Column holding a per-row system prompt.")
+    field_instruction: str = Field("instruction", description="Column holding the instruction.")
+    field_input: str | None = Field(None, description="Column holding the optional input.")
+    field_output: str = Field("output", description="Column holding the answer (the trained part).")
+    format: str = Field(
+        "{instruction} {input} ",
+        description="Prompt template with {instruction} and {input}; the answer follows it directly.",
+    )
+    no_input_format: str | None = Field(None, description="Template used when the row's input is empty.")
+    system_format: str = Field(
+        "{system}", description="Template for the system text, prepended to the prompt."
+    )
+
+
+class PreferenceType(StrictModel):
+    """axolotl's user-defined preference format (rl: dpo, reward_model): `type: {field_prompt: ..., field_chosen: ...}`."""
+
+    field_prompt: str = Field("prompt", description="Column holding the prompt.")
+    field_system: str = Field(
+        "system", description="Column holding an optional per-row system text (`{system}` in prompt_format)."
+    )
+    field_chosen: str = Field("chosen", description="Column holding the preferred answer.")
+    field_rejected: str = Field("rejected", description="Column holding the worse answer.")
+    prompt_format: str = Field(
+        "{prompt}", description="Prompt template with {prompt} (and {system}); the answers follow it as is."
+    )
+    chosen_format: str = Field("{chosen}", description="Template of the preferred answer, with {chosen}.")
+    rejected_format: str = Field("{rejected}", description="Template of the worse answer, with {rejected}.")
+
+
+PREFERENCE_TYPE_KEYS = frozenset(PreferenceType.model_fields) - {"field_system"}
+DATASET_TYPES = ("alpaca", "chat_template", "completion")
+
+
+def type_tag(v) -> str:
+    """Which `type:` model a value is: `pref` (chosen/rejected columns), `dict` (custom prompt) or `str`."""
+    if isinstance(v, PreferenceType) or (isinstance(v, dict) and PREFERENCE_TYPE_KEYS & set(v)):
+        return "pref"
+    return "dict" if isinstance(v, dict | DatasetType) else "str"
+
+
+DatasetTypeValue = Annotated[
+    Annotated[str, Tag("str")] | Annotated[DatasetType, Tag("dict")] | Annotated[PreferenceType, Tag("pref")],
+    Discriminator(type_tag),
+]
+
+
+class DatasetConfig(StrictModel):
+    """One entry of `datasets:` / `test_datasets:`."""
+
+    path: str = Field(description="Local file or folder (JSONL/JSON/CSV/Parquet), or a hub dataset id.")
+    type: DatasetTypeValue = Field(
+        "alpaca", description="Prompt format: alpaca, chat_template, completion, or a custom dict."
+    )
+    ds_type: Literal["json", "csv", "parquet", "arrow", "text"] | None = Field(
+        None, description="File format when the extension does not tell."
+    )
+    data_files: str | list[str] | None = Field(None, description="Files to read inside `path`.")
+    split: str = Field("train", description="Split to read.")
+    name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
+    revision: str | None = Field(None, description="Hub dataset revision.")
+    field: str | None = Field(None, description="`completion`: the column holding the raw text.")
+    field_messages: str = Field("messages", description="`chat_template`: the column holding the turns.")
+    message_property_mappings: dict[str, str] | None = Field(
+        None, description="`chat_template`: map `role`/`content` to the row's key names."
+    )
+    message_field_role: str | None = Field(
+        None, description="Deprecated alias of message_property_mappings.role."
+    )
+    message_field_content: str | None = Field(
+        None, description="Deprecated alias of message_property_mappings.content."
+    )
+    roles_to_train: list[str] | None = Field(
+        None, description="`chat_template`: roles whose turns are trained."
+    )
+    train_on_eos: Literal["turn", "last", "all", "none"] | None = Field(
+        None, description="`chat_template`: which end-of-turn tokens are trained."
+    )
+    roles: dict[str, list[str]] | None = Field(
+        None, description="`chat_template`: map row roles to template roles."
+    )
+    drop_system_message: bool | None = Field(None, description="`chat_template`: drop system turns.")
+    chat_template: str | None = Field(None, description="`chat_template`: per-dataset template override.")
+    field_chosen: str | None = Field(
+        None,
+        description="`chat_template` preference rows (rl: dpo, reward_model): the column holding the preferred answer (a string, an assistant message, or a list ending with it); default `chosen`.",
+    )
+    field_rejected: str | None = Field(
+        None, description="`chat_template` preference rows: the column holding the worse answer (`rejected`)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str) -> str:
+        return check_exists(v, "dataset file") or v
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v):
+        if v == "chat_template.default":  # axolotl's long name for the same strategy
+            return "chat_template"
+        if isinstance(v, str) and v not in DATASET_TYPES:
+            raise ValueError(
+                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
+            )
+        return v
