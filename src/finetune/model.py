@@ -245,7 +245,10 @@ def count_new_tokens(cfg: Config, tokenizer) -> int:
         return 0
     from finetune.tokenizer import load_tokenizer
 
-    plain = load_tokenizer(cfg.model_copy(update={"special_tokens": None, "tokens": None}))
+    # the base tokenizer as shipped: no chat_template either (a named template may need the new tokens)
+    plain = load_tokenizer(
+        cfg.model_copy(update={"special_tokens": None, "tokens": None, "chat_template": None})
+    )
     return max(0, len(tokenizer) - len(plain))
 
 
