@@ -39,7 +39,6 @@ from finetune.config_datasets import (  # noqa: F401 - re-exported
     DatasetTypeValue,
     PreferenceType,
 )
-from finetune.config_datasets import type_tag as _type_tag  # noqa: F401 - run_dir reads it by this name
 from finetune.config_output import (  # noqa: F401 - re-exported
     REDACTED,
     SECRET_KEY,

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from finetune import config as config_module
+from finetune import config_datasets
 from finetune.config import Config
 from finetune.errors import UserError
 
@@ -47,7 +48,7 @@ def load_saved_config(path: Path) -> Config:
     def dataset(entry: dict) -> config_module.DatasetConfig:
         kind = entry.get("type", "alpaca")
         if isinstance(kind, dict):  # a custom SFT format, or a preference one (field_prompt/field_chosen ...)
-            pref = config_module._type_tag(kind) == "pref"
+            pref = config_datasets.type_tag(kind) == "pref"
             kind = (config_module.PreferenceType if pref else config_module.DatasetType)(**kind)
         return config_module.DatasetConfig.model_construct(**{**entry, "type": kind})
 
