@@ -94,7 +94,8 @@ def load_sources(ds: DatasetConfig, where: str) -> list[Source]:
                 else ""
             )
             raise UserError(
-                f"{where}.path: cannot load dataset {ds.path!r}{offline}: {_first_line(exc)}"
+                f"{where}.path: cannot load dataset {ds.path!r}{offline}: not a local file or folder, and the "
+                f"Hugging Face hub did not provide it ({_first_line(exc)})"
             ) from None
         return [Source(ds.path, "hub", hub)]
     sources = []
