@@ -101,6 +101,15 @@ def test_unsupported_dataset_type_and_values(write_config, data_file):
     )
 
 
+def test_sharegpt_type_says_how_to_port_it(write_config, data_file):
+    path = write_config({"base_model": "org/m", "datasets": [{"path": str(data_file), "type": "sharegpt"}]})
+    assert problems(path) == [
+        f"{path}:4: datasets[0].type: 'sharegpt' is not supported (axolotl removed it as well): use type: "
+        "chat_template with field_messages: conversations, message_property_mappings: {role: from, content: "
+        "value} and roles: {user: [human], assistant: [gpt]}"
+    ]
+
+
 def test_unsupported_keys_at_their_off_value_are_accepted(write_config, good_text):
     text = good_text + "fsdp:\nplugins: []\nliger_rope: false\nrl:\nstrict: false\ncontext_parallel_size: 1\n"
     cfg = config.load(write_config(text))

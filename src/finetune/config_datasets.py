@@ -142,6 +142,12 @@ class DatasetConfig(StrictModel):
     def _known_type(cls, v):
         if v == "chat_template.default":  # axolotl's long name for the same strategy
             return "chat_template"
+        if isinstance(v, str) and v.split(":")[0] == "sharegpt":  # removed from axolotl too; say how to port it
+            raise ValueError(
+                "'sharegpt' is not supported (axolotl removed it as well): use type: chat_template with "
+                "field_messages: conversations, message_property_mappings: {role: from, content: value} and "
+                "roles: {user: [human], assistant: [gpt]}"
+            )
         if isinstance(v, str) and v not in DATASET_TYPES:
             raise ValueError(
                 f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
