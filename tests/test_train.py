@@ -311,6 +311,25 @@ def test_financebench_smoke(monkeypatch, tmp_path, capsys):
 
 
 @needs_shared
+def test_finlora_example_config_smoke_is_quick_and_quiet(monkeypatch, tmp_path, capfd):
+    """FinLoRA's own config: 8-bit, sequence_len 16384 with pad_to_sequence_len, deepspeed, chat_template."""
+    import tempfile
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cfg = config.load(
+        FINLORA / "example_config.yml", [f"datasets.0.path={FINLORA / 'formula_train.jsonl'}"]
+    )
+    out = train.run(cfg, smoke=True)
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == smoke.SMOKE_STEPS
+    err = capfd.readouterr().err
+    assert "pad_to_sequence_len is off (rows are not padded to 16,384 tokens)" in err
+    assert "(8-bit)" in err
+    assert err.count("MatMul8bitLt: inputs will be cast") <= 1  # bitsandbytes says it on every layer and step
+    assert "unable to detect" not in err  # DeepSpeed's accelerator warning on a CPU-only machine
+
+
+@needs_shared
 def test_financebench_with_deepspeed_in_one_plain_process(tiny_model_dir, tmp_path):
     """A plain `finetune train` with a DeepSpeed config runs as a one-process group, with adamw_bnb_8bit on CPU."""
     out = tmp_path / "out"
