@@ -60,6 +60,24 @@ def test_bad_config_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path)
     assert "Traceback" not in result.stderr
 
 
+def test_bad_data_file_is_exactly_one_line_on_stderr(tmp_path, tiny_model_dir):
+    (tmp_path / "rows.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a" "output": 1}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    for name, message in (
+        ("rows.jsonl", "rows.jsonl:2: invalid JSON (Expecting ',' delimiter, column 21)"),
+        ("empty.jsonl", "empty.jsonl: the file is empty"),
+    ):
+        (tmp_path / "c.yaml").write_text(
+            f"base_model: {tiny_model_dir}\nadapter: lora\ndatasets:\n  - path: {name}\n    type: alpaca\n"
+        )
+        result = run_cli("preprocess", "c.yaml", cwd=tmp_path)
+        assert result.returncode == 2
+        assert [line for line in result.stderr.splitlines() if not line.startswith("HEAVY=")] == [message]
+        assert not (tmp_path / "last_run_prepared").exists() or not any(
+            (tmp_path / "last_run_prepared").iterdir()
+        )  # nothing written half-way
+
+
 def test_unknown_command_is_a_usage_error():
     result = run_cli("trian")
     assert result.returncode == 2

@@ -29,7 +29,14 @@ def progress():
         TimeRemainingColumn,
     )
 
-    return Progress(
+    class Bars(Progress):
+        def stop(self) -> None:
+            if self.tasks:
+                return super().stop()
+            self.live.transient = True  # failed before the first bar: leave no empty line in a log
+            self.live.stop()
+
+    return Bars(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -105,6 +105,8 @@ def load_sources(ds: DatasetConfig, where: str) -> list[Source]:
                 table = datasets.load_dataset(loader, data_files=[str(path)], split="train")
         except Exception as exc:  # malformed file: find the line when we can
             problem = _json_problem(path) if loader == "json" else None
+            if path.stat().st_size == 0:
+                problem = f"{path}: the file is empty"
             raise UserError(problem or f"{path}: cannot read it as {loader} ({_first_line(exc)})") from None
         sources.append(Source(str(path), loader, table, path))
     return sources
