@@ -60,10 +60,11 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune import merge
+    from finetune import merge, quiet
     from finetune import model as model_module
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
+    quiet.false_alarms()
     path = Path(path)
     run = run_dir.read_run(path)
     if run.cfg.reward_model:

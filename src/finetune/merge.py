@@ -213,6 +213,9 @@ def merge_command(
     """
     from transformers import AutoTokenizer
 
+    from finetune import quiet
+
+    quiet.false_alarms()
     output_dir, out = Path(output_dir), Path(out)
     if dtype not in DTYPES:
         raise UserError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype!r})")

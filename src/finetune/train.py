@@ -10,7 +10,6 @@ outputs, and it prepares the data first while the others wait, then they read it
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -236,35 +235,15 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-class _Once(logging.Filter):
-    """Let each distinct message template through once (bitsandbytes repeats some on every forward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        new = record.msg not in self.seen
-        self.seen.add(record.msg)
-        return new
-
-
 def _quiet_libraries() -> None:
     """Our progress replaces the libraries' own bars; their warnings still show, but not the false alarms."""
-    import torch
     import transformers
+
+    from finetune import quiet
 
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
-    accelerator = getattr(torch, "accelerator", None)
-    if "DS_ACCELERATOR" not in os.environ and not (accelerator and accelerator.is_available()):
-        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed warns it "was unable to detect" a GPU
-    # an optional CPU kernel for the bf16 repack that model.disable_cpu_bf16_repack turns off anyway
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # "MatMul8bitLt: inputs will be cast ..." on every 8-bit layer and step: once is enough
-    cast_logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _Once) for f in cast_logger.filters):
-        cast_logger.addFilter(_Once())
+    quiet.false_alarms()
 
 
 def _status(console, text: str):

@@ -1,0 +1,38 @@
+"""Silence the libraries' false alarms, so the warnings a user sees are the ones that matter.
+
+- DeepSpeed warns on every import on a machine without a GPU that it "was unable to detect" one: on such a
+  machine we tell it the accelerator is the CPU (only when no accelerator is there and the user set none).
+- bitsandbytes warns that an optional CPU kernel (for the bf16 repack that `model.disable_cpu_bf16_repack`
+  turns off anyway) is missing, and repeats "MatMul8bitLt: inputs will be cast ..." on every 8-bit layer
+  and step: the first is dropped, the second said once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+class _Once(logging.Filter):
+    """Let each distinct message template through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        new = record.msg not in self.seen
+        self.seen.add(record.msg)
+        return new
+
+
+def false_alarms() -> None:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if "DS_ACCELERATOR" not in os.environ and not (accelerator and accelerator.is_available()):
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    cast_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Once) for f in cast_logger.filters):
+        cast_logger.addFilter(_Once())
