@@ -47,13 +47,13 @@ def test_prompts_equal_the_prepared_training_tokens(trained_run, loaded):
             start = next(i for i, label in enumerate(row["labels"]) if label != IGNORE)
             trained.add(tuple(row["input_ids"][:start]))
     path = Path(cfg.datasets[0].path)
-    rows = evaluate.read_jsonl(path)
+    rows = evaluate.read_rows(path)
     prompts = {tuple(e.prompt) for e in evaluate.examples(loaded, rows, path, None, None)}
     assert prompts == trained and len(prompts) > 10
 
 
 def test_batched_greedy_equals_one_at_a_time(loaded, test_file):
-    items = evaluate.examples(loaded, evaluate.read_jsonl(test_file), test_file, None, None)
+    items = evaluate.examples(loaded, evaluate.read_rows(test_file), test_file, None, None)
     stop = generate.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
     prompts = [e.prompt for e in items] + [items[0].prompt[:9]]  # one much shorter: real left padding
     batched = evaluate.generate_batch(loaded.model, loaded.tokenizer, prompts, 12, 5, stop)
@@ -146,6 +146,28 @@ def test_user_mistakes(run, tmp_path, test_file):
         evaluate.run(run, tmp_path / "nope.jsonl")
     with pytest.raises(UserError, match="--batch-size: must be > 0"):
         evaluate.run(run, test_file, batch_size=0)
+
+
+def test_json_array_and_csv_rows_keep_their_lines(tmp_path):
+    array = tmp_path / "rows.json"
+    array.write_text('[\n  {"context": "a", "target": "b"},\n  {"context": "c",\n   "target": "d"}\n]\n')
+    assert evaluate.read_rows(array) == [
+        (2, {"context": "a", "target": "b"}),
+        (3, {"context": "c", "target": "d"}),
+    ]
+    assert evaluate.read_rows(array, limit=1) == [(2, {"context": "a", "target": "b"})]
+    array.write_text('[{"context": "a"},\n {"context": oops}]')
+    with pytest.raises(UserError, match=r"rows.json:2: not valid JSON"):
+        evaluate.read_rows(array)
+    table = tmp_path / "rows.csv"
+    table.write_text('context,target\n"two\nlines",b\nc,d\n')
+    assert evaluate.read_rows(table) == [
+        (2, {"context": "two\nlines", "target": "b"}),
+        (4, {"context": "c", "target": "d"}),
+    ]
+    with pytest.raises(UserError, match=r"--data .*rows.parquet: expected a .jsonl, .json or .csv file"):
+        (tmp_path / "rows.parquet").write_bytes(b"PAR1")
+        evaluate.read_rows(tmp_path / "rows.parquet")
 
 
 @needs_shared

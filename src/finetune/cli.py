@@ -188,7 +188,7 @@ def eval_(
     output_dir: Annotated[
         Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
     ],
-    data: Annotated[Path, typer.Option(help="JSONL file to score.", show_default=False)],
+    data: Annotated[Path, typer.Option(help="Rows to score: a JSONL, JSON (array) or CSV file.", show_default=False)],
     field_input: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Column with the question (default: the training format's).", show_default=False),

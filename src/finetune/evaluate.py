@@ -39,26 +39,78 @@ class Example:
 # ---------------------------------------------------------------- data -> prompts
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
-    """(line number, row) of the first `limit` rows; bad JSON raises UserError with file:line."""
+def read_rows(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
+    """(line number, row) of the first `limit` rows of a JSONL, JSON (array of objects) or CSV file.
+
+    Rows keep the line they start on, so a bad one is reported as file:line whatever the format.
+    """
     if not path.is_file():
         raise UserError(f"--data {path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append((n, row))
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        rows = _csv_rows(text, limit)
+    elif suffix == ".json" and text.lstrip().startswith("["):
+        rows = _json_array_rows(path, text, limit)
+    elif suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _jsonl_rows(path, text, limit)
+    else:
+        raise UserError(f"--data {path}: expected a .jsonl, .json or .csv file")
     if not rows:
         raise UserError(f"--data {path}: no rows")
+    return rows
+
+
+def _object(path: Path, n: int, row) -> dict:
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _jsonl_rows(path: Path, text: str, limit: int | None) -> list[tuple[int, dict]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if limit is not None and len(rows) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, _object(path, n, json.loads(line))))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def _json_array_rows(path: Path, text: str, limit: int | None) -> list[tuple[int, dict]]:
+    """The objects of a JSON array, each with the line it starts on (decoded one by one to know it)."""
+    decoder, rows = json.JSONDecoder(), []
+    pos = text.index("[") + 1
+    while limit is None or len(rows) < limit:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            break
+        n = text.count("\n", 0, pos) + 1
+        try:
+            row, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        rows.append((n, _object(path, n, row)))
+    return rows
+
+
+def _csv_rows(text: str, limit: int | None) -> list[tuple[int, dict]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    start = 2  # the header is line 1; a quoted field may span lines, so each row starts where the last ended
+    for row in reader:
+        if limit is not None and len(rows) >= limit:
+            break
+        rows.append((start, {k: v for k, v in row.items() if k is not None}))
+        start = reader.line_num + 1
     return rows
 
 
@@ -212,7 +264,7 @@ def run(
             raise UserError(f"{name}: must be > 0 (got {value})")
     if tolerance < 0:
         raise UserError(f"--tolerance: must be >= 0 (got {tolerance})")
-    rows = read_jsonl(data, limit)
+    rows = read_rows(data, limit)
     loaded = generate.load(path, base_only=base_only, say=console.print)
     items = examples(loaded, rows, data, field_input, field_target)
     targets = [e.target for e in items]
