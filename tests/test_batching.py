@@ -113,6 +113,20 @@ def test_strategy_follows_the_device(tmp_path):
     assert batching.choose(cfg_of(tmp_path), "sdpa", False)[0] == "random"
 
 
+def test_pad_to_sequence_len_pads_on_a_gpu_only(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = cfg_of(tmp_path, pad_to_sequence_len=True, sequence_len=64)
+    features = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]}]
+    gpu = batching.plan(cfg, tok, None, None, "sdpa", on_gpu=True, world_size=1)
+    assert gpu.train_collator(features)["input_ids"].shape == (1, 64) and not gpu.notes
+    cpu = batching.plan(cfg, tok, None, None, "sdpa", on_gpu=False, world_size=1)
+    assert cpu.train_collator(features)["input_ids"].shape == (1, 3)
+    assert cpu.eval_collator(features)["input_ids"].shape == (1, 3)
+    assert any("pad_to_sequence_len: ignored on CPU" in note for note in cpu.notes)
+
+
 def test_schedule_counts_token_budget_batches(tmp_path):
     cfg = cfg_of(tmp_path, sample_packing=True, gradient_accumulation_steps=4, num_epochs=2)
     sched = trainer_args.schedule(cfg, train_rows=1000, batches_per_epoch=10)

@@ -292,11 +292,20 @@ def plan(
     strategy, reason = choose(cfg, attn_implementation, on_gpu)
     notes: list[str] = []
     budget = cfg.micro_batch_size * cfg.sequence_len
-    padded = padded_collator(cfg, tokenizer, full_length=bool(cfg.pad_to_sequence_len))
     token_strategy = strategy in ("packed", "length_budget")
-    if token_strategy and cfg.pad_to_sequence_len:
+    # pad_to_sequence_len keeps a GPU's memory use the same every step; it never changes the loss (padding is
+    # masked), so where it only costs time it is left out, and said so
+    full_length = bool(cfg.pad_to_sequence_len)
+    if token_strategy and full_length:
         notes.append("pad_to_sequence_len: ignored with sample_packing (batches are cut to a token budget)")
-        padded = padded_collator(cfg, tokenizer)
+        full_length = False
+    elif full_length and not on_gpu:
+        notes.append(
+            f"pad_to_sequence_len: ignored on CPU (it steadies GPU memory; here padding every row to "
+            f"{cfg.sequence_len:,} tokens would only cost time — the loss is the same)"
+        )
+        full_length = False
+    padded = padded_collator(cfg, tokenizer, full_length=full_length)
     if cfg.sample_packing and cfg.group_by_length:
         notes.append("group_by_length: sample_packing already batches by length; it decides the batches")
     packed = strategy == "packed"
@@ -308,10 +317,7 @@ def plan(
         )
     collator = PackedCollator(flash_kwargs=flash) if packed else padded
 
-    eval_sampler, eval_collator = (
-        None,
-        padded_collator(cfg, tokenizer, full_length=bool(cfg.pad_to_sequence_len)),
-    )
+    eval_sampler, eval_collator = None, padded_collator(cfg, tokenizer, full_length=full_length)
     eval_packing = cfg.eval_sample_packing if cfg.eval_sample_packing is not None else cfg.sample_packing
     if eval_set is not None and eval_packing:
         if world_size > 1:

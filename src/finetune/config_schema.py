@@ -142,7 +142,9 @@ class Config(StrictModel):
         None, description="Batch evaluation rows the same way (default: as sample_packing; one process only)."
     )
     pad_to_sequence_len: bool | None = Field(
-        None, description="Pad every batch to sequence_len (steadier GPU memory)."
+        None,
+        description="Pad every batch to sequence_len (steadier GPU memory). On GPU only: on CPU it would "
+        "only cost time (the loss is the same), so it is left out there, and with sample_packing.",
     )
     group_by_length: bool = Field(
         False,
