@@ -221,6 +221,22 @@ def test_base_only_has_no_adapter(trained_run):
     assert base.what == "base" and not hasattr(base.model, "peft_config")
 
 
+@pytest.mark.slow
+def test_dataset_option_picks_the_format_of_another_entry(trained_run, tmp_path):
+    """A run that mixed formats: --dataset N prompts in entry N's format, an index out of range is refused."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    saved = yaml.safe_load((run / "config.yml").read_text())
+    saved["datasets"].append({**saved["datasets"][0], "type": "alpaca"})
+    (run / "config.yml").write_text(yaml.safe_dump(saved))
+    second = generate.load(run, dataset_index=1)
+    assert second.dataset.type == "alpaca"
+    ids = generate.question_prompt(second.cfg, second.dataset, second.tokenizer, "Is HSBC up?")
+    assert "### Instruction:\nIs HSBC up?" in second.tokenizer.decode(ids)
+    with pytest.raises(UserError, match=r"--dataset: 2 is not an entry of this run's datasets \(0 to 1\)"):
+        generate.load(run, dataset_index=2)
+
+
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(UserError, match="no config.yml"):
         generate.load(tmp_path)

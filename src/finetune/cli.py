@@ -169,6 +169,9 @@ def generate_(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     chat: Annotated[bool, typer.Option("--chat", help="Interactive: ask question after question.")] = False,
+    dataset: Annotated[
+        int, typer.Option("--dataset", help="Prompt in the format of this `datasets:` entry (0 = the first).")
+    ] = 0,
 ) -> None:
     """Answer a question with base + adapter (4-bit if trained so), prompted exactly as in training; streamed."""
     from finetune import generate as generate_module
@@ -180,6 +183,7 @@ def generate_(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         chat_mode=chat,
+        dataset_index=dataset,
     )
 
 
@@ -188,7 +192,9 @@ def eval_(
     output_dir: Annotated[
         Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
     ],
-    data: Annotated[Path, typer.Option(help="Rows to score: a JSONL, JSON (array) or CSV file.", show_default=False)],
+    data: Annotated[
+        Path, typer.Option(help="Rows to score: a JSONL, JSON (array) or CSV file.", show_default=False)
+    ],
     field_input: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Column with the question (default: the training format's).", show_default=False),
@@ -221,6 +227,9 @@ def eval_(
             help="Folder for eval_results.json and predictions (default: OUTPUT_DIR).", show_default=False
         ),
     ] = None,
+    dataset: Annotated[
+        int, typer.Option("--dataset", help="Prompt in the format of this `datasets:` entry (0 = the first).")
+    ] = 0,
 ) -> None:
     """Score greedy answers on a JSONL file in the training format; results into eval_results.json and the card."""
     from finetune import evaluate
@@ -228,6 +237,7 @@ def eval_(
     evaluate.run(
         output_dir, data, field_input=field_input, field_target=field_target, metric=metric, limit=limit,
         batch_size=batch_size, max_new_tokens=max_new_tokens, base_only=base_only, out=out, tolerance=tolerance,
+        dataset_index=dataset,
     )  # fmt: skip
 
 

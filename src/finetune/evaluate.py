@@ -247,6 +247,7 @@ def run(
     out: str | Path | None = None,
     tolerance: float = 0.01,
     console=None,
+    dataset_index: int = 0,
 ) -> dict:
     """`finetune eval`: generate, score, write results + predictions, refresh the card. Returns the entry."""
     from rich.console import Console
@@ -265,7 +266,7 @@ def run(
     if tolerance < 0:
         raise UserError(f"--tolerance: must be >= 0 (got {tolerance})")
     rows = read_rows(data, limit)
-    loaded = generate.load(path, base_only=base_only, say=console.print)
+    loaded = generate.load(path, base_only=base_only, say=console.print, dataset_index=dataset_index)
     items = examples(loaded, rows, data, field_input, field_target)
     targets = [e.target for e in items]
     new_tokens = max_new_tokens or auto_max_new_tokens(loaded.tokenizer, targets)

@@ -5,7 +5,7 @@
 
 `load(path)` reads a run folder (base + adapter, in 4-bit when it trained in 4-bit, with the tokenizer the
 run saved) or a `finetune merge` folder (the merged weights; merge copies config.yml there, so the prompt
-format is known). The prompt comes from the first `datasets:` entry's format through the same code that
+format is known). The prompt comes from the first `datasets:` entry's format (or the one `--dataset N` names) through the same code that
 tokenized the training data (`data.encode_prompt`), so the model sees the same tokens it learned from: the
 custom format's template, alpaca's, raw text for `completion`, or the chat template. The answer is streamed
 and stops at the tokenizer's EOS, the template's end-of-turn token or the model's own stop tokens.
@@ -32,6 +32,7 @@ class Loaded:
     tokenizer: Any
     run: run_dir.Run
     what: str  # "adapter", "merged" or "base"
+    dataset_index: int = 0  # which `datasets:` entry's format prompts are built in (--dataset)
 
     @property
     def cfg(self) -> Config:
@@ -39,8 +40,8 @@ class Loaded:
 
     @property
     def dataset(self) -> DatasetConfig:
-        """The dataset entry whose format prompts are built in (the first one)."""
-        return self.cfg.datasets[0]
+        """The dataset entry whose format prompts are built in."""
+        return self.cfg.datasets[self.dataset_index]
 
 
 # ---------------------------------------------------------------- loading
@@ -55,8 +56,13 @@ def _precision(cfg: Config):
         return model_module.Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
 
 
-def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] = print) -> Loaded:
-    """Base + adapter (or a merged model, or with base_only the base alone) and the run's tokenizer."""
+def load(
+    path: str | Path, base_only: bool = False, say: Callable[[str], None] = print, dataset_index: int = 0
+) -> Loaded:
+    """Base + adapter (or a merged model, or with base_only the base alone) and the run's tokenizer.
+
+    `dataset_index` picks the `datasets:` entry whose format the prompts take (a run may mix formats).
+    """
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,6 +73,11 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
     quiet.false_alarms()
     path = Path(path)
     run = run_dir.read_run(path)
+    count = len(run.cfg.datasets)
+    if not 0 <= dataset_index < count:
+        raise UserError(
+            f"--dataset: {dataset_index} is not an entry of this run's datasets (0 to {count - 1})"
+        )
     if run.cfg.reward_model:
         raise UserError(
             f"{path}: a reward model scores text and does not generate (its card shows how to score)"
@@ -110,7 +121,7 @@ def load(path: str | Path, base_only: bool = False, say: Callable[[str], None] =
     for note in notes:
         say(f"note: {note}")
     model.eval()
-    return Loaded(model, tokenizer, run, what)
+    return Loaded(model, tokenizer, run, what, dataset_index)
 
 
 # ---------------------------------------------------------------- prompts
@@ -283,6 +294,7 @@ def generate_command(
     temperature: float = 0.0,
     chat_mode: bool = False,
     write: Callable[[str], None] | None = None,
+    dataset_index: int = 0,
 ) -> str | None:
     """`finetune generate`: one streamed answer, or a chat session with --chat."""
     import sys
@@ -296,7 +308,7 @@ def generate_command(
         raise UserError("generate: give a question, or --chat for a conversation")
     if chat_mode and question:
         raise UserError("generate: --chat reads questions interactively; leave the question out")
-    loaded = load(path, say=lambda m: print(m, file=sys.stderr))
+    loaded = load(path, say=lambda m: print(m, file=sys.stderr), dataset_index=dataset_index)
     if chat_mode:
         chat(loaded, system, max_new_tokens, temperature, write=write)
         return None
