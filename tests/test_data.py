@@ -120,6 +120,44 @@ def test_drop_and_truncate_counts(tiny_model_dir, tmp_path, tok, capsys):
     assert "truncated 1 rows to sequence_len 40 (excess_length_strategy: truncate)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("overlap", [0, 8])
+def test_long_completion_texts_are_split_into_chunks(tiny_model_dir, tmp_path, tok, capsys, overlap):
+    """As axolotl's completion strategy: a text longer than sequence_len becomes chunks, never dropped."""
+    text = " ".join(f"w{i}" for i in range(150))
+    path = write_jsonl(tmp_path / "text.jsonl", [{"text": text}, {"text": "short one"}])
+    ds = {"path": str(path), "type": "completion", **({"overlap_len": overlap} if overlap else {})}
+    prepared = data.prepare(
+        make_cfg(tiny_model_dir, tmp_path, [ds], sequence_len=40, shuffle_merged_datasets=False), tok
+    )
+    whole = tok(text)["input_ids"] + [tok.eos_token_id]
+    step = 40 - overlap
+    starts = [s for s in range(0, len(whole), step) if len(whole[s : s + 40]) >= 2]
+    rows = prepared.train["input_ids"]
+    assert rows[0] == tok("short one")["input_ids"] + [tok.eos_token_id]  # kept rows first, then chunks
+    assert rows[1:] == [whole[s : s + 40] for s in starts]
+    assert all(len(r) <= 40 for r in rows)
+    assert prepared.train["labels"][1][0] == IGNORE and prepared.train["labels"][2] == rows[2]  # BOS masked
+    stats = prepared.stats
+    assert (stats["split_texts"], stats["chunks"], stats["dropped_too_long"]) == (1, len(starts), 0)
+    assert (
+        f"split 1 completion texts longer than sequence_len 40 into {len(starts)} chunks"
+        in capsys.readouterr().out
+    )
+
+
+def test_overlap_len_is_checked_with_the_config(tiny_model_dir, tmp_path):
+    with pytest.raises(config.ConfigError) as info:
+        make_cfg(
+            tiny_model_dir, tmp_path,
+            [{"path": "org/a", "type": "completion", "overlap_len": 40}, {"path": "org/b", "overlap_len": 2}],
+            sequence_len=40,
+        )  # fmt: skip
+    assert info.value.problems == [
+        "<config>: datasets[0].overlap_len: must be less than sequence_len (40)",
+        "<config>: datasets[1].overlap_len: only type: completion splits texts into chunks",
+    ]
+
+
 def test_several_datasets_concatenated_and_val_split_seeded(tiny_model_dir, tmp_path, tok):
     alpaca = write_jsonl(
         tmp_path / "alpaca.jsonl", [{"instruction": f"Say {i}.", "output": str(i)} for i in range(10)]

@@ -127,6 +127,14 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
             )
         )
+    for key in ("datasets", "test_datasets"):
+        for i, ds in enumerate(getattr(cfg, key) or []):
+            if ds.overlap_len and ds.type != "completion":
+                problems.append(((key, i, "overlap_len"), "only type: completion splits texts into chunks"))
+            elif ds.overlap_len and ds.overlap_len >= cfg.sequence_len:
+                problems.append(
+                    ((key, i, "overlap_len"), f"must be less than sequence_len ({cfg.sequence_len})")
+                )
     return problems + preference_checks(cfg)
 
 

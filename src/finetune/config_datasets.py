@@ -103,6 +103,12 @@ class DatasetConfig(StrictModel):
     name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
     revision: str | None = Field(None, description="Hub dataset revision.")
     field: str | None = Field(None, description="`completion`: the column holding the raw text.")
+    overlap_len: int | None = Field(
+        None,
+        ge=0,
+        description="`completion`: tokens each chunk of a text longer than sequence_len repeats from the one "
+        "before (texts are split into chunks of sequence_len, as axolotl does; default 0).",
+    )
     field_messages: str = Field("messages", description="`chat_template`: the column holding the turns.")
     message_property_mappings: dict[str, str] | None = Field(
         None, description="`chat_template`: map `role`/`content` to the row's key names."
@@ -142,7 +148,9 @@ class DatasetConfig(StrictModel):
     def _known_type(cls, v):
         if v == "chat_template.default":  # axolotl's long name for the same strategy
             return "chat_template"
-        if isinstance(v, str) and v.split(":")[0] == "sharegpt":  # removed from axolotl too; say how to port it
+        if (
+            isinstance(v, str) and v.split(":")[0] == "sharegpt"
+        ):  # removed from axolotl too; say how to port it
             raise ValueError(
                 "'sharegpt' is not supported (axolotl removed it as well): use type: chat_template with "
                 "field_messages: conversations, message_property_mappings: {role: from, content: value} and "

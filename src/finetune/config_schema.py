@@ -131,7 +131,8 @@ class Config(StrictModel):
     shuffle_merged_datasets: bool = Field(True, description="Shuffle after concatenating datasets.")
     sequence_len: Positive = Field(2048, description="Maximum tokens per row.")
     excess_length_strategy: Literal["drop", "truncate"] = Field(
-        "drop", description="What happens to rows longer than sequence_len."
+        "drop",
+        description="What happens to rows longer than sequence_len (completion texts are split into chunks instead, see overlap_len).",
     )
     train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens.")
     sample_packing: bool = Field(

@@ -24,7 +24,7 @@ from finetune.config import Config, DatasetConfig
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_json
 
-FORMAT_VERSION = 1  # bump when the token layout changes, so caches written by older code are not reused
+FORMAT_VERSION = 2  # bump when the token layout changes, so caches written by older code are not reused
 STATS_FILE = "finetune_stats.json"
 # Config keys that change the prepared tokens (dataset entries and the tokenizer are hashed separately).
 TOKEN_KEYS = (

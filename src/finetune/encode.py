@@ -21,7 +21,10 @@ from finetune import formats
 from finetune.errors import UserError
 
 BATCH = 1000
-COUNTERS = ("rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answer", "duplicates")
+COUNTERS = (
+    "rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answer", "duplicates", "split_texts",
+    "chunks",
+)  # fmt: skip
 _WORKER: tuple | None = None  # (Format, tokenizer), inherited by forked workers
 
 
@@ -132,19 +135,49 @@ def _filter(table, src, fmt: formats.Format):
     truncated = table["truncated"].to_numpy(zero_copy_only=False)
     ok = status == formats.OK
     too_long = ok & (lengths > fmt.sequence_len)
+    to_split = too_long & bool(fmt.chunk_step)  # completion: split into chunks, not dropped
+    too_long = too_long & ~to_split
     cut_to_nothing = ok & truncated & (trained == 0)  # truncation left none of the answer
     nothing = ok & ~truncated & (trained == 0)
-    keep = ok & ~too_long & ~cut_to_nothing & ~nothing
+    keep = ok & ~too_long & ~to_split & ~cut_to_nothing & ~nothing
+    kept = table.filter(keep).select(["input_ids", "labels"])
+    chunks = _chunks(table.filter(to_split), fmt) if to_split.any() else None
+    if chunks is not None:
+        import pyarrow as pa
+
+        kept = pa.concat_tables([kept, chunks])
     counts = {
         "rows_in": len(status),
-        "rows_kept": int(keep.sum()),
+        "rows_kept": kept.num_rows,
         "dropped_too_long": int(too_long.sum() + cut_to_nothing.sum()),
         "truncated": int((keep & truncated).sum()),
         "empty_answer": int((status == formats.EMPTY).sum() + nothing.sum()),
         "duplicates": 0,
+        "split_texts": int(to_split.sum()),
+        "chunks": chunks.num_rows if chunks is not None else 0,
     }
-    kept = table.filter(keep).select(["input_ids", "labels"])
     return kept.add_column(1, "attention_mask", _ones_like(kept["input_ids"])), counts
+
+
+def _chunks(table, fmt: formats.Format):
+    """Texts longer than sequence_len cut into chunks of sequence_len starting chunk_step apart (axolotl's
+    completion strategy); a chunk under 2 tokens, or with nothing to train, is left out."""
+    import pyarrow as pa
+
+    ids_out, labels_out = [], []
+    size, step = fmt.sequence_len, fmt.chunk_step
+    for ids, labels in zip(table["input_ids"].to_pylist(), table["labels"].to_pylist(), strict=True):
+        for start in range(0, len(ids), step):
+            piece = labels[start : start + size]
+            if len(piece) >= 2 and any(t != formats.IGNORE for t in piece):
+                ids_out.append(ids[start : start + size])
+                labels_out.append(piece)
+    return pa.table(
+        {
+            "input_ids": pa.array(ids_out, pa.list_(pa.int32())),
+            "labels": pa.array(labels_out, pa.list_(pa.int32())),
+        }
+    )
 
 
 def _ones_like(column):

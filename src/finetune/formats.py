@@ -53,6 +53,7 @@ class Format:
     train_on_inputs: bool
     sequence_len: int
     truncate: bool
+    chunk_step: int = 0  # completion: a text longer than sequence_len becomes chunks starting this far apart
 
 
 def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Format:
@@ -90,7 +91,11 @@ def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Forma
         from finetune.chat_format import chat_spec
 
         spec = chat_spec(cfg, ds, where, tokenizer)
-    return Format(spec, cfg.train_on_inputs, cfg.sequence_len, cfg.excess_length_strategy == "truncate")
+    # completion: raw text longer than sequence_len is split into chunks, never dropped or truncated (as
+    # axolotl's completion strategy does); overlap_len < sequence_len is checked with the config
+    chunk_step = cfg.sequence_len - (ds.overlap_len or 0) if t == "completion" else 0
+    truncate = cfg.excess_length_strategy == "truncate" and not chunk_step
+    return Format(spec, cfg.train_on_inputs, cfg.sequence_len, truncate, chunk_step)
 
 
 def _check_placeholders(template: str | None, key: str, where: str) -> None:

@@ -58,6 +58,11 @@ def removals(stats: dict) -> str:
                 "  ", " "
             )
         )
+    if stats.get("split_texts"):
+        parts.append(
+            f"split {stats['split_texts']} completion texts longer than sequence_len {seq} into "
+            f"{stats['chunks']} chunks"
+        )
     if stats.get("truncated"):
         parts.append(
             f"truncated {stats['truncated']} rows to sequence_len {seq} (excess_length_strategy: truncate)"
