@@ -7,7 +7,8 @@ existing configs train on the same tokens:
 - custom dict / `alpaca`: prompt = system_format.format(system) + format.format(instruction, input), tokenized
   with the tokenizer's special tokens (BOS); the answer is tokenized on its own, without special tokens, and
   EOS is appended. Prompt labels are -100 unless train_on_inputs.
-- `completion`: the text is the answer (BOS masked, EOS appended and trained).
+- `completion`: the text is the answer (BOS masked, EOS appended and trained); a text longer than
+  sequence_len is split into chunks afterwards (encode._chunks), as axolotl does.
 - `chat_template`: see chat_format.py (the template's own BOS; trained turns + their end-of-turn token).
 
 A row never raises: it gets a status (ok, empty answer, error) and an error text, so the caller can report
