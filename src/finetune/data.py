@@ -293,8 +293,12 @@ def encode_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> l
 
 def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     """`finetune preprocess CONFIG [--inspect N]`: build (or reuse) the cache; optionally show N examples."""
+    from finetune import hub
     from finetune.tokenizer import load_tokenizer
 
+    offline = hub.offline_if_unreachable(cfg)
+    if offline:
+        report.note(offline)
     tokenizer = load_tokenizer(cfg)
     data = prepare(cfg, tokenizer)
     if inspect:

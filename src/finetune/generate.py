@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune import data, formats, run_dir
+from finetune import data, formats, hub, run_dir
 from finetune.config import Config, DatasetConfig, DatasetType, PreferenceType
 from finetune.errors import UserError
 
@@ -78,6 +78,9 @@ def load(
         raise UserError(
             f"--dataset: {dataset_index} is not an entry of this run's datasets (0 to {count - 1})"
         )
+    offline = hub.offline_if_unreachable(run.cfg)
+    if offline:
+        say(f"note: {offline}")
     if run.cfg.reward_model:
         raise UserError(
             f"{path}: a reward model scores text and does not generate (its card shows how to score)"

@@ -12,7 +12,7 @@ import gc
 import shutil
 from pathlib import Path
 
-from finetune import card, run_dir
+from finetune import card, hub, run_dir
 from finetune.errors import UserError
 from finetune.files import atomic_dir
 
@@ -222,6 +222,9 @@ def merge_command(
     run = run_dir.read_run(output_dir)
     if run.adapter_dir is None:
         raise UserError(f"{output_dir}: no adapter_config.json here or in a checkpoint-* folder")
+    offline = hub.offline_if_unreachable(run.cfg)
+    if offline:
+        print(f"note: {offline}")
     if run.adapter_dir != output_dir:
         print(
             f"{output_dir}: no final adapter (interrupted run?); merging the newest checkpoint {run.adapter_dir}"

@@ -18,6 +18,10 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+def note(text: str) -> None:
+    _console().print(f"[yellow]note:[/] {escape(text)}")
+
+
 def progress():
     """Rich progress bars (on stderr) for tokenization: rows done, time spent and left."""
     from rich.progress import (

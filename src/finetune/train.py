@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from finetune import checkpoints, distributed, outputs, trainer_args
+from finetune import checkpoints, distributed, hub, outputs, trainer_args
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.smoke import smoke_config, smoke_rows
@@ -40,6 +40,9 @@ def run(
     if smoke:
         cfg = smoke_config(cfg, notes)
         overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
+    offline = hub.offline_if_unreachable(cfg)  # no network: one line now, not a minute of retries later
+    if offline:
+        notes.append(offline)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     console.quiet = not is_main  # the other ranks would print the same lines again
