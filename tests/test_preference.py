@@ -180,6 +180,19 @@ def test_a_bad_row_is_named_by_file_and_line(tiny_model_dir, tmp_path, tok):
         data.prepare(make_cfg(tiny_model_dir, tmp_path, [chat]), tok)
 
 
+def test_processes_give_the_same_pairs_and_name_the_same_bad_line(tiny_model_dir, tmp_path, tok):
+    rows = pair_rows(2300)  # three batches of rows: two worker processes get work
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    entry = [{"path": str(path), "type": USER_DEFINED}]
+    one = data.build(make_cfg(tiny_model_dir, tmp_path, entry, dataset_processes=1), tok, show_progress=False)
+    two = data.build(make_cfg(tiny_model_dir, tmp_path, entry, dataset_processes=2), tok, show_progress=False)
+    assert one[0].equals(two[0]) and one[2] == two[2] and one[2]["rows_in"] == 2300
+    rows[2100] = {"context": "Q", "good": "a"}
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(UserError, match=rf"^{path}:2101: missing field 'bad'$"):
+        data.build(make_cfg(tiny_model_dir, tmp_path, entry, dataset_processes=2), tok, show_progress=False)
+
+
 # ---------------------------------------------------------------- lengths, skips, the cache
 
 

@@ -25,7 +25,7 @@ COUNTERS = (
     "rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answer", "duplicates", "split_texts",
     "chunks",
 )  # fmt: skip
-_WORKER: tuple | None = None  # (Format, tokenizer), inherited by forked workers
+_WORKER: tuple | None = None  # (work, state) of map_batches, inherited by forked workers
 
 
 def encode_sources(sources, fmt: formats.Format, tokenizer, processes: int, progress=None):
@@ -69,19 +69,23 @@ def _empty():
     )
 
 
-def _encode_to_arrow(rows: dict):
+def _encode_to_arrow(fmt, tokenizer, rows: dict):
     import pyarrow as pa
 
-    fmt, tokenizer = _WORKER
     out = formats.encode_batch(fmt, tokenizer, rows)
     return pa.RecordBatch.from_pydict(out, schema=_schema())
 
 
+def _call_worker(batch):
+    work, state = _WORKER
+    return work(*state, batch)
+
+
 @contextmanager
-def _worker_state(fmt, tokenizer, processes: int):
+def _worker_state(work, state: tuple, processes: int):
     """Set the globals forked workers read; quiet the tokenizers fork warning while the pool lives."""
     global _WORKER
-    _WORKER, saved = (fmt, tokenizer), os.environ.get("TOKENIZERS_PARALLELISM")
+    _WORKER, saved = (work, state), os.environ.get("TOKENIZERS_PARALLELISM")
     if processes > 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
@@ -95,29 +99,43 @@ def _worker_state(fmt, tokenizer, processes: int):
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
-def _run(src, fmt, tokenizer, processes: int, progress) -> list:
-    n = len(src.dataset)
-    processes = max(1, min(processes, -(-n // BATCH)))
-    task = progress.add_task(f"tokenizing {os.path.basename(src.label)}", total=n) if progress else None
-    batches = []
-    with _worker_state(fmt, tokenizer, processes):
-        if processes == 1:
-            results = map(_encode_to_arrow, src.dataset.iter(batch_size=BATCH))
-            for batch in results:
-                batches.append(batch)
-                if progress:
-                    progress.advance(task, batch.num_rows)
-        else:
-            import multiprocessing
+def map_batches(work, state: tuple, dataset, processes: int):
+    """`work(*state, batch)` for every BATCH rows of `dataset`, in order: (rows in the batch, result) pairs.
 
-            rows = src.dataset.iter(batch_size=BATCH)
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
-                # a few batches per worker at a time: Pool.imap would read the whole dataset into Python first
-                while window := list(itertools.islice(rows, 4 * processes)):
-                    for batch in pool.imap(_encode_to_arrow, window):
-                        batches.append(batch)
-                        if progress:
-                            progress.advance(task, batch.num_rows)
+    With processes > 1 the batches go to forked workers that inherit `state` (a tokenizer, a format) instead
+    of pickling it per batch; a few batches per worker are in flight, so a large dataset is never read into
+    Python all at once (Pool.imap alone would).
+    """
+    processes = max(1, min(processes, -(-len(dataset) // BATCH)))
+    rows = dataset.iter(batch_size=BATCH)
+    with _worker_state(work, state, processes):
+        if processes == 1:
+            for batch in rows:
+                yield _rows_in(batch), work(*state, batch)
+            return
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            while window := list(itertools.islice(rows, 4 * processes)):
+                for batch, result in zip(window, pool.imap(_call_worker, window), strict=True):
+                    yield _rows_in(batch), result
+
+
+def _rows_in(batch: dict) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def _run(src, fmt, tokenizer, processes: int, progress) -> list:
+    task = (
+        progress.add_task(f"tokenizing {os.path.basename(src.label)}", total=len(src.dataset))
+        if progress
+        else None
+    )
+    batches = []
+    for n, batch in map_batches(_encode_to_arrow, (fmt, tokenizer), src.dataset, processes):
+        batches.append(batch)
+        if progress:
+            progress.advance(task, n)
     return batches
 
 

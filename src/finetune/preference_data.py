@@ -26,7 +26,6 @@ from finetune.config import Config
 from finetune.errors import UserError
 
 PREFERENCE_FORMAT_VERSION = 1  # bump when the token layout of preference tables changes
-BATCH = 1000
 COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
@@ -84,11 +83,16 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
             for src in sources.load_sources(ds, where):
                 name = f"tokenizing {os.path.basename(src.label)}"
                 task = progress.add_task(name, total=len(src.dataset)) if progress else None
-                for start, batch in enumerate_batches(src.dataset):
-                    n = len(next(iter(batch.values()))) if batch else 0
-                    rows = [{k: v[j] for k, v in batch.items()} for j in range(n)]
-                    out = preference.encode_pairs(spec, tokenizer, rows)
+                start = 0  # index of the batch's first row, for naming a bad row's line
+                batches = encode.map_batches(
+                    _encode_batch,
+                    (spec, tokenizer),
+                    src.dataset,
+                    cfg.dataset_processes or os.cpu_count() or 1,
+                )
+                for n, out in batches:
                     tables.append(_fit(out, src, start, cfg, tokenizer.bos_token_id, totals))
+                    start += n
                     if progress:
                         progress.advance(task, n)
     if not tables:
@@ -96,12 +100,9 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
     return pa.concat_tables(tables), totals
 
 
-def enumerate_batches(dataset):
-    """(index of the batch's first row, batch) pairs, BATCH rows at a time."""
-    start = 0
-    for batch in dataset.iter(batch_size=BATCH):
-        yield start, batch
-        start += len(next(iter(batch.values()))) if batch else 0
+def _encode_batch(spec, tokenizer, batch: dict) -> dict:
+    n = len(next(iter(batch.values()))) if batch else 0
+    return preference.encode_pairs(spec, tokenizer, [{k: v[j] for k, v in batch.items()} for j in range(n)])
 
 
 def _fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict):
