@@ -188,6 +188,26 @@ def test_qlora_zero3_in_one_process(tiny_model_dir, tmp_path, write_config):
     assert (results["world_size"], results["distributed_type"], results["zero_stage"]) == (1, "deepspeed", 3)
 
 
+def test_zero3_with_new_tokens_saves_whole_embeddings(tiny_model_dir, tmp_path, write_config, one_thread):
+    """New tokens under ZeRO-3: the resized embed_tokens/lm_head (modules_to_save) are gathered whole when
+    saved, and the 2-process run matches one process with the same global batch."""
+    from finetune import train
+
+    tokens = {"tokens": ["<|ticker|>", "<|filing|>"]}
+    plain = train.run(
+        config.validate(run_cfg(tiny_model_dir, tmp_path / "plain", micro_batch_size=4, **tokens))
+    )
+    cfg = write_config(run_cfg(tiny_model_dir, tmp_path, deepspeed=ZERO[3], **tokens))
+    launch([["train", str(cfg), "--num-processes", "2"]], tmp_path)
+    out = tmp_path / "out"
+    assert losses(out) == pytest.approx(losses(plain), abs=LOSS_TOL, rel=0)
+    mine, ref = adapter(out), adapter(plain)
+    whole = [k for k in ref if "modules_to_save" in k]
+    assert len(whole) == 2 and all(mine[k].shape == ref[k].shape == (1026, 64) for k in whole)
+    for key in whole:
+        assert (mine[key] - ref[key]).abs().max() <= WEIGHT_TOL, key
+
+
 # ---------------------------------------------------------------- the DeepSpeed config, without training
 
 
