@@ -161,6 +161,26 @@ def test_8bit_and_16bit_bases_train(tiny_model_dir, tmp_path, prepared_dir, sett
     assert json.loads((out / "all_results.json").read_text())["global_step"] == 2
 
 
+def test_online_wandb_without_an_api_key_is_refused_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings with a key
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "out"
+    cfg = make_cfg(tiny_model_dir, out, tmp_path / "prepared", wandb_project="finlora")
+    try:
+        with pytest.raises(
+            UserError, match=r"^wandb_project: W&B has no API key on this machine: run `wandb"
+        ):
+            train.run(cfg)
+    finally:
+        import wandb
+
+        wandb.teardown()  # wandb keeps process-wide settings read from this test's environment
+    assert not out.exists() and not (tmp_path / "prepared").exists()  # refused before anything was written
+
+
 def test_wandb_offline_records_the_run_and_no_secret_leaks(
     tiny_model_dir, tmp_path, prepared_dir, monkeypatch, capfd
 ):
@@ -323,9 +343,7 @@ def test_finlora_example_config_smoke_is_quick_and_quiet(monkeypatch, tmp_path, 
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    cfg = config.load(
-        FINLORA / "example_config.yml", [f"datasets.0.path={FINLORA / 'formula_train.jsonl'}"]
-    )
+    cfg = config.load(FINLORA / "example_config.yml", [f"datasets.0.path={FINLORA / 'formula_train.jsonl'}"])
     out = train.run(cfg, smoke=True)
     assert json.loads((out / "all_results.json").read_text())["global_step"] == smoke.SMOKE_STEPS
     err = capfd.readouterr().err

@@ -45,6 +45,8 @@ def run(
         notes.append(offline)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
+    if is_main:
+        trainer_args.check_wandb_credentials(cfg)
     console.quiet = not is_main  # the other ranks would print the same lines again
 
     # --- where we start: a fresh folder, or the last complete checkpoint of this one

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from finetune import distributed
 from finetune.config import Config
+from finetune.errors import UserError
 from finetune.model import Precision
 
 BNB_OPTIMIZERS = {
@@ -138,6 +139,26 @@ def wandb_environment(cfg: Config, output_dir: str) -> dict[str, str]:
         "WANDB_DIR": None if os.environ.get("WANDB_DIR") else output_dir,
     }
     return {k: str(v) for k, v in env.items() if v is not None}
+
+
+def check_wandb_credentials(cfg: Config) -> None:
+    """An online W&B run without an API key fails now, in one line, not with a traceback after the model loads.
+
+    Uses wandb's own lookup (WANDB_API_KEY, settings files, .netrc); on a terminal wandb may ask for the key.
+    Offline and disabled runs need none; nothing is sent to the server here (verify=False).
+    """
+    mode = (cfg.wandb_mode or os.environ.get("WANDB_MODE") or "online").lower()
+    if not cfg.use_wandb or mode in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_DISABLED"):
+        return
+    import sys
+
+    import wandb
+
+    if not wandb.login(prompt=sys.stdin.isatty(), verify=False):
+        raise UserError(
+            "wandb_project: W&B has no API key on this machine: run `wandb login` or set WANDB_API_KEY, or set "
+            "wandb_mode: offline (and `wandb sync` the run later)"
+        )
 
 
 def training_arguments(
