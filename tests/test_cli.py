@@ -61,7 +61,9 @@ def test_bad_config_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path)
 
 
 def test_bad_data_file_is_exactly_one_line_on_stderr(tmp_path, tiny_model_dir):
-    (tmp_path / "rows.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a" "output": 1}\n')
+    (tmp_path / "rows.jsonl").write_text(
+        '{"instruction": "a", "output": "b"}\n{"instruction": "a" "output": 1}\n'
+    )
     (tmp_path / "empty.jsonl").write_text("")
     for name, message in (
         ("rows.jsonl", "rows.jsonl:2: invalid JSON (Expecting ',' delimiter, column 21)"),
@@ -92,3 +94,19 @@ def test_tiny_model_command_is_byte_identical_across_runs(tmp_path):
     assert "model.safetensors" in files_a and "tokenizer.json" in files_a
     for name in files_a:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(monkeypatch, capsys):
+    import pytest
+
+    from finetune import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    monkeypatch.setattr(sys, "argv", ["finetune", "preprocess", "c.yaml"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

@@ -251,6 +251,9 @@ def main() -> None:
         for line in exc.problems:
             print(line, file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, tokenizing): nothing half-written to report
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
