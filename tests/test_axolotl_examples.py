@@ -41,6 +41,13 @@ ACCEPTED = {
     "llama-3__lora-1b-deduplicate-dpo.yml",  # rl: dpo, chat_template preference rows (issue 8)
     "mimo__mimo-7b-qlora.yaml",
     "mistral__dpo__mistral-dpo-qlora.yml",  # rl: dpo on a 4-bit base (issue 8)
+    # CutCrossEntropyPlugin (+ cut_cross_entropy: true), computed as Liger's fused linear cross-entropy
+    "arcee__afm-4.5b-qlora.yaml",
+    "gemma3n__gemma-3n-e2b-qlora.yml",
+    "hunyuan__hunyuan-v1-dense-qlora.yaml",
+    "olmo3__olmo3-7b-qlora.yaml",
+    "plano__plano-4b-qlora.yaml",
+    "jamba__qlora_deepspeed.yaml",  # low_cpu_mem_usage: true (what transformers 5 always does)
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 

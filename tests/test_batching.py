@@ -364,10 +364,47 @@ def test_liger_keys_map_to_kernel_config(tmp_path, monkeypatch):
 
 def test_plugins_and_liger_conflicts_are_checked(tmp_path):
     cfg_of(tmp_path, plugins=["axolotl.integrations.liger.LigerPlugin"], liger_rope=True)
-    with pytest.raises(UserError, match=r"plugins\[0\].*CutCrossEntropyPlugin is not supported"):
-        cfg_of(tmp_path, plugins=["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"])
+    with pytest.raises(UserError, match=r"plugins\[0\].*KernelsPlugin is not supported"):
+        cfg_of(tmp_path, plugins=["axolotl.integrations.kernels.KernelsPlugin"])
     with pytest.raises(UserError, match="liger_cross_entropy"):
         cfg_of(tmp_path, liger_cross_entropy=True, liger_fused_linear_cross_entropy=True)
+
+
+CCE = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+
+
+def test_cut_cross_entropy_runs_as_liger_fused_linear_cross_entropy(tmp_path, monkeypatch):
+    """axolotl's CutCrossEntropyPlugin: the same loss without the full logits, through the Liger kernel."""
+    cfg = cfg_of(tmp_path, plugins=[CCE, "axolotl.integrations.liger.LigerPlugin"], liger_rms_norm=True)
+    notes: list[str] = []
+    assert speedups.liger_arguments(cfg, on_gpu=False, notes=notes) == {}  # CPU: off, with a note saying so
+    assert notes == [
+        "liger_rms_norm, cut_cross_entropy: skipped on CPU (Liger's Triton kernels need a CUDA GPU; "
+        "cut_cross_entropy would run as Liger's fused linear cross-entropy)"
+    ]
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a)
+    )
+    with pytest.raises(UserError, match=r"^liger_rms_norm: needs the liger-kernel package"):
+        speedups.liger_arguments(cfg, on_gpu=True, notes=[])
+    with pytest.raises(UserError, match=r"^cut_cross_entropy: needs the liger-kernel package"):
+        speedups.liger_arguments(cfg_of(tmp_path, plugins=[CCE]), on_gpu=True, notes=[])
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a)
+    )
+    notes = []
+    out = speedups.liger_arguments(cfg, on_gpu=True, notes=notes)
+    assert out["use_liger_kernel"] is True
+    assert {k for k, on in out["liger_kernel_config"].items() if on} == {
+        "rms_norm",
+        "fused_linear_cross_entropy",
+    }
+    assert notes and "cut_cross_entropy: computed by Liger's fused linear cross-entropy kernel" in notes[0]
+    off = cfg_of(tmp_path, plugins=[CCE], cut_cross_entropy=False)
+    assert speedups.liger_arguments(off, on_gpu=True, notes=[]) == {}
 
 
 def test_offloaded_activations_keep_gradients_exact(tiny_model_dir):

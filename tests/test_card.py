@@ -147,6 +147,13 @@ def test_card_body_facts(run_dir):
     compile(usage, "usage", "exec")
 
 
+def test_eta_min_is_reported_with_the_scheduler(tmp_path, adapter_dir):
+    run = make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", adapter_dir, eta_min=1e-5)
+    text = Path(card.write_card(run)).read_text()
+    hp = dict(re.findall(r"^- (\w+): (.*)$", text.split("### Training hyperparameters")[1], re.M))
+    assert hp["lr_scheduler_type"] == "cosine" and hp["lr_scheduler_min_lr"] == "1e-05"
+
+
 def test_training_table_rows_equal_the_logs(run_dir):
     text = Path(card.write_card(run_dir)).read_text()
     rows = _table(text, "### Training results")

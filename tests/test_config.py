@@ -258,3 +258,46 @@ def test_known_axolotl_dataset_keys_are_unsupported_not_unknown(write_config, da
     assert problems(path) == [
         f"{path}:6: datasets[0].field_thinking: not supported by finetune yet (remove it or set it to null)"
     ]
+
+
+def test_axolotl_training_keys_finetune_implements_are_accepted(write_config, good_text):
+    text = good_text + (
+        "low_cpu_mem_usage: true\nlr_scheduler: cosine\neta_min: 1.0e-6\nddp_find_unused_parameters: true\n"
+        "loss_watchdog_threshold: 5.0\nplugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"
+    )
+    cfg = config.load(write_config(text))
+    assert cfg.low_cpu_mem_usage is True and cfg.eta_min == 1e-6 and cfg.ddp_find_unused_parameters is True
+    assert cfg.loss_watchdog_threshold == 5.0 and cfg.loss_watchdog_patience is None
+    assert cfg.cut_cross_entropy is None and cfg.cut_cross_entropy_on  # axolotl: the plugin alone turns it on
+    off = config.load(write_config(text + "cut_cross_entropy: false\n"))
+    assert not off.cut_cross_entropy_on
+    assert config.load(write_config(good_text + "cut_cross_entropy: true\n")).cut_cross_entropy_on
+    assert not config.load(write_config(good_text)).cut_cross_entropy_on
+
+
+def test_axolotl_training_keys_that_contradict_are_refused_at_the_key(write_config, good_text):
+    path = write_config(good_text + "low_cpu_mem_usage: false\nloss_watchdog_threshold: 0\n")
+    assert problems(path) == [
+        f"{path}:12: low_cpu_mem_usage: transformers 5 always loads with low memory (the argument is gone): "
+        "remove the key or set it to true",
+        f"{path}:13: loss_watchdog_threshold: must be greater than 0 (got 0)",
+    ]
+    path = write_config(
+        good_text + "lr_scheduler: linear\neta_min: 1.0e-6\nloss_watchdog_patience: 3\n"
+        "plugins:\n  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\nliger_cross_entropy: true\n"
+    )
+    assert problems(path) == [
+        f"{path}:13: eta_min: the end LR of the cosine decay: only with lr_scheduler: cosine (got linear)",
+        f"{path}:14: loss_watchdog_patience: needs loss_watchdog_threshold (the loss to watch for)",
+        f"{path}:17: liger_cross_entropy: cannot be combined with cut_cross_entropy (on: CutCrossEntropyPlugin "
+        "listed in plugins): choose one cross-entropy",
+    ]
+    path = write_config(
+        good_text + "learning_rate: 1.0e-5\neta_min: 1.0e-4\ncut_cross_entropy: true\n"
+        "liger_fused_linear_cross_entropy: true\n"
+    )
+    assert problems(path) == [
+        f"{path}:13: eta_min: must be at most learning_rate (1e-05), got 0.0001",
+        f"{path}:15: liger_fused_linear_cross_entropy: cannot be combined with cut_cross_entropy (on: "
+        "cut_cross_entropy: true): choose one cross-entropy",
+    ]

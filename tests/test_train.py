@@ -161,6 +161,22 @@ def test_8bit_and_16bit_bases_train(tiny_model_dir, tmp_path, prepared_dir, sett
     assert json.loads((out / "all_results.json").read_text())["global_step"] == 2
 
 
+def test_loss_watchdog_stops_the_run_and_says_why(tiny_model_dir, tmp_path, prepared_dir, capsys):
+    """loss_watchdog_threshold below any loss the tiny model reaches: 2 logged steps above it, then stop."""
+    out = tmp_path / "out"
+    cfg = make_cfg(
+        tiny_model_dir, out, prepared_dir, max_steps=8, logging_steps=1, val_set_size=0,
+        loss_watchdog_threshold=0.001, loss_watchdog_patience=2,
+    )  # fmt: skip
+    train.run(cfg)
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == 2
+    assert (out / "adapter_model.safetensors").is_file()  # what was trained is still saved
+    assert (
+        "stopped early at step 2 of 8: loss_watchdog_threshold: the training loss stayed above 0.001 for 2 "
+        "logged steps in a row" in capsys.readouterr().err
+    )
+
+
 def test_online_wandb_without_an_api_key_is_refused_before_loading(tiny_model_dir, tmp_path, monkeypatch):
     for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "WANDB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(key, raising=False)

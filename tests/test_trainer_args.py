@@ -122,3 +122,47 @@ def test_wandb_environment(tmp_path, monkeypatch):
     assert (
         trainer_args.wandb_environment(cfg.model_copy(update={"wandb_mode": "disabled"}), str(tmp_path)) == {}
     )
+
+
+def _lr_curve(args, total_steps: int) -> list[float]:
+    """The learning rates the Trainer's own scheduler gives, step by step (a one-weight model, no data)."""
+    import torch
+    from transformers import Trainer
+
+    trainer = Trainer(model=torch.nn.Linear(1, 1), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+    return lrs
+
+
+def test_eta_min_is_where_the_cosine_schedule_ends(tmp_path):
+    args, sched, _ = build(
+        tmp_path, has_eval=False, max_steps=20, warmup_steps=2, learning_rate=1e-3, eta_min=1e-4
+    )
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr": 1e-4}
+    lrs = _lr_curve(args, sched.total_steps)
+    assert lrs[1] == pytest.approx(1e-3)  # the peak after warm-up
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-9) and min(lrs[1:]) == pytest.approx(1e-4, rel=1e-9)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))  # decays monotonically to the floor
+    args, sched, _ = build(tmp_path, has_eval=False, max_steps=20, warmup_steps=2, learning_rate=1e-3)
+    assert args.lr_scheduler_type == "cosine" and _lr_curve(args, sched.total_steps)[-1] == pytest.approx(0)
+
+
+def test_ddp_find_unused_parameters(tmp_path, monkeypatch):
+    args, _, _ = build(tmp_path, ddp_find_unused_parameters=True)
+    assert args.ddp_find_unused_parameters is None  # one process: no DDP to configure
+    monkeypatch.setattr(trainer_args.distributed, "world_size", lambda: 2)
+    args, _, notes = build(tmp_path)
+    assert args.ddp_find_unused_parameters is False and not notes  # LoRA: every weight is used each step
+    args, _, notes = build(tmp_path, ddp_find_unused_parameters=True)
+    assert args.ddp_find_unused_parameters is True and not notes
+    cfg = config.validate(
+        {"base_model": "m", "adapter": "lora", "datasets": [{"path": str(QA)}], "deepspeed": {"zero_optimization": {}},
+         "ddp_find_unused_parameters": True}
+    )  # fmt: skip
+    notes = []
+    assert trainer_args._find_unused(cfg, notes) is True and "no effect under DeepSpeed" in notes[0]

@@ -3,6 +3,7 @@
 - `MetricsLog`: every log event as one JSON line in output_dir/metrics.jsonl, written as it happens.
 - `LossBeforeEval`: a training loss is logged at each evaluation, so the loss table never says "No log".
 - `StopOnSignal`: Ctrl-C / SIGTERM finish the current step, save a checkpoint and stop cleanly.
+- `LossWatchdog`: axolotl's loss_watchdog_*: stop when the training loss stays too high.
 - `RichProgress`: a progress bar with the latest losses and real tokens/s.
 - `Throughput`: real (non-pad) tokens trained in this session, for an honest tokens/s after a resume.
 - `WandbConfig`: the resolved (redacted) finetune config attached to the W&B run.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -86,6 +88,37 @@ class StopOnSignal(TrainerCallback):
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else ""
+
+
+class LossWatchdog(TrainerCallback):
+    """Stop training once `patience` logged training losses in a row are above `threshold`.
+
+    axolotl's loss_watchdog_threshold / loss_watchdog_patience (default 3), counted per log line: axolotl looks
+    at the last logged loss at every step, which counts one log several times when logging_steps > 1. A NaN
+    or infinite loss counts as above (axolotl's `loss > threshold` is False for NaN, which would reset the
+    count on exactly the run that most needs stopping). Every process sees the same loss (the Trainer averages
+    it across processes before logging), so all stop at the same step.
+    """
+
+    def __init__(self, threshold: float, patience: int | None = None):
+        self.threshold = threshold
+        self.patience = patience or 3
+        self.above = 0
+        self.stopped_step: int | None = None
+        self.message = ""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or self.stopped_step is not None:
+            return
+        loss = float(logs["loss"])
+        self.above = self.above + 1 if not math.isfinite(loss) or loss > self.threshold else 0
+        if self.above >= self.patience:
+            control.should_training_stop = True
+            self.stopped_step = state.global_step
+            self.message = (
+                f"loss_watchdog_threshold: the training loss stayed above {self.threshold} for {self.patience} "
+                f"logged steps in a row (last: {loss:.4g})"
+            )
 
 
 class RichProgress(TrainerCallback):

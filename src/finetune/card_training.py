@@ -124,6 +124,8 @@ def hyperparameters(run: Run) -> dict:
     if cfg.weight_decay:
         hp["weight_decay"] = cfg.weight_decay
     hp["lr_scheduler_type"] = cfg.lr_scheduler
+    if cfg.eta_min is not None:
+        hp["lr_scheduler_min_lr"] = cfg.eta_min
     warmup = cfg.warmup_steps
     if warmup is not None and warmup >= 1:
         hp["lr_scheduler_warmup_steps"] = int(warmup)

@@ -23,6 +23,7 @@ from pydantic import AliasChoices, BaseModel, ValidationError
 
 from finetune import axolotl_keys, config_yaml
 from finetune.config_checks import (  # noqa: F401 - re-exported
+    CCE_PLUGIN,
     DPO_LOSSES,
     LIGER_PLUGIN,
     OPTIMIZERS,

@@ -37,6 +37,8 @@ SCHEDULERS = (
     "inverse_sqrt",
 )
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+PLUGINS = (LIGER_PLUGIN, CCE_PLUGIN)
 RL_METHODS = ("dpo",)
 RL_LATER = ("orpo", "kto", "ipo", "simpo", "grpo")  # axolotl's other rl: values, refused until implemented
 # TRL 1.16 DPOConfig.loss_type values.
@@ -85,6 +87,14 @@ def known_scheduler(v: str) -> str:
     return v
 
 
+def low_cpu_mem_usage_only_true(v: bool | None) -> bool | None:
+    if v is False:
+        raise ValueError(
+            "transformers 5 always loads with low memory (the argument is gone): remove the key or set it to true"
+        )
+    return v
+
+
 # ---------------------------------------------------------------- several keys (on the validated Config)
 
 
@@ -118,8 +128,8 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
             (("early_stopping_patience",), "needs evaluation data: set val_set_size or test_datasets")
         )
     for i, plugin in enumerate(cfg.plugins or []):
-        if plugin != LIGER_PLUGIN:
-            problems.append((("plugins", i), f"{plugin} is not supported (only {LIGER_PLUGIN})"))
+        if plugin not in PLUGINS:
+            problems.append((("plugins", i), f"{plugin} is not supported (only {' and '.join(PLUGINS)})"))
     if cfg.liger_cross_entropy and cfg.liger_fused_linear_cross_entropy:
         problems.append(
             (
@@ -127,6 +137,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
             )
         )
+    problems += schedule_checks(cfg) + cut_cross_entropy_checks(cfg)
     for key in ("datasets", "test_datasets"):
         for i, ds in enumerate(getattr(cfg, key) or []):
             if ds.overlap_len and ds.type != "completion":
@@ -136,6 +147,40 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                     ((key, i, "overlap_len"), f"must be less than sequence_len ({cfg.sequence_len})")
                 )
     return problems + preference_checks(cfg)
+
+
+def schedule_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """eta_min is the floor of the cosine decay; loss_watchdog_patience counts loss_watchdog_threshold's steps."""
+    problems = []
+    if cfg.eta_min is not None and cfg.lr_scheduler != "cosine":
+        problems.append(
+            (
+                ("eta_min",),
+                f"the end LR of the cosine decay: only with lr_scheduler: cosine (got {cfg.lr_scheduler})",
+            )
+        )
+    elif cfg.eta_min is not None and cfg.eta_min > cfg.learning_rate:
+        problems.append(
+            (("eta_min",), f"must be at most learning_rate ({cfg.learning_rate}), got {cfg.eta_min}")
+        )
+    if cfg.loss_watchdog_patience is not None and cfg.loss_watchdog_threshold is None:
+        problems.append(
+            (("loss_watchdog_patience",), "needs loss_watchdog_threshold (the loss to watch for)")
+        )
+    return problems
+
+
+def cut_cross_entropy_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """axolotl allows one cross-entropy replacement at a time; finetune computes cut_cross_entropy with Liger's
+    fused linear cross-entropy, so naming both is a contradiction too. Reported at the Liger key."""
+    if not cfg.cut_cross_entropy_on:
+        return []
+    why = "cut_cross_entropy: true" if cfg.cut_cross_entropy else "CutCrossEntropyPlugin listed in plugins"
+    return [
+        ((key,), f"cannot be combined with cut_cross_entropy (on: {why}): choose one cross-entropy")
+        for key in ("liger_cross_entropy", "liger_fused_linear_cross_entropy")
+        if getattr(cfg, key)
+    ]
 
 
 def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:

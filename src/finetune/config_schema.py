@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 
 from finetune import config_checks as checks
-from finetune.config_checks import DPO_LOSSES, OPTIMIZERS, RL_LATER, SCHEDULERS
+from finetune.config_checks import CCE_PLUGIN, DPO_LOSSES, OPTIMIZERS, RL_LATER, SCHEDULERS
 from finetune.config_datasets import DatasetConfig, StrictModel
 
 Positive = Annotated[int, Field(gt=0)]
@@ -51,6 +51,10 @@ class Config(StrictModel):
         False, description="Load the base in 4-bit NF4 with bitsandbytes (QLoRA): ~4x less memory than bf16."
     )
     load_in_8bit: bool = Field(False, description="Load the base in 8-bit with bitsandbytes.")
+    low_cpu_mem_usage: bool | None = Field(
+        None,
+        description="Accepted as `true`, which is what always happens: transformers 5 builds the model on the meta device and loads the weights straight into it (or partitioned, under ZeRO-3), never a full random copy first. `false` is refused: transformers 5 removed that slower path.",
+    )
     bnb_4bit_quant_storage: Literal["float32", "bfloat16", "float16", "uint8"] | None = Field(
         None,
         description="Storage dtype of packed 4-bit weights (same NF4 values); default: the training dtype under DeepSpeed ZeRO-3, so it can shard them, else uint8.",
@@ -167,6 +171,11 @@ class Config(StrictModel):
     )
     optimizer: str = Field("adamw_torch", description=f"One of: {', '.join(OPTIMIZERS)}.")
     lr_scheduler: str = Field("cosine", description=f"One of: {', '.join(SCHEDULERS)}.")
+    eta_min: float | None = Field(
+        None,
+        ge=0,
+        description="lr_scheduler: cosine only: the learning rate the cosine decay ends at (default 0), at most learning_rate; runs as transformers' cosine_with_min_lr schedule.",
+    )
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     warmup_steps: float | None = Field(
         None, ge=0, description="Warm-up steps (a value < 1 is read as a ratio, as axolotl does)."
@@ -204,6 +213,14 @@ class Config(StrictModel):
     early_stopping_patience: Positive | None = Field(
         None, description="Stop after N evaluations without improvement."
     )
+    loss_watchdog_threshold: float | None = Field(
+        None,
+        gt=0,
+        description="Stop training when the logged training loss stays above this for loss_watchdog_patience logged steps in a row (a diverging run stops instead of spending its budget; a NaN loss counts as above). The adapter trained so far is saved and the run says why it stopped.",
+    )
+    loss_watchdog_patience: Positive | None = Field(
+        None, description="Logged steps in a row above loss_watchdog_threshold before stopping (default 3)."
+    )
     load_best_model_at_end: bool = Field(False, description="Keep the checkpoint with the best eval loss.")
     resume_from_checkpoint: str | None = Field(None, description="Checkpoint folder to resume from.")
     auto_resume_from_checkpoints: bool = Field(
@@ -211,6 +228,10 @@ class Config(StrictModel):
     )
     deepspeed: str | dict[str, Any] | None = Field(
         None, description="DeepSpeed config: a JSON path or an inline mapping."
+    )
+    ddp_find_unused_parameters: bool | None = Field(
+        None,
+        description="Multi-process DDP (no DeepSpeed): look for trainable weights that got no gradient after each backward. Needed only when some trainable weights can sit out a forward; costs a walk over the autograd graph each step. Default false: every LoRA weight takes part in every forward.",
     )
     torch_compile: bool | None = Field(
         None,
@@ -223,7 +244,11 @@ class Config(StrictModel):
     # --- Liger kernels (GPU, `pip install liger-kernel`; skipped on CPU): fused Triton kernels, less memory
     plugins: list[str] | None = Field(
         None,
-        description="axolotl plugins: only axolotl.integrations.liger.LigerPlugin is accepted (its liger_* keys below are what takes effect).",
+        description="axolotl plugins: axolotl.integrations.liger.LigerPlugin (its liger_* keys below are what takes effect) and axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin (turns cut_cross_entropy on, as in axolotl).",
+    )
+    cut_cross_entropy: bool | None = Field(
+        None,
+        description="Cross-entropy without storing the full logits (axolotl's CutCrossEntropyPlugin; default: on when that plugin is listed). finetune computes it with Liger's fused linear cross-entropy (the same loss, lm_head and loss fused in chunks), so it needs liger-kernel on a GPU and is skipped on CPU; not with liger_cross_entropy or liger_fused_linear_cross_entropy.",
     )
     liger_rope: bool | None = Field(None, description="Liger fused rotary embedding.")
     liger_rms_norm: bool | None = Field(None, description="Liger fused RMSNorm.")
@@ -290,11 +315,19 @@ class Config(StrictModel):
     _known_dpo_loss = field_validator("dpo_loss_type")(checks.known_dpo_loss)
     _known_optimizer = field_validator("optimizer")(checks.known_optimizer)
     _known_scheduler = field_validator("lr_scheduler")(checks.known_scheduler)
+    _low_cpu_mem_usage = field_validator("low_cpu_mem_usage")(checks.low_cpu_mem_usage_only_true)
 
     # --- derived values (never stored back into the config)
     @property
     def quantized_4bit(self) -> bool:
         return self.load_in_4bit or self.adapter == "qlora"
+
+    @property
+    def cut_cross_entropy_on(self) -> bool:
+        """cut_cross_entropy as axolotl reads it: the key if set, else on when CutCrossEntropyPlugin is listed."""
+        if self.cut_cross_entropy is not None:
+            return self.cut_cross_entropy
+        return CCE_PLUGIN in (self.plugins or [])
 
     @property
     def run_name(self) -> str:

@@ -3,6 +3,9 @@
 - Liger kernels (axolotl's `liger_*` keys): fused RMSNorm, RoPE, SwiGLU/GeGLU, LayerNorm and (fused linear)
   cross-entropy, through transformers' own integration (`use_liger_kernel` + `liger_kernel_config`).
   Triton kernels: CUDA only; refused in one line when the liger-kernel package is missing.
+  axolotl's `cut_cross_entropy` (CutCrossEntropyPlugin, Apple's kernel) is the same computation as Liger's
+  fused linear cross-entropy — the loss from the hidden states and lm_head in chunks, never the full logits —
+  so it runs as that kernel (one dependency, one code path), with a note saying so.
 - torch.compile: on CPU it cost ~30 s per new batch shape for 0–6% steady-state gain (FACTS.md): skipped.
 - Activation offloading (`gradient_checkpointing: offload`): with gradient checkpointing the tensors kept
   between layers are the layers' inputs (hidden states); `offload_activations` moves those to pinned host
@@ -29,18 +32,31 @@ LIGER_KEYS = {
 }
 
 
+CCE_KERNEL = "Liger's fused linear cross-entropy"
+
+
 def liger_arguments(cfg: Config, on_gpu: bool, notes: list[str]) -> dict:
-    """TrainingArguments for the liger_* keys: {} when none is set or on CPU (with a note)."""
+    """TrainingArguments for the liger_* keys and cut_cross_entropy: {} when none is set or on CPU (with a note)."""
     asked = [key for key in LIGER_KEYS if getattr(cfg, key)]
+    cce = cfg.cut_cross_entropy_on
+    if cce:
+        asked.append("cut_cross_entropy")
     if not asked:
         return {}
     if not on_gpu:
-        notes.append(f"{', '.join(asked)}: skipped on CPU (Liger's Triton kernels need a CUDA GPU)")
+        also = f"; cut_cross_entropy would run as {CCE_KERNEL}" if cce else ""
+        notes.append(f"{', '.join(asked)}: skipped on CPU (Liger's Triton kernels need a CUDA GPU{also})")
         return {}
     if importlib.util.find_spec("liger_kernel") is None:
         raise UserError(f"{asked[0]}: needs the liger-kernel package (pip install liger-kernel)")
+    if cce:
+        notes.append(
+            f"cut_cross_entropy: computed by {CCE_KERNEL} kernel (liger-kernel), not Apple's cut-cross-entropy "
+            "package: the same loss, and the full logits are never stored"
+        )
     # Every kernel is named explicitly: an unset key means off, as in axolotl (liger's own defaults differ).
     kernels = {arg: bool(getattr(cfg, key)) for key, args in LIGER_KEYS.items() for arg in args}
+    kernels["fused_linear_cross_entropy"] |= cce
     return {"use_liger_kernel": True, "liger_kernel_config": kernels}
 
 

@@ -118,10 +118,7 @@ def run(
             )
             raise SystemExit(128 + stop.received)
         if trainer.state.global_step < trainer.state.max_steps:
-            console.print(
-                f"stopped early at step {trainer.state.global_step} of {trainer.state.max_steps}: no eval loss "
-                f"improvement in {cfg.early_stopping_patience} evaluations (early_stopping_patience)"
-            )
+            console.print(early_stop_reason(trainer, cfg))
         eval_metrics = final_evaluation(trainer, eval_set)
         outputs.save_model(trainer, output_dir)  # every process: ZeRO-3 gathers the weights collectively
 
@@ -172,6 +169,8 @@ def build_trainer(
     ]
     if cfg.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    if cfg.loss_watchdog_threshold is not None:
+        callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
     if cfg.use_wandb:
         callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
     if cfg.preference:  # rl: dpo / reward_model: TRL's trainers, same arguments and callbacks (rl.py)
@@ -196,6 +195,20 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
     return trainer, stop, throughput
+
+
+def early_stop_reason(trainer, cfg: Config) -> str:
+    """Why training ended before its last step: the loss watchdog, else early stopping on the eval loss."""
+    from finetune.callbacks import LossWatchdog
+
+    step, last = trainer.state.global_step, trainer.state.max_steps
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, LossWatchdog) and callback.stopped_step is not None:
+            return f"[bold yellow]stopped early at step {step} of {last}: {callback.message}[/]"
+    return (
+        f"stopped early at step {step} of {last}: no eval loss improvement in {cfg.early_stopping_patience} "
+        "evaluations (early_stopping_patience)"
+    )
 
 
 def final_evaluation(trainer, eval_set) -> dict:

@@ -109,6 +109,22 @@ def _warmup(cfg: Config) -> float:
     return cfg.warmup_steps if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
 
 
+def _scheduler(cfg: Config) -> dict:
+    """lr_scheduler, or with eta_min (cosine only, config_checks) transformers' cosine decaying to that LR."""
+    if cfg.eta_min is None:
+        return {"lr_scheduler_type": cfg.lr_scheduler}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": cfg.eta_min}}
+
+
+def _find_unused(cfg: Config, notes: list[str]) -> bool:
+    """Default off: every LoRA weight takes part in every forward, so DDP need not search the graph each step."""
+    if cfg.ddp_find_unused_parameters is None:
+        return False
+    if cfg.deepspeed:
+        notes.append("ddp_find_unused_parameters: no effect under DeepSpeed (it is a DDP setting)")
+    return cfg.ddp_find_unused_parameters
+
+
 def _wandb_watch(value) -> str | None:
     if value is None:
         return None
@@ -209,7 +225,7 @@ def training_arguments(
         "num_train_epochs": cfg.num_epochs,
         "max_steps": cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
         "optim": optimizer(cfg, notes),
-        "lr_scheduler_type": cfg.lr_scheduler,
+        **_scheduler(cfg),
         "learning_rate": cfg.learning_rate,
         "warmup_steps": _warmup(cfg),
         "weight_decay": cfg.weight_decay,
@@ -238,8 +254,7 @@ def training_arguments(
         # accelerate counts CPU processes (gloo) only when told the run is on CPU: else each trains alone.
         # Not for one process: there it would also reset torch's thread count (model.cpu_threads).
         "use_cpu": True if distributed.world_size() > 1 and distributed.cpu_only() else None,
-        # every LoRA weight takes part in every forward: DDP need not search for unused ones each step
-        "ddp_find_unused_parameters": False if distributed.world_size() > 1 else None,
+        "ddp_find_unused_parameters": _find_unused(cfg, notes) if distributed.world_size() > 1 else None,
         "report_to": ["wandb"] if cfg.use_wandb else "none",
         "run_name": cfg.run_name,
         # tokens/s counts real tokens only: padding is work, not progress
