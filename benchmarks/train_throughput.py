@@ -10,7 +10,8 @@ the first M of financebench_train.jsonl (700-6,000 tokens; those over sequence_l
 every contender): variable lengths, as real SFT data. Every run is its own process, one epoch, LoRA r=16 on
 all linear layers, batch 4 (or the token budget of 4 x 2048 with packing), lr 2e-4. Prints real (non-pad) tokens/s, the ratio to each peer, the padding
 fraction and peak RSS; then the end-to-end wall time of a short run (20 steps on the tiny test model,
-shell prompt to adapter on disk). One run of the whole benchmark stays within ~10 minutes on 2 cores.
+shell prompt to adapter on disk; with axolotl, the median of --e2e-repeat alternating runs of each). One
+run of the whole benchmark stays within ~10 minutes on 2 cores (~15 with axolotl).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -120,8 +122,15 @@ def run_hf(model: Path, rows: Path, n: int, work: Path, lora: bool, grouped: boo
     return json.loads(out.read_text())
 
 
-def axolotl_config(path: Path, model: Path, rows: Path, work: Path, max_steps: int | None = None) -> Path:
-    """Plain LoRA (axolotl's QLoRA fails on CPU; its LoRA Triton kernels are CUDA-only: FACTS.md)."""
+def axolotl_config(path: Path, model: Path, rows: Path, work: Path, name: str = "axolotl", **over) -> Path:
+    """finetune_config's run in axolotl's keys: same model, rows, format, LoRA, batch, lr, schedule, seed.
+
+    Where they differ, and why: plain LoRA only (axolotl's QLoRA fails on CPU; its LoRA Triton kernels are
+    CUDA-only, so `lora_*_kernel: false`: FACTS.md); `sample_packing: false` (on CPU axolotl's packing drops
+    rows and lets packed rows attend to each other without flash attention: FACTS.md); `val_set_size: 0` and
+    `save_strategy: no` as finetune's default of no eval split and `saves_per_epoch: 0`; fp32 as finetune
+    uses on CPU. Everything else is each tool's default (e.g. axolotl tokenizes with 2 processes here).
+    """
     import yaml
 
     cfg = {
@@ -134,7 +143,7 @@ def axolotl_config(path: Path, model: Path, rows: Path, work: Path, max_steps: i
         "lora_qkv_kernel": False,
         "lora_o_kernel": False,
         "datasets": [{"path": str(rows), "ds_type": "json", "type": FORMAT}],
-        "dataset_prepared_path": str(work / "axolotl-prepared"),
+        "dataset_prepared_path": str(work / f"{name}-prepared"),
         "val_set_size": 0,
         "sequence_len": 2048,
         "sample_packing": False,
@@ -149,39 +158,63 @@ def axolotl_config(path: Path, model: Path, rows: Path, work: Path, max_steps: i
         "seed": 42,
         "bf16": False,
         "fp16": False,
-        "output_dir": str(work / "axolotl-out"),
+        "output_dir": str(work / f"{name}-out"),
+        **over,
     }
-    if max_steps:
-        cfg["max_steps"] = max_steps
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def run_axolotl(axolotl: str, cfg: Path, real_tokens: int) -> dict:
-    """Real tokens/s = the rows' real tokens (counted by finetune's data stage; no packing) / train_runtime."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+def timed(cmd: list[str], log: Path, env: dict | None = None) -> tuple[float, float]:
+    """Run `cmd` (output to `log`); (wall seconds, peak RSS MiB of it and the children it waited for)."""
     start = time.time()
-    proc = subprocess.run(
-        [axolotl, "train", str(cfg), "--launcher", "python"], env=env, capture_output=True, text=True
-    )
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - start
-    if proc.returncode:
-        raise RuntimeError(f"axolotl failed:\n{proc.stderr[-3000:]}")
-    runtime = None
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if "'train_runtime'" in line:
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{cmd[0]} failed ({log}):\n{log.read_text()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def axolotl_env() -> dict:
+    """Offline, and no telemetry: DO_NOT_TRACK, or it retries sending and hangs (FACTS.md)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+
+
+def run_axolotl(axolotl: str, cfg: Path, real_tokens: int) -> dict:
+    """Real tokens/s = the rows' real tokens (counted by finetune's data stage; no packing) / train_runtime.
+
+    `--launcher python`: the default accelerate launcher is not on PATH in a bare venv (FACTS.md).
+    """
+    log = cfg.with_suffix(".log")
+    wall, rss = timed([axolotl, "train", str(cfg), "--launcher", "python"], log, axolotl_env())
+    runtime = steps = None
+    for line in log.read_text().splitlines():
+        if "'train_runtime'" in line:  # axolotl 0.19 logs values as strings: {'train_runtime': '3.957', ...}
             runtime = float(line.split("'train_runtime':")[1].split(",")[0].strip(" '"))
+        if "Maximum number of steps set at" in line:  # ceil(rows / 4): shows it kept the same rows
+            steps = int(line.rsplit(" ", 1)[1])
     return {
         "name": "axolotl (LoRA, no packing)",
+        "rows": "n/a",
+        "steps": steps,
         "real_tokens": real_tokens,
         "train_runtime": runtime,
         "wall_s": round(wall, 1),
         "real_tokens_per_second": round(real_tokens / runtime, 1) if runtime else None,
+        "peak_rss_mb": rss,
     }
 
 
-def end_to_end(work: Path, axolotl: str | None) -> list[tuple[str, float]]:
-    """Shell prompt to adapter on disk: 20 steps on the tiny test model, cold data cache."""
+def end_to_end(work: Path, adapter: str, axolotl: str | None, repeat: int) -> list[tuple[str, list[float]]]:
+    """Shell prompt to adapter on disk: 20 steps on the tiny test model, 80 formula rows, cold data cache.
+
+    Both tools get the same config (finetune_config / axolotl_config, sequence_len 512, max_steps 20) and
+    write their own data cache afresh each run. One untimed run of each first (bytecode and page cache, as
+    on a machine where the tool has run before); then `repeat` rounds, the order alternating each round, as
+    the load of a shared machine drifts. Returns each tool's wall times (and prints them as they come).
+    """
     from finetune.tiny import write_tiny_model
 
     tiny = work / "tiny"
@@ -189,43 +222,54 @@ def end_to_end(work: Path, axolotl: str | None) -> list[tuple[str, float]]:
         write_tiny_model(tiny)
     rows = work / "e2e.jsonl"
     write_rows(rows, (80, 0))
-    out = []
-    for prep in [work / "e2e-prepared"]:
-        shutil.rmtree(prep, ignore_errors=True)
-    cfg = finetune_config(
-        work / "e2e.yaml", tiny, rows, work, "e2e-out", adapter="qlora", max_steps=20, sequence_len=512,
-        dataset_prepared_path=str(work / "e2e-prepared"),
-    )  # fmt: skip
-    start = time.time()
-    subprocess.run(
-        [str(Path(sys.executable).parent / "finetune"), "train", str(cfg), "--overwrite"],
-        check=True,
-        capture_output=True,
-    )
-    assert (work / "e2e-out" / "adapter_model.safetensors").exists()
-    out.append(("finetune train (QLoRA, 20 steps)", time.time() - start))
+    same = dict(max_steps=20, sequence_len=512)
+    cfg = finetune_config(work / "e2e.yaml", tiny, rows, work, "e2e-out", adapter=adapter,
+                          dataset_prepared_path=str(work / "e2e-prepared"), **same)  # fmt: skip
+
+    def finetune_run() -> float:
+        shutil.rmtree(work / "e2e-prepared", ignore_errors=True)
+        exe = str(Path(sys.executable).parent / "finetune")
+        wall, _ = timed([exe, "train", str(cfg), "--overwrite"], work / "e2e.log")
+        assert (work / "e2e-out" / "adapter_model.safetensors").exists()
+        return wall
+
+    tools = [(f"finetune train ({adapter}, 20 steps)", finetune_run)]
     if axolotl:
-        shutil.rmtree(work / "axolotl-prepared", ignore_errors=True)
-        acfg = axolotl_config(work / "e2e-axolotl.yaml", tiny, rows, work, max_steps=20)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
-        start = time.time()
-        subprocess.run(
-            [axolotl, "train", str(acfg), "--launcher", "python"], env=env, check=True, capture_output=True
-        )
-        out.append(("axolotl train (LoRA, 20 steps)", time.time() - start))
-    return out
+        acfg = axolotl_config(work / "e2e-axolotl.yaml", tiny, rows, work, "e2e-axolotl", **same)
+
+        def axolotl_run() -> float:
+            for folder in ("e2e-axolotl-prepared", "e2e-axolotl-out"):
+                shutil.rmtree(work / folder, ignore_errors=True)
+            cmd = [axolotl, "train", str(acfg), "--launcher", "python"]
+            wall, _ = timed(cmd, work / "e2e-axolotl.log", axolotl_env())
+            assert (work / "e2e-axolotl-out" / "adapter_model.safetensors").exists()
+            return wall
+
+        tools.append(("axolotl train (lora, 20 steps)", axolotl_run))
+    for _, run in tools:
+        run()  # warm-up, untimed
+    times: dict[str, list[float]] = {name: [] for name, _ in tools}
+    for i in range(repeat):
+        for name, run in tools if i % 2 == 0 else tools[::-1]:
+            times[name].append(run())
+            print(f"  {name}: {times[name][-1]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    return list(times.items())
 
 
 def prepared_tokens(cfg: Path) -> int:
-    """Tokenize once before the timed runs (they then read the cache); the rows' real token count."""
+    """Tokenize once before the timed runs (they then read the cache); the rows' real token count.
+
+    The cache folder is emptied first: a cache left by another finetune version has another hash folder.
+    """
+    import yaml
+
+    prepared = Path(yaml.safe_load(cfg.read_text())["dataset_prepared_path"])
+    shutil.rmtree(prepared, ignore_errors=True)
     subprocess.run(
         [str(Path(sys.executable).parent / "finetune"), "preprocess", str(cfg)],
         check=True,
         capture_output=True,
     )
-    import yaml
-
-    prepared = Path(yaml.safe_load(cfg.read_text())["dataset_prepared_path"])
     (stats,) = prepared.glob("*/finetune_stats.json")
     return json.loads(stats.read_text())["stats"]["tokens"]
 
@@ -264,6 +308,7 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/finetune-throughput")
     p.add_argument("--axolotl", default=shutil.which("axolotl"), help="axolotl executable (default: on PATH)")
     p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--e2e-repeat", type=int, default=3, help="end-to-end runs per tool, alternating; median")
     p.add_argument(
         "--gpu", action="store_true", help="CUDA: flash attention for every contender (finetune then packs)"
     )
@@ -307,11 +352,22 @@ def main() -> None:
         )
     else:
         print("  axolotl: not installed (pass --axolotl PATH); skipped", flush=True)
-    print_table(run_best(runs, a.repeat), n)
+    results = run_best(runs, a.repeat)
+    print_table(results, n)
+    if len(results) == 5:  # axolotl ran
+        ax = results[4]["real_tokens_per_second"]
+        for r in results[:2]:
+            print(f"  {r['name']} / axolotl: {r['real_tokens_per_second'] / ax:.2f}x the real tokens/s")
     if not a.skip_e2e:
-        print("\nend to end (shell prompt to adapter on disk):")
-        for name, seconds in end_to_end(work, a.axolotl if a.adapter == "lora" else None):
-            print(f"  {name}: {seconds:.1f} s")
+        print("\nend to end (shell prompt to adapter on disk):", flush=True)
+        axolotl = a.axolotl if a.adapter == "lora" else None
+        medians = {}
+        for name, seconds in end_to_end(work, a.adapter, axolotl, a.e2e_repeat):
+            medians[name] = statistics.median(seconds)
+            print(f"  {name}: median {medians[name]:.1f} s of {', '.join(f'{s:.1f}' for s in seconds)}")
+        if len(medians) == 2:
+            ft, ax = medians.values()
+            print(f"  finetune / axolotl: {ft / ax:.2f}x the wall time")
     load_after = os.getloadavg()
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
