@@ -110,3 +110,23 @@ def test_ctrl_c_outside_training_exits_130_without_a_traceback(monkeypatch, caps
         cli.main()
     assert info.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_console_script_exits_quickly_with_the_right_code_after_exit_handlers(tmp_path):
+    """`console_main` ends with os._exit after running atexit handlers; exit codes are those of `main`."""
+    probe = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'ran')!r}, 'w').write('yes'))\n"
+        "sys.argv = ['finetune', *sys.argv[1:]]\n"
+        "from finetune.cli import console_main\n"
+        "console_main()\n"
+    )
+    ok = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "train" in ok.stdout  # flushed before the quick exit
+    assert (tmp_path / "ran").read_text() == "yes"
+    bad = subprocess.run(
+        [sys.executable, "-c", probe, "validate", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

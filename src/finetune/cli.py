@@ -256,5 +256,29 @@ def main() -> None:
         sys.exit(130)
 
 
+def console_main() -> None:
+    """The `finetune` console script: `main`, then a quick exit.
+
+    After torch and transformers are imported, the interpreter's own shutdown (tearing down every module)
+    takes ~1.4 s, longer than a short run trains (BENCHMARKS.md). The exit handlers still run (logging, W&B,
+    torch.distributed), output is flushed, then the process ends. Only the console script does this: `main`
+    stays safe to call inside another process (tests, notebooks).
+    """
+    import atexit
+    import os
+
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     main()
