@@ -116,3 +116,18 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
         return train.run(cfg)
     finally:
         torch.set_num_threads(threads)
+
+
+def send_signal(step: int):
+    """A Trainer callback that delivers a real SIGTERM to this process at the end of `step`."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class SendSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return SendSignal()

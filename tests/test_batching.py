@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from transformers import TrainerCallback  # noqa: E402
 
 from conftest import INST_FORMAT as PROMPT  # noqa: E402
+from conftest import send_signal  # noqa: E402
 from finetune import batching, config, speedups, train, trainer_args  # noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
@@ -272,15 +270,6 @@ def make_cfg(base, out, prepared, **over) -> config.Config:
     return config.validate(raw)
 
 
-class SendSignal(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 @pytest.mark.slow
 def test_packing_run_schedule_results_and_resume_in_second_epoch(tiny_model_dir, tmp_path, capsys):
     from safetensors.torch import load_file
@@ -311,7 +300,7 @@ def test_packing_run_schedule_results_and_resume_in_second_epoch(tiny_model_dir,
     cfg = make_cfg(tiny_model_dir, out, tmp_path / "prep", **settings)
     stop_at = per_epoch + 2  # mid second epoch: the sampler must rebuild epoch 1's order and skip its start
     with pytest.raises(SystemExit):
-        train.run(cfg, callbacks=[SendSignal(step=stop_at)])
+        train.run(cfg, callbacks=[send_signal(stop_at)])
     train.run(cfg, resume=True)
     a, b = (
         load_file(str(straight / "adapter_model.safetensors")),

@@ -157,7 +157,9 @@ def test_new_tokens_resize_and_train_embeddings(tiny_model_dir):
 
 def test_new_tokens_for_a_named_chat_template_that_needs_them(tiny_model_dir):
     # chatml's <|im_end|> is not in the base vocabulary: counting new tokens must not re-check the template
-    loaded, tok = load(make_cfg(tiny_model_dir, chat_template="chatml", tokens=["<|im_start|>", "<|im_end|>"]))
+    loaded, tok = load(
+        make_cfg(tiny_model_dir, chat_template="chatml", tokens=["<|im_start|>", "<|im_end|>"])
+    )
     assert loaded.model.get_input_embeddings().num_embeddings == len(tok)
     assert set(loaded.model.peft_config["default"].modules_to_save) >= {"embed_tokens", "lm_head"}
 

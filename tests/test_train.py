@@ -15,9 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from transformers import TrainerCallback  # noqa: E402
 
-from conftest import FINLORA, needs_shared  # noqa: E402
+from conftest import FINLORA, needs_shared, send_signal  # noqa: E402
 from conftest import INST_FORMAT as PROMPT  # noqa: E402
 from finetune import checkpoints, config, smoke, train  # noqa: E402
 from finetune.errors import UserError  # noqa: E402
@@ -258,17 +257,6 @@ def test_existing_output_dir_is_refused(tiny_model_dir, tmp_path, prepared_dir):
 # ---------------------------------------------------------------- interruption and resume
 
 
-class SendSignal(TrainerCallback):
-    """Deliver a real SIGTERM to this process at the end of a given step."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tiny_model_dir, tmp_path, prepared_dir, capsys):
     settings = {"max_steps": 7, "save_steps": 4, "lora_dropout": 0.1, "val_set_size": 0}
     straight = tmp_path / "straight"
@@ -277,7 +265,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tiny_model_dir, tm
     out = tmp_path / "interrupted"
     cfg = make_cfg(tiny_model_dir, out, prepared_dir, **settings)
     with pytest.raises(SystemExit) as stopped:
-        train.run(cfg, callbacks=[SendSignal(step=2)])
+        train.run(cfg, callbacks=[send_signal(2)])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert "Resume with:" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are given back

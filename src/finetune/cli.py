@@ -24,6 +24,12 @@ app = typer.Typer(
 )
 
 ConfigArg = Annotated[Path, typer.Argument(help="axolotl-style YAML config.", show_default=False)]
+RunDirArg = Annotated[
+    Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
+]
+DatasetOpt = Annotated[
+    int, typer.Option("--dataset", help="Prompt in the format of this `datasets:` entry (0 = the first).")
+]
 SetOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option(
@@ -153,9 +159,7 @@ def card(output_dir: OutputDirArg) -> None:
 
 @app.command("generate")
 def generate_(
-    output_dir: Annotated[
-        Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
-    ],
+    output_dir: RunDirArg,
     question: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional here
         typer.Argument(help="The question (left out with --chat).", show_default=False),
@@ -169,9 +173,7 @@ def generate_(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     chat: Annotated[bool, typer.Option("--chat", help="Interactive: ask question after question.")] = False,
-    dataset: Annotated[
-        int, typer.Option("--dataset", help="Prompt in the format of this `datasets:` entry (0 = the first).")
-    ] = 0,
+    dataset: DatasetOpt = 0,
 ) -> None:
     """Answer a question with base + adapter (4-bit if trained so), prompted exactly as in training; streamed."""
     from finetune import generate as generate_module
@@ -189,9 +191,7 @@ def generate_(
 
 @app.command("eval")
 def eval_(
-    output_dir: Annotated[
-        Path, typer.Argument(help="A run's output_dir, or a `finetune merge` folder.", show_default=False)
-    ],
+    output_dir: RunDirArg,
     data: Annotated[
         Path, typer.Option(help="Rows to score: a JSONL, JSON (array) or CSV file.", show_default=False)
     ],
@@ -227,9 +227,7 @@ def eval_(
             help="Folder for eval_results.json and predictions (default: OUTPUT_DIR).", show_default=False
         ),
     ] = None,
-    dataset: Annotated[
-        int, typer.Option("--dataset", help="Prompt in the format of this `datasets:` entry (0 = the first).")
-    ] = 0,
+    dataset: DatasetOpt = 0,
 ) -> None:
     """Score greedy answers on a JSONL file in the training format; results into eval_results.json and the card."""
     from finetune import evaluate

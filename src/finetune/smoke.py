@@ -46,7 +46,9 @@ def smoke_config(cfg: Config, notes: list[str]) -> Config:
         # padding every row to e.g. 16,384 tokens turns seconds into minutes on a CPU; which rows are kept
         # (sequence_len, excess_length_strategy) is unchanged
         update["pad_to_sequence_len"] = False
-        notes.append(f"smoke: pad_to_sequence_len is off (rows are not padded to {cfg.sequence_len:,} tokens)")
+        notes.append(
+            f"smoke: pad_to_sequence_len is off (rows are not padded to {cfg.sequence_len:,} tokens)"
+        )
     if cfg.lora_model_dir:
         notes.append(f"smoke: lora_model_dir {cfg.lora_model_dir} is not used (it fits the real model only)")
     if cfg.deepspeed:
