@@ -23,8 +23,22 @@ import time
 from pathlib import Path
 
 SHAPES = {  # Llama 3.1 / 3.2 dimensions
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
 }
 VOCAB = 128256
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -38,7 +52,9 @@ def write_model(shape: str, folder: Path) -> None:
 
     if (folder / "config.json").exists():
         return
-    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=131072, rope_theta=500000.0, **SHAPES[shape])
+    config = LlamaConfig(
+        vocab_size=VOCAB, max_position_embeddings=131072, rope_theta=500000.0, **SHAPES[shape]
+    )
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -79,7 +95,9 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", choices=["true", "false"], default="true")
     parser.add_argument("--deepspeed", choices=["none", "zero2", "zero3"], default="none")
     parser.add_argument("--attn", default="sdpa")
-    parser.add_argument("--liger", action="store_true", help="Liger kernels: RoPE, RMSNorm, SwiGLU, fused linear CE")
+    parser.add_argument(
+        "--liger", action="store_true", help="Liger kernels: RoPE, RMSNorm, SwiGLU, fused linear CE"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-bench"))
     args = parser.parse_args()
 
@@ -118,9 +136,16 @@ def main() -> None:
         "output_dir": str(out),
     }
     if args.liger:
-        config.update(liger_rope=True, liger_rms_norm=True, liger_glu_activation=True, liger_fused_linear_cross_entropy=True)
+        config.update(
+            liger_rope=True,
+            liger_rms_norm=True,
+            liger_glu_activation=True,
+            liger_fused_linear_cross_entropy=True,
+        )
     if args.deepspeed != "none":
-        config["deepspeed"] = str(Path(__file__).resolve().parent.parent / "deepspeed_configs" / f"{args.deepspeed}.json")
+        config["deepspeed"] = str(
+            Path(__file__).resolve().parent.parent / "deepspeed_configs" / f"{args.deepspeed}.json"
+        )
     cfg_path = args.workdir / f"{run}.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "finetune.cli", "train", str(cfg_path), "--overwrite"]

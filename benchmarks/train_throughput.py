@@ -301,6 +301,33 @@ def print_table(results: list[dict], n: int) -> None:
               f"{tps:,.0f} | {vs[0]} | {vs[1]} | {pad} | {rss} |")  # fmt: skip
 
 
+def throughput(a, work: Path, model: Path, rows: Path, n: int) -> None:
+    """Every contender on the benchmark rows, `--repeat` times in turn; the fastest run of each counts."""
+    runs = []  # one function per contender, each run in turn `--repeat` times; the fastest run counts
+    for packing in (True, False):
+        cfg = finetune_config(work / f"ft-{packing}.yaml", model, rows, work, f"ft-{packing}",
+                              adapter=a.adapter, sample_packing=packing, flash_attention=a.gpu)  # fmt: skip
+        name = f"finetune, sample_packing: {str(packing).lower()}"
+        runs.append(functools.partial(run_finetune, cfg, name))
+    for grouped in (False, True):
+        runs.append(functools.partial(run_hf, model, rows, n, work, a.adapter == "lora", grouped, a.gpu))
+    if a.axolotl and a.adapter == "lora":
+        acfg = axolotl_config(work / "axolotl.yaml", model, rows, work)
+        runs.append(functools.partial(run_axolotl, a.axolotl, acfg, prepared_tokens(runs[0].args[0])))
+    elif a.axolotl:
+        print(
+            "  axolotl: skipped for QLoRA (its QLoRA fails on CPU: FACTS.md); use --adapter lora", flush=True
+        )
+    else:
+        print("  axolotl: not installed (pass --axolotl PATH); skipped", flush=True)
+    results = run_best(runs, a.repeat)
+    print_table(results, n)
+    if len(results) == 5:  # axolotl ran
+        ax = results[4]["real_tokens_per_second"]
+        for r in results[:2]:
+            print(f"  {r['name']} / axolotl: {r['real_tokens_per_second'] / ax:.2f}x the real tokens/s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", nargs=2, type=int, default=[150, 20], metavar=("FORMULA", "FINANCEBENCH"))
@@ -308,6 +335,7 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/finetune-throughput")
     p.add_argument("--axolotl", default=shutil.which("axolotl"), help="axolotl executable (default: on PATH)")
     p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--only-e2e", action="store_true", help="only the end-to-end runs (no throughput table)")
     p.add_argument("--e2e-repeat", type=int, default=3, help="end-to-end runs per tool, alternating; median")
     p.add_argument(
         "--gpu", action="store_true", help="CUDA: flash attention for every contender (finetune then packs)"
@@ -335,29 +363,8 @@ def main() -> None:
     print(f"model: Llama {params / 1e6:.1f}M parameters {SIZES}; {n} rows ({a.rows[0]} formula + {a.rows[1]} "
           f"FinanceBench); {a.adapter}; {os.cpu_count()} CPUs; load {load_before[0]:.1f}", flush=True)  # fmt: skip
 
-    runs = []  # one function per contender, each run in turn `--repeat` times; the fastest run counts
-    for packing in (True, False):
-        cfg = finetune_config(work / f"ft-{packing}.yaml", model, rows, work, f"ft-{packing}",
-                              adapter=a.adapter, sample_packing=packing, flash_attention=a.gpu)  # fmt: skip
-        name = f"finetune, sample_packing: {str(packing).lower()}"
-        runs.append(functools.partial(run_finetune, cfg, name))
-    for grouped in (False, True):
-        runs.append(functools.partial(run_hf, model, rows, n, work, a.adapter == "lora", grouped, a.gpu))
-    if a.axolotl and a.adapter == "lora":
-        acfg = axolotl_config(work / "axolotl.yaml", model, rows, work)
-        runs.append(functools.partial(run_axolotl, a.axolotl, acfg, prepared_tokens(runs[0].args[0])))
-    elif a.axolotl:
-        print(
-            "  axolotl: skipped for QLoRA (its QLoRA fails on CPU: FACTS.md); use --adapter lora", flush=True
-        )
-    else:
-        print("  axolotl: not installed (pass --axolotl PATH); skipped", flush=True)
-    results = run_best(runs, a.repeat)
-    print_table(results, n)
-    if len(results) == 5:  # axolotl ran
-        ax = results[4]["real_tokens_per_second"]
-        for r in results[:2]:
-            print(f"  {r['name']} / axolotl: {r['real_tokens_per_second'] / ax:.2f}x the real tokens/s")
+    if not a.only_e2e:
+        throughput(a, work, model, rows, n)
     if not a.skip_e2e:
         print("\nend to end (shell prompt to adapter on disk):", flush=True)
         axolotl = a.axolotl if a.adapter == "lora" else None
