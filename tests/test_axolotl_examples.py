@@ -48,6 +48,10 @@ ACCEPTED = {
     "olmo3__olmo3-7b-qlora.yaml",
     "plano__plano-4b-qlora.yaml",
     "jamba__qlora_deepspeed.yaml",  # low_cpu_mem_usage: true (what transformers 5 always does)
+    "archived__cerebras__qlora.yml",  # batch_size (read as gradient_accumulation_steps)
+    "archived__falcon__config-7b-qlora.yml",  # type: alpaca:chat
+    "mistral__mixtral__mixtral.yml",  # model_config: {output_router_logits: true}
+    "phi__lora-3.5.yaml",  # bfloat16: true
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 

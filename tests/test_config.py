@@ -88,7 +88,7 @@ def test_unsupported_dataset_type_and_values(write_config, data_file):
             "base_model": "org/m",
             "adapter": "dora",
             "optimizer": "adamw_torch_4bit",
-            "datasets": [{"path": str(data_file), "type": "alpaca:chat"}],
+            "datasets": [{"path": str(data_file), "type": "alpaca:jeopardy"}],
         }
     )
     got = problems(path)
@@ -97,7 +97,8 @@ def test_unsupported_dataset_type_and_values(write_config, data_file):
         f"{path}:3: optimizer: 'adamw_torch_4bit' is not supported (supported: adamw_torch,"
     )
     assert got[2].startswith(
-        f"{path}:6: datasets[0].type: 'alpaca:chat' is not supported (supported: alpaca, chat_template, completion"
+        f"{path}:6: datasets[0].type: 'alpaca:jeopardy' is not supported (supported: alpaca, chat_template, "
+        "completion, alpaca:chat, alpaca:chatml, alpaca:phi, or a custom dict"
     )
 
 
@@ -234,6 +235,16 @@ def test_finlora_example_config_validates(monkeypatch):
     cfg = config.load(path, [f"datasets.0.path={FINLORA / 'financebench_train.jsonl'}"])
     assert cfg.load_in_8bit and cfg.lora_r == 8 and cfg.chat_template == "llama3"
     assert cfg.special_tokens == {"pad_token": "<|end_of_text|>"}
+    # FinLoRA's script (lora/finetune.py) writes its 4-bit runs from the same template with these keys set
+    four_bit = [
+        f"datasets.0.path={FINLORA / 'financebench_train.jsonl'}", "load_in_8bit=false", "load_in_4bit=true",
+        "bnb_4bit_use_double_quant=true", "bnb_4bit_quant_type=nf4", "bnb_4bit_compute_dtype=bfloat16",
+        "optimizer=paged_adamw_8bit", "gradient_checkpointing=true",
+    ]  # fmt: skip
+    cfg = config.load(path, four_bit)
+    assert (
+        cfg.quantized_4bit and cfg.bnb_4bit_compute_dtype == "bfloat16" and cfg.bnb_4bit_quant_type == "nf4"
+    )
 
 
 def test_reference_lists_every_field():
@@ -301,3 +312,53 @@ def test_axolotl_training_keys_that_contradict_are_refused_at_the_key(write_conf
         f"{path}:15: liger_fused_linear_cross_entropy: cannot be combined with cut_cross_entropy (on: "
         "cut_cross_entropy: true): choose one cross-entropy",
     ]
+
+
+def test_axolotl_batch_size_is_read_as_gradient_accumulation(write_config, good_text, tmp_path):
+    cfg = config.load(write_config(good_text + "micro_batch_size: 2\nbatch_size: 8\n"))
+    assert cfg.gradient_accumulation_steps == 4 and cfg.batch_size is None  # the saved config says what ran
+    assert "gradient_accumulation_steps: 4" in config.to_yaml(cfg)
+    path = write_config(good_text + "micro_batch_size: 3\nbatch_size: 8\n")
+    assert problems(path) == [f"{path}:13: batch_size: must be a multiple of micro_batch_size (3), got 8"]
+    path = write_config(good_text + "gradient_accumulation_steps: 2\nbatch_size: 8\n")
+    assert problems(path) == [
+        f"{path}:13: batch_size: set either batch_size or gradient_accumulation_steps, not both"
+    ]
+
+
+def test_axolotl_names_and_legacy_keys_are_read(write_config, good_text):
+    text = good_text + (
+        "dataset_num_proc: 3\nmodel_config:\n  output_router_logits: true\nlora_layers_to_transform: [0, 2]\n"
+        "bfloat16: true\ninclude_tokens_per_second: true\nmin_sample_len: 5\nddp_timeout: 600\n"
+        "dataloader_num_workers: 2\ndataloader_prefetch_factor: 4\ncosine_min_lr_ratio: 0.1\n"
+    )
+    cfg = config.load(write_config(text))
+    assert cfg.dataset_processes == 3 and cfg.overrides_of_model_config == {"output_router_logits": True}
+    assert cfg.peft_layers_to_transform == [0, 2] and cfg.bfloat16 and cfg.min_sample_len == 5
+    assert (cfg.ddp_timeout, cfg.dataloader_num_workers, cfg.cosine_min_lr_ratio) == (600, 2, 0.1)
+    assert config.validate(yaml.safe_load(config.to_yaml(cfg))) == cfg  # the saved names read back
+
+
+def test_axolotl_keys_that_need_another_are_refused_at_the_key(write_config, good_text):
+    path = write_config(
+        good_text + "bfloat16: true\nfloat16: true\ndataloader_prefetch_factor: 2\n"
+        "eta_min: 1.0e-6\ncosine_min_lr_ratio: 0.1\nlora_target_modules: '.*proj'\npeft_layers_to_transform: [1]\n"
+    )
+    assert problems(path) == [
+        f"{path}:13: float16: cannot be combined with bfloat16: choose one",
+        f"{path}:14: dataloader_prefetch_factor: needs dataloader_num_workers > 0 (workers prefetch batches)",
+        f"{path}:16: cosine_min_lr_ratio: set either eta_min or cosine_min_lr_ratio, not both",
+        f"{path}:18: peft_layers_to_transform: cannot be combined with a regex lora_target_modules (peft "
+        "cannot): list the module names instead",
+    ]
+    path = write_config(
+        good_text + "lr_scheduler: linear\ncosine_min_lr_ratio: 0.5\npeft_layers_pattern: [layers]\n"
+        "rl: dpo\nmin_sample_len: 4\n"
+    )
+    assert problems(path)[1:] == [
+        f"{path}:13: cosine_min_lr_ratio: the end LR of the cosine decay: only with lr_scheduler: cosine (got linear)",
+        f"{path}:14: peft_layers_pattern: only used with peft_layers_to_transform: set it or remove this",
+        f"{path}:16: min_sample_len: for SFT data only (not dpo pairs): remove it",
+    ]
+    path = write_config(good_text + "cosine_min_lr_ratio: 1.5\n")
+    assert problems(path) == [f"{path}:12: cosine_min_lr_ratio: must be less than or equal to 1 (got 1.5)"]

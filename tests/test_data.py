@@ -117,7 +117,24 @@ def test_drop_and_truncate_counts(tiny_model_dir, tmp_path, tok, capsys):
         4,
     )
     assert max(len(ids) for ids in prepared.train["input_ids"]) == 40
-    assert "truncated 1 rows to sequence_len 40 (excess_length_strategy: truncate)" in capsys.readouterr().out
+    assert "truncated 1 row to sequence_len 40 (excess_length_strategy: truncate)" in capsys.readouterr().out
+
+
+def test_min_sample_len_drops_short_rows_and_says_so(tiny_model_dir, tmp_path, tok, capsys):
+    rows = [
+        {"context": "q", "target": "a"},
+        {"context": "a much longer question " * 3, "target": "an answer"},
+    ]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    lengths = [len(tok(f"[INST] {r['context']} [/INST]")["input_ids"] + tok(r["target"], add_special_tokens=False)["input_ids"]) + 1 for r in rows]  # fmt: skip
+    cut = lengths[0] + 1  # the first row is one token short of it
+    cfg = make_cfg(tiny_model_dir, tmp_path, [{"path": str(path), "type": INST}], min_sample_len=cut)
+    prepared = data.prepare(cfg, tok)
+    assert prepared.train.num_rows == 1 and len(prepared.train[0]["input_ids"]) == lengths[1]  # the long one
+    assert prepared.stats["dropped_too_short"] == 1
+    assert f"dropped 1 row shorter than min_sample_len {cut}" in capsys.readouterr().out
+    cfg = make_cfg(tiny_model_dir, tmp_path, [{"path": str(path), "type": INST}], min_sample_len=lengths[0])
+    assert data.prepare(cfg, tok).stats["rows_kept"] == 2  # a row of exactly min_sample_len tokens stays
 
 
 @pytest.mark.parametrize("overlap", [0, 8])
@@ -140,7 +157,7 @@ def test_long_completion_texts_are_split_into_chunks(tiny_model_dir, tmp_path, t
     stats = prepared.stats
     assert (stats["split_texts"], stats["chunks"], stats["dropped_too_long"]) == (1, len(starts), 0)
     assert (
-        f"split 1 completion texts longer than sequence_len 40 into {len(starts)} chunks"
+        f"split 1 completion text longer than sequence_len 40 into {len(starts)} chunks"
         in capsys.readouterr().out
     )
 

@@ -107,6 +107,31 @@ def test_alpaca_with_and_without_input(tiny_model_dir, tok):
     assert [decoded(tok, out, i) for i in (0, 1)] == ["positive" + EOT, "hi" + EOT]
 
 
+@pytest.mark.parametrize("name", ["alpaca:chat", "alpaca_chat"])
+def test_alpaca_chat_style_is_axolotls_layout(tiny_model_dir, tok, name):
+    rows = [
+        {"instruction": "Classify.", "input": "Shares rose.", "output": "positive"},
+        {"instruction": "Say hi.", "output": "hi"},
+    ]
+    cfg = cfg_for(tiny_model_dir, {"type": name})
+    assert cfg.datasets[0].type == "alpaca:chat"
+    out, _ = encode(cfg, rows, tok)
+    assert decoded(tok, out, 0, trained=False) == (
+        f"{BOS}SYSTEM: {formats.ALPACA_SYSTEM}\nUSER: Classify.\nShares rose.\nASSISTANT:"
+    )
+    assert (
+        decoded(tok, out, 1, trained=False)
+        == f"{BOS}SYSTEM: {formats.ALPACA_SYSTEM_NO_INPUT}\nUSER: Say hi.\nASSISTANT:"
+    )
+    assert [decoded(tok, out, i) for i in (0, 1)] == ["positive" + EOT, "hi" + EOT]
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": "alpaca:chatml"}), rows[1:], tok)
+    assert decoded(tok, out, 0, trained=False) == (
+        f"{BOS}<|im_start|>system\n{formats.ALPACA_SYSTEM_NO_INPUT}<|im_end|>\n<|im_start|>user\nSay hi.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert cfg_for(tiny_model_dir, {"type": "alpaca:instruct"}).datasets[0].type == "alpaca"
+
+
 def test_completion_trains_the_text_plus_eos(tiny_model_dir, tok):
     out, _ = encode(
         cfg_for(tiny_model_dir, {"type": "completion", "field": "body"}), [{"body": "Revenue grew 5%."}], tok

@@ -111,6 +111,68 @@ def test_all_linear_dora_and_rslora(tiny_model_dir):
     assert any("lora_magnitude_vector" in n and g.abs().sum() > 0 for n, g in grads.items())
 
 
+def test_peft_layers_to_transform_adapts_only_those_layers(tiny_model_dir):
+    cfg = make_cfg(
+        tiny_model_dir,
+        load_in_4bit=True,
+        adapter="qlora",
+        lora_target_linear=True,
+        peft_layers_to_transform=[1],
+    )
+    loaded, tok = load(cfg)
+    wrapped = {n for n, mod in loaded.model.named_modules() if hasattr(mod, "lora_A")}
+    assert {n.split(".layers.")[1].split(".")[0] for n in wrapped} == {"1"}  # layer 1 only ...
+    assert {n.split(".")[-1] for n in wrapped} == {  # ... all its linear layers (all-linear, spelled out)
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }  # fmt: skip
+    assert lora_grads(loaded.model, batch(tok))
+    layers = loaded.model.config.num_hidden_layers
+    with pytest.raises(
+        UserError, match=rf"peft_layers_to_transform: layer {layers} does not exist .* 0 to {layers - 1}\)"
+    ):
+        load(make_cfg(tiny_model_dir, peft_layers_to_transform=[0, layers]))
+
+
+def test_model_config_overrides_and_non_amp_dtypes(tiny_model_dir):
+    cfg = make_cfg(tiny_model_dir, model_config={"rms_norm_eps": 0.001}, bfloat16=True)
+    assert model.precision(cfg).dtype == "bfloat16" and not model.precision(cfg).bf16  # held in bf16, no AMP
+    loaded, tok = load(cfg)
+    base = loaded.model.base_model.model
+    assert base.config.rms_norm_eps == 0.001 and base.model.norm.variance_epsilon == 0.001
+    assert base.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    grads = lora_grads(loaded.model, batch(tok))  # trains: fp32 adapter on a bf16 base, on CPU
+    assert all(g.dtype == torch.float32 for g in grads.values()) and any(
+        g.abs().sum() > 0 for g in grads.values()
+    )
+    assert model.precision(make_cfg(tiny_model_dir, float16=True)).dtype == "float16"
+    with pytest.raises(
+        UserError, match=r"overrides_of_model_config.rms_norm_epsilon: not a setting of .*LlamaConfig"
+    ):
+        model.load_model_config(make_cfg(tiny_model_dir, model_config={"rms_norm_epsilon": 0.1}))
+
+
+def test_bnb_4bit_keys_shape_the_quantization(tiny_model_dir):
+    fp32 = model.Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
+    q = model.quantization_config(make_cfg(tiny_model_dir, load_in_4bit=True), fp32)
+    assert (q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) == (
+        "nf4", True, torch.float32
+    )  # fmt: skip
+    cfg = make_cfg(
+        tiny_model_dir, load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=False,
+        bnb_4bit_compute_dtype="bfloat16",
+    )  # fmt: skip
+    q = model.quantization_config(cfg, fp32)
+    assert (q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) == (
+        "fp4", False, torch.bfloat16
+    )  # fmt: skip
+    loaded, tok = load(cfg)
+    layer = loaded.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert layer.weight.quant_type == "fp4" and layer.compute_dtype == torch.bfloat16
+    assert lora_grads(loaded.model, batch(tok))
+    loaded, _ = load(make_cfg(tiny_model_dir, load_in_8bit=True, bnb_4bit_compute_dtype="bfloat16"))
+    assert "bnb_4bit_compute_dtype: no effect without load_in_4bit" in loaded.notes
+
+
 def test_lora_model_dir_starts_from_the_saved_adapter(tiny_model_dir, tmp_path):
     first, _ = load(make_cfg(tiny_model_dir, lora_r=4))
     with torch.no_grad():

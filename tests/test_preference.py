@@ -230,7 +230,7 @@ def test_sequence_len_drops_or_truncates_pairs_and_every_skip_is_counted(tiny_mo
         1,
     )
     assert s["train_rows"] == 3
-    assert "skipped 1 pairs whose two answers are identical" in preference_data.removals(s)
+    assert "skipped 1 pair whose two answers are identical" in preference_data.removals(s)
     cut = data.prepare(
         make_cfg(tiny_model_dir, tmp_path, ds, sequence_len=40, excess_length_strategy="truncate"), tok
     )

@@ -147,7 +147,7 @@ def test_json_array_file_and_error_exit_code_from_the_cli(tiny_model_dir, tmp_pa
         cli.main()
     assert info.value.code == 0
     out = capsys.readouterr().out
-    assert "skipped 1 rows with an empty answer" in out
+    assert "skipped 1 row with an empty answer" in out
     path.write_text('[{"context": "q", "target": "a"},\n {"context": "q2", "target": "a2"]')
     with pytest.raises(SystemExit) as info:
         cli.main()

@@ -151,13 +151,19 @@ def test_adapter_loads_and_changes_logits(finished, tiny_model_dir):
     [
         {"load_in_4bit": False, "load_in_8bit": True, "adapter": "lora"},
         {"load_in_4bit": False, "adapter": "lora"},
+        # axolotl's bf16 base without mixed precision (4-bit compute in bf16 on CPU), a config override, one
+        # adapted layer, batches built in a worker process
+        {"bfloat16": True, "model_config": {"rms_norm_eps": 1e-3}, "peft_layers_to_transform": [0],
+         "dataloader_num_workers": 1},
     ],
-)
-def test_8bit_and_16bit_bases_train(tiny_model_dir, tmp_path, prepared_dir, settings):
+)  # fmt: skip
+def test_other_bases_and_axolotl_extras_train(tiny_model_dir, tmp_path, prepared_dir, settings):
     out = tmp_path / "out"
     train.run(make_cfg(tiny_model_dir, out, prepared_dir, max_steps=2, val_set_size=0, **settings))
     assert any(v.abs().sum() > 0 for k, v in adapter_weights(out).items() if "lora_B" in k)
     assert json.loads((out / "all_results.json").read_text())["global_step"] == 2
+    layers = json.loads((out / "adapter_config.json").read_text())["layers_to_transform"]
+    assert layers == settings.get("peft_layers_to_transform")
 
 
 def test_loss_watchdog_stops_the_run_and_says_why(tiny_model_dir, tmp_path, prepared_dir, capsys):

@@ -160,9 +160,41 @@ def test_ddp_find_unused_parameters(tmp_path, monkeypatch):
     assert args.ddp_find_unused_parameters is False and not notes  # LoRA: every weight is used each step
     args, _, notes = build(tmp_path, ddp_find_unused_parameters=True)
     assert args.ddp_find_unused_parameters is True and not notes
-    cfg = config.validate(
-        {"base_model": "m", "adapter": "lora", "datasets": [{"path": str(QA)}], "deepspeed": {"zero_optimization": {}},
-         "ddp_find_unused_parameters": True}
-    )  # fmt: skip
+    args, _, notes = build(tmp_path, ddp_bucket_cap_mb=50, ddp_broadcast_buffers=True, ddp_timeout=60)
+    assert (args.ddp_bucket_cap_mb, args.ddp_broadcast_buffers, args.ddp_timeout) == (50, True, 60)
+    args, _, notes = build(
+        tmp_path, deepspeed={"zero_optimization": {}}, ddp_find_unused_parameters=True, ddp_bucket_cap_mb=50
+    )
+    assert args.ddp_bucket_cap_mb is None and args.ddp_find_unused_parameters is None
+    assert notes == [
+        "ddp_find_unused_parameters: no effect under DeepSpeed (it is a DDP setting)",
+        "ddp_bucket_cap_mb: no effect under DeepSpeed (it is a DDP setting)",
+    ]
+
+
+def test_cosine_min_lr_ratio_ends_at_a_fraction_of_the_peak(tmp_path):
+    args, sched, _ = build(
+        tmp_path, has_eval=False, max_steps=20, warmup_steps=2, learning_rate=1e-3, cosine_min_lr_ratio=0.1
+    )
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    lrs = _lr_curve(args, sched.total_steps)
+    assert lrs[1] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4, rel=1e-9)
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    args, sched, _ = build(
+        tmp_path, has_eval=False, max_steps=20, cosine_min_lr_ratio=1.0, learning_rate=1e-3
+    )
+    assert _lr_curve(args, sched.total_steps) == pytest.approx([1e-3] * 20)  # ratio 1: constant after warm-up
+
+
+def test_dataloader_keys(tmp_path):
+    args, _, notes = build(tmp_path, dataloader_num_workers=2, dataloader_prefetch_factor=4)
+    assert (args.dataloader_num_workers, args.dataloader_prefetch_factor) == (2, 4)
+    assert args.dataloader_pin_memory is False and not notes  # CPU: nothing to pin for
+    args, _, notes = build(tmp_path, dataloader_pin_memory=True, torch_empty_cache_steps=10)
+    assert args.dataloader_pin_memory is False and notes == [
+        "dataloader_pin_memory: no effect on CPU (it speeds up copies to a GPU)"
+    ]
+    assert args.torch_empty_cache_steps is None  # no GPU cache to empty
     notes = []
-    assert trainer_args._find_unused(cfg, notes) is True and "no effect under DeepSpeed" in notes[0]
+    cfg = config.validate({"base_model": "m", "adapter": "lora", "datasets": [{"path": str(QA)}]})
+    assert trainer_args._dataloader(cfg, True, notes)["dataloader_pin_memory"] is True  # GPU default: pinned

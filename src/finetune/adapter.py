@@ -8,12 +8,14 @@ import warnings
 
 from finetune import speedups
 from finetune.config import Config
+from finetune.errors import UserError
 
 # Attention projections: the default targets when neither lora_target_modules nor lora_target_linear is set.
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
+def lora_config(cfg: Config, extra_modules_to_save: list[str] = (), model=None):
+    """The LoraConfig of a fresh adapter. `model` is needed only with peft_layers_to_transform (see there)."""
     from peft import LoraConfig
 
     if cfg.lora_target_linear:
@@ -22,6 +24,11 @@ def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
         targets = cfg.lora_target_modules
     else:
         targets = DEFAULT_TARGETS
+    layers = cfg.peft_layers_to_transform
+    if layers is not None:
+        check_layers(cfg, model)
+        if targets == "all-linear":  # peft takes layers_to_transform only with a list of module names
+            targets = linear_module_names(model)
     head = ["score"] if cfg.reward_model else []  # a new reward head: trained in full, saved with the adapter
     to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save, *head])) or None
     return LoraConfig(
@@ -34,8 +41,34 @@ def lora_config(cfg: Config, extra_modules_to_save: list[str] = ()):
         fan_in_fan_out=cfg.lora_fan_in_fan_out,
         use_dora=cfg.peft_use_dora,
         use_rslora=cfg.peft_use_rslora,
+        layers_to_transform=layers,
+        layers_pattern=cfg.peft_layers_pattern,
         bias="none",
     )
+
+
+def linear_module_names(model) -> list[str]:
+    """What peft's `all-linear` adapts, as module names: every linear layer except the output head."""
+    import bitsandbytes as bnb
+    import torch
+
+    linear = (torch.nn.Linear, bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    head = model.get_output_embeddings()
+    names = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, linear) and m is not head
+    }
+    return sorted(names - {"lm_head", "score"})
+
+
+def check_layers(cfg: Config, model) -> None:
+    """A layer index past the model's last would silently adapt nothing there: refused in one line."""
+    count = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    missing = [i for i in cfg.peft_layers_to_transform if count is not None and i >= count]
+    if missing:
+        raise UserError(
+            f"peft_layers_to_transform: layer {missing[0]} does not exist ({cfg.base_model} has {count} "
+            f"layers, 0 to {count - 1})"
+        )
 
 
 def gradient_checkpointing_kwargs(cfg: Config) -> dict:
@@ -84,5 +117,5 @@ def _wrap(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], note
             f"adapter: continuing from {cfg.lora_model_dir} (its r/alpha/targets apply, not this config's)"
         )
     else:
-        model = get_peft_model(model, lora_config(cfg, extra_modules_to_save))
+        model = get_peft_model(model, lora_config(cfg, extra_modules_to_save, model))
     return model

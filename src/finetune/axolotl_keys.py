@@ -20,9 +20,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "dp_shard_size": (1,),
     "dp_replicate_size": (1,),
     "sequence_parallel_degree": (1,),
-    "ddp_timeout": (),
-    "ddp_bucket_cap_mb": (),
-    "ddp_broadcast_buffers": (),
     "accelerator_config": (),
     # --- training kinds not built yet
     "process_reward_model": (),
@@ -124,11 +121,9 @@ UNSUPPORTED: dict[str, tuple] = {
     "multipack_real_batches": (),
     "curriculum_sampling": (),
     "total_num_tokens": (),
-    "min_sample_len": (),
     "default_system_message": (),
     # --- optimizer/scheduler extras
     "lr_quadratic_warmup": (),
-    "cosine_min_lr_ratio": (),
     "cosine_constant_lr_ratio": (),
     "lr_div_factor": (),
     "optim_args": (),
@@ -139,22 +134,15 @@ UNSUPPORTED: dict[str, tuple] = {
     # --- model surgery and misc
     "resize_token_embeddings_to_32x": (),
     "reinit_weights": (),
-    "model_config": (),
     "experimental_skip_move_to_device": (),
     "lora_on_cpu": (),
     "gpu_memory_limit": (),
     "max_memory": (),
     "device_map": (),
-    "lora_layers_to_transform": (),
-    "peft_layers_to_transform": (),
     "peft_init_lora_weights": (),
     "save_only_model": (),
     "save_safetensors": (True,),
     "save_first_step": (),
-    "include_tokens_per_second": (),
-    "batch_size": (),
-    "float16": (),  # legacy axolotl aliases: write fp16 / bf16
-    "bfloat16": (),
     # --- hub and trackers other than W&B
     "hub_model_id": (),
     "hub_strategy": (),
@@ -186,11 +174,7 @@ UNSUPPORTED: dict[str, tuple] = {
     "comet_online": (),
     "comet_workspace": (),
     "dataloader_drop_last": (),
-    "dataloader_num_workers": (),
-    "dataloader_pin_memory": (),
-    "dataloader_prefetch_factor": (),
     "dataset_keep_in_memory": (),
-    "dataset_num_proc": (),
     "deepcompile": (),
     "diffusion_lm": (),
     "dion_lr": (),
@@ -264,7 +248,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "peft_autocast_adapter_dtype": (),
     "peft_ensure_weight_tying": (),
     "peft_layer_replication": (),
-    "peft_layers_pattern": (),
     "peft_trainable_token_indices": (),
     "ple_cpu_offload": (),
     "pose_max_context_len": (),
@@ -311,7 +294,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "tiled_mlp_use_original_mlp": (),
     "tokenizer_save_jinja_files": (),
     "torch_compile_options": (),
-    "torch_empty_cache_steps": (),
     "total_supervised_tokens": (),
     "trainer_cls": (),
     "use_dft": (),
@@ -347,6 +329,7 @@ IGNORED: frozenset[str] = frozenset(
         "ddp",
         "axolotl_config_path",
         "is_preprocess",
+        "include_tokens_per_second",  # real tokens/s is always logged and in the results
     }
 )
 

@@ -126,6 +126,8 @@ def hyperparameters(run: Run) -> dict:
     hp["lr_scheduler_type"] = cfg.lr_scheduler
     if cfg.eta_min is not None:
         hp["lr_scheduler_min_lr"] = cfg.eta_min
+    elif cfg.cosine_min_lr_ratio is not None:
+        hp["lr_scheduler_min_lr"] = cfg.cosine_min_lr_ratio * cfg.learning_rate
     warmup = cfg.warmup_steps
     if warmup is not None and warmup >= 1:
         hp["lr_scheduler_warmup_steps"] = int(warmup)

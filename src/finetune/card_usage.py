@@ -72,6 +72,9 @@ def usage_snippet(run: Run, merged: Merged | None = None) -> str:
             f'adapter = "{where}"  # this folder, or its repo id on the hub',
             "tokenizer = AutoTokenizer.from_pretrained(adapter)  # the tokenizer as trained (tokens, template)",
         ]
+        # settings of the base's config that training changed (overrides_of_model_config): from_pretrained
+        # applies keyword arguments that name config settings to the config
+        overrides = "".join(f", {k}={v!r}" for k, v in (cfg.overrides_of_model_config or {}).items())
         if four_bit:  # the adapter was trained against NF4 weights: load the base the same way
             lines += [
                 "quant = BitsAndBytesConfig(",
@@ -79,12 +82,14 @@ def usage_snippet(run: Run, merged: Merged | None = None) -> str:
                 "    bnb_4bit_compute_dtype=torch.bfloat16,",
                 ")",
                 "model = AutoModelForCausalLM.from_pretrained(",
-                '    base_model, quantization_config=quant, dtype=torch.bfloat16, device_map="auto"',
+                f'    base_model, quantization_config=quant, dtype=torch.bfloat16, device_map="auto"{overrides}',
                 ")",
             ]
         else:
             lines += [
-                'model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16, device_map="auto")'
+                "model = AutoModelForCausalLM.from_pretrained(",
+                f'    base_model, dtype=torch.bfloat16, device_map="auto"{overrides}',
+                ")",
             ]
         if cfg.tokens or cfg.special_tokens:
             lines += [

@@ -95,6 +95,7 @@ def validate(
             continue
         data[key] = value
     _preference_defaults(data, problems, where)
+    _batch_size(data, problems, where)
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
             data[key] = [config_yaml.drop_nulls(entry) for entry in data[key]]
@@ -157,6 +158,27 @@ def _preference_defaults(data: dict, problems: list[str], where) -> None:
         f"warning: {where(('dpo_beta',))}dpo_beta: deprecated (axolotl's old name); read as rl_beta: {data['rl_beta']}",
         file=sys.stderr,
     )
+
+
+def _batch_size(data: dict, problems: list[str], where) -> None:
+    """axolotl's older `batch_size` (rows per optimizer step on each device) is read as gradient_accumulation_steps
+    = batch_size / micro_batch_size, so the saved config says what ran. Wrong types are left to pydantic."""
+    size, micro = data.get("batch_size"), data.get("micro_batch_size", 1)
+    if size is None or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, micro)
+    ):
+        return
+    if data.get("gradient_accumulation_steps") is not None:
+        problems.append(
+            f"{where(('batch_size',))}batch_size: set either batch_size or gradient_accumulation_steps, not both"
+        )
+    elif size % micro:
+        problems.append(
+            f"{where(('batch_size',))}batch_size: must be a multiple of micro_batch_size ({micro}), got {size}"
+        )
+    else:
+        del data["batch_size"]
+        data["gradient_accumulation_steps"] = size // micro
 
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:

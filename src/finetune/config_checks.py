@@ -137,7 +137,9 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
             )
         )
-    problems += schedule_checks(cfg) + cut_cross_entropy_checks(cfg)
+    problems += (
+        schedule_checks(cfg) + cut_cross_entropy_checks(cfg) + precision_checks(cfg) + runtime_checks(cfg)
+    )
     for key in ("datasets", "test_datasets"):
         for i, ds in enumerate(getattr(cfg, key) or []):
             if ds.overlap_len and ds.type != "completion":
@@ -152,13 +154,16 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
 def schedule_checks(cfg: Config) -> list[tuple[tuple, str]]:
     """eta_min is the floor of the cosine decay; loss_watchdog_patience counts loss_watchdog_threshold's steps."""
     problems = []
-    if cfg.eta_min is not None and cfg.lr_scheduler != "cosine":
-        problems.append(
-            (
-                ("eta_min",),
-                f"the end LR of the cosine decay: only with lr_scheduler: cosine (got {cfg.lr_scheduler})",
+    for key in ("eta_min", "cosine_min_lr_ratio"):
+        if getattr(cfg, key) is not None and cfg.lr_scheduler != "cosine":
+            problems.append(
+                (
+                    (key,),
+                    f"the end LR of the cosine decay: only with lr_scheduler: cosine (got {cfg.lr_scheduler})",
+                )
             )
-        )
+    if cfg.eta_min is not None and cfg.cosine_min_lr_ratio is not None:
+        problems.append((("cosine_min_lr_ratio",), "set either eta_min or cosine_min_lr_ratio, not both"))
     elif cfg.eta_min is not None and cfg.eta_min > cfg.learning_rate:
         problems.append(
             (("eta_min",), f"must be at most learning_rate ({cfg.learning_rate}), got {cfg.eta_min}")
@@ -166,6 +171,39 @@ def schedule_checks(cfg: Config) -> list[tuple[tuple, str]]:
     if cfg.loss_watchdog_patience is not None and cfg.loss_watchdog_threshold is None:
         problems.append(
             (("loss_watchdog_patience",), "needs loss_watchdog_threshold (the loss to watch for)")
+        )
+    return problems
+
+
+def precision_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """One dtype for the base: bfloat16/float16 (held without mixed precision) cannot contradict bf16/fp16."""
+    problems = []
+    if cfg.bfloat16 and cfg.float16:
+        problems.append((("float16",), "cannot be combined with bfloat16: choose one"))
+    if cfg.bfloat16 and cfg.fp16:
+        problems.append((("bfloat16",), "cannot be combined with fp16: true (fp16 mixed precision)"))
+    if cfg.float16 and cfg.bf16 is True:
+        problems.append((("float16",), "cannot be combined with bf16: true (bf16 mixed precision)"))
+    return problems
+
+
+def runtime_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """Keys that only mean something together with another one."""
+    problems = []
+    if cfg.dataloader_prefetch_factor is not None and not cfg.dataloader_num_workers:
+        problems.append(
+            (("dataloader_prefetch_factor",), "needs dataloader_num_workers > 0 (workers prefetch batches)")
+        )
+    if cfg.peft_layers_pattern is not None and cfg.peft_layers_to_transform is None:
+        problems.append(
+            (("peft_layers_pattern",), "only used with peft_layers_to_transform: set it or remove this")
+        )
+    if cfg.peft_layers_to_transform is not None and isinstance(cfg.lora_target_modules, str):
+        problems.append(
+            (
+                ("peft_layers_to_transform",),
+                "cannot be combined with a regex lora_target_modules (peft cannot): list the module names instead",
+            )
         )
     return problems
 
@@ -193,6 +231,10 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
     for key in ("rl_beta", "dpo_loss_type"):
         if getattr(cfg, key) is not None and cfg.rl != "dpo":
             problems.append(((key,), "only used by DPO: set rl: dpo or remove it"))
+    if cfg.min_sample_len is not None and cfg.preference:
+        problems.append(
+            (("min_sample_len",), f"for SFT data only (not {cfg.training_kind} pairs): remove it")
+        )
     if cfg.max_prompt_len is not None and not cfg.preference:
         problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
     if cfg.preference and cfg.train_on_inputs:

@@ -73,6 +73,8 @@ class PreferenceType(StrictModel):
 
 PREFERENCE_TYPE_KEYS = frozenset(PreferenceType.model_fields) - {"field_system"}
 DATASET_TYPES = ("alpaca", "chat_template", "completion")
+# axolotl's `alpaca:<style>`: alpaca's fields and system prompt in another turn layout (formats.ALPACA_TURNS)
+ALPACA_STYLES = ("chat", "chatml", "phi")
 
 
 def type_tag(v) -> str:
@@ -93,7 +95,8 @@ class DatasetConfig(StrictModel):
 
     path: str = Field(description="Local file or folder (JSONL/JSON/CSV/Parquet), or a hub dataset id.")
     type: DatasetTypeValue = Field(
-        "alpaca", description="Prompt format: alpaca, chat_template, completion, or a custom dict."
+        "alpaca",
+        description="Prompt format: alpaca, alpaca:chat / alpaca:chatml / alpaca:phi (alpaca's fields in another turn layout, as axolotl writes them), chat_template, completion, or a custom dict.",
     )
     ds_type: Literal["json", "csv", "parquet", "arrow", "text"] | None = Field(
         None, description="File format when the extension does not tell."
@@ -148,6 +151,10 @@ class DatasetConfig(StrictModel):
     def _known_type(cls, v):
         if v == "chat_template.default":  # axolotl's long name for the same strategy
             return "chat_template"
+        if v in ("alpaca:instruct", "alpaca_chat"):  # axolotl's other names of alpaca and alpaca:chat
+            return "alpaca" if v == "alpaca:instruct" else "alpaca:chat"
+        if isinstance(v, str) and v.startswith("alpaca:") and v[len("alpaca:") :] in ALPACA_STYLES:
+            return v
         if (
             isinstance(v, str) and v.split(":")[0] == "sharegpt"
         ):  # removed from axolotl too; say how to port it
@@ -158,6 +165,6 @@ class DatasetConfig(StrictModel):
             )
         if isinstance(v, str) and v not in DATASET_TYPES:
             raise ValueError(
-                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
+                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, {', '.join('alpaca:' + a for a in ALPACA_STYLES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
             )
         return v

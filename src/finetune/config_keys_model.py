@@ -53,12 +53,37 @@ class ModelKeys(StrictModel):
         None,
         description="Storage dtype of packed 4-bit weights (same NF4 values); default: the training dtype under DeepSpeed ZeRO-3, so it can shard them, else uint8.",
     )
-    bnb_config_kwargs: dict[str, Any] | None = Field(None, description="Extra BitsAndBytesConfig arguments.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = Field(
+        None, description="4-bit data type: nf4 (default, the QLoRA paper's) or fp4."
+    )
+    bnb_4bit_use_double_quant: bool | None = Field(
+        None, description="Quantize the 4-bit blocks' scales too (default true: ~0.4 bits a weight less)."
+    )
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
+        None,
+        description="dtype the 4-bit layers compute in (default: the run's dtype: bf16 on a GPU that has it, else fp32).",
+    )
+    bnb_config_kwargs: dict[str, Any] | None = Field(
+        None, description="Extra BitsAndBytesConfig arguments (they win over the keys above)."
+    )
     bf16: bool | Literal["auto"] | None = Field(
         "auto", description="bf16 mixed precision; `auto` uses it where the hardware supports it."
     )
     fp16: bool | None = Field(None, description="fp16 mixed precision (older GPUs).")
     tf32: bool | None = Field(None, description="Allow TF32 matmuls on Ampere+ GPUs.")
+    bfloat16: bool | None = Field(
+        None,
+        description="Hold the base's weights in bf16 without mixed precision (axolotl's non-AMP key): half the memory of fp32, also on CPU (where `bf16: auto` keeps fp32). The adapter stays fp32.",
+    )
+    float16: bool | None = Field(
+        None,
+        description="Hold the base's weights in fp16 without mixed precision (axolotl's non-AMP key). The adapter stays fp32.",
+    )
+    overrides_of_model_config: dict[str, Any] | None = Field(
+        None,
+        validation_alias=AliasChoices("overrides_of_model_config", "model_config"),
+        description="Settings of the base's model config changed before it loads, e.g. `{output_router_logits: true}` (a MoE router's load-balancing loss); each must be a setting that config has. axolotl writes it `model_config`. train, merge, generate and eval apply it alike.",
+    )
     attn_implementation: str | None = Field(
         None, description="Attention kernel: sdpa (default), eager, flash_attention_2 ..."
     )
@@ -105,6 +130,15 @@ class ModelKeys(StrictModel):
         False, description="DoRA: weight-decomposed LoRA; a little slower, often better."
     )
     peft_use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    peft_layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        validation_alias=AliasChoices("peft_layers_to_transform", "lora_layers_to_transform"),
+        description="Adapt only these transformer layers (indices from 0; default: every layer).",
+    )
+    peft_layers_pattern: list[str] | None = Field(
+        None,
+        description="With peft_layers_to_transform: the name of the model's list of layers (e.g. `layers`), when peft cannot find it by itself.",
+    )
     lora_model_dir: str | None = Field(
         None, description="Start from this existing adapter instead of a fresh one."
     )
@@ -125,9 +159,14 @@ class DataKeys(StrictModel):
         None, description="Where tokenized data is cached (default: last_run_prepared)."
     )
     dataset_processes: Positive | None = Field(
-        None, description="Processes for tokenization (default: CPU count)."
+        None,
+        validation_alias=AliasChoices("dataset_processes", "dataset_num_proc"),
+        description="Processes for tokenization (default: CPU count). axolotl's newer name: `dataset_num_proc`.",
     )
     dataset_exact_deduplication: bool = Field(False, description="Drop exact duplicate rows.")
+    min_sample_len: Positive | None = Field(
+        None, description="Drop rows of fewer tokens than this (prompt and answer together), as axolotl does."
+    )
     shuffle_merged_datasets: bool = Field(True, description="Shuffle after concatenating datasets.")
     sequence_len: Positive = Field(2048, description="Maximum tokens per row.")
     excess_length_strategy: Literal["drop", "truncate"] = Field(

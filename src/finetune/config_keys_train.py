@@ -23,6 +23,10 @@ class TrainingKeys(StrictModel):
         None, description="Rows per device per eval step (default: micro_batch_size)."
     )
     gradient_accumulation_steps: Positive = Field(1, description="Micro-batches per optimizer step.")
+    batch_size: Positive | None = Field(
+        None,
+        description="axolotl's older way to give the batch: rows per optimizer step on each device. Read as gradient_accumulation_steps = batch_size / micro_batch_size (what the saved config says); set one of the two.",
+    )
     num_epochs: float = Field(1, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(
         None, description="Stop after this many optimizer steps (overrides num_epochs)."
@@ -33,6 +37,12 @@ class TrainingKeys(StrictModel):
         None,
         ge=0,
         description="lr_scheduler: cosine only: the learning rate the cosine decay ends at (default 0), at most learning_rate; runs as transformers' cosine_with_min_lr schedule.",
+    )
+    cosine_min_lr_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="lr_scheduler: cosine only: the cosine decay ends at this fraction of learning_rate instead of 0 (axolotl's key; eta_min sets the same floor as a learning rate).",
     )
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     warmup_steps: float | None = Field(
@@ -90,6 +100,34 @@ class TrainingKeys(StrictModel):
     ddp_find_unused_parameters: bool | None = Field(
         None,
         description="Multi-process DDP (no DeepSpeed): look for trainable weights that got no gradient after each backward. Needed only when some trainable weights can sit out a forward; costs a walk over the autograd graph each step. Default false: every LoRA weight takes part in every forward.",
+    )
+    ddp_timeout: Positive | None = Field(
+        None,
+        description="Multi-process runs: seconds a process waits for the others (a collective, or the main process preparing the data) before the run fails (default 1800).",
+    )
+    ddp_bucket_cap_mb: Positive | None = Field(
+        None,
+        description="DDP (no DeepSpeed): size of the gradient buckets all-reduced together (default 25).",
+    )
+    ddp_broadcast_buffers: bool | None = Field(
+        None,
+        description="DDP (no DeepSpeed): copy the model's buffers from the first process at each forward (default off).",
+    )
+    dataloader_num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that build batches in the background (default 0: in the training process; collating token ids is cheap).",
+    )
+    dataloader_prefetch_factor: Positive | None = Field(
+        None, description="Batches each dataloader worker prepares ahead (needs dataloader_num_workers > 0)."
+    )
+    dataloader_pin_memory: bool | None = Field(
+        None,
+        description="Batches in page-locked memory for faster copies to the GPU (default: on with a GPU; no effect on CPU).",
+    )
+    torch_empty_cache_steps: Positive | None = Field(
+        None,
+        description="Empty the GPU's memory cache every N steps (less fragmentation, a little slower; no effect on CPU).",
     )
     torch_compile: bool | None = Field(
         None,

@@ -30,6 +30,7 @@ STATS_FILE = "finetune_stats.json"
 TOKEN_KEYS = (
     "sequence_len",
     "excess_length_strategy",
+    "min_sample_len",
     "train_on_inputs",
     "val_set_size",
     "seed",
@@ -120,6 +121,7 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
     stats["eval_rows"] = eval_.num_rows if eval_ is not None else 0
     stats["eval_tokens"] = encode.token_counts(eval_)[0]
     stats["sequence_len"], stats["excess_length_strategy"] = cfg.sequence_len, cfg.excess_length_strategy
+    stats["min_sample_len"] = cfg.min_sample_len
     return train, eval_, stats
 
 

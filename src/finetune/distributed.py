@@ -24,8 +24,9 @@ from finetune.config import Config
 from finetune.errors import UserError
 from finetune.launch import free_port
 
-# How long a process waits for the others (a collective, or rank 0 preparing the data): HF's ddp_timeout.
-TIMEOUT = timedelta(seconds=1800)
+# How long a process waits for the others (a collective, or rank 0 preparing the data) unless the config's
+# ddp_timeout says otherwise: HF's ddp_timeout default.
+DEFAULT_TIMEOUT_S = 1800
 SHM_OP = "deepspeed_shm_comm"
 _joined = False  # whether `setup` started the process group (then `finish` ends it)
 
@@ -185,15 +186,16 @@ def setup(cfg: Config, notes: list[str]) -> bool:
         return is_main()  # the caller's own group (e.g. a script that set one up before calling train.run)
     global _joined
     _joined = True
+    timeout = timedelta(seconds=cfg.ddp_timeout or DEFAULT_TIMEOUT_S)
     if cfg.deepspeed:
         import deepspeed
 
         if cpu_only():
             skip_shm_op()
-        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=TIMEOUT, verbose=False)
+        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout, verbose=False)
     else:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend, timeout=TIMEOUT)
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return is_main()
 
 

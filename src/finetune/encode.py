@@ -22,8 +22,8 @@ from finetune.errors import UserError
 
 BATCH = 1000
 COUNTERS = (
-    "rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answer", "duplicates", "split_texts",
-    "chunks",
+    "rows_in", "rows_kept", "dropped_too_long", "dropped_too_short", "truncated", "empty_answer", "duplicates",
+    "split_texts", "chunks",
 )  # fmt: skip
 _WORKER: tuple | None = None  # (work, state) of map_batches, inherited by forked workers
 
@@ -157,7 +157,8 @@ def _filter(table, src, fmt: formats.Format):
     too_long = too_long & ~to_split
     cut_to_nothing = ok & truncated & (trained == 0)  # truncation left none of the answer
     nothing = ok & ~truncated & (trained == 0)
-    keep = ok & ~too_long & ~to_split & ~cut_to_nothing & ~nothing
+    too_short = ok & ~too_long & ~to_split & (lengths < fmt.min_len)  # min_sample_len
+    keep = ok & ~too_long & ~to_split & ~cut_to_nothing & ~nothing & ~too_short
     kept = table.filter(keep).select(["input_ids", "labels"])
     chunks = _chunks(table.filter(to_split), fmt) if to_split.any() else None
     if chunks is not None:
@@ -168,6 +169,7 @@ def _filter(table, src, fmt: formats.Format):
         "rows_in": len(status),
         "rows_kept": kept.num_rows,
         "dropped_too_long": int(too_long.sum() + cut_to_nothing.sum()),
+        "dropped_too_short": int((too_short & ~cut_to_nothing & ~nothing).sum()),
         "truncated": int((keep & truncated).sum()),
         "empty_answer": int((status == formats.EMPTY).sum() + nothing.sum()),
         "duplicates": 0,
@@ -179,15 +181,15 @@ def _filter(table, src, fmt: formats.Format):
 
 def _chunks(table, fmt: formats.Format):
     """Texts longer than sequence_len cut into chunks of sequence_len starting chunk_step apart (axolotl's
-    completion strategy); a chunk under 2 tokens, or with nothing to train, is left out."""
+    completion strategy); a chunk under 2 tokens (or min_sample_len), or with nothing to train, is left out."""
     import pyarrow as pa
 
     ids_out, labels_out = [], []
-    size, step = fmt.sequence_len, fmt.chunk_step
+    size, step, shortest = fmt.sequence_len, fmt.chunk_step, max(2, fmt.min_len)
     for ids, labels in zip(table["input_ids"].to_pylist(), table["labels"].to_pylist(), strict=True):
         for start in range(0, len(ids), step):
             piece = labels[start : start + size]
-            if len(piece) >= 2 and any(t != formats.IGNORE for t in piece):
+            if len(piece) >= shortest and any(t != formats.IGNORE for t in piece):
                 ids_out.append(ids[start : start + size])
                 labels_out.append(piece)
     return pa.table(

@@ -4,7 +4,7 @@ Each `type:` of a dataset entry becomes a `Format` once (`build_format`), then r
 `encode_batch` in batches (the same code runs in worker processes). The token layout follows axolotl so
 existing configs train on the same tokens:
 
-- custom dict / `alpaca`: prompt = system_format.format(system) + format.format(instruction, input), tokenized
+- custom dict / `alpaca` (and `alpaca:<style>`): prompt = system_format.format(system) + format.format(instruction, input), tokenized
   with the tokenizer's special tokens (BOS); the answer is tokenized on its own, without special tokens, and
   EOS is appended. Prompt labels are -100 unless train_on_inputs.
 - `completion`: the text is the answer (BOS masked, EOS appended and trained); a text longer than
@@ -31,6 +31,29 @@ OK, EMPTY, ERROR = 0, 1, 2
 
 ALPACA_SYSTEM = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request."
 ALPACA_SYSTEM_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+# axolotl's alpaca prompt styles (`type: alpaca:<style>`): (format, no_input_format, system_format)
+ALPACA_TURNS = {
+    "instruct": (
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+        "### Instruction:\n{instruction}\n\n### Response:\n",
+        "{system}\n\n",
+    ),
+    "chat": (
+        "USER: {instruction}\n{input}\nASSISTANT:",
+        "USER: {instruction}\nASSISTANT:",
+        "SYSTEM: {system}\n",
+    ),
+    "chatml": (
+        "<|im_start|>user\n{instruction}\n{input}<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>system\n{system}<|im_end|>\n",
+    ),
+    "phi": (
+        "<|user|>\n{instruction}<|end|>{input}<|assistant|>",
+        "<|user|>\n{instruction}<|end|>\n<|assistant|>\n",
+        "<|system|>\n{system}<|end|>\n",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,7 @@ class Format:
     sequence_len: int
     truncate: bool
     chunk_step: int = 0  # completion: a text longer than sequence_len becomes chunks starting this far apart
+    min_len: int = 0  # min_sample_len: rows of fewer tokens are dropped
 
 
 def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Format:
@@ -75,16 +99,17 @@ def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Forma
         )
         for key in ("format", "no_input_format", "system_format"):
             _check_placeholders(getattr(t, key), key, f"{where}.type")
-    elif t == "alpaca":
+    elif t == "alpaca" or t.startswith("alpaca:"):
+        turn, no_input_turn, system_format = ALPACA_TURNS[t.partition(":")[2] or "instruct"]
         spec = TextSpec(
             field_instruction="instruction",
             field_output="output",
             field_input="input",
             system_prompt=ALPACA_SYSTEM,
             system_prompt_no_input=ALPACA_SYSTEM_NO_INPUT,
-            format="### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
-            no_input_format="### Instruction:\n{instruction}\n\n### Response:\n",
-            system_format="{system}\n\n",
+            format=turn,
+            no_input_format=no_input_turn,
+            system_format=system_format,
         )
     elif t == "completion":
         spec = TextSpec(field_instruction=ds.field or "text", field_output=None)
@@ -96,7 +121,7 @@ def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Forma
     # axolotl's completion strategy does); overlap_len < sequence_len is checked with the config
     chunk_step = cfg.sequence_len - (ds.overlap_len or 0) if t == "completion" else 0
     truncate = cfg.excess_length_strategy == "truncate" and not chunk_step
-    return Format(spec, cfg.train_on_inputs, cfg.sequence_len, truncate, chunk_step)
+    return Format(spec, cfg.train_on_inputs, cfg.sequence_len, truncate, chunk_step, cfg.min_sample_len or 0)
 
 
 def _check_placeholders(template: str | None, key: str, where: str) -> None:

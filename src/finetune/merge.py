@@ -32,18 +32,9 @@ def _torch_dtype(name: str):
 
 def base_config(run: run_dir.Run):
     """The base's model config (cheap): tells a checkpoint saved quantized before any weight is read."""
-    from transformers import AutoConfig
+    from finetune.model import load_model_config
 
-    cfg = run.cfg
-    source = cfg.base_model_config or cfg.base_model
-    try:
-        return AutoConfig.from_pretrained(
-            source, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"base_model: cannot load a model config from {source!r} ({str(exc).splitlines()[0]})"
-        ) from None
+    return load_model_config(run.cfg)
 
 
 def auto_class(run: run_dir.Run):

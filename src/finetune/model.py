@@ -54,20 +54,27 @@ def _accelerator_bf16() -> bool:
 
 
 def precision(cfg: Config) -> Precision:
-    """`bf16: auto` means bf16 where a GPU supports it; on CPU the run stays in fp32 (exact, and not slower)."""
+    """`bf16: auto` means bf16 where a GPU supports it; on CPU the run stays in fp32 (exact, and not slower).
+
+    axolotl's `bfloat16` / `float16` hold the base in that dtype without mixed precision (config_checks keeps
+    them from contradicting bf16/fp16).
+    """
     import torch
 
     on_gpu = torch.cuda.is_available()
     if cfg.bf16 is True:
         bf16 = True
     elif cfg.bf16 == "auto":
-        bf16 = _accelerator_bf16() and not cfg.fp16
+        bf16 = _accelerator_bf16() and not (cfg.fp16 or cfg.float16)
     else:
         bf16 = False
     fp16 = bool(cfg.fp16) and not bf16
     if fp16 and not on_gpu:
         raise UserError("fp16: fp16 mixed precision needs a GPU (set fp16: false, or bf16: auto)")
-    dtype = "bfloat16" if bf16 else "float16" if fp16 else "float32"
+    if bf16 or cfg.bfloat16:
+        dtype = "bfloat16"
+    else:
+        dtype = "float16" if fp16 or cfg.float16 else "float32"
     # TF32 is an Ampere+ GPU feature; the Trainer raises on any other device, so it is dropped there.
     tf32 = cfg.tf32 if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None
     return Precision(bf16=bf16, fp16=fp16, tf32=tf32, dtype=dtype)
@@ -100,7 +107,8 @@ def _prequantized(model_config) -> dict | None:
 
 
 def quantization_config(cfg: Config, prec: Precision):
-    """NF4 with double quantization for 4-bit (QLoRA paper's recipe), LLM.int8 for 8-bit, else None."""
+    """NF4 with double quantization for 4-bit (the QLoRA paper's recipe) unless the bnb_4bit_* keys say otherwise,
+    LLM.int8 for 8-bit, else None."""
     from transformers import BitsAndBytesConfig
 
     extra = dict(cfg.bnb_config_kwargs or {})
@@ -110,12 +118,13 @@ def quantization_config(cfg: Config, prec: Precision):
         from finetune.distributed import quant_storage
 
         storage = quant_storage(cfg, prec.dtype)  # ZeRO-3 shards 4-bit weights stored in the training dtype
+        double_quant = cfg.bnb_4bit_use_double_quant
         return BitsAndBytesConfig(
             **{
                 "load_in_4bit": True,
-                "bnb_4bit_quant_type": "nf4",
-                "bnb_4bit_use_double_quant": True,
-                "bnb_4bit_compute_dtype": prec.torch_dtype,
+                "bnb_4bit_quant_type": cfg.bnb_4bit_quant_type or "nf4",
+                "bnb_4bit_use_double_quant": True if double_quant is None else double_quant,
+                "bnb_4bit_compute_dtype": getattr(torch, cfg.bnb_4bit_compute_dtype or prec.dtype),
                 "bnb_4bit_quant_storage": getattr(torch, storage),
                 **extra,
             }
@@ -141,6 +150,33 @@ def _device_map(cfg: Config):
 # ---------------------------------------------------------------- the base model
 
 
+def load_model_config(cfg: Config):
+    """The base's model config (cheap, no weights) with overrides_of_model_config applied.
+
+    train, merge, generate and eval all read it here, so the model they build is the same one. An override of
+    a setting the config does not have would change nothing (a typo, or another architecture's key): refused.
+    """
+    from transformers import AutoConfig
+
+    source = cfg.base_model_config or cfg.base_model
+    try:
+        model_config = AutoConfig.from_pretrained(
+            source, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"base_model: cannot load a model config from {source!r} ({str(exc).splitlines()[0]})"
+        ) from None
+    for key, value in (cfg.overrides_of_model_config or {}).items():
+        if not hasattr(model_config, key):
+            raise UserError(
+                f"overrides_of_model_config.{key}: not a setting of {source}'s config "
+                f"({type(model_config).__name__}), so it would change nothing"
+            )
+        setattr(model_config, key, value)
+    return model_config
+
+
 def load_base(cfg: Config, prec: Precision, notes: list[str]):
     """from_pretrained with the run's quantization, dtype, attention kernel, revision and remote-code choice.
 
@@ -149,16 +185,10 @@ def load_base(cfg: Config, prec: Precision, notes: list[str]):
     """
     from contextlib import nullcontext
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    source_config = cfg.base_model_config or cfg.base_model
     common = {"revision": cfg.revision_of_model, "trust_remote_code": cfg.trust_remote_code}
-    try:
-        model_config = AutoConfig.from_pretrained(source_config, **common)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"base_model: cannot load a model config from {source_config!r} ({str(exc).splitlines()[0]})"
-        ) from None
+    model_config = load_model_config(cfg)
     pre = _prequantized(model_config)
     if pre is not None:
         quant = None  # loaded as it was saved; passing our own config would conflict with it
@@ -167,6 +197,10 @@ def load_base(cfg: Config, prec: Precision, notes: list[str]):
         )
     else:
         quant = quantization_config(cfg, prec)
+    if not cfg.quantized_4bit:  # FinLoRA's 8-bit configs carry them; axolotl ignores them there too
+        for key in ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"):
+            if getattr(cfg, key):
+                notes.append(f"{key}: no effect without load_in_4bit")
     kwargs = {
         "config": model_config,
         "dtype": prec.torch_dtype,

@@ -185,10 +185,12 @@ def removals(stats: dict) -> str:
     """One line: SFT's removal reasons plus the preference ones (prompt cuts, identical answers)."""
     parts = [] if report.removals(stats).startswith("no rows") else [report.removals(stats)]
     if stats.get("same_answers"):
-        parts.append(f"skipped {stats['same_answers']} pairs whose two answers are identical")
+        parts.append(
+            f"skipped {report.count(stats['same_answers'], 'pairs')} whose two answers are identical"
+        )
     if stats.get("prompt_truncated"):
         parts.append(
-            f"cut {stats['prompt_truncated']} prompts to their last {stats.get('max_prompt_len')} tokens (max_prompt_len)"
+            f"cut {report.count(stats['prompt_truncated'], 'prompts')} to their last {stats.get('max_prompt_len')} tokens (max_prompt_len)"
         )
     return "; ".join(parts) or "no rows dropped, truncated or skipped"
 

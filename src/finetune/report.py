@@ -51,30 +51,44 @@ def progress():
     )
 
 
+def count(n: int, noun: str) -> str:
+    """`1 row`, `2 rows`, `1,024 completion texts`: a count with its noun (given in the plural) agreeing."""
+    return f"{n:,} {noun if n != 1 else noun.removesuffix('s')}"
+
+
 def removals(stats: dict) -> str:
     """One line: every reason rows were removed or changed, with counts (or that none were)."""
     seq, strategy = stats.get("sequence_len"), stats.get("excess_length_strategy", "drop")
     parts = []
     if stats.get("dropped_too_long"):
         why = "longer than" if strategy == "drop" else "with no answer left after truncation to"
+        limit = f"sequence_len {seq}" if seq else "sequence_len"
         parts.append(
-            f"dropped {stats['dropped_too_long']} rows {why} sequence_len {seq or ''} (excess_length_strategy: {strategy})".replace(
-                "  ", " "
-            )
+            f"dropped {count(stats['dropped_too_long'], 'rows')} {why} {limit} (excess_length_strategy: {strategy})"
+        )
+    if stats.get("dropped_too_short"):
+        least = stats.get("min_sample_len")
+        parts.append(
+            f"dropped {count(stats['dropped_too_short'], 'rows')} shorter than min_sample_len"
+            + (f" {least}" if least else "")
         )
     if stats.get("split_texts"):
         parts.append(
-            f"split {stats['split_texts']} completion texts longer than sequence_len {seq} into "
-            f"{stats['chunks']} chunks"
+            f"split {count(stats['split_texts'], 'completion texts')} longer than sequence_len {seq} into "
+            f"{count(stats['chunks'], 'chunks')}"
         )
     if stats.get("truncated"):
         parts.append(
-            f"truncated {stats['truncated']} rows to sequence_len {seq} (excess_length_strategy: truncate)"
+            f"truncated {count(stats['truncated'], 'rows')} to sequence_len {seq} (excess_length_strategy: truncate)"
         )
     if stats.get("empty_answer"):
-        parts.append(f"skipped {stats['empty_answer']} rows with an empty answer (nothing to train)")
+        parts.append(
+            f"skipped {count(stats['empty_answer'], 'rows')} with an empty answer (nothing to train)"
+        )
     if stats.get("duplicates"):
-        parts.append(f"removed {stats['duplicates']} exact duplicates (dataset_exact_deduplication)")
+        parts.append(
+            f"removed {count(stats['duplicates'], 'exact duplicates')} (dataset_exact_deduplication)"
+        )
     return "; ".join(parts) or "no rows dropped, truncated or skipped"
 
 
@@ -88,15 +102,15 @@ def summary(
     describe = describe or removals
     console = _console()
     how = "reused the cache" if reused else "saved"
-    eval_part = f", {stats.get('eval_rows', 0):,} eval {unit}" if stats.get("eval_rows") else ""
+    eval_part = f", {count(stats['eval_rows'], f'eval {unit}')}" if stats.get("eval_rows") else ""
     console.print(
-        f"data: {stats['rows_in']:,} rows in, {stats['train_rows']:,} train {unit}{eval_part}, "
-        f"{stats['tokens']:,} train tokens ({stats['trained_tokens']:,} {trained}) — {how} at {folder}"
+        f"data: {count(stats['rows_in'], 'rows')} in, {count(stats['train_rows'], f'train {unit}')}{eval_part}, "
+        f"{count(stats['tokens'], 'train tokens')} ({stats['trained_tokens']:,} {trained}) — {how} at {folder}"
     )
     console.print(f"data: {describe(stats)}")
     if "test_datasets" in stats:
         test = {**stats, **stats["test_datasets"]}
-        console.print(f"data: test_datasets: {test['rows_in']:,} rows in; {describe(test)}")
+        console.print(f"data: test_datasets: {count(test['rows_in'], 'rows')} in; {describe(test)}")
 
 
 def examples(dataset, tokenizer, n: int) -> None:

@@ -110,19 +110,43 @@ def _warmup(cfg: Config) -> float:
 
 
 def _scheduler(cfg: Config) -> dict:
-    """lr_scheduler, or with eta_min (cosine only, config_checks) transformers' cosine decaying to that LR."""
-    if cfg.eta_min is None:
+    """lr_scheduler, or with eta_min / cosine_min_lr_ratio (cosine only, config_checks) transformers' cosine
+    decaying to that LR (an absolute one, or a fraction of learning_rate)."""
+    if cfg.eta_min is not None:
+        floor = {"min_lr": cfg.eta_min}
+    elif cfg.cosine_min_lr_ratio is not None:
+        floor = {"min_lr_rate": cfg.cosine_min_lr_ratio}
+    else:
         return {"lr_scheduler_type": cfg.lr_scheduler}
-    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": cfg.eta_min}}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": floor}
 
 
-def _find_unused(cfg: Config, notes: list[str]) -> bool:
-    """Default off: every LoRA weight takes part in every forward, so DDP need not search the graph each step."""
-    if cfg.ddp_find_unused_parameters is None:
-        return False
+def _dataloader(cfg: Config, on_gpu: bool, notes: list[str]) -> dict:
+    """Background workers as the config says; pinned memory only where there is a GPU to copy to."""
+    if cfg.dataloader_pin_memory and not on_gpu:
+        notes.append("dataloader_pin_memory: no effect on CPU (it speeds up copies to a GPU)")
+    return {
+        "dataloader_num_workers": cfg.dataloader_num_workers,
+        "dataloader_prefetch_factor": cfg.dataloader_prefetch_factor,
+        "dataloader_pin_memory": on_gpu and cfg.dataloader_pin_memory is not False,
+    }
+
+
+def _ddp(cfg: Config, notes: list[str]) -> dict:
+    """DDP's own settings, for multi-process runs without DeepSpeed (which has its own)."""
+    keys = ("ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers")
+    if distributed.world_size() == 1:
+        return {}
     if cfg.deepspeed:
-        notes.append("ddp_find_unused_parameters: no effect under DeepSpeed (it is a DDP setting)")
-    return cfg.ddp_find_unused_parameters
+        notes += [
+            f"{key}: no effect under DeepSpeed (it is a DDP setting)" for key in keys if getattr(cfg, key)
+        ]
+        return {}
+    return {
+        "ddp_find_unused_parameters": bool(cfg.ddp_find_unused_parameters),
+        "ddp_bucket_cap_mb": cfg.ddp_bucket_cap_mb,
+        "ddp_broadcast_buffers": cfg.ddp_broadcast_buffers,
+    }
 
 
 def _wandb_watch(value) -> str | None:
@@ -254,13 +278,17 @@ def training_arguments(
         # accelerate counts CPU processes (gloo) only when told the run is on CPU: else each trains alone.
         # Not for one process: there it would also reset torch's thread count (model.cpu_threads).
         "use_cpu": True if distributed.world_size() > 1 and distributed.cpu_only() else None,
-        "ddp_find_unused_parameters": _find_unused(cfg, notes) if distributed.world_size() > 1 else None,
+        # find_unused_parameters off by default: every LoRA weight takes part in every forward, so DDP need
+        # not search the autograd graph each step
+        **_ddp(cfg, notes),
+        "ddp_timeout": cfg.ddp_timeout,
         "report_to": ["wandb"] if cfg.use_wandb else "none",
         "run_name": cfg.run_name,
         # tokens/s counts real tokens only: padding is work, not progress
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,  # progress is drawn by finetune's rich callback
-        "dataloader_pin_memory": False,
+        **_dataloader(cfg, on_gpu, notes),
+        "torch_empty_cache_steps": cfg.torch_empty_cache_steps if on_gpu else None,
     }
     if eval_steps:
         kwargs["eval_steps"] = eval_steps
