@@ -4,13 +4,15 @@
   machine we tell it the accelerator is the CPU (only when no accelerator is there and the user set none).
 - bitsandbytes warns that an optional CPU kernel (for the bf16 repack that `model.disable_cpu_bf16_repack`
   turns off anyway) is missing, and repeats "MatMul8bitLt: inputs will be cast ..." on every 8-bit layer
-  and step: the first is dropped, the second said once.
+  and step: the first is dropped, the second said once. Its paged optimizers warn on CPU, at each state
+  buffer, that they run unpaged: trainer_args says that once in a note instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 
 class _Once(logging.Filter):
@@ -36,3 +38,4 @@ def false_alarms() -> None:
     cast_logger = logging.getLogger("bitsandbytes.autograd._functions")
     if not any(isinstance(f, _Once) for f in cast_logger.filters):
         cast_logger.addFilter(_Once())
+    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
