@@ -38,4 +38,6 @@ def false_alarms() -> None:
     cast_logger = logging.getLogger("bitsandbytes.autograd._functions")
     if not any(isinstance(f, _Once) for f in cast_logger.filters):
         cast_logger.addFilter(_Once())
-    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message="Paged optimizers are not supported on CPU", category=UserWarning
+    )
