@@ -362,3 +362,35 @@ def test_axolotl_keys_that_need_another_are_refused_at_the_key(write_config, goo
     ]
     path = write_config(good_text + "cosine_min_lr_ratio: 1.5\n")
     assert problems(path) == [f"{path}:12: cosine_min_lr_ratio: must be less than or equal to 1 (got 1.5)"]
+
+
+def test_axolotl_attention_flags_and_their_conflicts(write_config, good_text):
+    def attention(extra: str) -> str:
+        return config.load(write_config(good_text + extra)).requested_attention
+
+    assert attention("") == "sdpa"
+    assert attention("sdp_attention: true\n") == "sdpa" and attention("xformers_attention: true\n") == "sdpa"
+    assert attention("flash_attention: true\n") == "flash_attention_2"
+    assert attention("eager_attention: true\nattn_implementation: eager\n") == "eager"  # they agree
+    assert attention("flex_attention: true\nflash_attention: false\n") == "flex_attention"
+    path = write_config(good_text + "flash_attention: true\nsdp_attention: true\n")
+    assert problems(path) == [
+        f"{path}:13: sdp_attention: asks for sdpa attention but flash_attention for flash_attention_2: choose one"
+    ]
+
+
+def test_more_axolotl_training_keys(write_config, good_text):
+    cfg = config.load(
+        write_config(
+            good_text + "noisy_embedding_alpha: 5\ntorch_compile: auto\npeft_init_lora_weights: gaussian\n"
+            "lr_scheduler_kwargs:\n  num_cycles: 2\nloraplus_lr_ratio: 16\n"
+        )
+    )
+    assert cfg.neftune_noise_alpha == 5 and cfg.torch_compile == "auto"
+    assert cfg.peft_init_lora_weights == "gaussian" and cfg.lr_scheduler_kwargs == {"num_cycles": 2}
+    assert cfg.loraplus_lr_ratio == 16
+    path = write_config(good_text + "peft_init_lora_weights: pissa\n")
+    assert problems(path) == [
+        f"{path}:12: peft_init_lora_weights: must be true, false or 'gaussian' (got 'pissa'); peft's pissa, olora, "
+        "loftq and eva rewrite the base weights or need data first, which finetune does not do"
+    ]

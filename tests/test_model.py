@@ -173,6 +173,21 @@ def test_bnb_4bit_keys_shape_the_quantization(tiny_model_dir):
     assert "bnb_4bit_compute_dtype: no effect without load_in_4bit" in loaded.notes
 
 
+def test_xformers_flag_runs_sdpa_and_lora_init_is_configurable(tiny_model_dir):
+    loaded, tok = load(make_cfg(tiny_model_dir, xformers_attention=True, peft_init_lora_weights=False))
+    assert loaded.model.config._attn_implementation == "sdpa"
+    assert any(
+        note.startswith("xformers_attention: transformers has no xformers kernel") for note in loaded.notes
+    )
+    b = loaded.model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert b.abs().sum() > 0  # init false: B random too, so the adapter changes the output from the start
+    fresh, _ = load(make_cfg(tiny_model_dir))
+    assert (
+        fresh.model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.abs().sum()
+        == 0
+    )
+
+
 def test_lora_model_dir_starts_from_the_saved_adapter(tiny_model_dir, tmp_path):
     first, _ = load(make_cfg(tiny_model_dir, lora_r=4))
     with torch.no_grad():

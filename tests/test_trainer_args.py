@@ -198,3 +198,21 @@ def test_dataloader_keys(tmp_path):
     notes = []
     cfg = config.validate({"base_model": "m", "adapter": "lora", "datasets": [{"path": str(QA)}]})
     assert trainer_args._dataloader(cfg, True, notes)["dataloader_pin_memory"] is True  # GPU default: pinned
+
+
+def test_neftune_scheduler_kwargs_and_compile_auto(tmp_path):
+    args, _, notes = build(tmp_path, noisy_embedding_alpha=5, torch_compile="auto")
+    assert args.neftune_noise_alpha == 5 and not args.torch_compile and not notes  # auto: silently not on CPU
+    args, _, notes = build(tmp_path, torch_compile=True)
+    assert notes and notes[0].startswith("torch_compile: skipped on CPU")
+    args, sched, _ = build(
+        tmp_path, has_eval=False, max_steps=20, learning_rate=1e-3, lr_scheduler="cosine_with_restarts",
+        lr_scheduler_kwargs={"num_cycles": 2},
+    )  # fmt: skip
+    assert args.lr_scheduler_kwargs == {"num_cycles": 2}
+    lrs = _lr_curve(args, sched.total_steps)
+    assert lrs[8] < 1e-4 and lrs[9] == pytest.approx(
+        1e-3
+    )  # two cosine cycles: back at the peak after step 10
+    args, _, _ = build(tmp_path, lr_scheduler_kwargs={"num_cycles": 0.25}, cosine_min_lr_ratio=0.1)
+    assert args.lr_scheduler_kwargs == {"num_cycles": 0.25, "min_lr_rate": 0.1}

@@ -41,6 +41,7 @@ def lora_config(cfg: Config, extra_modules_to_save: list[str] = (), model=None):
         fan_in_fan_out=cfg.lora_fan_in_fan_out,
         use_dora=cfg.peft_use_dora,
         use_rslora=cfg.peft_use_rslora,
+        init_lora_weights=True if cfg.peft_init_lora_weights is None else cfg.peft_init_lora_weights,
         layers_to_transform=layers,
         layers_pattern=cfg.peft_layers_pattern,
         bias="none",

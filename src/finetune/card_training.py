@@ -123,6 +123,10 @@ def hyperparameters(run: Run) -> dict:
         hp["optimizer"] = cfg.optimizer
     if cfg.weight_decay:
         hp["weight_decay"] = cfg.weight_decay
+    if cfg.loraplus_lr_ratio is not None:
+        hp["loraplus_lr_ratio"] = cfg.loraplus_lr_ratio
+    if cfg.neftune_noise_alpha is not None:
+        hp["neftune_noise_alpha"] = cfg.neftune_noise_alpha
     hp["lr_scheduler_type"] = cfg.lr_scheduler
     if cfg.eta_min is not None:
         hp["lr_scheduler_min_lr"] = cfg.eta_min

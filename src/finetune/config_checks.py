@@ -36,6 +36,14 @@ SCHEDULERS = (
     "polynomial",
     "inverse_sqrt",
 )
+# axolotl's older attention flags and the attn_implementation each asks for (xformers: see model.py)
+ATTENTION_FLAGS = {
+    "flash_attention": "flash_attention_2",
+    "flex_attention": "flex_attention",
+    "eager_attention": "eager",
+    "xformers_attention": "sdpa",
+    "sdp_attention": "sdpa",
+}
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 PLUGINS = (LIGER_PLUGIN, CCE_PLUGIN)
@@ -85,6 +93,15 @@ def known_scheduler(v: str) -> str:
     if v not in SCHEDULERS:
         raise ValueError(f"'{v}' is not supported (supported: {', '.join(SCHEDULERS)})")
     return v
+
+
+def known_lora_init(v):
+    if v is None or isinstance(v, bool) or v == "gaussian":
+        return v
+    raise ValueError(
+        f"must be true, false or 'gaussian' (got {v!r}); peft's pissa, olora, loftq and eva rewrite the base "
+        "weights or need data first, which finetune does not do"
+    )
 
 
 def low_cpu_mem_usage_only_true(v: bool | None) -> bool | None:
@@ -188,8 +205,15 @@ def precision_checks(cfg: Config) -> list[tuple[tuple, str]]:
 
 
 def runtime_checks(cfg: Config) -> list[tuple[tuple, str]]:
-    """Keys that only mean something together with another one."""
+    """Keys that only mean something together with another one; attention flags that disagree."""
     problems = []
+    asked = [("attn_implementation", cfg.attn_implementation)] if cfg.attn_implementation else []
+    asked += [(key, impl) for key, impl in ATTENTION_FLAGS.items() if getattr(cfg, key)]
+    for key, impl in asked[1:]:
+        if impl != asked[0][1]:
+            problems.append(
+                ((key,), f"asks for {impl} attention but {asked[0][0]} for {asked[0][1]}: choose one")
+            )
     if cfg.dataloader_prefetch_factor is not None and not cfg.dataloader_num_workers:
         problems.append(
             (("dataloader_prefetch_factor",), "needs dataloader_num_workers > 0 (workers prefetch batches)")

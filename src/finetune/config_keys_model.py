@@ -90,6 +90,19 @@ class ModelKeys(StrictModel):
     flash_attention: bool | None = Field(
         None, description="Shorthand for attn_implementation: flash_attention_2."
     )
+    sdp_attention: bool | None = Field(
+        None, description="axolotl's older flag for attn_implementation: sdpa."
+    )
+    eager_attention: bool | None = Field(
+        None, description="axolotl's older flag for attn_implementation: eager."
+    )
+    flex_attention: bool | None = Field(
+        None, description="axolotl's older flag for attn_implementation: flex_attention."
+    )
+    xformers_attention: bool | None = Field(
+        None,
+        description="axolotl's xformers kernel. transformers has no xformers attention, so this runs as sdpa, whose memory-efficient kernel computes the same attention (a note says so).",
+    )
     gradient_checkpointing: bool | Literal["offload"] | None = Field(
         None,
         description="Recompute activations in backward: much less memory, ~30% slower. `offload` also moves the hidden states kept between layers to host memory on a GPU (less GPU memory still, costs PCIe copies; plain checkpointing on CPU).",
@@ -138,6 +151,10 @@ class ModelKeys(StrictModel):
     peft_layers_pattern: list[str] | None = Field(
         None,
         description="With peft_layers_to_transform: the name of the model's list of layers (e.g. `layers`), when peft cannot find it by itself.",
+    )
+    peft_init_lora_weights: bool | str | None = Field(
+        None,
+        description="How a fresh adapter starts: true (default: A random, B zero, so training starts from the base), `gaussian` (A Gaussian-scaled), or false (both random: the adapter changes the base at once; for tests).",
     )
     lora_model_dir: str | None = Field(
         None, description="Start from this existing adapter instead of a fresh one."

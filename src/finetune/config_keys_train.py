@@ -44,7 +44,25 @@ class TrainingKeys(StrictModel):
         le=1,
         description="lr_scheduler: cosine only: the cosine decay ends at this fraction of learning_rate instead of 0 (axolotl's key; eta_min sets the same floor as a learning rate).",
     )
+    lr_scheduler_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Extra arguments of the learning-rate schedule (transformers' get_scheduler), e.g. `{num_cycles: 2}` for cosine_with_restarts.",
+    )
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    loraplus_lr_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA+: the adapter's B matrices learn this many times faster than its A matrices (the paper suggests 16, with a somewhat lower learning_rate); peft's LoRA+ optimizer.",
+    )
+    loraplus_lr_embedding: float | None = Field(
+        None, gt=0, description="LoRA+: learning rate of adapted embedding layers (default 1e-6)."
+    )
+    neftune_noise_alpha: float | None = Field(
+        None,
+        gt=0,
+        validation_alias=AliasChoices("neftune_noise_alpha", "noisy_embedding_alpha"),
+        description="NEFTune: noise of this scale (divided by sqrt(tokens x hidden size)) added to the input embeddings during training only; often helps instruction tuning (e.g. 5). The HF Trainer's own implementation.",
+    )
     warmup_steps: float | None = Field(
         None, ge=0, description="Warm-up steps (a value < 1 is read as a ratio, as axolotl does)."
     )
@@ -129,9 +147,9 @@ class TrainingKeys(StrictModel):
         None,
         description="Empty the GPU's memory cache every N steps (less fragmentation, a little slower; no effect on CPU).",
     )
-    torch_compile: bool | None = Field(
+    torch_compile: bool | Literal["auto"] | None = Field(
         None,
-        description="torch.compile the model on a GPU (compiles per new shape; skipped on CPU, where it measured slower).",
+        description="torch.compile the model on a GPU (compiles per new shape; skipped on CPU, where it measured slower, with a note; `auto`: the same without the note).",
     )
     torch_compile_backend: str | None = Field(None, description="torch.compile backend (default inductor).")
     torch_compile_mode: str | None = Field(

@@ -33,11 +33,20 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     _known_optimizer = field_validator("optimizer")(checks.known_optimizer)
     _known_scheduler = field_validator("lr_scheduler")(checks.known_scheduler)
     _low_cpu_mem_usage = field_validator("low_cpu_mem_usage")(checks.low_cpu_mem_usage_only_true)
+    _known_lora_init = field_validator("peft_init_lora_weights")(checks.known_lora_init)
 
     # --- derived values (never stored back into the config)
     @property
     def quantized_4bit(self) -> bool:
         return self.load_in_4bit or self.adapter == "qlora"
+
+    @property
+    def requested_attention(self) -> str:
+        """The attention kernel the config asks for: attn_implementation, else axolotl's older flags, else sdpa
+        (config_checks refuses flags that disagree; model.attn_implementation decides what can run)."""
+        return self.attn_implementation or next(
+            (impl for key, impl in checks.ATTENTION_FLAGS.items() if getattr(self, key)), "sdpa"
+        )
 
     @property
     def cut_cross_entropy_on(self) -> bool:

@@ -86,7 +86,12 @@ def attn_implementation(cfg: Config, notes: list[str]) -> str:
 
     import torch
 
-    wanted = cfg.attn_implementation or ("flash_attention_2" if cfg.flash_attention else "sdpa")
+    wanted = cfg.requested_attention
+    if cfg.xformers_attention and not cfg.attn_implementation:
+        notes.append(
+            "xformers_attention: transformers has no xformers kernel; sdpa computes the same attention "
+            "(with its memory-efficient kernel on a GPU)"
+        )
     if wanted.startswith("flash_attention") and not (
         torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
     ):

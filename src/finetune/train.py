@@ -180,20 +180,23 @@ def build_trainer(
             cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
         )
         trainer.remove_callback(PrinterCallback)
-        return trainer, stop, throughput
-    trainer = FinetuneTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=plan.train_collator,
-        batch_plan=plan,
-        offload=speedups.offload_applies(cfg),
-        processing_class=tokenizer,
-        callbacks=callbacks + extra_callbacks,
-        **metrics.trainer_hooks(cfg, model, tokenizer, eval_set),  # token accuracy (+ eval_metrics: scores)
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
+    else:
+        trainer = FinetuneTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=plan.train_collator,
+            batch_plan=plan,
+            offload=speedups.offload_applies(cfg),
+            processing_class=tokenizer,
+            callbacks=callbacks + extra_callbacks,
+            # token accuracy (+ eval_metrics: scores)
+            **metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
+    if cfg.loraplus_lr_ratio is not None:
+        trainer.loraplus = (cfg.loraplus_lr_ratio, cfg.loraplus_lr_embedding)
     return trainer, stop, throughput
 
 

@@ -10,6 +10,8 @@ override):
   pad-id comparison would miss EOS when pad == EOS) and the padded slots, so the padding fraction is known.
 - `log`: each training log line gets `padding_fraction` (of this session's tokens so far).
 - `compute_loss`: under `speedups.offload_activations` when `gradient_checkpointing: offload` runs on a GPU.
+- `create_optimizer` (`LoraPlus`, shared with the TRL trainers in rl.py): LoRA+ parameter groups when
+  `loraplus_lr_ratio` is set.
 """
 
 from __future__ import annotations
@@ -35,7 +37,33 @@ class EpochToSampler(TrainerCallback):
         self.sampler.set_epoch(state.global_step // self.steps_per_epoch)
 
 
-class FinetuneTrainer(Trainer):
+class LoraPlus:
+    """Trainer mixin: with `loraplus` = (lr ratio, embedding lr or None), the optimizer is peft's LoRA+ one —
+    the Trainer's own optimizer class and arguments (optim, betas, eps, weight decay), with the adapter's B
+    matrices at ratio x the learning rate. The LR schedule scales every group alike."""
+
+    loraplus: tuple[float, float | None] | None = None
+
+    def create_optimizer(self, model=None):
+        if self.loraplus is not None and self.optimizer is None:
+            from peft.optimizers import create_loraplus_optimizer
+
+            opt_model = self.model if model is None else model
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            ratio, embedding_lr = self.loraplus
+            if embedding_lr is not None:
+                kwargs["loraplus_lr_embedding"] = embedding_lr
+            self.optimizer = create_loraplus_optimizer(
+                opt_model,
+                cls,
+                loraplus_lr_ratio=ratio,
+                loraplus_weight_decay=self.args.weight_decay,
+                **kwargs,
+            )
+        return super().create_optimizer(model)
+
+
+class FinetuneTrainer(LoraPlus, Trainer):
     def __init__(self, *args, batch_plan=None, offload: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_plan = batch_plan

@@ -110,15 +110,16 @@ def _warmup(cfg: Config) -> float:
 
 
 def _scheduler(cfg: Config) -> dict:
-    """lr_scheduler, or with eta_min / cosine_min_lr_ratio (cosine only, config_checks) transformers' cosine
-    decaying to that LR (an absolute one, or a fraction of learning_rate)."""
+    """lr_scheduler (+ lr_scheduler_kwargs), or with eta_min / cosine_min_lr_ratio (cosine only, config_checks)
+    transformers' cosine decaying to that LR (an absolute one, or a fraction of learning_rate)."""
+    extra = dict(cfg.lr_scheduler_kwargs or {})
     if cfg.eta_min is not None:
         floor = {"min_lr": cfg.eta_min}
     elif cfg.cosine_min_lr_ratio is not None:
         floor = {"min_lr_rate": cfg.cosine_min_lr_ratio}
     else:
-        return {"lr_scheduler_type": cfg.lr_scheduler}
-    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": floor}
+        return {"lr_scheduler_type": cfg.lr_scheduler, **({"lr_scheduler_kwargs": extra} if extra else {})}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {**extra, **floor}}
 
 
 def _dataloader(cfg: Config, on_gpu: bool, notes: list[str]) -> dict:
@@ -253,6 +254,7 @@ def training_arguments(
         "learning_rate": cfg.learning_rate,
         "warmup_steps": _warmup(cfg),
         "weight_decay": cfg.weight_decay,
+        "neftune_noise_alpha": cfg.neftune_noise_alpha,
         "max_grad_norm": cfg.max_grad_norm,
         "logging_strategy": "steps",
         "logging_steps": cfg.logging_steps,
