@@ -98,7 +98,7 @@ def test_unsupported_dataset_type_and_values(write_config, data_file):
     )
     assert got[2].startswith(
         f"{path}:6: datasets[0].type: 'alpaca:jeopardy' is not supported (supported: alpaca, chat_template, "
-        "completion, alpaca:chat, alpaca:chatml, alpaca:phi, or a custom dict"
+        "completion, input_output, alpaca:chat, alpaca:chatml, alpaca:phi, or a custom dict"
     )
 
 

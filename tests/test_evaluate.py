@@ -193,3 +193,40 @@ def test_cli_eval_on_finlora_fpb(run):
         ("fpb_test", "f1", "macro"),
         ("fpb_test", "f1", "weighted"),
     } <= index
+
+
+def test_input_output_prompts_equal_the_training_tokens(tiny_model_dir, tmp_path):
+    """A template-free run: eval's prompt is the text before the first trained segment, tokenized as trained;
+    the target is the trained text; a question from `generate` goes the same way."""
+    from types import SimpleNamespace
+
+    from finetune.tokenizer import load_tokenizer
+
+    rows = [
+        {
+            "segments": [
+                {"label": False, "text": f"<s>[Q] ratio {i}?"},
+                {"label": True, "text": f" answer {i}</s>"},
+            ]
+        }
+        for i in range(6)
+    ]
+    path = tmp_path / "segments.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config.validate({
+        "base_model": str(tiny_model_dir), "adapter": "lora", "sequence_len": 128, "dataset_processes": 1,
+        "datasets": [{"path": str(path), "type": "input_output"}], "dataset_prepared_path": str(tmp_path / "p"),
+    })  # fmt: skip
+    tok = load_tokenizer(cfg)
+    prepared = data.prepare(cfg, tok)
+    trained = set()
+    for row in prepared.train:
+        start = next(i for i, label in enumerate(row["labels"]) if label != IGNORE)
+        trained.add(tuple(row["input_ids"][:start]))
+    loaded = SimpleNamespace(cfg=cfg, dataset=cfg.datasets[0], tokenizer=tok)
+    examples = evaluate.examples(loaded, evaluate.read_rows(path), path, None, None)
+    assert {tuple(e.prompt) for e in examples} == trained and len(trained) == 6
+    assert [e.target for e in examples] == [f" answer {i}</s>" for i in range(6)]
+    assert examples[0].input == "<s>[Q] ratio 0?"
+    asked = generate.question_prompt(cfg, cfg.datasets[0], tok, "<s>[Q] ratio 0?")
+    assert asked == list(examples[0].prompt)

@@ -176,3 +176,29 @@ def test_truncate_keeps_sequence_len_tokens(tiny_model_dir, tok):
     cfg = cfg_for(tiny_model_dir, {"type": INST}, sequence_len=8, excess_length_strategy="truncate")
     out, _ = encode(cfg, [{"context": "a long question about net present value", "target": "yes"}], tok)
     assert len(out["input_ids"][0]) == 8 and out["truncated"] == [True] and out["trained"] == [0]
+
+
+def test_input_output_segments_train_the_labelled_texts(tiny_model_dir, tok):
+    rows = [
+        {"segments": [
+            {"label": False, "text": "<s>Question: what is ROE?"}, {"label": True, "text": " Return on equity.</s>"},
+            {"label": False, "text": " Next:"}, {"label": True, "text": " done"},
+        ]},
+        {"segments": [{"label": False, "text": "only a prompt"}]},
+        {"segments": "not a list"},
+        {"segments": [{"text": "no label"}]},
+    ]  # fmt: skip
+    cfg = cfg_for(tiny_model_dir, {"type": "input_output"})
+    out, _ = encode(cfg, rows, tok)
+    texts = [s["text"] for s in rows[0]["segments"]]
+    pieces = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert out["input_ids"][0] == [t for p in pieces for t in p]  # joined as they are: no BOS/EOS added
+    assert out["labels"][0] == [IGNORE] * len(pieces[0]) + pieces[1] + [IGNORE] * len(pieces[2]) + pieces[3]
+    assert out["status"][:2] == [formats.OK, formats.EMPTY]  # nothing labelled: nothing to train
+    assert out["error"][2] == "field 'segments': expected a list of {text, label} segments, got 'not a list'"
+    assert (
+        out["error"][3]
+        == "field 'segments[0]': expected {text: string, label: true/false}, got \"{'text': 'no label'}\""
+    )
+    out, _ = encode(cfg_for(tiny_model_dir, {"type": "input_output"}, train_on_inputs=True), rows[:1], tok)
+    assert out["labels"][0] == out["input_ids"][0]

@@ -72,7 +72,7 @@ class PreferenceType(StrictModel):
 
 
 PREFERENCE_TYPE_KEYS = frozenset(PreferenceType.model_fields) - {"field_system"}
-DATASET_TYPES = ("alpaca", "chat_template", "completion")
+DATASET_TYPES = ("alpaca", "chat_template", "completion", "input_output")
 # axolotl's `alpaca:<style>`: alpaca's fields and system prompt in another turn layout (formats.ALPACA_TURNS)
 ALPACA_STYLES = ("chat", "chatml", "phi")
 
@@ -96,7 +96,7 @@ class DatasetConfig(StrictModel):
     path: str = Field(description="Local file or folder (JSONL/JSON/CSV/Parquet), or a hub dataset id.")
     type: DatasetTypeValue = Field(
         "alpaca",
-        description="Prompt format: alpaca, alpaca:chat / alpaca:chatml / alpaca:phi (alpaca's fields in another turn layout, as axolotl writes them), chat_template, completion, or a custom dict.",
+        description="Prompt format: alpaca, alpaca:chat / alpaca:chatml / alpaca:phi (alpaca's fields in another turn layout, as axolotl writes them), chat_template, completion, input_output (axolotl's template-free rows: `segments`, a list of {text, label}; the texts are joined as they are, no BOS/EOS added, and segments with label true are trained), or a custom dict.",
     )
     ds_type: Literal["json", "csv", "parquet", "arrow", "text"] | None = Field(
         None, description="File format when the extension does not tell."

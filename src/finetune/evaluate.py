@@ -161,6 +161,15 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
                     }
                 messages, target = data_module.render(cfg, ds, row, tok)
                 question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            elif kind == "input_output":
+                if field_input or field_target:
+                    question = _field(row, field_input or "input", "--field-input")
+                    target = _field(row, field_target or "target", "--field-target")
+                    prefix = [question]
+                else:  # the row's own segments: the text before the first trained one asks; trained = answer
+                    prefix, target = formats.prompt_and_answer(formats.segments(spec, row))
+                    question = "".join(prefix)
+                row = {spec.field: [{"label": False, "text": text} for text in prefix]}
             else:
                 question = _field(row, field_input or spec.field_instruction, "--field-input")
                 target = _field(row, field_target or spec.field_output, "--field-target")

@@ -10,6 +10,8 @@ existing configs train on the same tokens:
 - `completion`: the text is the answer (BOS masked, EOS appended and trained); a text longer than
   sequence_len is split into chunks afterwards (encode._chunks), as axolotl does.
 - `chat_template`: see chat_format.py (the template's own BOS; trained turns + their end-of-turn token).
+- `input_output`: the row's segments tokenized one by one without special tokens and joined (the texts carry
+  any BOS/EOS, as in axolotl); segments with label true are trained.
 
 A row never raises: it gets a status (ok, empty answer, error) and an error text, so the caller can report
 the first bad row by file and line after a multi-process map, without writing anything.
@@ -72,8 +74,16 @@ class TextSpec:
 
 
 @dataclass(frozen=True)
+class SegmentsSpec:
+    """`input_output`: a row is a list of {text, label} segments, tokenized one by one without special tokens
+    and joined; the segments with label true are trained (axolotl's template-free format)."""
+
+    field: str = "segments"
+
+
+@dataclass(frozen=True)
 class Format:
-    spec: TextSpec | ChatSpec
+    spec: TextSpec | ChatSpec | SegmentsSpec
     train_on_inputs: bool
     sequence_len: int
     truncate: bool
@@ -85,7 +95,7 @@ def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Forma
     """The Format of one dataset entry; a bad template or mapping raises UserError naming `where` (key path)."""
     t = ds.type
     if isinstance(t, DatasetType):
-        spec: TextSpec | ChatSpec = TextSpec(
+        spec: TextSpec | ChatSpec | SegmentsSpec = TextSpec(
             field_instruction=t.field_instruction,
             field_output=t.field_output,
             field_input=t.field_input,
@@ -113,6 +123,8 @@ def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Forma
         )
     elif t == "completion":
         spec = TextSpec(field_instruction=ds.field or "text", field_output=None)
+    elif t == "input_output":
+        spec = SegmentsSpec()
     else:
         from finetune.chat_format import chat_spec
 
@@ -183,7 +195,10 @@ def encode_batch(fmt: Format, tokenizer, rows: dict[str, list]) -> dict[str, lis
     records = [{k: v[i] for k, v in rows.items()} for i in range(n)]
     from finetune.chat_format import ChatSpec, encode_chat
 
-    encode = encode_chat if isinstance(fmt.spec, ChatSpec) else _encode_text
+    if isinstance(fmt.spec, ChatSpec):
+        encode = encode_chat
+    else:
+        encode = _encode_segments if isinstance(fmt.spec, SegmentsSpec) else _encode_text
     ids, labels, trained, status, errors = encode(fmt, tokenizer, records)
     truncated = [False] * n
     for i in range(n):
@@ -223,6 +238,50 @@ def _encode_text(fmt: Format, tokenizer, records: list[dict]):
         ids.append(p + a)
         labels.append(p + a if fmt.train_on_inputs else [IGNORE] * len(p) + a)
         trained.append(len(p) + len(a) if fmt.train_on_inputs else len(a))
+    return ids, labels, trained, status, errors
+
+
+def segments(spec: SegmentsSpec, row: dict) -> list[tuple[bool, str]]:
+    """(trained, text) of each segment of an input_output row; a malformed row raises RowError."""
+    value = row.get(spec.field)
+    if not isinstance(value, list) or not value:
+        raise RowError(
+            f"field '{spec.field}': expected a list of {{text, label}} segments, got {str(value)[:40]!r}"
+        )
+    out = []
+    for k, seg in enumerate(value):
+        if not (
+            isinstance(seg, dict) and isinstance(seg.get("text"), str) and isinstance(seg.get("label"), bool)
+        ):
+            raise RowError(
+                f"field '{spec.field}[{k}]': expected {{text: string, label: true/false}}, got {str(seg)[:60]!r}"
+            )
+        out.append((seg["label"], seg["text"]))
+    return out
+
+
+def prompt_and_answer(parts: list[tuple[bool, str]]) -> tuple[list[str], str]:
+    """input_output: the texts before the first trained segment (the prompt) and the trained texts after it."""
+    first = next((k for k, (label, _) in enumerate(parts) if label), len(parts))
+    return [text for _, text in parts[:first]], "".join(text for label, text in parts[first:] if label)
+
+
+def _encode_segments(fmt: Format, tokenizer, records: list[dict]):
+    n = len(records)
+    ids, labels, trained = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
+    status, errors = [OK] * n, [""] * n
+    for i, row in enumerate(records):
+        try:
+            parts = segments(fmt.spec, row)
+        except RowError as exc:
+            status[i], errors[i] = ERROR, str(exc)
+            continue
+        for (label, _), part in zip(parts, token_ids(tokenizer, [t for _, t in parts], False), strict=True):
+            ids[i] += part
+            labels[i] += part if label or fmt.train_on_inputs else [IGNORE] * len(part)
+        trained[i] = sum(1 for t in labels[i] if t != IGNORE)
+        if not trained[i]:
+            status[i] = EMPTY
     return ids, labels, trained, status, errors
 
 

@@ -131,7 +131,7 @@ def load(
 
 
 def format_kind(ds: DatasetConfig) -> str:
-    """custom | alpaca | completion | chat"""
+    """custom | alpaca (alpaca:<style>) | completion | input_output | chat"""
     if isinstance(ds.type, DatasetType):
         return "custom"
     return "chat" if ds.type == "chat_template" else ds.type
@@ -140,9 +140,19 @@ def format_kind(ds: DatasetConfig) -> str:
 def prompt_ids(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> list[int]:
     """Token ids of a row's prompt as training tokenized it; a bad row raises UserError.
 
-    completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it).
+    completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it);
+    input_output's prompt is its segments before the first trained one (no special tokens added, as trained).
     """
-    if format_kind(ds) != "completion":
+    kind = format_kind(ds)
+    if kind == "input_output":  # the segments before the first trained one, tokenized as in training
+        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
+        try:
+            parts = formats.segments(spec, row)
+        except formats.RowError as exc:
+            raise UserError(f"row: {exc}") from None
+        texts = formats.prompt_and_answer(parts)[0]
+        return [t for ids in formats.token_ids(tokenizer, texts, add_special_tokens=False) for t in ids]
+    if kind != "completion":
         return data.encode_prompt(cfg, ds, row, tokenizer)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     try:
@@ -177,6 +187,8 @@ def question_prompt(
         return prompt_ids(cfg, ds, row, tokenizer)
     if system and kind != "custom":
         raise UserError(f"--system: this run's {kind} format has no system prompt (it trained without one)")
+    if kind == "input_output":  # the question is the text before the answer, as the segments were
+        return prompt_ids(cfg, ds, {spec.field: [{"label": False, "text": question}]}, tokenizer)
     row = {spec.field_instruction: question, **({spec.field_output: ""} if spec.field_output else {})}
     if system and ds.type.field_system:
         row[ds.type.field_system] = system
