@@ -279,4 +279,7 @@ def console_main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m finetune.cli` is also how --num-processes starts each rank under torchrun: the quick exit
+    # there too, which also skips C++ static destructors that can abort a rank after a finished run
+    # (seen once: "terminate called without an active exception" from a ZeRO-3 rank's teardown)
+    console_main()
