@@ -28,9 +28,8 @@ def example_prompt(run: Run) -> str | None:
     if isinstance(ds.type, PreferenceType):  # DPO: the question in the pairs' prompt format
         return preference.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer=None).spec
-    if isinstance(
-        spec, formats.SegmentsSpec
-    ):  # input_output: the prompt is whatever text came before answers
+    # input_output: the prompt is whatever text came before the answers
+    if isinstance(spec, formats.SegmentsSpec):
         return EXAMPLE_QUESTION
     if spec.field_output is None:  # completion: the model continues raw text
         return "EBITDA stands for"

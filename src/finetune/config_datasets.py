@@ -74,7 +74,13 @@ class PreferenceType(StrictModel):
 PREFERENCE_TYPE_KEYS = frozenset(PreferenceType.model_fields) - {"field_system"}
 DATASET_TYPES = ("alpaca", "chat_template", "completion", "input_output")
 # axolotl's `alpaca:<style>`: alpaca's fields and system prompt in another turn layout (formats.ALPACA_TURNS)
-ALPACA_STYLES = ("chat", "chatml", "phi")
+ALPACA_TYPES = ("alpaca:chat", "alpaca:chatml", "alpaca:phi")
+# axolotl's other names of the same strategies
+TYPE_ALIASES = {
+    "chat_template.default": "chat_template",
+    "alpaca:instruct": "alpaca",
+    "alpaca_chat": "alpaca:chat",
+}
 
 
 def type_tag(v) -> str:
@@ -149,22 +155,17 @@ class DatasetConfig(StrictModel):
     @field_validator("type")
     @classmethod
     def _known_type(cls, v):
-        if v == "chat_template.default":  # axolotl's long name for the same strategy
-            return "chat_template"
-        if v in ("alpaca:instruct", "alpaca_chat"):  # axolotl's other names of alpaca and alpaca:chat
-            return "alpaca" if v == "alpaca:instruct" else "alpaca:chat"
-        if isinstance(v, str) and v.startswith("alpaca:") and v[len("alpaca:") :] in ALPACA_STYLES:
+        if not isinstance(v, str):
             return v
-        if (
-            isinstance(v, str) and v.split(":")[0] == "sharegpt"
-        ):  # removed from axolotl too; say how to port it
+        v = TYPE_ALIASES.get(v, v)
+        if v.split(":")[0] == "sharegpt":  # removed from axolotl too; say how to port it
             raise ValueError(
                 "'sharegpt' is not supported (axolotl removed it as well): use type: chat_template with "
                 "field_messages: conversations, message_property_mappings: {role: from, content: value} and "
                 "roles: {user: [human], assistant: [gpt]}"
             )
-        if isinstance(v, str) and v not in DATASET_TYPES:
+        if v not in DATASET_TYPES + ALPACA_TYPES:
             raise ValueError(
-                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES)}, {', '.join('alpaca:' + a for a in ALPACA_STYLES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
+                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES + ALPACA_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
             )
         return v

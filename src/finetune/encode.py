@@ -111,17 +111,18 @@ def map_batches(work, state: tuple, dataset, processes: int):
     with _worker_state(work, state, processes):
         if processes == 1:
             for batch in rows:
-                yield _rows_in(batch), work(*state, batch)
+                yield rows_in(batch), work(*state, batch)
             return
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             while window := list(itertools.islice(rows, 4 * processes)):
                 for batch, result in zip(window, pool.imap(_call_worker, window), strict=True):
-                    yield _rows_in(batch), result
+                    yield rows_in(batch), result
 
 
-def _rows_in(batch: dict) -> int:
+def rows_in(batch: dict) -> int:
+    """Rows in a column batch (column -> values), as `datasets` yields them."""
     return len(next(iter(batch.values()))) if batch else 0
 
 

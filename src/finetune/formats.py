@@ -4,8 +4,8 @@ Each `type:` of a dataset entry becomes a `Format` once (`build_format`), then r
 `encode_batch` in batches (the same code runs in worker processes). The token layout follows axolotl so
 existing configs train on the same tokens:
 
-- custom dict / `alpaca` (and `alpaca:<style>`): prompt = system_format.format(system) + format.format(instruction, input), tokenized
-  with the tokenizer's special tokens (BOS); the answer is tokenized on its own, without special tokens, and
+- custom dict / `alpaca` (and `alpaca:<style>`): prompt = system_format.format(system) +
+  format.format(instruction, input), tokenized with the tokenizer's special tokens (BOS); the answer is tokenized on its own, without special tokens, and
   EOS is appended. Prompt labels are -100 unless train_on_inputs.
 - `completion`: the text is the answer (BOS masked, EOS appended and trained); a text longer than
   sequence_len is split into chunks afterwards (encode._chunks), as axolotl does.
@@ -197,8 +197,10 @@ def encode_batch(fmt: Format, tokenizer, rows: dict[str, list]) -> dict[str, lis
 
     if isinstance(fmt.spec, ChatSpec):
         encode = encode_chat
+    elif isinstance(fmt.spec, SegmentsSpec):
+        encode = _encode_segments
     else:
-        encode = _encode_segments if isinstance(fmt.spec, SegmentsSpec) else _encode_text
+        encode = _encode_text
     ids, labels, trained, status, errors = encode(fmt, tokenizer, records)
     truncated = [False] * n
     for i in range(n):
@@ -268,19 +270,23 @@ def prompt_and_answer(parts: list[tuple[bool, str]]) -> tuple[list[str], str]:
 
 def _encode_segments(fmt: Format, tokenizer, records: list[dict]):
     n = len(records)
-    ids, labels, trained = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
+    parts: list[list[tuple[bool, str]]] = [[] for _ in range(n)]
     status, errors = [OK] * n, [""] * n
     for i, row in enumerate(records):
         try:
-            parts = segments(fmt.spec, row)
+            parts[i] = segments(fmt.spec, row)
         except RowError as exc:
             status[i], errors[i] = ERROR, str(exc)
-            continue
-        for (label, _), part in zip(parts, token_ids(tokenizer, [t for _, t in parts], False), strict=True):
-            ids[i] += part
-            labels[i] += part if label or fmt.train_on_inputs else [IGNORE] * len(part)
+    # every segment of the batch tokenized in one call, then dealt back to its row in order
+    pieces = iter(token_ids(tokenizer, [text for row in parts for _, text in row], False))
+    ids, labels, trained = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
+    for i, row in enumerate(parts):
+        for label, _ in row:
+            piece = next(pieces)
+            ids[i] += piece
+            labels[i] += piece if label or fmt.train_on_inputs else [IGNORE] * len(piece)
         trained[i] = sum(1 for t in labels[i] if t != IGNORE)
-        if not trained[i]:
+        if status[i] == OK and not trained[i]:
             status[i] = EMPTY
     return ids, labels, trained, status, errors
 

@@ -5,8 +5,8 @@
 
 `load(path)` reads a run folder (base + adapter, in 4-bit when it trained in 4-bit, with the tokenizer the
 run saved) or a `finetune merge` folder (the merged weights; merge copies config.yml there, so the prompt
-format is known). The prompt comes from the first `datasets:` entry's format (or the one `--dataset N` names) through the same code that
-tokenized the training data (`data.encode_prompt`), so the model sees the same tokens it learned from: the
+format is known). The prompt comes from the first `datasets:` entry's format (or the one `--dataset N` names)
+through the same code that tokenized the training data (`data.encode_prompt`), so the model sees the same tokens it learned from: the
 custom format's template, alpaca's, raw text for `completion`, or the chat template. The answer is streamed
 and stops at the tokenizer's EOS, the template's end-of-turn token or the model's own stop tokens.
 """

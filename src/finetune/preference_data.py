@@ -101,8 +101,8 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
 
 
 def _encode_batch(spec, tokenizer, batch: dict) -> dict:
-    n = len(next(iter(batch.values()))) if batch else 0
-    return preference.encode_pairs(spec, tokenizer, [{k: v[j] for k, v in batch.items()} for j in range(n)])
+    rows = [{k: v[j] for k, v in batch.items()} for j in range(encode.rows_in(batch))]
+    return preference.encode_pairs(spec, tokenizer, rows)
 
 
 def _fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict):
