@@ -124,3 +124,83 @@ def test_per_dataset_template_overrides_the_tokenizer_one(tiny_model_dir, tok):
     cfg = cfg_for(tiny_model_dir, {"type": "chat_template", "chat_template": "llama3"})
     fmt = formats.build_format(cfg, cfg.datasets[0], "datasets[0]", tok)
     assert "loop_messages" in fmt.spec.template
+
+
+@pytest.mark.parametrize("template", ["llama3", "tokenizer_default"])
+@pytest.mark.parametrize("answer", ["art", "id", "t", "a", "header", "<|"])
+def test_an_answer_that_occurs_in_the_markup_is_trained_not_the_markup(tiny_model_dir, tok, template, answer):
+    # the old text search found "art" in <|start_header_id|>: the header was trained and the answer masked
+    turns = [{"role": "user", "content": answer}, {"role": "assistant", "content": answer}]
+    cfg = cfg_for(tiny_model_dir, {"type": "chat_template", "chat_template": template})
+    out, _ = encode(cfg, [{"messages": turns}], tok)
+    assert decoded(tok, out, 0) == f"{answer}{EOT}"
+    markup = {tok.convert_tokens_to_ids(t) for t in (BOS, "<|start_header_id|>", "<|end_header_id|>")}
+    assert not markup & {label for label in out["labels"][0] if label != IGNORE}
+    # the trained tokens are the conversation's last ones (the answer), not the user's identical text
+    trained = [label != IGNORE for label in out["labels"][0]]
+    assert trained == sorted(trained)
+
+
+def test_an_answer_with_outer_whitespace_trains_it_as_rendered_and_the_end_of_turn(tiny_model_dir):
+    turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": " Hello. "}]
+    cfg = cfg_for(
+        tiny_model_dir,
+        {"type": "chat_template"},
+        chat_template="chatml",
+        tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    out, chatml = encode(cfg, [{"messages": turns}])
+    assert decoded(chatml, out, 0) == " Hello. <|im_end|>"  # chatml inserts the content as it is
+    out, llama = encode(
+        cfg_for(tiny_model_dir, {"type": "chat_template"}, chat_template="llama3"), [{"messages": turns}]
+    )
+    assert decoded(llama, out, 0) == f"Hello.{EOT}"  # llama3 trims it
+
+
+def test_a_default_system_prompt_of_the_template_is_not_trained(tiny_model_dir):
+    cfg = cfg_for(
+        tiny_model_dir,
+        {"type": "chat_template"},
+        chat_template="qwen_25",
+        tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    out, qwen = encode(cfg, [{"messages": CHAT[1:]}])
+    assert decoded(qwen, out, 0) == "Return on equity.<|im_end|>Return on assets.<|im_end|>"
+    assert decoded(qwen, out, 0, trained=False).startswith("<|im_start|>system\nYou are Qwen")
+
+
+def test_a_template_that_changes_the_content_trains_it_as_rendered(tiny_model_dir):
+    jinja = "{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] | upper }}<|end_of_text|>{% endfor %}"
+    cfg = cfg_for(
+        tiny_model_dir, {"type": "chat_template"}, chat_template=jinja, eot_tokens=["<|end_of_text|>"]
+    )
+    out, plain = encode(cfg, [{"messages": CHAT[1:3]}])
+    assert decoded(plain, out, 0) == "RETURN ON EQUITY.<|end_of_text|>"
+
+
+def test_a_template_whose_markup_depends_on_the_content_is_a_row_error(tiny_model_dir):
+    # like reasoning templates: the text around the answer changes when it holds </think>
+    jinja = (
+        "{% for m in messages %}{{ m['role'] }}:\n{% if '</think>' in m['content'] %}"
+        "<think>{{ m['content'].split('</think>')[0] }}</think>{{ m['content'].split('</think>')[1] }}"
+        "{% else %}<think></think>{{ m['content'] }}{% endif %}<|end_of_text|>{% endfor %}"
+    )
+    cfg = cfg_for(
+        tiny_model_dir, {"type": "chat_template"}, chat_template=jinja, eot_tokens=["<|end_of_text|>"]
+    )
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "hm</think>Hello."},
+            ]
+        },
+    ]
+    out, plain = encode(cfg, rows)
+    assert decoded(plain, out, 0) == "Hello.<|end_of_text|>"
+    assert out["status"] == [formats.OK, formats.ERROR]
+    assert out["error"][1] == (
+        "field 'messages[1]': the chat template's text around this turn changes with its content "
+        "(it rewrites the content), so the turn cannot be located to train it"
+    )

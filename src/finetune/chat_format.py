@@ -2,10 +2,17 @@
 
 The conversation is rendered once with the template (which carries its own BOS, so no special tokens are
 added at tokenization). The content of each turn whose role is in roles_to_train, plus the end-of-turn
-token right after it (train_on_eos), is trained. Turns are found by searching each message's content in the
-rendered text, in order, so templates without `{% generation %}` markers (axolotl's llama3, chatml, a
-user's Jinja string) mask the same way as those with them; a token straddling the boundary between the
-template's text and the content (" Hello" after "assistant:") is trained.
+token right after it (train_on_eos), is trained; a template's own text (headers, a default system prompt)
+never is. Each turn is located from the template itself, not by searching its text: the conversation is
+rendered again with that turn's content replaced by a sentinel, and the text before and after the sentinel
+is the template's text around the turn, so the content is what lies between them in the real rendering.
+This is exact for any template whose text around a turn does not depend on that turn's content, even when
+the content also occurs in the markup ("art" in `<|start_header_id|>`), and needs no `{% generation %}`
+markers; the trained text is the content as rendered (llama3 and gemma `trim` it: content.strip()). A
+template whose text around a turn changes with that turn's content (one that rewrites reasoning tags, say)
+cannot be located so: the row gets a RowError. Cost: one more rendering per located turn (the trained
+ones; every non-blank one with train_on_eos: all). A token straddling the boundary between the template's
+text and the content (" Hello" after "assistant:") is trained.
 """
 
 from __future__ import annotations
@@ -135,7 +142,7 @@ def encode_chat(fmt: Format, tokenizer, records: list[dict]):
         try:
             messages = chat_messages(spec, row)
             texts[i] = render_chat(spec, tokenizer, messages)
-            spans[i] = _trained_spans(spec, messages, texts[i], fmt.train_on_inputs)
+            spans[i] = _trained_spans(spec, tokenizer, messages, texts[i], fmt.train_on_inputs)
             if not spans[i]:
                 status[i] = EMPTY
         except RowError as exc:
@@ -148,28 +155,28 @@ def encode_chat(fmt: Format, tokenizer, records: list[dict]):
     return ids, labels, trained, status, errors
 
 
-def _trained_spans(spec: ChatSpec, messages: list[dict], text: str, train_all: bool) -> list[tuple[int, int]]:
-    """Character spans of `text` to train: content of trained turns (+ their end-of-turn token)."""
+def _trained_spans(
+    spec: ChatSpec, tokenizer, messages: list[dict], text: str, train_all: bool
+) -> list[tuple[int, int]]:
+    """Character spans of `text` to train: content of trained turns (+ their end-of-turn token).
+
+    A turn whose content is empty or whitespace-only trains nothing, not even its end-of-turn token."""
     if train_all:
         return [(0, len(text))] if any(m["content"].strip() for m in messages) else []
-    spans, cursor = [], 0
     trained_turns = [
         i for i, m in enumerate(messages) if m["role"] in spec.roles_to_train and m["content"].strip()
     ]
+    if not trained_turns:
+        return []
+    spans, sentinel, trained_set = [], _sentinel(text), set(trained_turns)
     for i, message in enumerate(messages):
-        content = message["content"].strip()
-        if not content:
+        trained = i in trained_set
+        if not message["content"].strip() or not (trained or spec.train_on_eos == "all"):
             continue
-        start = text.find(content, cursor)
-        if start < 0:
-            raise RowError(
-                f"field '{spec.field_messages}[{i}]': its content is not in the rendered chat template (the template rewrites it)"
-            )
-        end = cursor = start + len(content)
-        trained = i in trained_turns
-        if trained:
+        start, end = _content_span(spec, tokenizer, messages, text, i, sentinel)
+        if trained and end > start:
             spans.append((start, end))
-        eot = next((t for t in spec.eot_tokens if text.startswith(t, end)), None)
+        eot = max((t for t in spec.eot_tokens if text.startswith(t, end)), key=len, default=None)
         if eot and (
             spec.train_on_eos == "all"
             or (
@@ -178,9 +185,52 @@ def _trained_spans(spec: ChatSpec, messages: list[dict], text: str, train_all: b
             )
         ):
             spans.append((end, end + len(eot)))
-        if eot:
-            cursor = end + len(eot)
-    return spans if trained_turns else []
+    return _merged(spans)
+
+
+# Private-use characters: no template trims, escapes or changes the case of them, and data rarely has them.
+_SENTINEL = "\ue000\ue001"
+
+
+def _sentinel(text: str) -> str:
+    sentinel = _SENTINEL
+    while sentinel in text:
+        sentinel += "\ue001"
+    return sentinel
+
+
+def _content_span(
+    spec: ChatSpec, tokenizer, messages: list[dict], text: str, i: int, sentinel: str
+) -> tuple[int, int]:
+    """Where message i's content lies in `text`, its rendering: the conversation is rendered with that content
+    replaced by `sentinel` (absent from `text`), and what the template writes before and after the sentinel
+    must be what `text` starts and ends with; the content as rendered is what lies between."""
+    probe = [*messages[:i], {**messages[i], "content": sentinel}, *messages[i + 1 :]]
+    marked = render_chat(spec, tokenizer, probe)
+    at = marked.find(sentinel)
+    before, after = marked[:at], marked[at + len(sentinel) :]
+    if (
+        at < 0
+        or sentinel in after
+        or len(before) + len(after) > len(text)
+        or not text.startswith(before)
+        or not text.endswith(after)
+    ):
+        raise RowError(
+            f"field '{spec.field_messages}[{i}]': the chat template's text around this turn changes with its content (it rewrites the content), so the turn cannot be located to train it"
+        )
+    return len(before), len(text) - len(after)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans sorted, with touching or overlapping ones joined (as _label_tokens needs them)."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 def _label_tokens(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
