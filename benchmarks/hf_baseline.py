@@ -2,6 +2,8 @@
 
     python benchmarks/hf_baseline.py --model DIR --data a.jsonl b.jsonl --rows 150 20 --out result.json
     python benchmarks/hf_baseline.py ... --group-by-length        # the same, rows of similar length batched
+    python benchmarks/hf_baseline.py --model DIR --data train.jsonl --rows 1000 --lora --format "{context}" \
+        --lr 5e-4 --batch 16 --save-adapter DIR                    # real_learning.py's run: fp32 base + LoRA
 
 What a user writes from the transformers/peft docs: tokenize "[INST] {context} [/INST]" + target + EOS with
 the prompt masked out of the labels, NF4 4-bit base with double quantization (or a plain fp32 base with
@@ -26,10 +28,10 @@ def load_rows(paths: list[str], counts: list[int]) -> list[dict]:
     return rows
 
 
-def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[dict]:
+def tokenize(rows: list[dict], tokenizer, max_len: int, fmt: str = "[INST] {context} [/INST]") -> list[dict]:
     out = []
     for row in rows:
-        prompt = tokenizer(f"[INST] {row['context']} [/INST]")["input_ids"]
+        prompt = tokenizer(fmt.format(context=row["context"]))["input_ids"]
         answer = tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids, labels = prompt + answer, [-100] * len(prompt) + answer
         if len(ids) > max_len:
@@ -66,6 +68,14 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="bf16 and flash_attention_2 (a CUDA GPU)")
     p.add_argument("--group-by-length", action="store_true")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--format", default="[INST] {context} [/INST]", help="the prompt, {context} is the row's")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=1)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--optim", default="adamw_torch")
+    p.add_argument("--save-adapter", help="save the trained adapter here (PeftModel.save_pretrained)")
     a = p.parse_args()
 
     import datasets
@@ -81,7 +91,9 @@ def main() -> None:
     )
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
-    train_set = datasets.Dataset.from_list(tokenize(load_rows(a.data, a.rows), tokenizer, a.seq_len))
+    train_set = datasets.Dataset.from_list(
+        tokenize(load_rows(a.data, a.rows), tokenizer, a.seq_len, a.format)
+    )
     dtype = torch.bfloat16 if a.gpu else torch.float32
     quant = None
     if not a.lora:
@@ -99,14 +111,17 @@ def main() -> None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     set_seed(a.seed)
     model = get_peft_model(
-        model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        model,
+        LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     collator = CountingCollator(tokenizer)
     args = TrainingArguments(
         output_dir=a.out + ".trainer",
         per_device_train_batch_size=a.batch,
-        num_train_epochs=1,
-        learning_rate=2e-4,
+        num_train_epochs=a.epochs,
+        max_steps=a.max_steps,
+        learning_rate=a.lr,
+        optim=a.optim,
         lr_scheduler_type="cosine",
         logging_steps=10,
         save_strategy="no",
@@ -136,6 +151,9 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "final_loss": result.metrics.get("train_loss"),
     }
+    if a.save_adapter:
+        model.save_pretrained(a.save_adapter)
+        tokenizer.save_pretrained(a.save_adapter)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps(out))

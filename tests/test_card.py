@@ -1,8 +1,13 @@
-"""The model card: hub-valid front matter, the run's facts, HF's training table, and the same card both ways."""
+"""The model card: hub-valid front matter, the run's facts, HF's training table, and the same card both ways.
+
+The card is built from the files a run leaves, so the tests read the files of a real run: the tiny model is
+trained once for the module (seconds). Tests that change a run work on a copy.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -10,87 +15,95 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import send_signal
 from finetune import card, card_training, config
+from finetune.card_training import fmt
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
-LOG_HISTORY = [
-    {"loss": 6.95, "grad_norm": 1.2, "learning_rate": 0.0015, "epoch": 0.3333333333333333, "step": 1},
-    {"loss": 6.81, "grad_norm": 1.1, "learning_rate": 0.003, "epoch": 0.6666666666666666, "step": 2},
-    {"loss": 6.52, "grad_norm": 0.9, "learning_rate": 0.0025, "epoch": 1.0, "step": 3},
-    {"eval_loss": 6.61234567, "eval_runtime": 0.5, "eval_samples_per_second": 10.0, "eval_steps_per_second": 2.0,
-     "eval_accuracy": 0.25, "epoch": 1.0, "step": 3},
-    {"loss": 6.1, "grad_norm": 0.8, "learning_rate": 0.001, "epoch": 1.3333333333333333, "step": 4},
-    {"loss": 5.9, "grad_norm": 0.7, "learning_rate": 0.0005, "epoch": 1.6666666666666665, "step": 5},
-    {"eval_loss": 6.2, "eval_runtime": 0.5, "eval_samples_per_second": 10.0, "eval_steps_per_second": 2.0,
-     "eval_accuracy": 0.5, "epoch": 1.6666666666666665, "step": 5},
-    {"train_runtime": 3.2, "train_samples_per_second": 9.4, "train_steps_per_second": 1.6, "total_flos": 10.0,
-     "train_loss": 6.456, "epoch": 1.6666666666666665, "step": 5},
-]  # fmt: skip
+HUB_BASE = "meta-llama/Llama-3.1-8B-Instruct"
+INST = {"field_instruction": "context", "field_output": "target", "format": "[INST] {instruction} [/INST]"}
 
 
-def make_run(root: Path, base_model: str, adapter_dir: Path | None = None, **overrides) -> Path:
-    """An output_dir as train.py leaves it (the contract), built from a real adapter and hand-written logs."""
-    out = root / "run"
-    if adapter_dir is not None:
-        shutil.copytree(adapter_dir, out)
-    out.mkdir(exist_ok=True)
+def run_config(root: Path, **over) -> dict:
+    """QLoRA r=4 on q/v of the tiny model at `models/tiny` (a relative path, as in the quickstart): 9 training
+    rows in steps of 2 x 2 rows, 2 epochs = 6 optimizer steps, evaluated and saved every 2. The data cache's
+    folder name holds a token, as a path pasted from somewhere might."""
     data = root / "train.jsonl"
-    data.write_text('{"context": "q", "target": "a"}\n')
-    raw = {
-        "base_model": base_model,
-        "adapter": "qlora",
-        "load_in_4bit": True,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "lora_target_modules": ["q_proj", "v_proj"],
-        "license": "apache-2.0",
-        "datasets": [
-            {"path": str(data), "type": {"field_instruction": "context", "field_output": "target",
-                                         "format": "[INST] {instruction} [/INST]"}},
-            {"path": "AdaptLLM/finance-tasks"},
-        ],
-        "val_set_size": 0.1,
-        "output_dir": str(out),
-        "wandb_name": "fin-qlora",
-        "micro_batch_size": 2,
-        "gradient_accumulation_steps": 4,
-        "num_epochs": 2,
-        "warmup_steps": 2,
-        "deepspeed": {"zero_optimization": {"stage": 1}, "hf_token": "plain-secret-value", "note": SECRET},
-        **overrides,
+    data.write_text("".join(json.dumps({"context": f"What is {i} + {i}?", "target": str(2 * i)}) + "\n"
+                            for i in range(12)))  # fmt: skip
+    return {
+        "base_model": "models/tiny", "adapter": "qlora", "load_in_4bit": True, "lora_r": 4, "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"], "license": "apache-2.0",
+        "datasets": [{"path": str(data), "type": INST}], "val_set_size": 0.25, "sequence_len": 128,
+        "dataset_prepared_path": str(root / f"prepared-{SECRET}"), "dataset_processes": 1,
+        "output_dir": str(root / "out"), "wandb_name": "fin-qlora", "micro_batch_size": 2,
+        "gradient_accumulation_steps": 2, "num_epochs": 2, "warmup_steps": 2, "eta_min": 1e-5,
+        "eval_steps": 2, "save_steps": 2, "logging_steps": 1, "seed": 7, **over,
     }  # fmt: skip
-    cfg = config.validate(raw)
-    versions = {"finetune": "0.1.0", "transformers": "5.23.0", "peft": "0.21.2", "torch": "2.13.0",
-                "datasets": "5.2.0", "tokenizers": "0.22.1", "deepspeed": "0.19.8"}  # fmt: skip
-    (out / "config.yml").write_text(config.to_yaml(cfg, versions))
-    state = {"log_history": LOG_HISTORY, "global_step": 5, "num_train_epochs": 2, "max_steps": 6,
-             "train_batch_size": 2}  # fmt: skip
-    (out / "trainer_state.json").write_text(json.dumps(state))
-    results = {"train_runtime": 3.2, "train_samples_per_second": 9.4, "train_tokens_per_second": 812.5,
-               "train_loss": 6.456, "eval_loss": 6.2, "eval_accuracy": 0.5, "eval_runtime": 0.5,
-               "peak_memory_gb": 0.4, "world_size": 2, "distributed_type": "DEEPSPEED",
-               "total_train_batch_size": 16, "mixed_precision": "bf16"}  # fmt: skip
-    (out / "all_results.json").write_text(json.dumps(results))
-    return out
+
+
+def train_in(root: Path, tiny_model_dir: Path, callbacks=(), **over) -> Path:
+    """Train run_config in `root` (the working folder, where models/tiny is), on one thread."""
+    import torch
+
+    from finetune import train
+
+    (root / "models").mkdir(exist_ok=True)
+    if not (root / "models" / "tiny").exists():
+        (root / "models" / "tiny").symlink_to(tiny_model_dir)
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    os.chdir(root)
+    torch.set_num_threads(1)
+    try:
+        return train.run(config.validate(run_config(root, **over)), callbacks=callbacks)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A real PEFT adapter (LoRA r=4 on q/v) + tokenizer on the tiny model."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("adapter")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
+def trained(tiny_model_dir, tmp_path_factory) -> Path:
+    """The finished run's output_dir. Read-only: use `run_dir` to change anything."""
+    return train_in(tmp_path_factory.mktemp("trained"), tiny_model_dir)
 
 
 @pytest.fixture()
-def run_dir(tmp_path, adapter_dir) -> Path:
-    return make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", adapter_dir)
+def run_dir(trained, tmp_path) -> Path:
+    """A copy of the finished run (config.yml still names the original output_dir, as after a move)."""
+    return Path(shutil.copytree(trained, tmp_path / "run", symlinks=True))
+
+
+def read(run: Path, name: str) -> dict:
+    return json.loads((run / name).read_text())
+
+
+def with_config(run: Path, **changes) -> Path:
+    """config.yml as training writes it for the run's config with `changes` (validated, then saved the same way)."""
+    raw = yaml.safe_load((run / "config.yml").read_text())
+    versions = raw.pop("finetune_versions")
+    (run / "config.yml").write_text(config.to_yaml(config.validate({**raw, **changes}), versions))
+    return run
+
+
+def set_fact(run: Path, key: str, value=None) -> None:
+    """Change (None: remove) a run fact where training writes it: all_results.json and train_results.json."""
+    for name in ("all_results.json", "train_results.json"):
+        results = read(run, name)
+        results.pop(key)
+        (run / name).write_text(json.dumps(results if value is None else {**results, key: value}))
+
+
+def on_hub_base(run: Path) -> Path:
+    """The run as if its base had been the hub's Llama 3.1 (training records base_model_local: false then),
+    with a hub dataset beside the local file."""
+    datasets = yaml.safe_load((run / "config.yml").read_text())["datasets"]
+    with_config(run, base_model=HUB_BASE, datasets=[*datasets, {"path": "AdaptLLM/finance-tasks"}])
+    set_fact(run, "base_model_local", False)
+    return run
+
+
+def hyperparameters(text: str) -> dict:
+    return dict(re.findall(r"^- (\w+): (.*)$", text.split("### Training hyperparameters")[1], re.M))
 
 
 def _table(text: str, heading: str) -> list[dict]:
@@ -101,45 +114,72 @@ def _table(text: str, heading: str) -> list[dict]:
     ]
 
 
+def test_training_records_what_the_card_reads(trained):
+    """The run facts the card (and merge) read are the ones training writes, under the same names."""
+    results = read(trained, "all_results.json")
+    assert results["base_model_local"] is True  # models/tiny: a relative path that looks like a hub id
+    assert results["device"] == "cpu" or results["device"].startswith("cuda")
+    assert results["world_size"] == 1 and results["total_train_batch_size"] == 4
+    assert results["mixed_precision"] in ("no", "bf16", "fp16")
+    assert read(trained, "trainer_state.json")["train_batch_size"] == 2
+    assert {"eval_loss", "eval_token_accuracy"} <= read(trained, "eval_results.json").keys()
+    assert [p.name for p in sorted(trained.glob("checkpoint-*"))] == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
+
+
 def test_card_parses_with_hub_metadata(run_dir):
     from huggingface_hub import ModelCard
 
-    path = card.write_card(run_dir)
-    loaded = ModelCard.load(path)
+    results = read(on_hub_base(run_dir), "eval_results.json")
+    loaded = ModelCard.load(card.write_card(run_dir))
     data = loaded.data.to_dict()
-    assert data["base_model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert data["base_model"] == HUB_BASE
     assert data["library_name"] == "peft"
     assert data["pipeline_tag"] == "text-generation"
     assert data["license"] == "apache-2.0"
-    assert data["tags"] == ["finetune", "qlora", "sft", "base_model:adapter:meta-llama/Llama-3.1-8B-Instruct"]
+    assert data["tags"] == ["finetune", "qlora", "sft", f"base_model:adapter:{HUB_BASE}"]
     assert data["datasets"] == ["AdaptLLM/finance-tasks"]  # the local file is not a hub dataset
-    results = {r.metric_type: r.metric_value for r in loaded.data.eval_results}
-    assert results == {"loss": 6.2, "accuracy": 0.5}
+    scores = {r.metric_type: r.metric_value for r in loaded.data.eval_results}
+    assert scores == {"loss": results["eval_loss"], "token_accuracy": results["eval_token_accuracy"]}
     assert loaded.data.model_name == "fin-qlora"
     assert "More information needed" not in loaded.text and "More Information Needed" not in loaded.text
+    assert f"[{HUB_BASE}](https://huggingface.co/{HUB_BASE})" in loaded.text
 
 
-def test_card_body_facts(run_dir):
-    text = Path(card.write_card(run_dir)).read_text()
-    assert "# fin-qlora\n" in text
-    assert (
-        "[meta-llama/Llama-3.1-8B-Instruct](https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct)" in text
+def test_card_body_facts(trained):
+    text = (trained / "README.md").read_text()  # written by training
+    results, versions = (
+        read(trained, "all_results.json"),
+        config.load(trained / "config.yml").finetune_versions,
     )
-    assert "Final evaluation loss: **6.2**" in text
-    hp = dict(re.findall(r"^- (\w+): (.*)$", text.split("### Training hyperparameters")[1], re.M))
+    assert "# fin-qlora\n" in text
+    assert "for 2 epochs (6 optimizer steps)" in text
+    assert f"Final evaluation loss: **{fmt(results['eval_loss'])}**" in text
+    hp = hyperparameters(text)
     assert hp["learning_rate"] == "0.0002"
     assert hp["train_batch_size"] == "2" and hp["eval_batch_size"] == "2"
-    assert hp["distributed_type"] == "DEEPSPEED" and hp["num_devices"] == "2"
-    assert hp["gradient_accumulation_steps"] == "4" and hp["total_train_batch_size"] == "16"
+    assert "distributed_type" not in hp and "num_devices" not in hp  # one process
+    assert hp["gradient_accumulation_steps"] == "2" and hp["total_train_batch_size"] == "4"
     assert hp["optimizer"].startswith("adamw_torch with betas=(0.9,0.999)")
     assert hp["lr_scheduler_type"] == "cosine" and hp["lr_scheduler_warmup_steps"] == "2"
-    assert hp["num_epochs"] == "2.0" and hp["mixed_precision_training"] == "bf16"
-    assert (hp["lora_r"], hp["lora_alpha"], hp["lora_target_modules"]) == ("4", "8", "q_proj, v_proj")
+    assert hp["lr_scheduler_min_lr"] == "1e-05"
+    assert hp["num_epochs"] == "2.0" and hp["max_sequence_length"] == "128"
+    assert hp.get("mixed_precision_training") == (None if results["mixed_precision"] == "no" else "bf16")
+    assert (hp["lora_r"], hp["lora_alpha"], hp["lora_target_modules"]) == ("4", "8.0", "q_proj, v_proj")
     assert hp["quantization"].startswith("bitsandbytes 4-bit")
-    assert "- PEFT 0.21.2" in text and "- DeepSpeed 0.19.8" in text and "- PyTorch 2.13.0" in text
-    assert "| tokens/s | 812.5 |" in text and "| peak_memory_gb | 0.4 |" in text
-    assert "world_size" not in text.split("## Results")[1].split("## Usage")[0]  # facts feed hyperparameters
+    assert f"- PEFT {versions['peft']}" in text and f"- PyTorch {versions['torch']}" in text
+    assert "DeepSpeed" not in text  # not used
+    summary = text.split("## Results")[1].split("## Usage")[0]
+    assert f"| tokens/s | {fmt(results['train_tokens_per_second'])} |" in summary
+    assert f"| peak CPU memory (MiB) | {fmt(results['peak_cpu_memory_mb'])} |" in summary
+    assert "| optimizer steps | 6 |" in summary
+    assert f"- token_accuracy: {fmt(results['eval_token_accuracy'])}" in summary
+    assert "world_size" not in summary  # facts feed the hyperparameters
     assert "<details>" in text and "lora_target_modules:" in text
+    assert "![Training and validation loss](loss.png)" in text
     # usage: PeftModel on the base, prompted in the training format
     usage = text.split("```python", 1)[1].split("```", 1)[0]
     assert "PeftModel.from_pretrained(model, adapter)" in usage
@@ -147,26 +187,24 @@ def test_card_body_facts(run_dir):
     compile(usage, "usage", "exec")
 
 
-def test_eta_min_is_reported_with_the_scheduler(tmp_path, adapter_dir):
-    run = make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", adapter_dir, eta_min=1e-5)
-    text = Path(card.write_card(run)).read_text()
-    hp = dict(re.findall(r"^- (\w+): (.*)$", text.split("### Training hyperparameters")[1], re.M))
-    assert hp["lr_scheduler_type"] == "cosine" and hp["lr_scheduler_min_lr"] == "1e-05"
+def test_card_is_the_same_rebuilt(run_dir, trained):
+    (run_dir / "README.md").unlink()
+    assert Path(card.write_card(run_dir)).read_text() == (trained / "README.md").read_text()
 
 
-def test_training_table_rows_equal_the_logs(run_dir):
-    text = Path(card.write_card(run_dir)).read_text()
-    rows = _table(text, "### Training results")
+def test_training_table_rows_equal_the_logs(trained):
+    history = read(trained, "trainer_state.json")["log_history"]
+    losses = {e["step"]: e["loss"] for e in history if "loss" in e}
+    evals = [e for e in history if "eval_loss" in e]
+    rows = _table((trained / "README.md").read_text(), "### Training results")
+    assert [e["step"] for e in evals] == [2, 4, 6]
     assert rows == [
         {
-            "Training Loss": "6.52",
-            "Epoch": "1.0",
-            "Step": "3",
-            "Validation Loss": "6.6123",
-            "Accuracy": "0.25",
-        },
-        {"Training Loss": "5.9", "Epoch": "1.6667", "Step": "5", "Validation Loss": "6.2", "Accuracy": "0.5"},
-    ]
+            "Training Loss": fmt(losses[e["step"]]), "Epoch": fmt(e["epoch"]), "Step": str(e["step"]),
+            "Validation Loss": fmt(e["eval_loss"]), "Token Accuracy": fmt(e["eval_token_accuracy"]),
+        }
+        for e in evals
+    ]  # fmt: skip
 
 
 def test_rows_join_train_and_eval_per_step():
@@ -184,70 +222,69 @@ def test_rows_join_train_and_eval_per_step():
     ]
 
 
-def test_no_secret_in_card(run_dir):
-    text = Path(card.write_card(run_dir)).read_text()
-    assert SECRET not in text and "plain-secret-value" not in text
-    assert "hf_token: '***'" in text
+def test_no_secret_in_card(trained):
+    assert SECRET in (trained / "config.yml").read_text()  # under an innocent key, so config.yml keeps it
+    text = (trained / "README.md").read_text()
+    assert SECRET not in text and "prepared-***" in text
 
 
-def test_local_base_has_no_hub_link(tmp_path, tiny_model_dir, adapter_dir):
+def test_local_base_has_no_hub_link(run_dir, tiny_model_dir):
     from huggingface_hub import ModelCard
 
-    out = make_run(tmp_path, str(tiny_model_dir), adapter_dir, license=None)
-    loaded = ModelCard.load(card.write_card(out))
+    with_config(run_dir, base_model=str(tiny_model_dir))
+    loaded = ModelCard.load(card.write_card(run_dir))
     assert "huggingface.co/" + str(tiny_model_dir).lstrip("/") not in loaded.text
     assert "huggingface.co//" not in loaded.text
     assert f"`{tiny_model_dir}` (a local model folder)" in loaded.text
     data = loaded.data.to_dict()
-    assert "base_model" not in data and "license" not in data
-    assert not any(t.startswith("base_model:") for t in data["tags"])
+    assert "base_model" not in data and not any(t.startswith("base_model:") for t in data["tags"])
 
 
-def test_recorded_local_base_wins_over_its_looks(tmp_path, adapter_dir, monkeypatch):
+def test_recorded_local_base_wins_over_its_looks(run_dir, tmp_path, monkeypatch):
     """`models/tiny` looks like a hub id from another folder; training records that it was local."""
     monkeypatch.chdir(tmp_path)  # a folder without models/tiny
-    out = make_run(tmp_path, "models/tiny", adapter_dir)
-    assert (
-        "https://huggingface.co/models/tiny" in Path(card.write_card(out)).read_text()
-    )  # no record: a hub id
-    results = json.loads((out / "all_results.json").read_text())
-    (out / "all_results.json").write_text(json.dumps({**results, "base_model_local": True}))
-    text = Path(card.write_card(out)).read_text()
+    text = Path(card.write_card(run_dir)).read_text()
     front = yaml.safe_load(text.split("---")[1])
     assert "huggingface.co/models" not in text and "base_model" not in front
     assert not any(t.startswith("base_model:") for t in front["tags"])
     assert "`models/tiny` (a local model folder)" in text
+    set_fact(run_dir, "base_model_local")  # a run folder without the record: the looks decide
+    assert "https://huggingface.co/models/tiny" in Path(card.write_card(run_dir)).read_text()
 
 
-def test_all_linear_targets_are_named_once(tmp_path, adapter_dir):
-    out = make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", adapter_dir, lora_target_linear=True)
-    adapter = json.loads((out / "adapter_config.json").read_text())
-    paths = [f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.q_proj", "mlp.down_proj")]
-    (out / "adapter_config.json").write_text(json.dumps({**adapter, "target_modules": paths}))
-    assert "- lora_target_modules: all-linear (down_proj, q_proj)\n" in Path(card.write_card(out)).read_text()
-
-
-def test_interrupted_run_uses_newest_checkpoint(tmp_path, adapter_dir):
-    out = make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct")
-    for step in (2, 10):
-        shutil.copytree(adapter_dir, out / f"checkpoint-{step}")
-    state = json.loads((out / "trainer_state.json").read_text())
-    (out / "checkpoint-10" / "trainer_state.json").write_text(
-        json.dumps({**state, "log_history": LOG_HISTORY[:4]})
-    )
-    (out / "trainer_state.json").unlink()
-    (out / "all_results.json").unlink()
-    (Path(out) / "config.yml").write_text((out / "config.yml").read_text())
+def test_interrupted_run_uses_newest_checkpoint(tmp_path, tiny_model_dir, capsys):
+    """Stopped by SIGTERM early (all-linear targets): no final adapter, results or state; the card reads the
+    newest checkpoint's."""
+    with pytest.raises(SystemExit):
+        train_in(tmp_path, tiny_model_dir, callbacks=[send_signal(2)], lora_target_modules=None,
+                 lora_target_linear=True)  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "out"
+    newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["config.yml", "metrics.jsonl"]
     text = Path(card.write_card(out)).read_text()
-    assert len(_table(text, "### Training results")) == 1
-    assert f'adapter = "{out}/checkpoint-10"' in text
-    assert "Final evaluation loss: **6.6123**" in text
+    assert f'adapter = "{out}/{newest.name}"' in text
+    state = read(newest, "trainer_state.json")
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    assert len(_table(text, "### Training results")) == len(evals) == 1  # the evaluation at step 2
+    assert f"Final evaluation loss: **{fmt(evals[-1]['eval_loss'])}**" in text
+    assert f"for 2 epochs ({state['global_step']} optimizer steps)" in text
+    hp = hyperparameters(text)
+    assert (
+        hp["lora_target_modules"]
+        == "all-linear (down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj)"
+    )
 
 
-def test_config_with_missing_paths_still_loads(run_dir, tmp_path):
-    (tmp_path / "train.jsonl").unlink()  # the run was copied to another machine: its data is not here
+def test_config_with_missing_paths_still_loads(run_dir, trained):
+    """The run was copied to another machine: its data and base are not there."""
+    text = (run_dir / "config.yml").read_text()
+    text = text.replace(str(trained.parent / "train.jsonl"), "/elsewhere/train.jsonl")
+    (run_dir / "config.yml").write_text(
+        text.replace("base_model: models/tiny", "base_model: /elsewhere/tiny")
+    )
     text = Path(card.write_card(run_dir)).read_text()
-    assert "# fin-qlora" in text
+    assert "# fin-qlora" in text and "`/elsewhere/tiny` (a local model folder)" in text
 
 
 def test_not_an_output_dir(tmp_path):
@@ -257,12 +294,13 @@ def test_not_an_output_dir(tmp_path):
         card.write_card(tmp_path)
 
 
-def test_chat_template_usage(tmp_path, adapter_dir):
+def test_chat_template_usage(run_dir, tmp_path):
     data = tmp_path / "chat.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    out = make_run(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", adapter_dir,
-                   datasets=[{"path": str(data), "type": "chat_template"}])  # fmt: skip
-    text = Path(card.write_card(out)).read_text()
+    text = Path(
+        card.write_card(with_config(run_dir, datasets=[{"path": str(data), "type": "chat_template"}]))
+    )
+    text = text.read_text()
     assert "tokenizer.apply_chat_template(" in text
     assert "datasets" not in yaml.safe_load(text.split("---")[1])  # no hub dataset: the key is left out
 

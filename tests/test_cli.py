@@ -130,3 +130,12 @@ def test_console_script_exits_quickly_with_the_right_code_after_exit_handlers(tm
         text=True,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_validate_refuses_a_base_model_path_that_does_not_exist(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("base_model: /no/such/folder\nadapter: lora\ndatasets:\n  - path: org/data\n")
+    result = run_cli("validate", path, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("HEAVY=")]
+    assert lines == [f"{path}:1: base_model: not found: /no/such/folder (a hub id is name or org/name)"]

@@ -139,10 +139,59 @@ def test_full_finetune_is_refused_with_one_line(write_config, data_file):
     ]
 
 
-def test_yaml_syntax_error_names_the_line(write_config):
-    path = write_config("base_model: a\nlora_r: [1, 2\nadapter: lora\n")
+MODEL_PATH_KEYS = ("base_model", "base_model_config", "tokenizer_config", "lora_model_dir")
+
+
+@pytest.mark.parametrize("key", MODEL_PATH_KEYS)
+@pytest.mark.parametrize(
+    "value", ["/no/such/folder", "./nope", "../nope", "~/no-such-model-here", "a/b/c", "models/x.Q4_K_M.gguf",
+              "my model", "org/name/"],
+)  # fmt: skip
+def test_a_local_path_that_does_not_exist_is_a_problem(write_config, good_text, key, value):
+    """A value that cannot be a hub id (`name` or `org/name`) names a local path, which must exist."""
+    text = good_text if key == "base_model" else good_text + f"{key}: placeholder\n"
+    path = write_config(text.replace("some-org/some-model" if key == "base_model" else "placeholder", value))
+    line = 1 if key == "base_model" else 12
+    assert problems(path) == [f"{path}:{line}: {key}: not found: {value} (a hub id is name or org/name)"]
+
+
+@pytest.mark.parametrize("key", MODEL_PATH_KEYS)
+def test_hub_ids_and_existing_paths_are_accepted(write_config, good_text, tmp_path, key):
+    gguf = tmp_path / "model.Q4_K_M.gguf"  # base_model may name a local GGUF file
+    gguf.write_bytes(b"GGUF")
+    for value in ("org/name", "name", "Org-1/name_2.5", str(tmp_path), str(gguf)):
+        text = good_text if key == "base_model" else good_text + f"{key}: {value}\n"
+        cfg = config.load(write_config(text.replace("some-org/some-model", value)))
+        assert getattr(cfg, key) == value
+
+
+YAML_MISTAKES = {  # text, the line of the mistake
+    "unclosed bracket": ("base_model: a\nlora_r: [1, 2\nadapter: lora\n", 2),
+    "unclosed quote at the end": ('base_model: a\nadapter: lora\nformat: "[INST] {instruction}\n', 3),
+    "unclosed quote, closed by a later one": (
+        'base_model: a\nformat: "[INST] {instruction}\nadapter: lora\nsystem_prompt: "You are"\nseed: 1\n',
+        2,
+    ),
+    "missing colon": ("base_model: a\nlora_r 8\nadapter: lora\n", 2),
+    "missing colon in a list entry": (
+        "base_model: a\ndatasets:\n  - path: x.jsonl\n    type alpaca\n  - path: y.jsonl\nadapter: lora\n",
+        4,
+    ),
+    "bad indentation": (
+        "base_model: a\ndatasets:\n  - path: x.jsonl\n    type: alpaca\n   split: train\n",
+        5,
+    ),
+    "indented key": ("base_model: a\nlora_r: 8\n  lora_alpha: 16\nadapter: lora\n", 3),
+    "tab": ("base_model: a\ndatasets:\n  - path: x.jsonl\n\ttype: alpaca\nadapter: lora\n", 4),
+}
+
+
+@pytest.mark.parametrize("mistake", YAML_MISTAKES)
+def test_yaml_syntax_error_names_the_line_of_the_mistake(write_config, mistake):
+    text, line_no = YAML_MISTAKES[mistake]
+    path = write_config(text)
     (line,) = problems(path)
-    assert line.startswith(f"{path}:3: invalid YAML:")
+    assert line.startswith(f"{path}:{line_no}: invalid YAML:"), line
 
 
 def test_yaml_is_read_with_a_safe_loader(write_config, good_text):
@@ -394,3 +443,23 @@ def test_more_axolotl_training_keys(write_config, good_text):
         f"{path}:12: peft_init_lora_weights: must be true, false or 'gaussian' (got 'pissa'); peft's pissa, olora, "
         "loftq and eva rewrite the base weights or need data first, which finetune does not do"
     ]
+
+
+def test_gguf_base_is_split_into_folder_and_file_and_cannot_be_requantized(tmp_path):
+    base = {"adapter": "lora", "datasets": [{"path": str(ROOT / "examples" / "finance_qa.jsonl")}]}
+    gguf = tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    cfg = config.validate({**base, "base_model": str(gguf)})
+    assert cfg.base_source == (str(gguf.parent), gguf.name) and cfg.base_is_gguf
+    cfg = config.validate({**base, "base_model": "org/model-GGUF", "gguf_file": "m.Q8_0.gguf"})
+    assert cfg.base_source == ("org/model-GGUF", "m.Q8_0.gguf")
+    assert not config.validate({**base, "base_model": "org/model"}).base_is_gguf
+    with pytest.raises(ConfigError) as err:
+        config.validate({**base, "base_model": "org/m-GGUF", "gguf_file": "m.gguf", "load_in_4bit": True})
+    assert "load_in_4bit: a GGUF base is loaded dequantized and transformers cannot quantize it again" in str(
+        err.value
+    )
+    with pytest.raises(ConfigError) as err:
+        config.validate({**base, "base_model": str(gguf), "gguf_file": "y.gguf"})
+    assert "gguf_file: base_model already names a .gguf file" in str(err.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,12 +144,20 @@ def test_two_processes_match_one(name, deepspeed, tiny_model_dir, tmp_path, refe
         else {"wandb_project": "finetune-tests", "wandb_mode": "offline"}
     )
     cfg = write_config(run_cfg(tiny_model_dir, tmp_path, **extra))
-    (log,) = launch([["train", str(cfg), "--num-processes", "2"]], tmp_path)
     out = tmp_path / "out"
+    overwrite = []
+    if name == "ddp":  # --overwrite of an old run: rank 0 moves it away, and no rank sees its files after
+        (out / "checkpoint-9").mkdir(parents=True)
+        shutil.copy(reference / "adapter_model.safetensors", out / "checkpoint-9")
+        (out / "all_results.json").write_text('{"old_run": true}')
+        (out / "eval_results.json").write_text('{"eval_loss": 9.9}')  # no evaluation here would replace it
+        overwrite = ["--overwrite"]
+    (log,) = launch([["train", str(cfg), "--num-processes", "2", *overwrite]], tmp_path)
     check_matches(out, reference)
+    assert not list(tmp_path.glob(".out.*")) and not (out / "eval_results.json").exists()
     assert log.count("\ndone\n") == 1 and log.count("outputs: ") == 1  # only rank 0 prints the summary
     results = json.loads((out / "all_results.json").read_text())
-    assert results["world_size"] == 2 and results["total_train_batch_size"] == 4
+    assert results["world_size"] == 2 and results["total_train_batch_size"] == 4 and "old_run" not in results
     assert results["distributed_type"] == ("multi_cpu" if name == "ddp" else "deepspeed")
     assert results.get("zero_stage") == (None if name == "ddp" else int(name[-1]))
     hp = card_hyperparameters(out)

@@ -244,3 +244,44 @@ def test_cli_merge_and_card(tmp_path, tiny_model_dir):
         [*cmd, "merge", str(run), "--out", str(run)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and "run folder" in done.stderr
+
+
+def test_failed_logit_check_exits_1_and_writes_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A merged model whose logits are off (here: its output layer doubled after merging) is not saved."""
+    import sys
+
+    from peft.tuners.tuners_utils import BaseTuner
+
+    from finetune import cli
+
+    run = make_run(tmp_path, tiny_model_dir)
+    merge_and_unload = BaseTuner.merge_and_unload
+
+    def broken(self, *args, **kwargs):
+        merged = merge_and_unload(self, *args, **kwargs)
+        with torch.no_grad():
+            merged.get_output_embeddings().weight.mul_(2)
+        return merged
+
+    def merge_cli(*args) -> int:
+        monkeypatch.setattr(sys, "argv", ["finetune", "merge", str(run), *map(str, args)])
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+        return done.value.code or 0
+
+    out = tmp_path / "merged"
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", broken)
+    for dtype in ("fp32", "bf16"):
+        assert merge_cli("--out", out, "--dtype", dtype) == 1
+        assert not out.exists()
+        err = capsys.readouterr().err
+        assert f"above the {dtype} tolerance" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp folder left beside it either
+    out.mkdir()  # --overwrite: the folder it would have replaced is kept as it was
+    (out / "keep.txt").write_text("x")
+    assert merge_cli("--out", out, "--dtype", "fp32", "--overwrite") == 1
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", merge_and_unload)
+    assert merge_cli("--out", out, "--dtype", "fp32", "--overwrite") == 0
+    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()

@@ -298,6 +298,60 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tiny_model_dir, tm
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 7
 
 
+def test_overwrite_starts_from_an_empty_folder(tmp_path, finished, prepared_dir, tiny_model_dir, capsys):
+    """An interrupted --overwrite run leaves no file of the old run for the card (or merge) to mix in."""
+    from finetune import card, run_dir
+
+    _, finished_out = finished
+    out = tmp_path / "out"
+    shutil.copytree(finished_out, out)  # the old run: r=8, 33 steps, final adapter, results, card
+    cfg = make_cfg(tiny_model_dir, out, prepared_dir, lora_r=4, num_epochs=300, save_steps=50, val_set_size=0)
+    with pytest.raises(SystemExit):
+        train.run(cfg, overwrite=True, callbacks=[send_signal(2)])
+    (ckpt,) = checkpoints.checkpoints(out)  # the step under way when the signal came
+    assert sorted(p.name for p in out.iterdir()) == [ckpt.name, "config.yml", "metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old run is gone, not left beside it
+    assert run_dir.read_run(out).adapter["r"] == 4
+    text = Path(card.write_card(out)).read_text()
+    steps = ckpt.name.split("-")[1]
+    assert "- lora_r: 4\n" in text and f"300 epochs ({steps} optimizer steps)" in text
+    capsys.readouterr()
+
+
+def test_overwrite_that_fails_before_training_keeps_the_old_run(
+    tmp_path, finished, prepared_dir, tiny_model_dir
+):
+    """Nothing of the old run is touched until the new one has its data and model and starts writing."""
+    _, finished_out = finished
+    out = tmp_path / "out"
+    shutil.copytree(finished_out, out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "q", "target": "a"}\n{"context": \n')
+    cfg = make_cfg(tiny_model_dir, out, prepared_dir, datasets=[{"path": str(bad), "type": PROMPT}])
+    with pytest.raises(UserError, match="bad.jsonl"):
+        train.run(cfg, overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "out"]
+    resumed = make_cfg(tiny_model_dir, out, prepared_dir, resume_from_checkpoint=str(out / "checkpoint-5"))
+    with pytest.raises(UserError, match="resume_from_checkpoint.*--overwrite"):
+        train.run(resumed, overwrite=True)  # it would continue from a folder that --overwrite replaces
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_overwrite_refuses_at_once_what_it_could_not_replace(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    monkeypatch.chdir(out / "sub")
+    with pytest.raises(UserError, match="the current folder is inside it"):
+        checkpoints.check_can_replace(out, None)
+    monkeypatch.chdir(tmp_path)
+    checkpoints.check_can_replace(out, None)
+    checkpoints.check_can_replace(out, str(tmp_path / "other" / "checkpoint-5"))  # from another run: fine
+    with pytest.raises(UserError, match="inside output_dir"):
+        checkpoints.check_can_replace(out, str(out / "checkpoint-5"))
+
+
 def test_checkpoint_problems_are_named(tmp_path, finished):
     _, out = finished
     good = out / "checkpoint-5"
@@ -409,5 +463,10 @@ def test_resume_config_drift_and_overwrite_cleanup(tiny_model_dir, tmp_path, pre
     (out / "checkpoint-3").mkdir()
     (out / ".incomplete-checkpoint-5").mkdir()
     (out / "metrics.jsonl").write_text("{}\n")
-    checkpoints.clear_previous_run(out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.yml"]
+    checkpoints.begin_output(out, replace=False, is_main=True)  # --resume: everything stays
+    assert len(list(out.iterdir())) == 4
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    checkpoints.begin_output(link, replace=True, is_main=True)  # --overwrite: an empty folder, nothing beside
+    assert link.is_symlink() and out.is_dir() and not list(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out"]

@@ -216,3 +216,27 @@ def test_neftune_scheduler_kwargs_and_compile_auto(tmp_path):
     )  # two cosine cycles: back at the peak after step 10
     args, _, _ = build(tmp_path, lr_scheduler_kwargs={"num_cycles": 0.25}, cosine_min_lr_ratio=0.1)
     assert args.lr_scheduler_kwargs == {"num_cycles": 0.25, "min_lr_rate": 0.1}
+
+
+def test_packing_note_says_when_a_step_holds_far_more_rows_than_unpacked(tmp_path):
+    raw = {
+        "base_model": "org/model",
+        "adapter": "lora",
+        "datasets": [{"path": str(QA)}],
+        "micro_batch_size": 16,
+    }
+    packed = config.validate({**raw, "sample_packing": True})
+    # 1,000 rows in 21 packed steps (~48 rows a step) vs 16 rows a step unpacked: 63 steps
+    note = trainer_args.packing_note(packed, 1000, trainer_args.schedule(packed, 1000, batches_per_epoch=21))
+    assert note == (
+        " — sample_packing puts ~48 rows in an optimizer step (16 unpacked); the same config unpacked takes 63 steps"
+    )
+    # at most twice the unpacked rows: nothing to say; and never without packing
+    assert (
+        trainer_args.packing_note(packed, 1000, trainer_args.schedule(packed, 1000, batches_per_epoch=40))
+        == ""
+    )
+    plain = config.validate(raw)
+    assert (
+        trainer_args.packing_note(plain, 1000, trainer_args.schedule(plain, 1000, batches_per_epoch=21)) == ""
+    )

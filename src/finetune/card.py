@@ -29,7 +29,7 @@ from finetune.card_training import (
 from finetune.card_usage import usage_snippet
 from finetune.config import Config
 from finetune.files import atomic_write_text
-from finetune.run_dir import Run, hub_base, is_hub_id, read_run
+from finetune.run_dir import Run, fact, hub_base, is_hub_id, read_run
 
 # Tokens that may sit in a value under an innocent key: redacted anywhere in the card.
 _SECRET_VALUE = re.compile(
@@ -118,9 +118,22 @@ def _link(name: str, kind: str = "") -> str:
     return f"[{name}](https://huggingface.co/{kind}{name})" if is_hub_id(name) else f"`{name}`"
 
 
+def _base_phrase(run: Run) -> str:
+    """The base as the card names it: a hub link, a local folder, or a GGUF file and its quantization."""
+    cfg = run.cfg
+    base = _link(cfg.base_source[0]) if hub_base(run) else f"`{cfg.base_source[0]}`"
+    if not cfg.base_is_gguf:
+        return base if hub_base(run) else f"{base} (a local model folder)"
+    quant = fact(run, "base_gguf_quantization")
+    where = (
+        f"`{cfg.base_model}`" if cfg.base_model.lower().endswith(".gguf") else f"`{cfg.gguf_file}` of {base}"
+    )
+    return f"{where} (a GGUF file{f', {quant}' if quant else ''}, dequantized for training)"
+
+
 def _description(run: Run, merged: Merged | None) -> str:
     cfg, state = run.cfg, run.state
-    base = _link(cfg.base_model) if hub_base(run) else f"`{cfg.base_model}` (a local model folder)"
+    base = _base_phrase(run)
     data = ", ".join(_link(p, "datasets/") for p in _datasets(cfg))
     steps = state.get("global_step")
     length = (

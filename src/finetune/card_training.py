@@ -95,7 +95,7 @@ def hyperparameters(run: Run) -> dict:
     """The hyperparameters HF's Trainer reports in its cards, plus the adapter and quantization."""
     cfg, ad = run.cfg, run.adapter
     batch = run.state.get("train_batch_size") or cfg.micro_batch_size
-    world = fact(run, "world_size") or fact(run, "num_devices") or 1
+    world = fact(run, "world_size") or 1
     hp: dict = {"learning_rate": cfg.learning_rate, "train_batch_size": batch}
     hp["eval_batch_size"] = cfg.eval_batch_size or cfg.micro_batch_size
     hp["seed"] = cfg.seed

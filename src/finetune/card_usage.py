@@ -71,13 +71,15 @@ def usage_snippet(run: Run, merged: Merged | None = None) -> str:
             "from transformers import AutoModelForCausalLM, AutoTokenizer"
             + (", BitsAndBytesConfig" if four_bit else ""),
             "",
-            f'base_model = "{cfg.base_model}"',
+            f'base_model = "{cfg.base_source[0]}"',
             f'adapter = "{where}"  # this folder, or its repo id on the hub',
             "tokenizer = AutoTokenizer.from_pretrained(adapter)  # the tokenizer as trained (tokens, template)",
         ]
         # settings of the base's config that training changed (overrides_of_model_config): from_pretrained
         # applies keyword arguments that name config settings to the config
         overrides = "".join(f", {k}={v!r}" for k, v in (cfg.overrides_of_model_config or {}).items())
+        if cfg.base_is_gguf:  # transformers dequantizes the GGUF file, as training did
+            overrides = f", gguf_file={cfg.base_source[1]!r}{overrides}"
         if four_bit:  # the adapter was trained against NF4 weights: load the base the same way
             lines += [
                 "quant = BitsAndBytesConfig(",

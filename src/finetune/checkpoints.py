@@ -9,9 +9,11 @@ less is skipped with a warning and moved aside so the resumed run can save that 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -105,17 +107,18 @@ def resume_point(
 
 
 def start_point(cfg: Config, overwrite: bool, resume: bool, is_main: bool, warn) -> Path | None:
-    """Refuse a used output_dir unless asked; with --overwrite clear the old run; find the checkpoint to resume."""
+    """Refuse a used output_dir unless asked; find the checkpoint to resume (none of the old run's with
+    --overwrite). Nothing is moved or deleted here: see begin_output."""
     output_dir = Path(cfg.output_dir)
     continuing = resume or cfg.auto_resume_from_checkpoints or bool(cfg.resume_from_checkpoint)
     check_output_dir(output_dir, overwrite, continuing)
-    if overwrite and is_main:
-        clear_previous_run(output_dir)
+    if overwrite:
+        check_can_replace(output_dir, cfg.resume_from_checkpoint)
     start = resume_point(
         output_dir,
         cfg.resume_from_checkpoint,
         resume,
-        cfg.auto_resume_from_checkpoints,
+        cfg.auto_resume_from_checkpoints and not overwrite,
         warn=warn,
         is_main=is_main,
     )
@@ -140,13 +143,67 @@ def changed_keys(cfg: Config, saved: Path) -> list[str]:
     return sorted(k for k in now.keys() | before.keys() if k not in ignore and now.get(k) != before.get(k))
 
 
-def clear_previous_run(output_dir: Path) -> None:
-    """--overwrite: drop the old run's checkpoints and metrics (they would mix with the new run's)."""
-    for ckpt in checkpoints(output_dir):
-        shutil.rmtree(ckpt)
-    for path in output_dir.glob(".incomplete-checkpoint-*"):
-        shutil.rmtree(path)
-    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+# ---------------------------------------------------------------- --overwrite
+#
+# The old run stays whole until the new one has validated its data, loaded its model and is about to write
+# its first file (begin_output): a run that fails before that leaves the old folder exactly as it was. Then the
+# old folder is moved aside in one rename (to a hidden sibling, same parent, so same file system), a fresh
+# empty output_dir is made, and the old run is deleted. From that moment nothing of the old run (adapter,
+# results, trainer_state, card) can be read next to the new run's files, interrupted or not. Killed between
+# the rename and the delete, the old run survives as `.NAME.overwritten-*/NAME` beside output_dir.
+
+
+def check_can_replace(output_dir: Path, resume_from: str | None) -> None:
+    """Refuse --overwrite at once where begin_output could not move output_dir aside later."""
+    if resume_from and Path(resume_from).resolve().is_relative_to(output_dir.resolve()):
+        raise UserError(
+            f"resume_from_checkpoint: {resume_from} is inside output_dir, which --overwrite replaces: "
+            "drop --overwrite to continue that run"
+        )
+    if not (output_dir.is_dir() and any(output_dir.iterdir())):
+        return
+    real = Path(os.path.realpath(output_dir))
+    if os.path.ismount(real) or Path.cwd().resolve().is_relative_to(real):
+        why = "it is a mount point" if os.path.ismount(real) else "the current folder is inside it"
+    elif not os.access(real.parent, os.W_OK | os.X_OK):
+        why = f"{real.parent} is not writable"
+    else:
+        return
+    raise UserError(
+        f"output_dir: --overwrite moves {output_dir} aside to start afresh, but {why}: empty it yourself "
+        "or choose another output_dir"
+    )
+
+
+def begin_output(output_dir: Path, replace: bool, is_main: bool) -> None:
+    """Make output_dir ready for the run's first file; with `replace` (--overwrite) an empty new folder.
+
+    Called by every process when the run starts writing; only the main process touches folders, the others
+    wait here until it has (so no rank sees the old run's files after this).
+    """
+    from finetune import distributed
+
+    if is_main:
+        if replace:
+            _replace_previous_run(Path(os.path.realpath(output_dir)))  # a symlink keeps pointing at it
+        output_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+
+
+def _replace_previous_run(output_dir: Path) -> None:
+    if not (output_dir.is_dir() and any(output_dir.iterdir())):
+        return
+    holder = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.overwritten-"))
+    try:
+        output_dir.rename(holder / output_dir.name)  # one rename: the old run is whole here or there
+    except OSError as exc:
+        holder.rmdir()
+        raise UserError(
+            f"output_dir: cannot move {output_dir} aside to start afresh ({exc.strerror}): empty it yourself "
+            "or choose another output_dir"
+        ) from None
+    output_dir.mkdir()
+    shutil.rmtree(holder, ignore_errors=True)
 
 
 def resume_command() -> str:

@@ -142,10 +142,15 @@ def merge(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
 ) -> None:
-    """Fold the adapter into a 16/32-bit copy of the base and save a standalone model."""
+    """Fold the adapter into a 16/32-bit copy of the base and save a standalone model (exit 1, nothing saved,
+    when the saved model's logits differ from base + adapter by more than the dtype's rounding allows)."""
     from finetune import merge as merge_module
 
-    merge_module.merge_command(output_dir, out, dtype=dtype, dequantize=dequantize, overwrite=overwrite)
+    try:
+        merge_module.merge_command(output_dir, out, dtype=dtype, dequantize=dequantize, overwrite=overwrite)
+    except merge_module.CheckFailed as exc:
+        print(exc, file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -194,9 +194,8 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
         raw = yaml.safe_load(text) or {}
         lines = config_yaml.line_map(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line, problem = config_yaml.yaml_error(exc, text)
+        at = f":{line}" if line else ""
         raise ConfigError([f"{source}{at}: invalid YAML: {problem}"]) from None
     overridden = set()
     for assignment in overrides:

@@ -7,6 +7,8 @@ that config.validate places at the key to change. Each message says what to set 
 
 from __future__ import annotations
 
+import os
+import re
 from typing import TYPE_CHECKING
 
 from finetune.config_datasets import DatasetType, PreferenceType, check_exists
@@ -63,8 +65,23 @@ def deepspeed_exists(v):
     return check_exists(v, "deepspeed config") if isinstance(v, str) else v
 
 
-def adapter_exists(v):
-    return check_exists(v, "adapter folder")
+# A hub id is `name` or `org/name` (huggingface_hub's validate_repo_id: word characters, '-' and '.', neither
+# of the last two at either end, no '--' or '..', at most 96 characters a part). Anything else can only be a
+# local path: `/x`, `./x`, `../x`, `~/x`, `a/b/c`, `x.gguf` (a file), `my model`.
+_HUB_PART = r"\w(?:[\w.-]{0,94}\w)?"
+HUB_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}")
+
+
+def path_shaped(name: str) -> bool:
+    """Whether `name` can only be a local path (then it must exist), never a hub id."""
+    return not HUB_ID.fullmatch(name) or "--" in name or ".." in name or name.lower().endswith(".gguf")
+
+
+def model_path_exists(v: str | None) -> str | None:
+    """base_model, base_model_config, tokenizer_config, lora_model_dir: a hub id, or a local path that exists."""
+    if v and path_shaped(v) and not os.path.exists(os.path.expanduser(v)):
+        raise ValueError(f"not found: {v} (a hub id is name or org/name)")
+    return v
 
 
 def known_rl(v: str | None) -> str | None:
@@ -154,6 +171,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
             )
         )
+    problems += gguf_checks(cfg)
     problems += (
         schedule_checks(cfg) + cut_cross_entropy_checks(cfg) + precision_checks(cfg) + runtime_checks(cfg)
     )
@@ -166,6 +184,29 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                     ((key, i, "overlap_len"), f"must be less than sequence_len ({cfg.sequence_len})")
                 )
     return problems + preference_checks(cfg)
+
+
+def gguf_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """A GGUF base is dequantized by transformers, which refuses to quantize it again with bitsandbytes."""
+    problems = []
+    if cfg.gguf_file and cfg.base_model.lower().endswith(".gguf"):
+        problems.append((("gguf_file",), "base_model already names a .gguf file: set one or the other"))
+    if cfg.base_is_gguf:
+        for key in ("load_in_4bit", "load_in_8bit"):
+            if getattr(cfg, key):
+                problems.append(
+                    (
+                        (key,),
+                        "a GGUF base is loaded dequantized and transformers cannot quantize it again: "
+                        "train LoRA on it (load_in_4bit: false, load_in_8bit: false, adapter: lora), or use "
+                        "the model's safetensors weights for QLoRA",
+                    )
+                )
+        if cfg.adapter == "qlora" and not cfg.load_in_4bit:
+            problems.append(
+                (("adapter",), "qlora needs a 4-bit base, and a GGUF base cannot be one: use lora")
+            )
+    return problems
 
 
 def schedule_checks(cfg: Config) -> list[tuple[tuple, str]]:

@@ -17,7 +17,14 @@ Positive = Annotated[int, Field(gt=0)]
 
 class ModelKeys(StrictModel):
     # --- model
-    base_model: str = Field(description="Hub id or local folder of the base model.")
+    base_model: str = Field(
+        description="Hub id or local folder of the base model, or a local `.gguf` file (loaded dequantized)."
+    )
+    gguf_file: str | None = Field(
+        None,
+        description="A GGUF file inside base_model (a folder or hub repo) to load instead of safetensors: "
+        "transformers dequantizes it to the training dtype, and its tokenizer and chat template are used.",
+    )
     base_model_config: str | None = Field(
         None, description="Where to read the model config from (default: base_model)."
     )

@@ -27,7 +27,9 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
 
     # Single-key checks (config_checks.py); pydantic reports them at the key.
     _deepspeed_exists = field_validator("deepspeed")(checks.deepspeed_exists)
-    _adapter_exists = field_validator("lora_model_dir")(checks.adapter_exists)
+    _model_paths_exist = field_validator(
+        "base_model", "base_model_config", "tokenizer_config", "lora_model_dir"
+    )(checks.model_path_exists)
     _known_rl = field_validator("rl")(checks.known_rl)
     _known_dpo_loss = field_validator("dpo_loss_type")(checks.known_dpo_loss)
     _known_optimizer = field_validator("optimizer")(checks.known_optimizer)
@@ -39,6 +41,19 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     @property
     def quantized_4bit(self) -> bool:
         return self.load_in_4bit or self.adapter == "qlora"
+
+    @property
+    def base_source(self) -> tuple[str, str | None]:
+        """(hub id or folder, GGUF file name or None) to pass to from_pretrained as (path, gguf_file=...):
+        `base_model: models/x.Q4_1.gguf` is the folder `models` and the file `x.Q4_1.gguf`."""
+        if self.base_model.lower().endswith(".gguf"):
+            path = Path(self.base_model).expanduser()
+            return str(path.parent), path.name
+        return self.base_model, self.gguf_file
+
+    @property
+    def base_is_gguf(self) -> bool:
+        return self.base_source[1] is not None
 
     @property
     def requested_attention(self) -> str:

@@ -132,3 +132,50 @@ def line_of(problem: str) -> int:
     """Sort key: problems in file order; --set and file-level problems last."""
     match = re.match(r"^.*?:(\d+): ", problem)
     return int(match.group(1)) if match else 1 << 30
+
+
+# ---------------------------------------------------------------- YAML syntax errors
+
+# PyYAML's problem_mark is where it gave up, often the line after the mistake; for a construct left open (a
+# quote, a bracket, a key without ':') its context_mark is where that construct started: the line to fix.
+_LEFT_OPEN = {
+    "while scanning a quoted scalar": "a quote opened here is not closed",
+    "while scanning a simple key": "a key without ':' here",
+    "while parsing a flow": "a [ or { opened here is not closed",
+}
+
+
+def yaml_error(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
+    """(1-based line of the mistake or None, what is wrong) for a YAML syntax error in `text`."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, opened = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
+    for start, what in _LEFT_OPEN.items():
+        if opened is not None and context.startswith(start):
+            return opened.line + 1, f"{what} ({problem})"
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return None, problem
+    quote = _quote_closed_late(text, mark)
+    if quote is not None:  # `a: "x` with another quote further down: that one closed it
+        return quote.line + 1, f"a quote opened here closes only on line {mark.line + 1} ({problem})"
+    return mark.line + 1, problem
+
+
+def _quote_closed_late(text: str, mark):
+    """Start of a quoted value spanning several lines that ends right where parsing failed, else None: an
+    unclosed quote runs on to the next quote character, and the parser fails just after it."""
+    previous = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if token.start_mark.index >= mark.index:
+                break
+            previous = token
+    except yaml.YAMLError:
+        pass
+    if (
+        isinstance(previous, yaml.ScalarToken)
+        and previous.style in ('"', "'")
+        and previous.start_mark.line < previous.end_mark.line == mark.line
+    ):
+        return previous.start_mark
+    return None

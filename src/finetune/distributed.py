@@ -229,6 +229,14 @@ def main_process_first():
         torch.distributed.barrier()
 
 
+def barrier() -> None:
+    """Wait until every process of the group gets here (at once without a group)."""
+    import torch
+
+    if launched() and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def sharded_loading(cfg: Config, prec):
     """Under ZeRO-3, a context in which `from_pretrained` builds the model partitioned (deepspeed.zero.Init).
 

@@ -9,6 +9,7 @@ the merged folder is loaded again and its logits are compared with base + adapte
 from __future__ import annotations
 
 import gc
+import math
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,19 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _TRAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32", "fp32": "float32"}
 NF4_BLOCKSIZE = 64  # bitsandbytes' Linear4bit default (Params4bit), which transformers uses
 CHECK_PROMPTS = ("What does EBITDA stand for?", "Net income rose 12% in 2023 because", "Hello")
+# Largest |logit difference| allowed between the saved merged model and base + adapter, as a share of the
+# largest |logit| of base + adapter (at least 1, so the near-zero logits of tiny test models are not held to a
+# bound below rounding). Both compute the same function and differ only in rounding: base + adapter keeps W
+# and BA apart, the merge rounds W + BA to the dtype once, and that adds up over the layers. Measured on the
+# real SmolLM2-135M (30 layers, logits up to 38, LoRA r=8 on every linear layer): fp32 1.4e-6 of the largest
+# logit (summation order only), fp16 (11 mantissa bits) 0.4%, bf16 (8 bits) 2.5%. The limits leave 4-70x
+# room for deeper models; a broken merge (adapter lost or scaled wrong, a wrong base, inf/nan) is caught
+# when it moves logits by more than that, which in bf16 means an adapter effect larger than bf16's own noise.
+CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 0.02, "bf16": 0.1}
+
+
+class CheckFailed(Exception):
+    """The saved merged model does not compute what base + adapter computes: nothing is kept (exit 1)."""
 
 
 def _torch_dtype(name: str):
@@ -54,14 +68,19 @@ def load_base(run: run_dir.Run, config, dtype: str):
     cfg = run.cfg
     if cfg.reward_model:
         config.num_labels = 1  # the score head; its trained weights come with the adapter
+    from finetune import gguf_base
+
     try:
         with _new_head_is_expected() if cfg.reward_model else nullcontext():
             model = auto_class(run).from_pretrained(
-                cfg.base_model, config=config, dtype=_torch_dtype(dtype),
+                cfg.base_source[0], config=config, dtype=_torch_dtype(dtype),
                 revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code,
+                **gguf_base.dequantize_kwargs(cfg),
             )  # fmt: skip
     except OSError as exc:
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
+    if cfg.base_is_gguf:  # dequantized from GGUF, as in training: held as an ordinary model so it saves
+        return gguf_base.plain_model(model, config, _torch_dtype(dtype), cfg.base_model)
     if getattr(model, "hf_quantizer", None) is not None:
         print(f"base_model: {cfg.base_model} is saved quantized; dequantizing it to {dtype} before merging")
         model = model.dequantize(dtype=_torch_dtype(dtype)).to("cpu")  # bnb may have placed it on a GPU
@@ -180,6 +199,12 @@ def max_difference(a: list, b: list) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+def check_limit(reference: list, dtype: str) -> float:
+    """The largest |logit difference| a correct merge in `dtype` may show (CHECK_TOLERANCE)."""
+    scale = max(float(r.abs().max()) for r in reference)
+    return CHECK_TOLERANCE[dtype] * max(1.0, scale)
+
+
 def _check_paths(output_dir: Path, out: Path) -> None:
     src, dst = output_dir.resolve(), out.resolve()
     if dst == src or src.is_relative_to(dst):
@@ -200,7 +225,8 @@ def merge_command(
 ) -> float:
     """Merge output_dir's adapter into its base; save model, tokenizer, generation config and card in `out`.
 
-    Returns the largest |logit difference| between the saved merged model and base + adapter.
+    Returns the largest |logit difference| between the saved merged model and base + adapter; raises
+    CheckFailed, leaving `out` as it was, when that is above the dtype's CHECK_TOLERANCE.
     """
     from transformers import AutoTokenizer
 
@@ -259,6 +285,12 @@ def merge_command(
         diff = max_difference(logits(reloaded, prompts), reference)
         del reloaded
         print(f"check: max |logit difference| between the saved merged model and base + adapter = {diff:.3g}")
+        limit = check_limit(reference, dtype)
+        if not (math.isfinite(diff) and diff <= limit):  # raised inside atomic_dir: nothing lands in `out`
+            raise CheckFailed(
+                f"merge check failed: max |logit difference| {diff:.3g} between the saved merged model and base "
+                f"+ adapter is above the {dtype} tolerance {limit:.3g}; nothing was written to {out}"
+            )
 
         if (output_dir / "loss.png").is_file():
             shutil.copy2(output_dir / "loss.png", tmp / "loss.png")

@@ -163,10 +163,15 @@ def load_model_config(cfg: Config):
     """
     from transformers import AutoConfig
 
-    source = cfg.base_model_config or cfg.base_model
+    from finetune import gguf_base
+
+    source = cfg.base_model_config or cfg.base_source[0]
     try:
         model_config = AutoConfig.from_pretrained(
-            source, revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code
+            source,
+            revision=cfg.revision_of_model,
+            trust_remote_code=cfg.trust_remote_code,
+            **gguf_base.source_kwargs(cfg, source),
         )
     except (OSError, ValueError) as exc:
         raise UserError(
@@ -219,11 +224,31 @@ def load_base(cfg: Config, prec: Precision, notes: list[str]):
     if cfg.reward_model:
         auto_class, quiet = AutoModelForSequenceClassification, _new_head_is_expected()
         model_config.num_labels = 1  # one scalar reward per sequence
+    if cfg.base_is_gguf:
+        return _load_gguf_base(cfg, auto_class, kwargs, quiet, notes)
     try:
         with quiet:
             model = auto_class.from_pretrained(cfg.base_model, **kwargs)
     except OSError as exc:
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def _load_gguf_base(cfg: Config, auto_class, kwargs: dict, quiet, notes: list[str]):
+    """A GGUF base, dequantized on the CPU into the training dtype, then held as an ordinary model."""
+    from finetune import gguf_base
+
+    folder, gguf_file = cfg.base_source
+    device_map = kwargs.pop("device_map")
+    try:
+        with quiet:
+            packed = auto_class.from_pretrained(folder, **kwargs, **gguf_base.dequantize_kwargs(cfg))
+    except OSError as exc:
+        raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
+    model = gguf_base.plain_model(packed, kwargs["config"], kwargs["dtype"], cfg.base_model, device_map)
+    notes.append(
+        f"base_model: {gguf_file} dequantized from GGUF to {str(kwargs['dtype']).removeprefix('torch.')}"
+    )
     return model
 
 

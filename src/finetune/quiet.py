@@ -6,6 +6,9 @@
   turns off anyway) is missing, and repeats "MatMul8bitLt: inputs will be cast ..." on every 8-bit layer
   and step: the first is dropped, the second said once. Its paged optimizers warn on CPU, at each state
   buffer, that they run unpaged: trainer_args says that once in a note instead.
+- peft, saving an adapter, looks for config.json beside the base to see whether the vocabulary grew; a GGUF
+  base is one file with no config.json, so it warns (twice) about a check finetune does itself
+  (model.fit_vocabulary trains and saves grown embeddings).
 """
 
 from __future__ import annotations
@@ -41,3 +44,5 @@ def false_alarms() -> None:
     warnings.filterwarnings(
         "ignore", message="Paged optimizers are not supported on CPU", category=UserWarning
     )
+    for message in (r"Could not find a config file in .*\.gguf", r"Unable to fetch remote file.*\.gguf"):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)

@@ -98,14 +98,17 @@ def run(
     notes += loaded.notes
     say_notes()
     console.print(f"batching: {plan.summary}")
-    console.print(f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)")
+    console.print(
+        f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)"
+        + trainer_args.packing_note(cfg, len(train_set), sched)
+    )
 
     # --- train (config.yml first, so an interrupted run can be understood and carded)
     trainer, stop, throughput = build_trainer(
         cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), plan
     )
+    checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
     if trainer.is_world_process_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
         outputs.write_config(cfg, output_dir)
     with _environ(trainer_args.wandb_environment(cfg, str(output_dir))):
         result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
@@ -124,7 +127,7 @@ def run(
 
         # --- outputs: only the main process writes
         if trainer.is_world_process_zero():
-            facts = run_facts(trainer, prec)
+            facts = run_facts(trainer, prec, cfg)
             tokens = throughput.session_tokens(trainer.state)
             train_res, all_res = outputs.results(
                 trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts
@@ -227,11 +230,17 @@ def final_evaluation(trainer, eval_set) -> dict:
     return trainer.evaluate()
 
 
-def run_facts(trainer, prec) -> dict:
+def run_facts(trainer, prec, cfg: Config) -> dict:
     """Facts the card reports that HF's metrics leave out."""
+    from finetune import gguf_base
+
     facts = {
+        **gguf_base.facts(cfg),  # a GGUF base: its file and quantization
         **distributed.facts(trainer),  # distributed type, ZeRO stage, processes, global batch size
         "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
+        # models/tiny looks like a hub id from another folder: the card (run_dir.hub_base) reads this
+        "base_model_local": Path(cfg.base_model).expanduser().exists(),
+        "device": str(trainer.args.device),  # where 4-bit weights were quantized: merge.quantization_device
         **trainer.batching_facts(),  # strategy, padding fraction, tokens per step of token-budget batches
     }
     if "total_train_batch_tokens" in facts:  # rows per step vary there: micro_batch_size x ... is no count

@@ -51,6 +51,24 @@ def schedule(cfg: Config, train_rows: int, batches_per_epoch: int | None = None)
     return Schedule(steps_per_epoch=per_epoch, total_steps=max(1, total))
 
 
+def packing_note(cfg: Config, train_rows: int, sched: Schedule) -> str:
+    """What packing did to the schedule, when it matters: more than twice the rows an unpacked step takes.
+
+    sample_packing fills each micro-batch to a token budget (axolotl's meaning of micro_batch_size there), so
+    short rows give far fewer optimizer steps than the same config unpacked: with the same learning rate
+    and warm-up the model sees fewer updates, which a user should know before judging the result.
+    """
+    unpacked = schedule(cfg, train_rows)
+    per_epoch_rows = train_rows / sched.steps_per_epoch
+    unpacked_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size()
+    if not cfg.sample_packing or per_epoch_rows <= 2 * unpacked_rows:
+        return ""
+    return (
+        f" — sample_packing puts ~{per_epoch_rows:.0f} rows in an optimizer step ({unpacked_rows} unpacked); "
+        f"the same config unpacked takes {unpacked.total_steps} steps"
+    )
+
+
 def _steps(value: float, sched: Schedule) -> int:
     """A step count, or a ratio (< 1) of all steps as axolotl and HF read it."""
     return max(1, round(value * sched.total_steps)) if value < 1 else int(value)

