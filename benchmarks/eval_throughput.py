@@ -7,7 +7,7 @@ custom format, so the run folder is a real one and the answers are a trained cla
 EOS), then runs `evaluate.run` on the first --rows rows of fpb_test.jsonl at each batch size. examples/s
 counts generation only (loading is in total_s_with_loading). max_new_tokens is auto (longest label + 16);
 mean_answer_tokens re-tokenizes the answers (exact for label words, approximate for random text).
-Sizes: tiny = finetune.tiny defaults (hidden 64, 2 layers, ~0.2M parameters); small = hidden 512,
+Sizes: tiny = finetune.model.tiny defaults (hidden 64, 2 layers, ~0.2M parameters); small = hidden 512,
 8 layers (~25M parameters). Needs ../shared/data/finlora/fpb_test.jsonl.
 """
 
@@ -36,8 +36,9 @@ INST = {
 
 
 def train_run(tmp: Path, size: str, steps: int) -> Path:
-    from finetune import config, train
-    from finetune.tiny import write_tiny_model
+    from finetune import config
+    from finetune import train
+    from finetune.model.tiny import write_tiny_model
 
     model = write_tiny_model(tmp / f"model-{size}", **SIZES[size])
     cfg = config.validate({
@@ -61,7 +62,7 @@ def main() -> None:
     import torch
     from rich.console import Console
 
-    from finetune import evaluate
+    from finetune.inference import evaluate
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - the per-run tables are not the figures
     print(

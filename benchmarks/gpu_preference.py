@@ -65,9 +65,12 @@ def dpo_construction_mb(cfg_path: Path) -> tuple[float, float]:
     """(GPU MiB of the loaded 4-bit policy, GPU MiB allocated by building the DPOTrainer around it)."""
     import torch
 
-    from finetune import config, data, rl, trainer_args
+    from finetune import config
+    from finetune import data
+    from finetune.train import preference as rl
+    from finetune.train import arguments as trainer_args
     from finetune import model as model_module
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     cfg = config.load(cfg_path)
     tokenizer = load_tokenizer(cfg)
@@ -93,7 +96,7 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     base = args.workdir / f"model-{args.shape}"
     if args.shape == "tiny":
-        from finetune.tiny import write_tiny_model
+        from finetune.model.tiny import write_tiny_model
 
         write_tiny_model(base)
     else:

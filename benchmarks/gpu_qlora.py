@@ -34,7 +34,7 @@ def write_model(shape: str, folder: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finetune.tiny import build_tokenizer
+    from finetune.model.tiny import build_tokenizer
 
     if (folder / "config.json").exists():
         return

@@ -43,7 +43,7 @@ def prepare(work: Path, train_rows: int) -> tuple[Path, Path, Path]:
     """The HF folder of SmolLM2 and the fixed train / held-out split."""
     import importlib.resources
 
-    from finetune.gguf_base import write_folder
+    from finetune.model.gguf import write_folder
 
     model = work / "smollm2"
     if not (model / "config.json").is_file():
@@ -104,7 +104,8 @@ def _steps(run: Path):
 def run_script(work: Path, name: str, model: Path, train: Path, seed: int, rows: int) -> dict:
     """The hand-written script; its adapter gets the resolved config.yml of the same run in finetune's keys,
     so `finetune eval` prompts and scores it exactly as it does finetune's adapters."""
-    from finetune import config, outputs
+    from finetune import config
+    from finetune.outputs import run_files as outputs
 
     out = work / name
     cmd = [

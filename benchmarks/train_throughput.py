@@ -4,7 +4,7 @@ script (dynamic padding, then group_by_length) vs axolotl when installed, on the
     python benchmarks/train_throughput.py                       # QLoRA, 150 formula + 20 FinanceBench rows
     python benchmarks/train_throughput.py --adapter lora --axolotl /tmp/axolotl-venv/bin/axolotl
 
-A ~20M-parameter Llama (finetune.tiny.build_model, hidden 512, 6 layers; the tiny byte-level tokenizer) is
+A ~20M-parameter Llama (finetune.model.tiny.build_model, hidden 512, 6 layers; the tiny byte-level tokenizer) is
 written once to --workdir; the rows are the first N of ../shared formula_train.jsonl (138-501 tokens) and
 the first M of financebench_train.jsonl (700-6,000 tokens; those over sequence_len 2048 are dropped by
 every contender): variable lengths, as real SFT data. Every run is its own process, one epoch, LoRA r=16 on
@@ -40,7 +40,7 @@ FORMAT = {
 
 
 def write_model(folder: Path) -> int:
-    from finetune.tiny import build_model, build_tokenizer
+    from finetune.model.tiny import build_model, build_tokenizer
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed=0, **SIZES)
@@ -215,7 +215,7 @@ def end_to_end(work: Path, adapter: str, axolotl: str | None, repeat: int) -> li
     on a machine where the tool has run before); then `repeat` rounds, the order alternating each round, as
     the load of a shared machine drifts. Returns each tool's wall times (and prints them as they come).
     """
-    from finetune.tiny import write_tiny_model
+    from finetune.model.tiny import write_tiny_model
 
     tiny = work / "tiny"
     if not (tiny / "config.json").exists():

@@ -24,7 +24,7 @@ needs_shared = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama model + tokenizer in the HF layout. Treat as read-only."""
-    from finetune.tiny import write_tiny_model
+    from finetune.model.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -51,7 +51,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     """SmolLM2 as an ordinary HF folder (dequantized once per session): faster to load than the GGUF."""
-    from finetune.gguf_base import write_folder
+    from finetune.model.gguf import write_folder
 
     return write_folder(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "model")
 
@@ -124,7 +124,8 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
 
     import torch
 
-    from finetune import config, train
+    from finetune import config
+    from finetune import train
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "sentiment.jsonl"

@@ -16,7 +16,11 @@ torch = pytest.importorskip("torch")
 
 from conftest import INST_FORMAT as PROMPT  # noqa: E402
 from conftest import send_signal  # noqa: E402
-from finetune import batching, config, speedups, train, trainer_args  # noqa: E402
+from finetune.train import batching
+from finetune import config
+from finetune.model import speedups
+from finetune import train
+from finetune.train import arguments as trainer_args# noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +215,7 @@ def lora_model(tiny_model_dir):
 def run_trainer(tiny_model_dir, out, train_set, tokenizer, sampler, collator):
     from transformers import TrainingArguments
 
-    from finetune.trainer import FinetuneTrainer
+    from finetune.train.trainer import FinetuneTrainer
 
     plan = batching.Plan("test", "", 512, sampler, None, collator, collator, [])
     args = TrainingArguments(

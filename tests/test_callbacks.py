@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from transformers import TrainerControl, TrainerState  # noqa: E402
 
-from finetune.callbacks import LossWatchdog  # noqa: E402
+from finetune.train.callbacks import LossWatchdog  # noqa: E402
 
 
 def feed(watchdog: LossWatchdog, logs: list[dict]) -> list[int]:

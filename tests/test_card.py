@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from conftest import send_signal
-from finetune import card, card_training, config
-from finetune.card_training import fmt
+from finetune.outputs import card
+from finetune.outputs.card import training as card_training
+from finetune import config
+from finetune.outputs.card.training import fmt
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
 HUB_BASE = "meta-llama/Llama-3.1-8B-Instruct"
@@ -314,8 +316,9 @@ def test_quickstart_run_card_end_to_end(tmp_path, monkeypatch):
 
     from huggingface_hub import ModelCard
 
-    from finetune import merge, train
-    from finetune.tiny import write_tiny_model
+    from finetune.outputs import merge
+    from finetune import train
+    from finetune.model.tiny import write_tiny_model
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(tmp_path)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from finetune import formats
-from finetune.formats import IGNORE
-from finetune.tokenizer import load_tokenizer
+from finetune.data import formats
+from finetune.data.formats import IGNORE
+from finetune.data.tokenizer import load_tokenizer
 from test_formats import BOS, EOT, cfg_for, decoded, encode
 
 CHAT = [

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finetune import formats
-from finetune.chat_format import chat_messages, encode_chat
-from finetune.formats import EMPTY, IGNORE, OK
-from finetune.tiny import LLAMA3_CHAT_TEMPLATE
-from finetune.tokenizer import CHAT_TEMPLATES, EOT_OF, load_tokenizer
+from finetune.data import formats
+from finetune.data.chat import chat_messages, encode_chat
+from finetune.data.formats import EMPTY, IGNORE, OK
+from finetune.model.tiny import LLAMA3_CHAT_TEMPLATE
+from finetune.data.tokenizer import CHAT_TEMPLATES, EOT_OF, load_tokenizer
 from test_formats import cfg_for
 
 START, END, EOT_END = "\x01", "\x02", "\x03"

@@ -10,10 +10,11 @@ import pytest
 
 from conftest import FINLORA, needs_shared
 from conftest import FINLORA_INST as INST
-from finetune import config, data
+from finetune import config
+from finetune import data
 from finetune.errors import UserError
-from finetune.formats import IGNORE
-from finetune.tokenizer import load_tokenizer
+from finetune.data.formats import IGNORE
+from finetune.data.tokenizer import load_tokenizer
 
 EOT = "<|eot_id|>"
 

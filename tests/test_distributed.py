@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune import config, distributed
+from finetune import config
+from finetune.train import distributed
 from finetune.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent

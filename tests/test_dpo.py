@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FINLORA, needs_shared, sentiment_rows
-from finetune import config, rl
+from finetune import config
+from finetune.train import preference as rl
 
 PAIR_TYPE = {"field_prompt": "context", "field_chosen": "target", "field_rejected": "wrong"}
 LABELS = ("negative", "neutral", "positive")
@@ -128,7 +129,7 @@ def test_dpo_card_parses_carries_rewards_and_cites_dpo(dpo_run):
 
 @needs_shared
 def test_dpo_adapter_merges(dpo_run, tmp_path):
-    from finetune import merge
+    from finetune.outputs import merge
 
     _, out, _ = dpo_run
     assert merge.merge_command(out, tmp_path / "merged", dtype="fp32", dequantize=True) < 1e-4
@@ -205,7 +206,8 @@ def test_dpo_after_sft_holds_the_policy_to_the_sft_adapter(trained_run, tiny_mod
 def test_dpo_adapter_generates_and_evaluates_in_its_prompt_format(dpo_run, tmp_path):
     import shutil
 
-    from finetune import evaluate, generate
+    from finetune.inference import evaluate
+    from finetune.inference import generate
 
     cfg, out, _ = dpo_run
     run = shutil.copytree(out, tmp_path / "run")  # `finetune eval` writes its results into the run folder
@@ -217,7 +219,7 @@ def test_dpo_adapter_generates_and_evaluates_in_its_prompt_format(dpo_run, tmp_p
 
 
 def test_a_reward_model_refuses_to_generate(tmp_path):
-    from finetune import generate
+    from finetune.inference import generate
     from finetune.errors import UserError
 
     cfg = config.validate(

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import FINLORA, needs_shared, sentiment_rows
-from finetune import config, data, evaluate, generate
+from finetune import config
+from finetune import data
+from finetune.inference import evaluate
+from finetune.inference import generate
 from finetune.errors import UserError
-from finetune.formats import IGNORE
+from finetune.data.formats import IGNORE
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +40,7 @@ def test_file(tmp_path) -> Path:
 
 def test_prompts_equal_the_prepared_training_tokens(trained_run, loaded):
     """Every row of the training file, read by eval, gives exactly the prompt tokens of its prepared row."""
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     cfg = config.load(trained_run / "config.yml")
     prepared = data.prepare(cfg, load_tokenizer(cfg))
@@ -101,7 +104,7 @@ def test_eval_writes_results_predictions_and_card(run, test_file):
     assert len([r for r in ModelCard.load(run / "README.md").data.eval_results if r.dataset_name == "sentiment_test"]) == 3  # fmt: skip
 
     # `finetune card` rebuilds the same card from the files
-    from finetune import card
+    from finetune.outputs import card
 
     card.write_card(run)
     assert (run / "README.md").read_text() == text
@@ -200,7 +203,7 @@ def test_input_output_prompts_equal_the_training_tokens(tiny_model_dir, tmp_path
     the target is the trained text; a question from `generate` goes the same way."""
     from types import SimpleNamespace
 
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     rows = [
         {

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import FINLORA_INST as INST
-from finetune import config, formats
+from finetune import config
+from finetune.data import formats
 from finetune.errors import UserError
-from finetune.formats import IGNORE
-from finetune.tokenizer import load_tokenizer
+from finetune.data.formats import IGNORE
+from finetune.data.tokenizer import load_tokenizer
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
 

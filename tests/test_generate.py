@@ -11,9 +11,13 @@ import pytest
 import yaml
 
 from conftest import INST_FORMAT, SENTIMENT_PROMPT, sentiment_rows
-from finetune import config, evaluate, formats, generate, run_dir
+from finetune import config
+from finetune.inference import evaluate
+from finetune.data import formats
+from finetune.inference import generate
+from finetune.outputs import run_dir
 from finetune.errors import UserError
-from finetune.formats import IGNORE
+from finetune.data.formats import IGNORE
 
 SYSTEM = "You are a concise financial analyst."
 QUESTION = "Answer the question briefly. Question: What is liquidity?"
@@ -24,7 +28,7 @@ def saved_tokenizer(cfg, folder: Path):
     """The tokenizer as a run saves it in output_dir (train.py: load_tokenizer -> save_pretrained), reloaded."""
     from transformers import AutoTokenizer
 
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     load_tokenizer(cfg).save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
@@ -32,7 +36,7 @@ def saved_tokenizer(cfg, folder: Path):
 
 def training_prompt(cfg, row: dict) -> list[int]:
     """What training fed the model before the (last) answer: the tokens before its first trained label."""
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(cfg)
     fmt = formats.build_format(cfg, cfg.datasets[0], "datasets[0]", tok)
@@ -105,7 +109,7 @@ def test_system_text_without_a_system_field_uses_system_prompt(tmp_path, tiny_mo
 
 def test_completion_prompt_is_a_prefix_of_the_training_tokens(tmp_path, tiny_model_dir):
     """completion trains on BOS + raw text: the prompt is BOS + the text so far, as the training tokens begin."""
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     cfg = make_cfg(tmp_path, tiny_model_dir, "completion", {})
     text = "Net income rose 12% in 2023 because sales grew in every region."
@@ -188,7 +192,7 @@ def test_cli_generate_and_chat(trained_run):
 
 @pytest.mark.slow
 def test_merged_folder_answers_like_the_adapter(trained_run, loaded, tmp_path):
-    from finetune import merge
+    from finetune.outputs import merge
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

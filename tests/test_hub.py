@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from finetune import config, hub
+from finetune import config
+from finetune import hub
 
 
 def make_cfg(tmp_path, base: str, data: str) -> config.Config:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune import launch
+from finetune.train import launch
 from finetune.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def test_cli_reports_a_bad_node_rank_before_launching(write_config, tiny_model_d
 
 
 def test_resume_hint_repeats_the_launch_flags_the_processes_never_saw(monkeypatch):
-    from finetune import checkpoints
+    from finetune.train import checkpoints
 
     typed = ["train", "cfg.yaml", "--num-processes", "2", "--overwrite"]
     monkeypatch.setattr(sys, "argv", ["finetune.cli", *launch.strip_launch_flags(typed)])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import config, merge
+from finetune import config
+from finetune.outputs import merge
 from finetune.errors import UserError
 
 # bitsandbytes quantizes on the GPU when there is one (and rounds differently from its CPU kernel)
@@ -149,7 +150,7 @@ def test_nf4_round_trip_equals_what_bitsandbytes_trained_on(tmp_path, tiny_model
     from transformers import AutoModelForCausalLM
 
     from finetune import model as model_module
-    from finetune import run_dir
+    from finetune.outputs import run_dir
 
     run = make_run(tmp_path, tiny_model_dir, four_bit=True)
     prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finetune import metrics
+from finetune.inference import metrics
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -149,8 +149,11 @@ def test_training_logs_token_accuracy_and_generation_scores(trained_run):
     equals `finetune eval`'s generation on the same sample; both reach the card's table."""
     import torch
 
-    from finetune import config, data, evaluate, generate
-    from finetune.tokenizer import load_tokenizer
+    from finetune import config
+    from finetune import data
+    from finetune.inference import evaluate
+    from finetune.inference import generate
+    from finetune.data.tokenizer import load_tokenizer
 
     history = json.loads((trained_run / "trainer_state.json").read_text())["log_history"]
     evals = [e for e in history if "eval_loss" in e]

@@ -10,9 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 
-from finetune import config, model  # noqa: E402
+from finetune import config
+from finetune import model# noqa: E402
 from finetune.errors import UserError  # noqa: E402
-from finetune.tokenizer import load_tokenizer  # noqa: E402
+from finetune.data.tokenizer import load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from finetune import config, data, preference, preference_data
+from finetune import config
+from finetune import data
+from finetune.data import preference_format as preference
+from finetune.data import preference as preference_data
 from finetune.errors import UserError
-from finetune.tokenizer import load_tokenizer
+from finetune.data.tokenizer import load_tokenizer
 
 PROMPT = "Instruction: What is the sentiment of this news?\nInput: {}\nAnswer:"
 USER_DEFINED = {"field_prompt": "context", "field_chosen": "good", "field_rejected": "bad"}

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FINLORA, needs_shared
-from finetune import config, rl
+from finetune import config
+from finetune.train import preference as rl
 
 LABELS = ("negative", "neutral", "positive")
 PAIR_TYPE = {"field_prompt": "context", "field_chosen": "target", "field_rejected": "wrong"}
@@ -57,8 +58,9 @@ def reward_run(tiny_model_dir, tmp_path_factory):
     """A finished QLoRA reward-model run: 256 training pairs, 64 held-out pairs, 30 steps (~15 s on a CPU)."""
     import torch
 
-    from finetune import data, train
-    from finetune.tokenizer import load_tokenizer
+    from finetune import data
+    from finetune import train
+    from finetune.data.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("reward")
     train_file, test_file = write_pairs(root, 256, 64)
@@ -103,7 +105,7 @@ def test_saved_reward_adapter_reloads_and_scores_the_same(reward_run):
     from peft import PeftModel
 
     from finetune import model as model_module
-    from finetune.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer
 
     cfg, out, sequences, live = reward_run
     prec = model_module.precision(cfg)
@@ -141,7 +143,8 @@ def test_reward_card_parses_and_carries_accuracy(reward_run):
 def test_reward_model_merges_into_a_sequence_classifier(reward_run, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from finetune import card, merge
+    from finetune.outputs import card
+    from finetune.outputs import merge
 
     cfg, out, sequences, live = reward_run
     diff = merge.merge_command(out, tmp_path / "merged", dtype="fp32", dequantize=True)

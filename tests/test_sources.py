@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from finetune import config, data, sources
+from finetune import config
+from finetune import data
+from finetune.data import sources
 from finetune.errors import UserError
-from finetune.tokenizer import load_tokenizer
+from finetune.data.tokenizer import load_tokenizer
 
 INST = {"field_instruction": "context", "field_output": "target", "format": "[INST] {instruction} [/INST]"}
 

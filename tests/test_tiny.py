@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune import tiny
+from finetune.model import tiny
 
 
 def test_loads_with_auto_classes_and_runs(tiny_model_dir):

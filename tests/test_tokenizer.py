@@ -6,7 +6,7 @@ import pytest
 
 from finetune import config
 from finetune.errors import UserError
-from finetune.tokenizer import CHAT_TEMPLATES, load_tokenizer
+from finetune.data.tokenizer import CHAT_TEMPLATES, load_tokenizer
 
 
 def load(tiny_model_dir, **extra):

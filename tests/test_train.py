@@ -18,7 +18,10 @@ torch = pytest.importorskip("torch")
 
 from conftest import FINLORA, needs_shared, send_signal  # noqa: E402
 from conftest import INST_FORMAT as PROMPT  # noqa: E402
-from finetune import checkpoints, config, smoke, train  # noqa: E402
+from finetune.train import checkpoints
+from finetune import config
+from finetune.train import smoke
+from finetune import train# noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +303,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tiny_model_dir, tm
 
 def test_overwrite_starts_from_an_empty_folder(tmp_path, finished, prepared_dir, tiny_model_dir, capsys):
     """An interrupted --overwrite run leaves no file of the old run for the card (or merge) to mix in."""
-    from finetune import card, run_dir
+    from finetune.outputs import card
+    from finetune.outputs import run_dir
 
     _, finished_out = finished
     out = tmp_path / "out"
@@ -451,7 +455,7 @@ def test_financebench_with_deepspeed_in_one_plain_process(tiny_model_dir, tmp_pa
 
 
 def test_resume_config_drift_and_overwrite_cleanup(tiny_model_dir, tmp_path, prepared_dir):
-    from finetune import outputs
+    from finetune.outputs import run_files as outputs
 
     out = tmp_path / "out"
     cfg = make_cfg(tiny_model_dir, out, prepared_dir)

@@ -8,9 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from finetune import config, model  # noqa: E402
-from finetune.tokenizer import load_tokenizer  # noqa: E402
-from finetune.trainer import FinetuneTrainer  # noqa: E402
+from finetune import config
+from finetune import model# noqa: E402
+from finetune.data.tokenizer import load_tokenizer  # noqa: E402
+from finetune.train.trainer import FinetuneTrainer  # noqa: E402
 
 QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
 

@@ -64,7 +64,7 @@ def tiny_model(
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a tiny random Llama model + tokenizer (Hugging Face layout) for tests and dry runs."""
-    from finetune.tiny import write_tiny_model
+    from finetune.model.tiny import write_tiny_model
 
     write_tiny_model(out_dir, seed=seed)
     print(f"wrote a tiny Llama model and tokenizer to {out_dir}")
@@ -115,7 +115,7 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune: data -> 4-bit/16-bit base + LoRA -> HF Trainer -> adapter, config.yml and card in output_dir."""
-    from finetune import launch
+    from finetune.train import launch
     from finetune import train as train_module
 
     cfg = _load(config, set_)
@@ -144,7 +144,7 @@ def merge(
 ) -> None:
     """Fold the adapter into a 16/32-bit copy of the base and save a standalone model (exit 1, nothing saved,
     when the saved model's logits differ from base + adapter by more than the dtype's rounding allows)."""
-    from finetune import merge as merge_module
+    from finetune.outputs import merge as merge_module
 
     try:
         merge_module.merge_command(output_dir, out, dtype=dtype, dequantize=dequantize, overwrite=overwrite)
@@ -156,7 +156,7 @@ def merge(
 @app.command()
 def card(output_dir: OutputDirArg) -> None:
     """(Re)write output_dir/README.md, the model card, from what the run saved."""
-    from finetune import card as card_module
+    from finetune.outputs import card as card_module
 
     path = card_module.write_card(output_dir)
     print(f"wrote {path}")
@@ -181,7 +181,7 @@ def generate_(
     dataset: DatasetOpt = 0,
 ) -> None:
     """Answer a question with base + adapter (4-bit if trained so), prompted exactly as in training; streamed."""
-    from finetune import generate as generate_module
+    from finetune.inference import generate as generate_module
 
     generate_module.generate_command(
         output_dir,
@@ -235,7 +235,7 @@ def eval_(
     dataset: DatasetOpt = 0,
 ) -> None:
     """Score greedy answers on a JSONL file in the training format; results into eval_results.json and the card."""
-    from finetune import evaluate
+    from finetune.inference import evaluate
 
     evaluate.run(
         output_dir, data, field_input=field_input, field_target=field_target, metric=metric, limit=limit,
@@ -245,7 +245,7 @@ def eval_(
 
 
 def main() -> None:
-    from finetune.launch import without_local_rank
+    from finetune.train.launch import without_local_rank
 
     sys.argv[1:] = without_local_rank(sys.argv[1:])  # the deepspeed launcher's; LOCAL_RANK says the same
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from finetune.config import Config
-from finetune.config_datasets import looks_local
+from finetune.config.datasets import looks_local
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 PROBE_SECONDS = 3.0

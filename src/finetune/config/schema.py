@@ -1,0 +1,94 @@
+"""The top-level config schema: one flat pydantic model, because the YAML is flat (axolotl's keys).
+
+The keys are declared by concern in config_keys_model.py (model, adapter, data) and config_keys_train.py
+(training, speed-ups, preference, tracking); `Config` joins them, in that order (the README table's order and
+the saved config.yml's order), and adds the single-key checks and the derived values. Dataset entries are in
+config_datasets.py, cross-key checks in config_checks.py, reading and validating a file in config.py (import
+everything from there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator
+
+from finetune.config import checks
+from finetune.config.checks import CCE_PLUGIN
+from finetune.config.keys_model import DataKeys, ModelKeys, Positive  # noqa: F401 - Positive re-exported
+from finetune.config.keys_train import PreferenceKeys, TrainingKeys
+
+
+class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
+    """Every key a finetune run reads. Names follow axolotl so existing configs work unchanged.
+
+    (pydantic orders inherited fields from the last base to the first: model, data, training, preference.)
+    """
+
+    # Single-key checks (config_checks.py); pydantic reports them at the key.
+    _deepspeed_exists = field_validator("deepspeed")(checks.deepspeed_exists)
+    _model_paths_exist = field_validator(
+        "base_model", "base_model_config", "tokenizer_config", "lora_model_dir"
+    )(checks.model_path_exists)
+    _known_rl = field_validator("rl")(checks.known_rl)
+    _known_dpo_loss = field_validator("dpo_loss_type")(checks.known_dpo_loss)
+    _known_optimizer = field_validator("optimizer")(checks.known_optimizer)
+    _known_scheduler = field_validator("lr_scheduler")(checks.known_scheduler)
+    _low_cpu_mem_usage = field_validator("low_cpu_mem_usage")(checks.low_cpu_mem_usage_only_true)
+    _known_lora_init = field_validator("peft_init_lora_weights")(checks.known_lora_init)
+
+    # --- derived values (never stored back into the config)
+    @property
+    def quantized_4bit(self) -> bool:
+        return self.load_in_4bit or self.adapter == "qlora"
+
+    @property
+    def base_source(self) -> tuple[str, str | None]:
+        """(hub id or folder, GGUF file name or None) to pass to from_pretrained as (path, gguf_file=...):
+        `base_model: models/x.Q4_1.gguf` is the folder `models` and the file `x.Q4_1.gguf`."""
+        if self.base_model.lower().endswith(".gguf"):
+            path = Path(self.base_model).expanduser()
+            return str(path.parent), path.name
+        return self.base_model, self.gguf_file
+
+    @property
+    def base_is_gguf(self) -> bool:
+        return self.base_source[1] is not None
+
+    @property
+    def requested_attention(self) -> str:
+        """The attention kernel the config asks for: attn_implementation, else axolotl's older flags, else sdpa
+        (config_checks refuses flags that disagree; model.attn_implementation decides what can run)."""
+        return self.attn_implementation or next(
+            (impl for key, impl in checks.ATTENTION_FLAGS.items() if getattr(self, key)), "sdpa"
+        )
+
+    @property
+    def cut_cross_entropy_on(self) -> bool:
+        """cut_cross_entropy as axolotl reads it: the key if set, else on when CutCrossEntropyPlugin is listed."""
+        if self.cut_cross_entropy is not None:
+            return self.cut_cross_entropy
+        return CCE_PLUGIN in (self.plugins or [])
+
+    @property
+    def run_name(self) -> str:
+        """Human name of the run: wandb_name, else the output folder's name."""
+        return self.wandb_name or Path(self.output_dir).resolve().name
+
+    @property
+    def prepared_path(self) -> str:
+        return self.dataset_prepared_path or "last_run_prepared"
+
+    @property
+    def use_wandb(self) -> bool:
+        return bool(self.wandb_project) and self.wandb_mode != "disabled"
+
+    @property
+    def training_kind(self) -> str:
+        """`sft`, `dpo` or `reward`: which trainer runs and which data layout the datasets must have."""
+        return "reward" if self.reward_model else self.rl or "sft"
+
+    @property
+    def preference(self) -> bool:
+        """Trained on chosen/rejected pairs (DPO or a reward model) rather than on answers."""
+        return self.training_kind != "sft"

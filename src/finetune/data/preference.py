@@ -1,0 +1,219 @@
+"""The data stage for preference training: datasets -> (prompt_ids, chosen_ids, rejected_ids) tables.
+
+`data.prepare` dispatches here for rl: dpo and reward_model, so preference data is loaded (sources.py), cached
+by fingerprint, split (val_set_size / test_datasets) and deduplicated exactly like SFT data, and a bad row is
+reported by file and line. Rows are rendered and tokenized by preference.py. Length rules, in this order:
+
+1. max_prompt_len: a longer prompt keeps its last max_prompt_len tokens (the BOS stays first): the end of
+   a prompt is what the answers follow. (TRL 1.16 has no max_prompt_length any more; this is its job.)
+2. sequence_len: a pair whose prompt + longer answer exceeds it is dropped, or with excess_length_strategy:
+   truncate, both answers are cut to fit (dropped when the prompt alone fills it, or when the cut answers
+   no longer differ).
+
+Pairs with an empty answer or two identical answers teach nothing and are skipped; every removal is counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import nullcontext
+
+import numpy as np
+
+from finetune.data import encode
+from finetune.data import preference_format as preference
+from finetune.data import report
+from finetune.data import sources
+from finetune.config import Config
+from finetune.errors import UserError
+
+PREFERENCE_FORMAT_VERSION = 1  # bump when the token layout of preference tables changes
+COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def fingerprint_settings(cfg: Config) -> dict:
+    """What preference tables depend on beyond SFT's settings (data.fingerprint_inputs adds it)."""
+    return {"version": PREFERENCE_FORMAT_VERSION, "max_prompt_len": cfg.max_prompt_len}
+
+
+def build(cfg: Config, tokenizer, show_progress: bool = True):
+    """(train table, eval table or None, stats), in memory; raises UserError on the first bad row."""
+    from finetune.data import _no_datasets_bars
+
+    with _no_datasets_bars():
+        train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, show_progress)
+        test = (
+            _encode_entries(cfg, cfg.test_datasets, "test_datasets", tokenizer, show_progress)
+            if cfg.test_datasets
+            else None
+        )
+    if cfg.dataset_exact_deduplication:
+        train, stats["duplicates"] = deduplicate(train)
+        stats["rows_kept"] -= stats["duplicates"]
+    if not train.num_rows:
+        raise UserError(f"datasets: no preference pairs left to train on ({removals(stats)})")
+    if test is not None:
+        eval_, test_stats = test
+        if cfg.dataset_exact_deduplication:
+            eval_, test_stats["duplicates"] = deduplicate(eval_, against=train)
+            test_stats["rows_kept"] -= test_stats["duplicates"]
+        train, _ = encode.split(train, 0, cfg.seed, cfg.shuffle_merged_datasets)
+        stats["test_datasets"] = test_stats
+    else:
+        train, eval_ = encode.split(train, cfg.val_set_size, cfg.seed, cfg.shuffle_merged_datasets)
+    stats["tokens"], stats["trained_tokens"] = token_counts(train)
+    stats["train_rows"] = train.num_rows
+    stats["eval_rows"] = eval_.num_rows if eval_ is not None else 0
+    stats["eval_tokens"] = token_counts(eval_)[0]
+    stats["sequence_len"], stats["excess_length_strategy"] = cfg.sequence_len, cfg.excess_length_strategy
+    stats["max_prompt_len"] = cfg.max_prompt_len
+    return train, eval_, stats
+
+
+COUNTERS = ("rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answer", "same_answers")
+
+
+def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bool):
+    import pyarrow as pa
+
+    tables, totals = [], dict.fromkeys((*COUNTERS, "duplicates", "prompt_truncated"), 0)
+    progress = report.progress() if show_progress else None
+    with progress or nullcontext():
+        for i, ds in enumerate(entries):
+            where = f"{key}[{i}]"
+            spec = preference.pair_spec(cfg, ds, where, tokenizer)
+            for src in sources.load_sources(ds, where):
+                name = f"tokenizing {os.path.basename(src.label)}"
+                task = progress.add_task(name, total=len(src.dataset)) if progress else None
+                start = 0  # index of the batch's first row, for naming a bad row's line
+                batches = encode.map_batches(
+                    _encode_batch,
+                    (spec, tokenizer),
+                    src.dataset,
+                    cfg.dataset_processes or os.cpu_count() or 1,
+                )
+                for n, out in batches:
+                    tables.append(_fit(out, src, start, cfg, tokenizer.bos_token_id, totals))
+                    start += n
+                    if progress:
+                        progress.advance(task, n)
+    if not tables:
+        return _empty(), totals
+    return pa.concat_tables(tables), totals
+
+
+def _encode_batch(spec, tokenizer, batch: dict) -> dict:
+    rows = [{k: v[j] for k, v in batch.items()} for j in range(encode.rows_in(batch))]
+    return preference.encode_pairs(spec, tokenizer, rows)
+
+
+def _fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict):
+    """Report the first bad row; apply max_prompt_len and sequence_len; count; return the kept rows."""
+    import pyarrow as pa
+
+    bad = [i for i, s in enumerate(out["status"]) if s == preference.ERROR]
+    if bad:
+        raise UserError(f"{src.where(start + bad[0])}: {out['error'][bad[0]]}")
+    kept = {c: [] for c in COLUMNS}
+    for i, status in enumerate(out["status"]):
+        totals["rows_in"] += 1
+        if status == preference.EMPTY:
+            totals["empty_answer"] += 1
+            continue
+        if status == preference.SAME:
+            totals["same_answers"] += 1
+            continue
+        p, c, r = out["prompt_ids"][i], out["chosen_ids"][i], out["rejected_ids"][i]
+        if cfg.max_prompt_len and len(p) > cfg.max_prompt_len:
+            p = _keep_end(p, cfg.max_prompt_len, bos)
+            totals["prompt_truncated"] += 1
+        room = cfg.sequence_len - len(p)
+        if max(len(c), len(r)) > room:
+            if cfg.excess_length_strategy != "truncate" or room <= 0 or c[:room] == r[:room]:
+                totals["dropped_too_long"] += 1
+                continue
+            c, r = c[:room], r[:room]
+            totals["truncated"] += 1
+        for name, ids in zip(COLUMNS, (p, c, r), strict=True):
+            kept[name].append(ids)
+        totals["rows_kept"] += 1
+    return pa.table({c: pa.array(kept[c], pa.list_(pa.int32())) for c in COLUMNS})
+
+
+def _keep_end(ids: list[int], n: int, bos: int | None) -> list[int]:
+    """The last n tokens; a leading BOS stays in front (the model never saw a prompt without it)."""
+    if bos is not None and ids[0] == bos and n > 1:
+        return [bos, *ids[len(ids) - n + 1 :]]
+    return ids[-n:]
+
+
+def _empty():
+    import pyarrow as pa
+
+    return pa.table({c: pa.array([], pa.list_(pa.int32())) for c in COLUMNS})
+
+
+def deduplicate(table, against=None):
+    """Drop exact repeats of (prompt, chosen, rejected), keeping the first; with `against`, rows found there."""
+    from finetune.data import encode
+
+    return encode.deduplicate(table, against, row_hashes=_row_hashes)
+
+
+def _row_hashes(table):
+    columns = [table[c].to_pylist() for c in COLUMNS]
+    for row in zip(*columns, strict=True):
+        h = hashlib.blake2b(digest_size=16)
+        for ids in row:
+            h.update(np.asarray(ids, dtype=np.int32).tobytes() + b"|")
+        yield h.digest()
+
+
+def token_counts(table) -> tuple[int, int]:
+    """(tokens the model reads: prompt+chosen and prompt+rejected, answer tokens) of a table."""
+    import pyarrow.compute as pc
+
+    if table is None or table.num_rows == 0:
+        return 0, 0
+    length = {c: int(pc.sum(pc.list_value_length(table[c])).as_py() or 0) for c in COLUMNS}
+    answers = length["chosen_ids"] + length["rejected_ids"]
+    return 2 * length["prompt_ids"] + answers, answers
+
+
+# ---------------------------------------------------------------- what the user is told
+
+
+def removals(stats: dict) -> str:
+    """One line: SFT's removal reasons plus the preference ones (prompt cuts, identical answers)."""
+    parts = [] if report.removals(stats).startswith("no rows") else [report.removals(stats)]
+    if stats.get("same_answers"):
+        parts.append(
+            f"skipped {report.count(stats['same_answers'], 'pairs')} whose two answers are identical"
+        )
+    if stats.get("prompt_truncated"):
+        parts.append(
+            f"cut {report.count(stats['prompt_truncated'], 'prompts')} to their last {stats.get('max_prompt_len')} tokens (max_prompt_len)"
+        )
+    return "; ".join(parts) or "no rows dropped, truncated or skipped"
+
+
+def summary(stats: dict, folder, reused: bool) -> None:
+    """data.prepare's report for preference tables: the SFT report in pairs, with pair-specific removals."""
+    report.summary(stats, folder, reused, unit="pairs", trained="in answers", describe=removals)
+
+
+def examples(dataset, tokenizer, n: int) -> None:
+    """`preprocess --inspect N`: each pair decoded, the prompt dim, chosen in green, rejected in red."""
+    from rich.markup import escape
+
+    console = report._console()
+    console.print("[bold]examples[/bold] (prompt dim; [green]⟦chosen⟧[/green]; [red]⟦rejected⟧[/red])")
+    for i in range(min(n, len(dataset))):
+        row = dataset[i]
+        p, c, r = (row[k] for k in COLUMNS)
+        console.rule(f"pair {i}: prompt {len(p)} tokens, chosen {len(c)}, rejected {len(r)}")
+        prompt = escape(tokenizer.decode(p, skip_special_tokens=False))
+        console.print(f"[dim]{prompt}[/dim]")
+        console.print(f"[green]⟦{escape(tokenizer.decode(c, skip_special_tokens=False))}⟧[/green]")
+        console.print(f"[red]⟦{escape(tokenizer.decode(r, skip_special_tokens=False))}⟧[/red]")

@@ -1,0 +1,337 @@
+"""`finetune generate`: ask a trained run a question, prompted exactly as it was trained.
+
+    finetune generate outputs/quickstart "What is liquidity?"
+    finetune generate outputs/quickstart --chat                      # a conversation; empty line or Ctrl-D ends it
+
+`load(path)` reads a run folder (base + adapter, in 4-bit when it trained in 4-bit, with the tokenizer the
+run saved) or a `finetune merge` folder (the merged weights; merge copies config.yml there, so the prompt
+format is known). The prompt comes from the first `datasets:` entry's format (or the one `--dataset N` names)
+through the same code that tokenized the training data (`data.encode_prompt`), so the model sees the same tokens it learned from: the
+custom format's template, alpaca's, raw text for `completion`, or the chat template. The answer is streamed
+and stops at the tokenizer's EOS, the template's end-of-turn token or the model's own stop tokens.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune import data
+from finetune.data import formats
+from finetune import hub
+from finetune.outputs import run_dir
+from finetune.config import Config, DatasetConfig, DatasetType, PreferenceType
+from finetune.errors import UserError
+
+
+@dataclass
+class Loaded:
+    """A model ready to answer, with what it needs to prompt it as trained."""
+
+    model: Any
+    tokenizer: Any
+    run: run_dir.Run
+    what: str  # "adapter", "merged" or "base"
+    dataset_index: int = 0  # which `datasets:` entry's format prompts are built in (--dataset)
+
+    @property
+    def cfg(self) -> Config:
+        return self.run.cfg
+
+    @property
+    def dataset(self) -> DatasetConfig:
+        """The dataset entry whose format prompts are built in."""
+        return self.cfg.datasets[self.dataset_index]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _precision(cfg: Config):
+    from finetune import model as model_module
+
+    try:
+        return model_module.precision(cfg)
+    except UserError:  # fp16 runs on a machine without GPU: answer in fp32
+        return model_module.Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
+
+
+def load(
+    path: str | Path, base_only: bool = False, say: Callable[[str], None] = print, dataset_index: int = 0
+) -> Loaded:
+    """Base + adapter (or a merged model, or with base_only the base alone) and the run's tokenizer.
+
+    `dataset_index` picks the `datasets:` entry whose format the prompts take (a run may mix formats).
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.outputs import merge
+    from finetune import quiet
+    from finetune import model as model_module
+
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
+    quiet.false_alarms()
+    path = Path(path)
+    run = run_dir.read_run(path)
+    count = len(run.cfg.datasets)
+    if not 0 <= dataset_index < count:
+        raise UserError(
+            f"--dataset: {dataset_index} is not an entry of this run's datasets (0 to {count - 1})"
+        )
+    offline = hub.offline_if_unreachable(run.cfg)
+    if offline:
+        say(f"note: {offline}")
+    if run.cfg.reward_model:
+        raise UserError(
+            f"{path}: a reward model scores text and does not generate (its card shows how to score)"
+        )
+    merged = run.adapter_dir is None and (path / "config.json").is_file()
+    if run.adapter_dir is None and not merged:
+        raise UserError(
+            f"{path}: no adapter_config.json here or in a checkpoint-* folder, and no merged model"
+        )
+    if run.adapter_dir not in (None, path):
+        say(
+            f"note: {path} has no final adapter (interrupted run?); using the newest checkpoint {run.adapter_dir}"
+        )
+    tok_dir = run.adapter_dir or path
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)  # as trained: added tokens, pad token, chat template
+    prec = _precision(run.cfg)
+    notes: list[str] = []
+    if merged and not base_only:
+        import torch
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=prec.torch_dtype)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        what = "merged"
+    else:
+        # one whole copy on this device: DeepSpeed's placement (ZeRO-3) is for training only
+        cfg = run.cfg.model_copy(update={"deepspeed": None})
+        base = model_module.load_base(cfg, prec, notes)
+        if base_only:
+            if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+                base.resize_token_embeddings(len(tokenizer))  # the rows training started from
+            model, what = base, "base"
+        else:
+            with warnings.catch_warnings():  # peft 0.21 reads is_gradient_checkpointing (deprecated in 5.x)
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+                )
+                model = merge.attach_adapter(base, tokenizer, run.adapter_dir)
+            what = "adapter"
+    model_module.cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
+    for note in notes:
+        say(f"note: {note}")
+    model.eval()
+    return Loaded(model, tokenizer, run, what, dataset_index)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def format_kind(ds: DatasetConfig) -> str:
+    """custom | alpaca (alpaca:<style>) | completion | input_output | chat"""
+    if isinstance(ds.type, DatasetType):
+        return "custom"
+    return "chat" if ds.type == "chat_template" else ds.type
+
+
+def prompt_ids(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> list[int]:
+    """Token ids of a row's prompt as training tokenized it; a bad row raises UserError.
+
+    completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it);
+    input_output's prompt is its segments before the first trained one (no special tokens added, as trained).
+    """
+    kind = format_kind(ds)
+    if kind == "input_output":  # the segments before the first trained one, tokenized as in training
+        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
+        try:
+            parts = formats.segments(spec, row)
+        except formats.RowError as exc:
+            raise UserError(f"row: {exc}") from None
+        texts = formats.prompt_and_answer(parts)[0]
+        return [t for ids in formats.token_ids(tokenizer, texts, add_special_tokens=False) for t in ids]
+    if kind != "completion":
+        return data.encode_prompt(cfg, ds, row, tokenizer)
+    spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
+    try:
+        text = formats.text_value(row, spec.field_instruction)
+    except formats.RowError as exc:
+        raise UserError(f"row: {exc}") from None
+    bos = formats.token_ids(tokenizer, [""], add_special_tokens=True)[0]
+    return bos + formats.token_ids(tokenizer, [text], add_special_tokens=False)[0]
+
+
+def question_prompt(
+    cfg: Config,
+    ds: DatasetConfig,
+    tokenizer,
+    question: str,
+    system: str | None = None,
+    history: list[tuple[str, str]] = (),
+) -> list[int]:
+    """The prompt ids for a user's question (after `history`'s (role, text) turns in chat formats)."""
+    if isinstance(ds.type, PreferenceType):  # a DPO run: its pairs' prompt_format (preference.py)
+        if system and "{system}" not in ds.type.prompt_format:
+            raise UserError("--system: this run's prompt_format has no {system} (it trained without one)")
+        return prompt_ids(
+            cfg, ds, {ds.type.field_prompt: question, ds.type.field_system: system or ""}, tokenizer
+        )
+    kind = format_kind(ds)
+    spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
+    if kind == "chat":
+        # an empty assistant turn last: data.render keeps every message before the last assistant turn
+        turns = [*([("system", system)] if system else []), *history, ("user", question), ("assistant", "")]
+        row = {spec.field_messages: [{spec.role_key: r, spec.content_key: c} for r, c in turns]}
+        return prompt_ids(cfg, ds, row, tokenizer)
+    if system and kind != "custom":
+        raise UserError(f"--system: this run's {kind} format has no system prompt (it trained without one)")
+    if kind == "input_output":  # the question is the text before the answer, as the segments were
+        return prompt_ids(cfg, ds, {spec.field: [{"label": False, "text": question}]}, tokenizer)
+    row = {spec.field_instruction: question, **({spec.field_output: ""} if spec.field_output else {})}
+    if system and ds.type.field_system:
+        row[ds.type.field_system] = system
+    elif system:
+        ds = ds.model_copy(update={"type": ds.type.model_copy(update={"system_prompt": system})})
+    return prompt_ids(cfg, ds, row, tokenizer)
+
+
+def stop_ids(cfg: Config, ds: DatasetConfig, tokenizer, model) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS (appended to every text answer in training), the chat
+    format's end-of-turn tokens, and the model's own generation_config stop tokens."""
+    ids = [tokenizer.eos_token_id]
+    if format_kind(ds) == "chat":
+        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
+        ids += tokenizer.convert_tokens_to_ids(list(spec.eot_tokens))
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += own if isinstance(own, list) else [own]
+    return [i for i in dict.fromkeys(ids) if isinstance(i, int) and i != tokenizer.unk_token_id]
+
+
+# ---------------------------------------------------------------- answering
+
+
+def _streamer(tokenizer, write: Callable[[str], None]):
+    from transformers import TextStreamer
+
+    class _Write(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                write(text)
+
+    return _Write(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def answer(
+    loaded: Loaded,
+    ids: list[int],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    write: Callable[[str], None] | None = None,
+) -> str:
+    """Generate after the prompt `ids` (greedy at temperature 0), streaming text to `write`; the answer text."""
+    import torch
+    from transformers import GenerationConfig
+
+    if temperature < 0:
+        raise UserError(f"--temperature: must be >= 0 (got {temperature})")
+    if max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens: must be > 0 (got {max_new_tokens})")
+    tok, model = loaded.tokenizer, loaded.model
+    stop = stop_ids(loaded.cfg, loaded.dataset, tok, model)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stop[0],
+        **sampling,
+    )
+    input_ids = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=config,
+            streamer=_streamer(tok, write) if write else None,
+        )
+    return decode_answer(tok, out[0, len(ids) :].tolist(), stop)
+
+
+def decode_answer(tokenizer, new_ids: list[int], stop: list[int]) -> str:
+    """The text of generated ids up to the first stop token (which is not shown)."""
+    cut = next((i for i, t in enumerate(new_ids) if t in stop), len(new_ids))
+    return tokenizer.decode(new_ids[:cut], skip_special_tokens=True).strip()
+
+
+def chat(
+    loaded: Loaded,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    read: Callable[[str], str] = input,
+    write: Callable[[str], None] = print,
+) -> list[tuple[str, str]]:
+    """Interactive loop; chat formats keep the conversation, single-turn formats answer each question alone.
+
+    An empty line, `exit`, or end of input stops it. Returns the (question, answer) pairs.
+    """
+    multi_turn = format_kind(loaded.dataset) == "chat"
+    if not multi_turn:
+        write(
+            f"note: this run trained on single-turn prompts ({format_kind(loaded.dataset)}): each question is answered on its own\n"
+        )
+    history: list[tuple[str, str]] = []
+    pairs = []
+    while True:
+        try:
+            question = read(">>> ").strip()
+        except EOFError:
+            break
+        if question in ("", "exit", "quit"):
+            break
+        ids = question_prompt(
+            loaded.cfg, loaded.dataset, loaded.tokenizer, question, system, history if multi_turn else ()
+        )
+        text = answer(loaded, ids, max_new_tokens, temperature, write)
+        write("\n")
+        pairs.append((question, text))
+        if multi_turn:
+            history += [("user", question), ("assistant", text)]
+    return pairs
+
+
+def generate_command(
+    path: str | Path,
+    question: str | None,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    chat_mode: bool = False,
+    write: Callable[[str], None] | None = None,
+    dataset_index: int = 0,
+) -> str | None:
+    """`finetune generate`: one streamed answer, or a chat session with --chat."""
+    import sys
+
+    def out(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    write = write or out
+    if not chat_mode and not question:
+        raise UserError("generate: give a question, or --chat for a conversation")
+    if chat_mode and question:
+        raise UserError("generate: --chat reads questions interactively; leave the question out")
+    loaded = load(path, say=lambda m: print(m, file=sys.stderr), dataset_index=dataset_index)
+    if chat_mode:
+        chat(loaded, system, max_new_tokens, temperature, write=write)
+        return None
+    ids = question_prompt(loaded.cfg, loaded.dataset, loaded.tokenizer, question, system)
+    text = answer(loaded, ids, max_new_tokens, temperature, write)
+    write("\n")
+    return text

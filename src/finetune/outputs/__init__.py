@@ -1,0 +1,1 @@
+"""finetune.outputs.run_files."""

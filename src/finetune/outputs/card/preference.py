@@ -1,0 +1,143 @@
+"""What the model card says about preference training (reward models, DPO): tags, the method sentence,
+its hyperparameters, the usage snippet of a reward model, and citations. card.py calls in here when the saved
+config has `rl:` or `reward_model:`; SFT cards are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finetune.outputs.card import Merged
+    from finetune.config import Config
+    from finetune.outputs.run_dir import Run
+
+DPO_BIBTEX = """@inproceedings{rafailov2023direct,
+    title        = {{Direct Preference Optimization: Your Language Model is Secretly a Reward Model}},
+    author       = {Rafael Rafailov and Archit Sharma and Eric Mitchell and Christopher D. Manning and Stefano Ermon and Chelsea Finn},
+    year         = 2023,
+    booktitle    = {Advances in Neural Information Processing Systems 36 (NeurIPS 2023)},
+    url          = {https://arxiv.org/abs/2305.18290}
+}"""
+TRL_BIBTEX = """@software{vonwerra2020trl,
+    title        = {{TRL: Transformers Reinforcement Learning}},
+    author       = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallou{\\'e}dec, Quentin},
+    year         = 2020,
+    publisher    = {GitHub},
+    howpublished = {\\url{https://github.com/huggingface/trl}}
+}"""
+LOG_KEYS = (  # training-log metrics shown in the results table when a run has no evaluations
+    "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "accuracy", "margin",
+)  # fmt: skip
+
+
+def tags(cfg: Config) -> list[str]:
+    return ["trl", "reward-trainer", "reward-model"] if cfg.reward_model else ["trl", "dpo"]
+
+
+def pipeline_tag(cfg: Config) -> str:
+    """A reward model scores text (one number per sequence); a DPO adapter still generates."""
+    return "text-classification" if cfg.reward_model else "text-generation"
+
+
+def what_it_is(run: Run, method: str, base: str, merged: Merged | None) -> str:
+    """The card's first sentence for a preference run."""
+    name = run.cfg.run_name
+    if not run.cfg.reward_model:
+        if merged:
+            return f"**{name}** is {base} with a {method} adapter trained with DPO merged in, saved in {merged.dtype}."
+        return f"**{name}** is a {method} adapter for {base}, trained with DPO."
+    if merged:
+        return (
+            f"**{name}** is a reward model: {base} with a one-output score head and a {method} adapter merged in, "
+            f"saved in {merged.dtype}."
+        )
+    return f"**{name}** is a reward model: a one-output score head and a {method} adapter on {base}."
+
+
+def how_trained(cfg: Config) -> str:
+    """What went into training, for the sentence after the first."""
+    if cfg.reward_model:
+        return (
+            "reward model: Bradley-Terry loss, the chosen answer of each pair scored above the rejected one"
+        )
+    from finetune.train.preference import beta
+
+    loss = cfg.dpo_loss_type or "sigmoid"
+    losses = loss if isinstance(loss, str) else " + ".join(loss)
+    return f"DPO, beta {beta(cfg):g}, {losses} loss; the reference is the base model with the adapter switched off"
+
+
+def hyperparameters(cfg: Config) -> dict:
+    hp: dict = {"training": "reward model (RewardTrainer)" if cfg.reward_model else "DPO (DPOTrainer)"}
+    if cfg.rl == "dpo":
+        from finetune.train.preference import beta
+
+        hp["beta"] = beta(cfg)
+        hp["loss_type"] = cfg.dpo_loss_type or "sigmoid"
+    if cfg.reward_model:
+        hp["reward_head"] = "score (1 output), trained in full"
+    if cfg.max_prompt_len:
+        hp["max_prompt_length"] = cfg.max_prompt_len
+    return hp
+
+
+def citations(cfg: Config) -> list[str]:
+    """The card's Citations section: the DPO paper for DPO runs, and TRL, whose trainers ran."""
+    out = ["## Citations", ""]
+    if cfg.rl == "dpo":
+        out += ["Cite DPO as:", "", "```bibtex", DPO_BIBTEX, "```", ""]
+    return out + ["Cite TRL as:", "", "```bibtex", TRL_BIBTEX, "```", ""]
+
+
+def reward_usage(run: Run, merged: Merged | None, where: str) -> str:
+    """Python that loads the reward model this card describes and scores two answers to one prompt."""
+    cfg = run.cfg
+    lines = ["import torch"]
+    if merged:
+        lines += [
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            f'model_dir = "{where}"  # this folder, or its repo id on the hub',
+            "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
+            "model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.bfloat16)",
+        ]
+    else:
+        lines += [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            f'base_model = "{cfg.base_model}"',
+            f'adapter = "{where}"  # this folder, or its repo id on the hub',
+            "tokenizer = AutoTokenizer.from_pretrained(adapter)",
+        ]
+        if cfg.quantized_4bit:  # the adapter was trained against NF4 weights: load the base the same way
+            lines[2] += ", BitsAndBytesConfig"
+            lines += [
+                "quant = BitsAndBytesConfig(",
+                '    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,',
+                "    bnb_4bit_compute_dtype=torch.bfloat16,",
+                ")",
+                "model = AutoModelForSequenceClassification.from_pretrained(",
+                "    base_model, num_labels=1, quantization_config=quant, dtype=torch.bfloat16",
+                ")",
+            ]
+        else:
+            lines += [
+                "model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.bfloat16)"
+            ]
+        lines += [
+            "model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token",
+            "model = PeftModel.from_pretrained(model, adapter)  # LoRA + the trained score head",
+        ]
+    lines += [
+        "",
+        'prompt = "What does EBITDA stand for?"',
+        'answers = ["Earnings before interest, taxes, depreciation and amortization.", "A stock exchange."]',
+        "texts = [prompt + a + tokenizer.eos_token for a in answers]  # the training layout: EOS ends each answer",
+        'batch = tokenizer(texts, return_tensors="pt", padding=True)',
+        "with torch.no_grad():",
+        "    scores = model(**batch).logits.squeeze(-1)",
+        "print(scores)  # higher = preferred",
+    ]
+    return "\n".join(lines)

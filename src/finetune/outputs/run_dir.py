@@ -1,0 +1,112 @@
+"""What a finished (or interrupted) run leaves in output_dir, read back for the card and for merge.
+
+The contract with train.py: config.yml (resolved config, `finetune_versions` inside), adapter_config.json +
+adapter_model.safetensors + tokenizer files, trainer_state.json (HF's), all_results.json / train_results.json /
+eval_results.json, loss.png, checkpoint-<step>/ folders. An interrupted run has no final adapter or
+trainer_state.json: the newest checkpoint's are used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from finetune import config as config_module
+from finetune.config import datasets as config_datasets
+from finetune.config import Config
+from finetune.errors import UserError
+
+_DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything a finished (or interrupted) run left behind that the card and merge read."""
+
+    output_dir: Path
+    cfg: Config
+    config_text: str  # config.yml as saved
+    state: dict = field(default_factory=dict)  # trainer_state.json
+    results: dict = field(default_factory=dict)  # all_results + train_results + eval_results
+    adapter_dir: Path | None = None  # folder holding adapter_config.json (output_dir or newest checkpoint)
+    adapter: dict = field(default_factory=dict)  # adapter_config.json
+
+
+def load_saved_config(path: Path) -> Config:
+    """config.yml of a run; it was validated when saved, so paths that are gone (another machine) are fine."""
+    try:
+        return config_module.load(path)
+    except config_module.ConfigError as exc:
+        if not all("not found" in p for p in exc.problems):
+            raise
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # valid when written; only file checks failed
+
+    def dataset(entry: dict) -> config_module.DatasetConfig:
+        kind = entry.get("type", "alpaca")
+        if isinstance(kind, dict):  # a custom SFT format, or a preference one (field_prompt/field_chosen ...)
+            pref = config_datasets.type_tag(kind) == "pref"
+            kind = (config_module.PreferenceType if pref else config_module.DatasetType)(**kind)
+        return config_module.DatasetConfig.model_construct(**{**entry, "type": kind})
+
+    for key in ("datasets", "test_datasets"):
+        if raw.get(key):
+            raw[key] = [dataset(e) for e in raw[key]]
+    return Config.model_construct(**raw)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+
+def read_run(output_dir: str | Path) -> Run:
+    output_dir = Path(output_dir)
+    config_path = output_dir / "config.yml"
+    if not config_path.is_file():
+        raise UserError(f"{output_dir}: no config.yml here — not a finetune output_dir")
+    cfg = load_saved_config(config_path)
+    state = _read_json(output_dir / "trainer_state.json")
+    for ckpt in _checkpoints(output_dir) if not state else []:
+        if state := _read_json(ckpt / "trainer_state.json"):
+            break
+    results = {}
+    for name in ("all_results.json", "train_results.json", "eval_results.json"):
+        results.update(_read_json(output_dir / name))
+    adapter_dir = next(
+        (d for d in (output_dir, *_checkpoints(output_dir)) if (d / "adapter_config.json").is_file()), None
+    )
+    adapter = _read_json(adapter_dir / "adapter_config.json") if adapter_dir else {}
+    text = config_path.read_text(encoding="utf-8")
+    return Run(output_dir, cfg, text, state, results, adapter_dir, adapter)
+
+
+def is_hub_id(name: str | None) -> bool:
+    """`owner/name` (or a bare legacy name) that is not a folder or file here: something to link on the hub."""
+    if not name or name.startswith(("/", ".", "~")) or Path(name).suffix.lower() in _DATA_SUFFIXES:
+        return False
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not Path(name).expanduser().exists()
+
+
+def hub_base(run: Run) -> str | None:
+    """The base model's hub id, or None for a local folder. Training records `base_model_local`, since a
+    relative path (models/tiny) looks like a hub id from any other working directory."""
+    local = fact(run, "base_model_local")
+    if local is not None:
+        return None if local else run.cfg.base_model
+    return run.cfg.base_model if is_hub_id(run.cfg.base_model) else None
+
+
+def fact(run: Run, key: str):
+    """A run fact from all_results.json, else trainer_state.json, else None."""
+    return run.results.get(key, run.state.get(key))

@@ -1,0 +1,303 @@
+"""`finetune train`: the recipe, top to bottom — tokenizer, data, model, Trainer, train, outputs, card.
+
+    finetune tiny-model models/tiny && finetune train examples/quickstart.yaml     # seconds on a CPU
+    finetune train configs/financebench.yaml --smoke                               # check a recipe first
+
+Each step is a call into the module that owns it (tokenizer, data, model, trainer_args, outputs, card);
+this file only orders them and decides who writes: in a multi-process run only the main process writes
+outputs, and it prepares the data first while the others wait, then they read its cache.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from finetune.train import checkpoints
+from finetune.train import distributed
+from finetune import hub
+from finetune.outputs import run_files as outputs
+from finetune.train import arguments as trainer_args
+from finetune.config import Config
+from finetune.errors import UserError
+from finetune.train.smoke import smoke_config, smoke_rows
+
+
+def run(
+    cfg: Config, overwrite: bool = False, resume: bool = False, smoke: bool = False, callbacks=()
+) -> Path:
+    """Train one adapter as `cfg` says; returns output_dir. Ctrl-C/SIGTERM checkpoint and exit (128 + signal)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    notes: list[str] = []  # every replacement of what the config says, printed as soon as it is known
+
+    def say_notes() -> None:
+        for note in notes:
+            console.print(f"[yellow]note:[/] {note}")
+        notes.clear()
+
+    _quiet_libraries()
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: choose one")
+    if smoke:
+        cfg = smoke_config(cfg, notes)
+        overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
+    offline = hub.offline_if_unreachable(cfg)  # no network: one line now, not a minute of retries later
+    if offline:
+        notes.append(offline)
+    output_dir = Path(cfg.output_dir)
+    is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
+    if is_main:
+        trainer_args.check_wandb_credentials(cfg)
+    console.quiet = not is_main  # the other ranks would print the same lines again
+
+    # --- where we start: a fresh folder, or the last complete checkpoint of this one
+    start_from = checkpoints.start_point(
+        cfg, overwrite, resume, is_main, warn=lambda m: console.print(f"[yellow]warning:[/] {m}")
+    )
+    if start_from is not None:
+        console.print(f"resuming from {start_from}")
+    say_notes()
+
+    # --- tokenizer and data (the main process prepares and caches; the others wait, then read its cache)
+    from finetune import data
+    from finetune.data.tokenizer import load_tokenizer
+
+    with _status(console, "loading the tokenizer"):
+        tokenizer = load_tokenizer(cfg)
+    with distributed.main_process_first(), _status(console, "preparing the data"):
+        prepared = data.prepare(cfg, tokenizer, is_main=distributed.local_rank() == 0)
+    train_set, eval_set = (
+        prepared.train,
+        prepared.eval if prepared.eval is not None and len(prepared.eval) else None,
+    )
+    if smoke:
+        train_set, eval_set = smoke_rows(cfg, train_set, eval_set, notes)
+    say_notes()
+    console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
+
+    # --- model: base + adapter, and the Trainer's arguments
+    from finetune import model as model_module
+
+    prec = model_module.precision(cfg)
+    with (
+        _status(console, f"loading {cfg.base_model}"),
+        distributed.sharded_loading(cfg, prec),  # ZeRO-3: built partitioned
+    ):
+        loaded = model_module.load(cfg, tokenizer)
+    share = 100 * loaded.trainable_params / max(1, loaded.total_params)
+    console.print(
+        f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: {loaded.trainable_params:,} trainable "
+        f"of {loaded.total_params:,} parameters ({share:.3f}%)"
+    )
+    from finetune.train import batching
+
+    plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.model.config._attn_implementation)
+    notes += plan.notes
+    args, sched = trainer_args.training_arguments(
+        cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
+    )
+    notes += loaded.notes
+    say_notes()
+    console.print(f"batching: {plan.summary}")
+    console.print(
+        f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)"
+        + trainer_args.packing_note(cfg, len(train_set), sched)
+    )
+
+    # --- train (config.yml first, so an interrupted run can be understood and carded)
+    trainer, stop, throughput = build_trainer(
+        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), plan
+    )
+    checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
+    if trainer.is_world_process_zero():
+        outputs.write_config(cfg, output_dir)
+    with _environ(trainer_args.wandb_environment(cfg, str(output_dir))):
+        result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
+            _finish_wandb(cfg)
+            console.print(
+                f"[bold yellow]{stop.signal_name}: stopped at step {stop.saved_step}; checkpoint saved in "
+                f"{output_dir / f'checkpoint-{stop.saved_step}'}.[/]"
+                + ("" if smoke else f"\nResume with: {checkpoints.resume_command()}")
+            )
+            raise SystemExit(128 + stop.received)
+        if trainer.state.global_step < trainer.state.max_steps:
+            console.print(early_stop_reason(trainer, cfg))
+        eval_metrics = final_evaluation(trainer, eval_set)
+        outputs.save_model(trainer, output_dir)  # every process: ZeRO-3 gathers the weights collectively
+
+        # --- outputs: only the main process writes
+        if trainer.is_world_process_zero():
+            facts = run_facts(trainer, prec, cfg)
+            tokens = throughput.session_tokens(trainer.state)
+            train_res, all_res = outputs.results(
+                trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts
+            )
+            outputs.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
+            _write_card(output_dir)
+            _finish_wandb(cfg, all_res)
+            summary = outputs.summary_lines(output_dir, all_res)
+            Console(highlight=False, soft_wrap=True).print("\n".join(["[bold green]done[/]", *summary]))
+    distributed.finish()
+    return output_dir
+
+
+# ---------------------------------------------------------------- the Trainer
+
+
+def build_trainer(
+    cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list, plan=None
+):
+    """The Trainer with the batching plan (batching.py) and finetune's callbacks (metrics file, signals,
+    progress, W&B).
+
+    Returns (trainer, the signal watcher, the token counter): `run` reads those two after training.
+    """
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from finetune.train import batching
+    from finetune.inference import metrics
+    from finetune.model import speedups
+    from finetune.train import callbacks as cb
+    from finetune.config import resolved_dict
+    from finetune.train.trainer import FinetuneTrainer
+
+    if plan is None:
+        plan = batching.plan(cfg, tokenizer, train_set, eval_set, model.config._attn_implementation)
+    stop, throughput = cb.StopOnSignal(), cb.Throughput()
+    callbacks = [
+        cb.LossBeforeEval(),
+        cb.MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
+        stop,
+        throughput,
+        cb.RichProgress(console),
+    ]
+    if cfg.early_stopping_patience and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    if cfg.loss_watchdog_threshold is not None:
+        callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
+    if cfg.use_wandb:
+        callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
+    if cfg.preference:  # rl: dpo / reward_model: TRL's trainers, same arguments and callbacks (rl.py)
+        from finetune.train import preference as rl
+
+        trainer = rl.build_trainer(
+            cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
+        )
+        trainer.remove_callback(PrinterCallback)
+    else:
+        trainer = FinetuneTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=plan.train_collator,
+            batch_plan=plan,
+            offload=speedups.offload_applies(cfg),
+            processing_class=tokenizer,
+            callbacks=callbacks + extra_callbacks,
+            # token accuracy (+ eval_metrics: scores)
+            **metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
+    if cfg.loraplus_lr_ratio is not None:
+        trainer.loraplus = (cfg.loraplus_lr_ratio, cfg.loraplus_lr_embedding)
+    return trainer, stop, throughput
+
+
+def early_stop_reason(trainer, cfg: Config) -> str:
+    """Why training ended before its last step: the loss watchdog, else early stopping on the eval loss."""
+    from finetune.train.callbacks import LossWatchdog
+
+    step, last = trainer.state.global_step, trainer.state.max_steps
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, LossWatchdog) and callback.stopped_step is not None:
+            return f"[bold yellow]stopped early at step {step} of {last}: {callback.message}[/]"
+    return (
+        f"stopped early at step {step} of {last}: no eval loss improvement in {cfg.early_stopping_patience} "
+        "evaluations (early_stopping_patience)"
+    )
+
+
+def final_evaluation(trainer, eval_set) -> dict:
+    """The final eval loss: reuse the evaluation at the last step, or run one now (also after the best
+    checkpoint was loaded back, so the numbers describe the adapter that is saved)."""
+    if eval_set is None:
+        return {}
+    history = trainer.state.log_history
+    last = next((e for e in reversed(history) if "eval_loss" in e), None)
+    reloaded = trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint
+    if last is not None and last.get("step") == trainer.state.global_step and not reloaded:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def run_facts(trainer, prec, cfg: Config) -> dict:
+    """Facts the card reports that HF's metrics leave out."""
+    from finetune.model import gguf as gguf_base
+
+    facts = {
+        **gguf_base.facts(cfg),  # a GGUF base: its file and quantization
+        **distributed.facts(trainer),  # distributed type, ZeRO stage, processes, global batch size
+        "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
+        # models/tiny looks like a hub id from another folder: the card (run_dir.hub_base) reads this
+        "base_model_local": Path(cfg.base_model).expanduser().exists(),
+        "device": str(trainer.args.device),  # where 4-bit weights were quantized: merge.quantization_device
+        **trainer.batching_facts(),  # strategy, padding fraction, tokens per step of token-budget batches
+    }
+    if "total_train_batch_tokens" in facts:  # rows per step vary there: micro_batch_size x ... is no count
+        facts.pop("total_train_batch_size", None)
+    return facts
+
+
+# ---------------------------------------------------------------- processes and environment
+
+
+@contextmanager
+def _environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _quiet_libraries() -> None:
+    """Our progress replaces the libraries' own bars; their warnings still show, but not the false alarms."""
+    import transformers
+
+    from finetune import quiet
+
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    quiet.false_alarms()
+
+
+def _status(console, text: str):
+    return console.status(text) if console.is_terminal else nullcontext()
+
+
+def _write_card(output_dir: Path) -> None:
+    from finetune.outputs import card
+
+    card.write_card(output_dir)
+
+
+def _finish_wandb(cfg: Config, summary: dict | None = None) -> None:
+    if not cfg.use_wandb:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        if summary:
+            wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        wandb.finish()

@@ -1,0 +1,192 @@
+"""Preference training: TRL's RewardTrainer (reward_model: true) and DPOTrainer (rl: dpo), built from the same
+config, data, model, callbacks and outputs as SFT — `train.run` only swaps the arguments and the Trainer.
+
+    finetune train examples/reward.yaml     # Bradley-Terry reward model: base + score head + LoRA
+    finetune train examples/dpo.yaml        # DPO: the adapter is the policy, the base is the reference
+
+What finetune decides here, and why (TRL 1.16, FACTS.md):
+
+- Arguments: the TrainingArguments `trainer_args.py` maps from every key, copied into RewardConfig /
+  DPOConfig, with TRL's defaults that differ from HF's pinned to what the config says: bf16 (TRL turns it on
+  by default, even on CPU), gradient checkpointing (adapter.wrap already set it up), and no max_length (the
+  data stage applied sequence_len and max_prompt_len, see preference_data.py).
+- Data: the cached (prompt_ids, chosen_ids, rejected_ids) tables go in tokenized. The reward model scores
+  prompt + answer; DPOTrainer would re-tokenize from text, so `_prepare_dataset` is skipped for them.
+- Reference model (DPO): the base with the adapter switched off — a fresh LoRA adapter starts as exactly the
+  base, so no second copy of the model is held. (TRL copies the adapter as a frozen "ref" adapter; that copy is
+  only kept when training continues from lora_model_dir, whose adapter is then the reference.)
+- Adapter precision: on a quantized base TRL casts the trainable weights to bf16; the model stage's tensors are
+  put back (fp32, as in SFT), so small updates are not rounded away on CPU runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import fields
+
+from finetune.config import Config
+
+DEFAULT_BETA = 0.1  # TRL's DPOConfig default, written down so the card can report the beta that ran
+
+
+def trl_arguments(cfg: Config, args, notes: list[str]):
+    """RewardConfig or DPOConfig with every value of the SFT TrainingArguments (trainer_args.py) plus the
+    preference settings; TRL defaults that differ from HF's are pinned to what the config says."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig, RewardConfig
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
+    common = {
+        "bf16": args.bf16,  # TRL's default turns bf16 on even on CPU
+        "gradient_checkpointing": args.gradient_checkpointing,  # TRL's default is on; adapter.wrap decided
+        "max_length": None,  # lengths were settled by the data stage (sequence_len, max_prompt_len)
+        "disable_dropout": True,
+    }
+    if cfg.lora_dropout:
+        notes.append(
+            f"lora_dropout: {cfg.lora_dropout:g} is switched off for {cfg.training_kind} training (TRL's "
+            "disable_dropout): both answers of a pair must be scored by the same network"
+        )
+    if cfg.reward_model:
+        return RewardConfig(**{**values, **common})
+    loss = cfg.dpo_loss_type or "sigmoid"
+    dpo = {"beta": beta(cfg), "loss_type": [loss] if isinstance(loss, str) else list(loss)}
+    return DPOConfig(**{**values, **common, **dpo})
+
+
+def beta(cfg: Config) -> float:
+    return cfg.rl_beta if cfg.rl_beta is not None else DEFAULT_BETA
+
+
+# ---------------------------------------------------------------- data
+
+
+def reward_columns(table):
+    """The reward model scores whole sequences: chosen_ids = prompt + chosen, rejected_ids = prompt + rejected."""
+    if table is None:
+        return None
+
+    def join(batch):
+        prompts = batch["prompt_ids"]
+        return {
+            "chosen_ids": [p + c for p, c in zip(prompts, batch["chosen_ids"], strict=True)],
+            "rejected_ids": [p + r for p, r in zip(prompts, batch["rejected_ids"], strict=True)],
+        }
+
+    from finetune.data import _no_datasets_bars
+
+    with _no_datasets_bars():  # a progress bar for an in-memory join is noise
+        return table.map(join, batched=True, remove_columns=["prompt_ids"])
+
+
+# ---------------------------------------------------------------- the trainers
+
+
+def _trainer_classes():
+    from trl import DPOTrainer, RewardTrainer
+
+    from finetune.train.trainer import LoraPlus
+
+    class FinetuneRewardTrainer(LoraPlus, RewardTrainer):
+        """RewardTrainer whose model card is finetune's (card.py), written from the run's files."""
+
+        def create_model_card(self, *args, **kwargs):
+            """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
+
+        def batching_facts(self) -> dict:
+            """What train.run_facts records about batching: each pair's chosen and rejected, padded per batch."""
+            return {"batching": "preference pairs, padded per batch"}
+
+    class FinetuneDPOTrainer(LoraPlus, DPOTrainer):
+        """DPOTrainer fed finetune's tokenized pairs, with finetune's model card."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            """TRL 1.16 re-tokenizes every dataset from prompt/chosen/rejected text (RewardTrainer accepts ids);
+            the data stage already tokenized, filtered and cached the pairs, so those pass through."""
+            if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def create_model_card(self, *args, **kwargs):
+            """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
+
+        def batching_facts(self) -> dict:
+            """What train.run_facts records about batching: each pair's chosen and rejected, padded per batch."""
+            return {"batching": "preference pairs, padded per batch"}
+
+    return FinetuneRewardTrainer, FinetuneDPOTrainer
+
+
+def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None):
+    """RewardTrainer or DPOTrainer around the model stage's peft model, with finetune's callbacks.
+
+    `args` are the run's TrainingArguments (trainer_args.py); each replacement is printed as a note.
+    """
+    notes: list[str] = []
+    args = trl_arguments(cfg, args, notes)
+    for note in notes:
+        if console is not None:
+            console.print(f"[yellow]note:[/] {note}")
+    # TRL 1.16 reads `is_gradient_checkpointing` (deprecated in transformers 5) at each reference forward
+    warnings.filterwarnings(
+        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+    reward_cls, dpo_cls = _trainer_classes()
+    weights = {name: p.data for name, p in model.named_parameters() if p.requires_grad}  # references, no copy
+    common = {"args": args, "processing_class": tokenizer, "callbacks": callbacks}
+    if cfg.reward_model:
+        trainer = reward_cls(
+            model=model,
+            train_dataset=reward_columns(train_set),
+            eval_dataset=reward_columns(eval_set),
+            **common,
+        )
+    else:
+        trainer = dpo_cls(
+            model=model, ref_model=None, train_dataset=train_set, eval_dataset=eval_set, **common
+        )
+        reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
+    restore_trainable_weights(trainer.model, weights)
+    return trainer
+
+
+def reference_without_copy(model, keep_copy: bool) -> bool:
+    """Drop TRL's frozen copy of a fresh adapter: with it gone, DPOTrainer scores the reference with the adapter
+    switched off, which is the same network (LoRA's B starts at zero) without a second set of weights.
+    Returns whether a copy was dropped."""
+    if keep_copy or "ref" not in getattr(model, "peft_config", {}):
+        return False
+    model.delete_adapter("ref")
+    model.set_adapter("default")
+    return True
+
+
+def restore_trainable_weights(model, weights: dict) -> None:
+    """Undo TRL's bf16 cast of trainable weights on quantized bases (trl dpo/reward_trainer `_is_quantized_model`):
+    each gets back the very tensor the model stage made (no copy was kept, the cast made new ones), so the adapter
+    trains in the dtype SFT uses (bf16 weights on a CPU fp32 run round away updates smaller than ~0.4% of a
+    weight) and an adapter from lora_model_dir is not rounded before it starts (nor apart from its reference)."""
+    for name, param in model.named_parameters():
+        original = weights.get(name)
+        if original is not None and param.data is not original:
+            param.data = original
+
+
+# ---------------------------------------------------------------- scoring with a reward model
+
+
+def score(model, pad_token_id: int, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
+    """Scalar rewards of token sequences (as training laid them out: prompt_ids + answer ids, EOS included)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sequences), batch_size):
+            chunk = sequences[i : i + batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in chunk])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk])
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            out += logits.float().squeeze(-1).cpu().tolist()
+    return out
