@@ -36,8 +36,7 @@ INST = {
 
 
 def train_run(tmp: Path, size: str, steps: int) -> Path:
-    from finetune import config
-    from finetune import train
+    from finetune import config, train
     from finetune.model.tiny import write_tiny_model
 
     model = write_tiny_model(tmp / f"model-{size}", **SIZES[size])

@@ -65,12 +65,11 @@ def dpo_construction_mb(cfg_path: Path) -> tuple[float, float]:
     """(GPU MiB of the loaded 4-bit policy, GPU MiB allocated by building the DPOTrainer around it)."""
     import torch
 
-    from finetune import config
-    from finetune import data
-    from finetune.train import preference as rl
-    from finetune.train import arguments as trainer_args
+    from finetune import config, data
     from finetune import model as model_module
     from finetune.data.tokenizer import load_tokenizer
+    from finetune.train import arguments as trainer_args
+    from finetune.train import preference as rl
 
     cfg = config.load(cfg_path)
     tokenizer = load_tokenizer(cfg)

@@ -28,10 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from finetune import config
-    from finetune import data
-    from finetune.model.tiny import write_tiny_model
+    from finetune import config, data
     from finetune.data.tokenizer import load_tokenizer
+    from finetune.model.tiny import write_tiny_model
 
     lines = [line for line in FORMULA.read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:

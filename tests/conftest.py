@@ -124,8 +124,7 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
 
     import torch
 
-    from finetune import config
-    from finetune import train
+    from finetune import config, train
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "sentiment.jsonl"

@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """Batching (batching.py, trainer.py): token-budget and packed batches cover every row once per epoch, seeded
 and resumable; packed rows give exactly the unpacked loss (sdpa detects them from position_ids); tokens and
 padding are counted; the strategy follows the device; the GPU-only options say so on CPU."""
@@ -16,12 +17,11 @@ torch = pytest.importorskip("torch")
 
 from conftest import INST_FORMAT as PROMPT  # noqa: E402
 from conftest import send_signal  # noqa: E402
-from finetune.train import batching
-from finetune import config
-from finetune.model import speedups
-from finetune import train
-from finetune.train import arguments as trainer_args# noqa: E402
+from finetune import config, train
 from finetune.errors import UserError  # noqa: E402
+from finetune.model import speedups
+from finetune.train import arguments as trainer_args  # noqa: E402
+from finetune.train import batching
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"

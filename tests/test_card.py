@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from conftest import send_signal
+from finetune import config
 from finetune.outputs import card
 from finetune.outputs.card import training as card_training
-from finetune import config
 from finetune.outputs.card.training import fmt
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
@@ -316,9 +316,9 @@ def test_quickstart_run_card_end_to_end(tmp_path, monkeypatch):
 
     from huggingface_hub import ModelCard
 
-    from finetune.outputs import merge
     from finetune import train
     from finetune.model.tiny import write_tiny_model
+    from finetune.outputs import merge
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(tmp_path)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from finetune.data import formats
 from finetune.data.chat import chat_messages, encode_chat
 from finetune.data.formats import EMPTY, IGNORE, OK
-from finetune.model.tiny import LLAMA3_CHAT_TEMPLATE
 from finetune.data.tokenizer import CHAT_TEMPLATES, EOT_OF, load_tokenizer
+from finetune.model.tiny import LLAMA3_CHAT_TEMPLATE
 from test_formats import cfg_for
 
 START, END, EOT_END = "\x01", "\x02", "\x03"

@@ -10,11 +10,10 @@ import pytest
 
 from conftest import FINLORA, needs_shared
 from conftest import FINLORA_INST as INST
-from finetune import config
-from finetune import data
-from finetune.errors import UserError
+from finetune import config, data
 from finetune.data.formats import IGNORE
 from finetune.data.tokenizer import load_tokenizer
+from finetune.errors import UserError
 
 EOT = "<|eot_id|>"
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from finetune import config
-from finetune.train import distributed
+from finetune import model as model_module
+from finetune.config import deepspeed
 from finetune.errors import UserError
+from finetune.train import distributed
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"
@@ -225,18 +227,18 @@ def test_deepspeed_config_gets_auto_values_for_what_the_trainer_fills(tmp_path):
     inline = distributed.for_trainer({"zero_optimization": {"stage": 2}})
     assert inline["train_batch_size"] == inline["train_micro_batch_size_per_gpu"] == "auto"
     assert inline["gradient_clipping"] == inline["bf16"]["enabled"] == inline["fp16"]["enabled"] == "auto"
-    assert distributed.zero_stage(inline) == 2 and distributed.zero_stage(None) is None
+    assert deepspeed.zero_stage(inline) == 2 and deepspeed.zero_stage(None) is None
     shipped = distributed.for_trainer(ZERO[3])
-    assert shipped == distributed.deepspeed_config(ZERO[3])  # the shipped files already say "auto"
+    assert shipped == deepspeed.deepspeed_config(ZERO[3])  # the shipped files already say "auto"
     bad = tmp_path / "bad.json"
     bad.write_text('{"zero_optimization": {\n  "stage": 3,,\n}}')
     with pytest.raises(UserError, match=r"deepspeed: .*bad.json:2: not valid JSON"):
-        distributed.deepspeed_config(str(bad))
+        deepspeed.deepspeed_config(str(bad))
 
 
 def test_every_shipped_deepspeed_config_is_valid_json_with_a_stage():
     for path in sorted((ROOT / "deepspeed_configs").glob("*.json")):
-        assert distributed.zero_stage(str(path)) in (1, 2, 3), path.name
+        assert deepspeed.zero_stage(str(path)) in (1, 2, 3), path.name
 
 
 def test_fixed_deepspeed_values_that_contradict_the_config_are_refused(tiny_model_dir):
@@ -263,11 +265,11 @@ def test_fixed_deepspeed_values_that_contradict_the_config_are_refused(tiny_mode
 
 def test_4bit_storage_follows_the_training_dtype_under_zero3(tiny_model_dir):
     cfg = config.validate({**run_cfg(tiny_model_dir, Path("/tmp")), "load_in_4bit": True, "adapter": "qlora"})
-    assert distributed.quant_storage(cfg, "bfloat16") == "uint8"  # bitsandbytes' default without ZeRO-3
-    assert distributed.quant_storage(cfg.model_copy(update={"deepspeed": ZERO[2]}), "bfloat16") == "uint8"
+    assert model_module.quant_storage(cfg, "bfloat16") == "uint8"  # bitsandbytes' default without ZeRO-3
+    assert model_module.quant_storage(cfg.model_copy(update={"deepspeed": ZERO[2]}), "bfloat16") == "uint8"
     zero3 = cfg.model_copy(update={"deepspeed": ZERO[3]})
-    assert distributed.quant_storage(zero3, "bfloat16") == "bfloat16"
+    assert model_module.quant_storage(zero3, "bfloat16") == "bfloat16"
     assert (
-        distributed.quant_storage(zero3.model_copy(update={"bnb_4bit_quant_storage": "float16"}), "bfloat16")
+        model_module.quant_storage(zero3.model_copy(update={"bnb_4bit_quant_storage": "float16"}), "bfloat16")
         == "float16"
     )

@@ -206,8 +206,7 @@ def test_dpo_after_sft_holds_the_policy_to_the_sft_adapter(trained_run, tiny_mod
 def test_dpo_adapter_generates_and_evaluates_in_its_prompt_format(dpo_run, tmp_path):
     import shutil
 
-    from finetune.inference import evaluate
-    from finetune.inference import generate
+    from finetune.inference import evaluate, generate
 
     cfg, out, _ = dpo_run
     run = shutil.copytree(out, tmp_path / "run")  # `finetune eval` writes its results into the run folder
@@ -219,8 +218,8 @@ def test_dpo_adapter_generates_and_evaluates_in_its_prompt_format(dpo_run, tmp_p
 
 
 def test_a_reward_model_refuses_to_generate(tmp_path):
-    from finetune.inference import generate
     from finetune.errors import UserError
+    from finetune.inference import generate
 
     cfg = config.validate(
         {"base_model": "org/m", "adapter": "lora", "reward_model": True, "datasets": [{"path": "org/d"}]}

@@ -7,9 +7,9 @@ import pytest
 from conftest import FINLORA_INST as INST
 from finetune import config
 from finetune.data import formats
-from finetune.errors import UserError
 from finetune.data.formats import IGNORE
 from finetune.data.tokenizer import load_tokenizer
+from finetune.errors import UserError
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
 

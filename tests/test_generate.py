@@ -12,12 +12,12 @@ import yaml
 
 from conftest import INST_FORMAT, SENTIMENT_PROMPT, sentiment_rows
 from finetune import config
-from finetune.inference import evaluate
 from finetune.data import formats
-from finetune.inference import generate
-from finetune.outputs import run_dir
-from finetune.errors import UserError
 from finetune.data.formats import IGNORE
+from finetune.errors import UserError
+from finetune.inference import evaluate, generate
+from finetune.model import generation
+from finetune.outputs import run_dir
 
 SYSTEM = "You are a concise financial analyst."
 QUESTION = "Answer the question briefly. Question: What is liquidity?"
@@ -160,7 +160,7 @@ def test_answer_streams_and_stops(loaded):
     pieces: list[str] = []
     text = generate.answer(loaded, ids, max_new_tokens=40, write=pieces.append)
     assert text and "".join(pieces).strip() == text
-    stop = generate.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
+    stop = generation.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
     assert loaded.tokenizer.eos_token_id in stop
     # the same greedy run, token by token: it ended on a stop token well before the limit
     with torch.no_grad():
@@ -169,7 +169,7 @@ def test_answer_streams_and_stops(loaded):
         )
     new = out[0, len(ids) :].tolist()
     assert new[-1] in stop and len(new) < 40
-    assert generate.decode_answer(loaded.tokenizer, new, stop) == text
+    assert generation.decode_answer(loaded.tokenizer, new, stop) == text
 
 
 @pytest.mark.slow

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from finetune import config
-from finetune import hub
+from finetune import config, hub
 
 
 def make_cfg(tmp_path, base: str, data: str) -> config.Config:
@@ -31,8 +30,8 @@ def online_env(monkeypatch):
 def test_hub_ids_are_the_paths_that_are_not_local(tmp_path, tiny_model_dir):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"instruction": "a", "output": "b"}\n')
-    assert hub.hub_ids(make_cfg(tmp_path, str(tiny_model_dir), str(rows))) == []
-    assert hub.hub_ids(make_cfg(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", "org/finance-qa")) == [
+    assert make_cfg(tmp_path, str(tiny_model_dir), str(rows)).hub_ids == []
+    assert make_cfg(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", "org/finance-qa").hub_ids == [
         "meta-llama/Llama-3.1-8B-Instruct",
         "org/finance-qa",
     ]
@@ -42,7 +41,9 @@ def test_unreachable_hub_switches_to_offline_mode(tmp_path, monkeypatch, online_
     import huggingface_hub.constants
 
     monkeypatch.setattr(hub, "reachable", lambda timeout=hub.PROBE_SECONDS: False)
-    note = hub.offline_if_unreachable(make_cfg(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", "org/qa"))
+    note = hub.offline_if_unreachable(
+        make_cfg(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", "org/qa").hub_ids
+    )
     assert note.startswith("the Hugging Face hub cannot be reached (no network?): working offline")
     assert "'meta-llama/Llama-3.1-8B-Instruct' and the other hub ids must be in the local cache" in note
     assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.is_offline_mode()
@@ -57,16 +58,16 @@ def test_no_probe_when_local_offline_chosen_or_behind_a_proxy(
     monkeypatch.setattr(hub, "reachable", probe)
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"instruction": "a", "output": "b"}\n')
-    assert hub.offline_if_unreachable(make_cfg(tmp_path, str(tiny_model_dir), str(rows))) is None
+    assert hub.offline_if_unreachable(make_cfg(tmp_path, str(tiny_model_dir), str(rows)).hub_ids) is None
     remote = make_cfg(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", str(rows))
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
-    assert hub.offline_if_unreachable(remote) is None
+    assert hub.offline_if_unreachable(remote.hub_ids) is None
     monkeypatch.delenv("HTTPS_PROXY")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert hub.offline_if_unreachable(remote) is None
+    assert hub.offline_if_unreachable(remote.hub_ids) is None
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(hub, "reachable", lambda timeout=hub.PROBE_SECONDS: True)
-    assert hub.offline_if_unreachable(remote) is None and os.environ["HF_HUB_OFFLINE"] == "0"
+    assert hub.offline_if_unreachable(remote.hub_ids) is None and os.environ["HF_HUB_OFFLINE"] == "0"
 
 
 def test_reachable_is_false_for_an_endpoint_that_refuses(monkeypatch):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from finetune import config
-from finetune.outputs import merge
 from finetune.errors import UserError
+from finetune.outputs import merge
 
 # bitsandbytes quantizes on the GPU when there is one (and rounds differently from its CPU kernel)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

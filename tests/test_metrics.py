@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from finetune.inference import metrics
+from finetune import scoring as metrics
+from finetune.model import generation
+from finetune.train import eval_metrics
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -132,15 +134,15 @@ def test_token_accuracy_shifts_and_masks():
     labels = np.array([[-100, -100, 5, 6, 7], [-100, 8, 9, -100, -100]])
     preds = np.array([[9, 5, 6, 0, 3], [8, 8, 1, 4, 4]])
     # row 0: 5==5, 6==6, 0!=7 -> 2 of 3; row 1: 8==8, 1!=9 -> 1 of 2
-    assert metrics.token_accuracy(preds, labels) == pytest.approx(3 / 5)
+    assert eval_metrics.token_accuracy(preds, labels) == pytest.approx(3 / 5)
 
 
 def test_preprocess_logits_keeps_argmax():
     import torch
 
     logits = torch.tensor([[[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]]])
-    assert metrics.preprocess_logits_for_metrics(logits, None).tolist() == [[1, 0]]
-    assert metrics.preprocess_logits_for_metrics((logits,), None).tolist() == [[1, 0]]
+    assert eval_metrics.preprocess_logits_for_metrics(logits, None).tolist() == [[1, 0]]
+    assert eval_metrics.preprocess_logits_for_metrics((logits,), None).tolist() == [[1, 0]]
 
 
 @pytest.mark.slow
@@ -149,11 +151,9 @@ def test_training_logs_token_accuracy_and_generation_scores(trained_run):
     equals `finetune eval`'s generation on the same sample; both reach the card's table."""
     import torch
 
-    from finetune import config
-    from finetune import data
-    from finetune.inference import evaluate
-    from finetune.inference import generate
+    from finetune import config, data
     from finetune.data.tokenizer import load_tokenizer
+    from finetune.inference import generate
 
     history = json.loads((trained_run / "trainer_state.json").read_text())["log_history"]
     evals = [e for e in history if "eval_loss" in e]
@@ -176,10 +176,10 @@ def test_training_logs_token_accuracy_and_generation_scores(trained_run):
             total += int(mask.sum())
     assert evals[-1]["eval_token_accuracy"] == pytest.approx(right / total)
 
-    prompts, targets = metrics._generation_sample(cfg, loaded.tokenizer, eval_set)
+    prompts, targets = eval_metrics._generation_sample(cfg, loaded.tokenizer, eval_set)
     assert len(prompts) == 8 and set(targets) <= {"positive", "negative", "neutral"}
-    stop = generate.stop_ids(cfg, cfg.datasets[0], loaded.tokenizer, loaded.model)
-    answers = evaluate.generate_batch(loaded.model, loaded.tokenizer, prompts, 32, 4, stop)
+    stop = generation.stop_ids(cfg, cfg.datasets[0], loaded.tokenizer, loaded.model)
+    answers = generation.generate_batch(loaded.model, loaded.tokenizer, prompts, 32, 4, stop)
     scored = metrics.score(answers, targets, "auto")
     assert evals[-1]["eval_gen_accuracy"] == pytest.approx(scored.summary["accuracy"])
     assert evals[-1]["eval_gen_macro_f1"] == pytest.approx(scored.summary["macro_f1"])

@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """The model stage on the tiny model: 4/8/16-bit bases, LoRA variants, vocabulary growth, the CPU 4-bit trap."""
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 
-from finetune import config
-from finetune import model# noqa: E402
-from finetune.errors import UserError  # noqa: E402
+from finetune import (
+    config,
+    model,  # noqa: E402
+)
 from finetune.data.tokenizer import load_tokenizer  # noqa: E402
+from finetune.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from finetune import config
-from finetune import data
-from finetune.data import preference_format as preference
+from finetune import config, data
 from finetune.data import preference as preference_data
-from finetune.errors import UserError
+from finetune.data import preference_format as preference
 from finetune.data.tokenizer import load_tokenizer
+from finetune.errors import UserError
 
 PROMPT = "Instruction: What is the sentiment of this news?\nInput: {}\nAnswer:"
 USER_DEFINED = {"field_prompt": "context", "field_chosen": "good", "field_rejected": "bad"}

@@ -41,9 +41,8 @@ def test_gguf_base_trains_cards_and_merges_to_an_ordinary_folder(smollm2_gguf, t
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from finetune import config
+    from finetune import config, train
     from finetune.outputs import merge
-    from finetune import train
 
     cfg = config.validate(sentiment_config(tmp_path, str(smollm2_gguf), rows=8, max_steps=1))
     out = train.run(cfg)

@@ -58,8 +58,7 @@ def reward_run(tiny_model_dir, tmp_path_factory):
     """A finished QLoRA reward-model run: 256 training pairs, 64 held-out pairs, 30 steps (~15 s on a CPU)."""
     import torch
 
-    from finetune import data
-    from finetune import train
+    from finetune import data, train
     from finetune.data.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("reward")
@@ -143,8 +142,7 @@ def test_reward_card_parses_and_carries_accuracy(reward_run):
 def test_reward_model_merges_into_a_sequence_classifier(reward_run, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from finetune.outputs import card
-    from finetune.outputs import merge
+    from finetune.outputs import card, merge
 
     cfg, out, sequences, live = reward_run
     diff = merge.merge_command(out, tmp_path / "merged", dtype="fp32", dequantize=True)

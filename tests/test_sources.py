@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune import config
-from finetune import data
+from finetune import config, data
 from finetune.data import sources
-from finetune.errors import UserError
 from finetune.data.tokenizer import load_tokenizer
+from finetune.errors import UserError
 
 INST = {"field_instruction": "context", "field_output": "target", "format": "[INST] {instruction} [/INST]"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from finetune import config
-from finetune.errors import UserError
 from finetune.data.tokenizer import CHAT_TEMPLATES, load_tokenizer
+from finetune.errors import UserError
 
 
 def load(tiny_model_dir, **extra):

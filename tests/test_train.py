@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """`train.run` end to end on the tiny model: outputs, metrics, W&B offline, secrets, refusal, resume, smoke."""
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ torch = pytest.importorskip("torch")
 
 from conftest import FINLORA, needs_shared, send_signal  # noqa: E402
 from conftest import INST_FORMAT as PROMPT  # noqa: E402
-from finetune.train import checkpoints
-from finetune import config
-from finetune.train import smoke
-from finetune import train# noqa: E402
+from finetune import (
+    config,
+    train,  # noqa: E402
+)
 from finetune.errors import UserError  # noqa: E402
+from finetune.train import checkpoints, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 QA = ROOT / "examples" / "finance_qa.jsonl"
@@ -303,8 +305,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tiny_model_dir, tm
 
 def test_overwrite_starts_from_an_empty_folder(tmp_path, finished, prepared_dir, tiny_model_dir, capsys):
     """An interrupted --overwrite run leaves no file of the old run for the card (or merge) to mix in."""
-    from finetune.outputs import card
-    from finetune.outputs import run_dir
+    from finetune.outputs import card, run_dir
 
     _, finished_out = finished
     out = tmp_path / "out"

@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """FinetuneTrainer's own parts that need no training run: the LoRA+ optimizer."""
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from finetune import config
-from finetune import model# noqa: E402
+from finetune import (
+    config,
+    model,  # noqa: E402
+)
 from finetune.data.tokenizer import load_tokenizer  # noqa: E402
 from finetune.train.trainer import FinetuneTrainer  # noqa: E402
 

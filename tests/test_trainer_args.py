@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from finetune import config
-from finetune.train import arguments as trainer_args# noqa: E402
 from finetune.model import Precision  # noqa: E402
+from finetune.train import arguments as trainer_args  # noqa: E402
 
 QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
 FP32 = Precision(bf16=False, fp16=False, tf32=None, dtype="float32")

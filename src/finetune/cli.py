@@ -115,8 +115,8 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune: data -> 4-bit/16-bit base + LoRA -> HF Trainer -> adapter, config.yml and card in output_dir."""
-    from finetune.train import launch
     from finetune import train as train_module
+    from finetune.train import launch
 
     cfg = _load(config, set_)
     launch.check(num_processes, nnodes, node_rank)

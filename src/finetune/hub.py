@@ -15,27 +15,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from pathlib import Path
 from urllib.parse import urlparse
-
-from finetune.config import Config
-from finetune.config.datasets import looks_local
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 PROBE_SECONDS = 3.0
-
-
-def hub_ids(cfg: Config) -> list[str]:
-    """The hub ids a run reads: base model, tokenizer, base config and datasets that are not local paths."""
-    ids = [
-        name
-        for name in (cfg.base_model, cfg.tokenizer_config, cfg.base_model_config)
-        if name and not Path(os.path.expanduser(name)).exists()
-    ]
-    for ds in [*cfg.datasets, *(cfg.test_datasets or [])]:
-        if not looks_local(ds.path):
-            ids.append(ds.path)
-    return ids
 
 
 def reachable(timeout: float = PROBE_SECONDS) -> bool:
@@ -49,7 +32,7 @@ def reachable(timeout: float = PROBE_SECONDS) -> bool:
         return False
 
 
-def offline_if_unreachable(cfg: Config) -> str | None:
+def offline_if_unreachable(ids: list[str]) -> str | None:
     """Switch to offline mode when this config needs the hub and it cannot be reached: the note to print."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0") or os.environ.get(
         "TRANSFORMERS_OFFLINE"
@@ -57,7 +40,6 @@ def offline_if_unreachable(cfg: Config) -> str | None:
         return None
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return None
-    ids = hub_ids(cfg)
     if not ids or reachable():
         return None
     go_offline()

@@ -15,6 +15,7 @@ from pydantic import field_validator
 
 from finetune.config import checks
 from finetune.config.checks import CCE_PLUGIN
+from finetune.config.datasets import looks_local
 from finetune.config.keys_model import DataKeys, ModelKeys, Positive  # noqa: F401 - Positive re-exported
 from finetune.config.keys_train import PreferenceKeys, TrainingKeys
 
@@ -43,6 +44,17 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
         return self.load_in_4bit or self.adapter == "qlora"
 
     @property
+    def hub_ids(self) -> list[str]:
+        """The hub ids a run reads: base model, tokenizer, base config and datasets that are not local paths."""
+        ids = [
+            name
+            for name in (self.base_model, self.tokenizer_config, self.base_model_config)
+            if name and not Path(name).expanduser().exists()
+        ]
+        ids += [ds.path for ds in [*self.datasets, *(self.test_datasets or [])] if not looks_local(ds.path)]
+        return ids
+
+    @property
     def base_source(self) -> tuple[str, str | None]:
         """(hub id or folder, GGUF file name or None) to pass to from_pretrained as (path, gguf_file=...):
         `base_model: models/x.Q4_1.gguf` is the folder `models` and the file `x.Q4_1.gguf`."""
@@ -54,6 +66,11 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     @property
     def base_is_gguf(self) -> bool:
         return self.base_source[1] is not None
+
+    def gguf_kwargs(self, source: str) -> dict:
+        """`{"gguf_file": name}` for from_pretrained when `source` is the GGUF base's folder, else {}."""
+        folder, gguf_file = self.base_source
+        return {"gguf_file": gguf_file} if gguf_file and source == folder else {}
 
     @property
     def requested_attention(self) -> str:
@@ -87,6 +104,11 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     def training_kind(self) -> str:
         """`sft`, `dpo` or `reward`: which trainer runs and which data layout the datasets must have."""
         return "reward" if self.reward_model else self.rl or "sft"
+
+    @property
+    def dpo_beta(self) -> float:
+        """rl_beta, else TRL's DPOConfig default (0.1), written down so the card can report the beta that ran."""
+        return self.rl_beta if self.rl_beta is not None else 0.1
 
     @property
     def preference(self) -> bool:

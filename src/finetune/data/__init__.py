@@ -19,12 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.data import chat as chat_format
-from finetune.data import encode
-from finetune.data import formats
-from finetune.data import report
-from finetune.data import sources
 from finetune.config import Config, DatasetConfig
+from finetune.data import chat as chat_format
+from finetune.data import encode, formats, report, sources
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_json
 
@@ -302,7 +299,7 @@ def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     from finetune import hub
     from finetune.data.tokenizer import load_tokenizer
 
-    offline = hub.offline_if_unreachable(cfg)
+    offline = hub.offline_if_unreachable(cfg.hub_ids)
     if offline:
         report.note(offline)
     tokenizer = load_tokenizer(cfg)

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from finetune.config import Config, DatasetConfig
+from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value
 from finetune.errors import UserError
-from finetune.data.formats import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value
 
 # Row role names mapped to the roles chat templates know (axolotl's defaults, ShareGPT included).
 DEFAULT_ROLES = {

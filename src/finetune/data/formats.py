@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from finetune.config import Config, DatasetConfig, DatasetType
+from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value  # noqa: F401 - re-exported
 from finetune.errors import UserError
 
-if TYPE_CHECKING:  # chat_format imports this module, so it is imported late where it is used
+if TYPE_CHECKING:  # the chat format builds on this module's rows; imported where it is used
     from finetune.data.chat import ChatSpec
-
-IGNORE = -100
-OK, EMPTY, ERROR = 0, 1, 2
 
 ALPACA_SYSTEM = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request."
 ALPACA_SYSTEM_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -79,16 +77,6 @@ class SegmentsSpec:
     and joined; the segments with label true are trained (axolotl's template-free format)."""
 
     field: str = "segments"
-
-
-@dataclass(frozen=True)
-class Format:
-    spec: TextSpec | ChatSpec | SegmentsSpec
-    train_on_inputs: bool
-    sequence_len: int
-    truncate: bool
-    chunk_step: int = 0  # completion: a text longer than sequence_len becomes chunks starting this far apart
-    min_len: int = 0  # min_sample_len: rows of fewer tokens are dropped
 
 
 def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Format:
@@ -148,22 +136,6 @@ def _check_placeholders(template: str | None, key: str, where: str) -> None:
 
 
 # ---------------------------------------------------------------- rendering (shared with generation)
-
-
-class RowError(ValueError):
-    """A problem with one row: the message names the field; the caller adds file and line."""
-
-
-def text_value(row: dict, key: str, required: bool = True, name: str | None = None) -> str:
-    """row[key] as a string ("" when optional and absent); `name` is how messages call the field."""
-    value, name = row.get(key), name or key
-    if value is None:
-        if required:
-            raise RowError(f"missing field '{name}'")
-        return ""
-    if not isinstance(value, str):
-        raise RowError(f"field '{name}': expected a string, got {type(value).__name__} {str(value)[:40]!r}")
-    return value
 
 
 def render_text(spec: TextSpec, row: dict) -> tuple[str, str]:

@@ -21,11 +21,9 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from finetune.data import encode
-from finetune.data import preference_format as preference
-from finetune.data import report
-from finetune.data import sources
 from finetune.config import Config
+from finetune.data import encode, report, sources
+from finetune.data import preference_format as preference
 from finetune.errors import UserError
 
 PREFERENCE_FORMAT_VERSION = 1  # bump when the token layout of preference tables changes

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune.data.chat import ChatSpec, chat_messages, chat_spec, render_chat
 from finetune.config import Config, DatasetConfig, PreferenceType
-from finetune.errors import UserError
+from finetune.data.chat import ChatSpec, chat_messages, chat_spec, render_chat
 from finetune.data.formats import RowError, text_value, token_ids
+from finetune.errors import UserError
 
 
 @dataclass(frozen=True)

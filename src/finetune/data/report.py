@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-IGNORE = -100
+from finetune.data.rows import IGNORE
 
 
 def _console() -> Console:

@@ -53,8 +53,6 @@ def load_tokenizer(cfg: Config):
     """AutoTokenizer from tokenizer_config or base_model, with `special_tokens`, `tokens` and `chat_template`."""
     from transformers import AutoTokenizer
 
-    from finetune.model import gguf as gguf_base
-
     source = cfg.tokenizer_config or cfg.base_source[0]
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -62,7 +60,7 @@ def load_tokenizer(cfg: Config):
             revision=cfg.revision_of_model,
             trust_remote_code=cfg.trust_remote_code,
             use_fast=cfg.tokenizer_use_fast,
-            **gguf_base.source_kwargs(cfg, source),  # a GGUF file carries its tokenizer and chat template
+            **cfg.gguf_kwargs(source),  # a GGUF file carries its tokenizer and chat template
         )
     except (OSError, ValueError) as exc:  # missing files, or a folder without tokenizer files
         raise UserError(

@@ -4,7 +4,7 @@
     finetune eval outputs/fpb --data data/fpb_test.jsonl --limit 200 --base-only     # the "before"
 
 Each row becomes the prompt training would have built from it (generate.prompt_ids), generated greedily in
-batches (left padding, longest prompts first, stopping at EOS/end-of-turn), then scored by metrics.score.
+batches (left padding, longest prompts first, stopping at EOS/end-of-turn), then scored by scoring.score.
 
 Results are merged into OUTPUT_DIR/eval_results.json under the key `generation`, beside the Trainer's
 `eval_*` keys (layout: eval_results.py), and the card is rewritten so they reach its model-index.
@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune import data as data_module
-from finetune.outputs import eval_results
-from finetune.data import formats
-from finetune.inference import generate
-from finetune.inference import metrics
+from finetune import scoring
 from finetune.config import PreferenceType
+from finetune.data import formats
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
-
-MAX_AUTO_NEW_TOKENS = 1024
+from finetune.inference import generate
+from finetune.model import generation
+from finetune.outputs import eval_results
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
     cfg, ds, tok = loaded.cfg, loaded.dataset, loaded.tokenizer
     if isinstance(ds.type, PreferenceType):
         return _preference_examples(loaded, rows, path, field_input, field_target)
-    kind = generate.format_kind(ds)
+    kind = generation.format_kind(ds)
     spec = formats.build_format(cfg, ds, "datasets[0]", tok).spec
     if kind == "completion" and not field_target:
         raise UserError("--field-target: this run trained on raw text (completion): name the answer column")
@@ -202,47 +201,6 @@ def _preference_examples(loaded, rows, path: Path, field_input: str | None, fiel
 # ---------------------------------------------------------------- generation
 
 
-def auto_max_new_tokens(tokenizer, targets: list[str]) -> int:
-    """Enough for the longest target plus some slack (16 tokens), at most MAX_AUTO_NEW_TOKENS."""
-    longest = max((len(ids) for ids in formats.token_ids(tokenizer, targets, False)), default=0)
-    return min(MAX_AUTO_NEW_TOKENS, longest + 16)
-
-
-def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                   stop: list[int], advance=None) -> list[str]:  # fmt: skip
-    """Greedy answers to token prompts, `batch_size` at a time, left-padded (longest first: similar lengths
-    share a batch and memory peaks on the first one). Batched greedy equals one-at-a-time greedy."""
-    import torch
-    from transformers import GenerationConfig
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    # under ZeRO-3 (generation during training) every rank must run the same number of forwards
-    synced = is_deepspeed_zero3_enabled() and torch.distributed.is_initialized()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=pad
-    )
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    answers = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chunk])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk])
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                generation_config=config,
-                synced_gpus=synced,
-            )
-        for i, new in zip(chunk, out[:, width:].tolist(), strict=True):
-            answers[i] = generate.decode_answer(tokenizer, new, stop)
-        if advance:
-            advance(len(chunk))
-    return answers
-
-
 # ---------------------------------------------------------------- the command
 
 
@@ -266,8 +224,8 @@ def run(
 
     console = console or Console(highlight=False, soft_wrap=True)
     path, data = Path(path), Path(data)
-    if metric not in metrics.METRICS:
-        raise UserError(f"--metric: must be one of {', '.join(metrics.METRICS)} (got {metric!r})")
+    if metric not in scoring.METRICS:
+        raise UserError(f"--metric: must be one of {', '.join(scoring.METRICS)} (got {metric!r})")
     for name, value in (
         ("--limit", limit),
         ("--batch-size", batch_size),
@@ -281,19 +239,19 @@ def run(
     loaded = generate.load(path, base_only=base_only, say=console.print, dataset_index=dataset_index)
     items = examples(loaded, rows, data, field_input, field_target)
     targets = [e.target for e in items]
-    new_tokens = max_new_tokens or auto_max_new_tokens(loaded.tokenizer, targets)
-    stop = generate.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
+    new_tokens = max_new_tokens or generation.auto_max_new_tokens(loaded.tokenizer, targets)
+    stop = generation.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
     console.print(
         f"eval: {len(items)} rows of {data} on the {loaded.what} model, batches of {batch_size}, up to {new_tokens} new tokens"
     )
 
     started = time.perf_counter()
     with _progress(console, len(items)) as advance:
-        answers = generate_batch(
+        answers = generation.generate_batch(
             loaded.model, loaded.tokenizer, [e.prompt for e in items], new_tokens, batch_size, stop, advance
         )
     seconds = time.perf_counter() - started
-    scored = metrics.score(answers, targets, metric, tolerance)
+    scored = scoring.score(answers, targets, metric, tolerance)
 
     out_dir = Path(out) if out else path
     who = "base" if base_only else "finetuned"

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune import data
+from finetune import data, hub
+from finetune.config import Config, DatasetConfig, PreferenceType
 from finetune.data import formats
-from finetune import hub
-from finetune.outputs import run_dir
-from finetune.config import Config, DatasetConfig, DatasetType, PreferenceType
 from finetune.errors import UserError
+from finetune.model import generation
+from finetune.outputs import run_dir
 
 
 @dataclass
@@ -69,9 +69,8 @@ def load(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.outputs import merge
-    from finetune import quiet
     from finetune import model as model_module
+    from finetune import quiet
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
     quiet.false_alarms()
@@ -82,7 +81,7 @@ def load(
         raise UserError(
             f"--dataset: {dataset_index} is not an entry of this run's datasets (0 to {count - 1})"
         )
-    offline = hub.offline_if_unreachable(run.cfg)
+    offline = hub.offline_if_unreachable(run.cfg.hub_ids)
     if offline:
         say(f"note: {offline}")
     if run.cfg.reward_model:
@@ -122,7 +121,7 @@ def load(
                 warnings.filterwarnings(
                     "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
                 )
-                model = merge.attach_adapter(base, tokenizer, run.adapter_dir)
+                model = generation.attach_adapter(base, tokenizer, run.adapter_dir)
             what = "adapter"
     model_module.cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
     for note in notes:
@@ -134,20 +133,13 @@ def load(
 # ---------------------------------------------------------------- prompts
 
 
-def format_kind(ds: DatasetConfig) -> str:
-    """custom | alpaca (alpaca:<style>) | completion | input_output | chat"""
-    if isinstance(ds.type, DatasetType):
-        return "custom"
-    return "chat" if ds.type == "chat_template" else ds.type
-
-
 def prompt_ids(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> list[int]:
     """Token ids of a row's prompt as training tokenized it; a bad row raises UserError.
 
     completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it);
     input_output's prompt is its segments before the first trained one (no special tokens added, as trained).
     """
-    kind = format_kind(ds)
+    kind = generation.format_kind(ds)
     if kind == "input_output":  # the segments before the first trained one, tokenized as in training
         spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
         try:
@@ -182,7 +174,7 @@ def question_prompt(
         return prompt_ids(
             cfg, ds, {ds.type.field_prompt: question, ds.type.field_system: system or ""}, tokenizer
         )
-    kind = format_kind(ds)
+    kind = generation.format_kind(ds)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     if kind == "chat":
         # an empty assistant turn last: data.render keeps every message before the last assistant turn
@@ -199,18 +191,6 @@ def question_prompt(
     elif system:
         ds = ds.model_copy(update={"type": ds.type.model_copy(update={"system_prompt": system})})
     return prompt_ids(cfg, ds, row, tokenizer)
-
-
-def stop_ids(cfg: Config, ds: DatasetConfig, tokenizer, model) -> list[int]:
-    """Tokens that end an answer: the tokenizer's EOS (appended to every text answer in training), the chat
-    format's end-of-turn tokens, and the model's own generation_config stop tokens."""
-    ids = [tokenizer.eos_token_id]
-    if format_kind(ds) == "chat":
-        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
-        ids += tokenizer.convert_tokens_to_ids(list(spec.eot_tokens))
-    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += own if isinstance(own, list) else [own]
-    return [i for i in dict.fromkeys(ids) if isinstance(i, int) and i != tokenizer.unk_token_id]
 
 
 # ---------------------------------------------------------------- answering
@@ -243,7 +223,7 @@ def answer(
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens: must be > 0 (got {max_new_tokens})")
     tok, model = loaded.tokenizer, loaded.model
-    stop = stop_ids(loaded.cfg, loaded.dataset, tok, model)
+    stop = generation.stop_ids(loaded.cfg, loaded.dataset, tok, model)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -259,13 +239,7 @@ def answer(
             generation_config=config,
             streamer=_streamer(tok, write) if write else None,
         )
-    return decode_answer(tok, out[0, len(ids) :].tolist(), stop)
-
-
-def decode_answer(tokenizer, new_ids: list[int], stop: list[int]) -> str:
-    """The text of generated ids up to the first stop token (which is not shown)."""
-    cut = next((i for i, t in enumerate(new_ids) if t in stop), len(new_ids))
-    return tokenizer.decode(new_ids[:cut], skip_special_tokens=True).strip()
+    return generation.decode_answer(tok, out[0, len(ids) :].tolist(), stop)
 
 
 def chat(
@@ -280,10 +254,10 @@ def chat(
 
     An empty line, `exit`, or end of input stops it. Returns the (question, answer) pairs.
     """
-    multi_turn = format_kind(loaded.dataset) == "chat"
+    multi_turn = generation.format_kind(loaded.dataset) == "chat"
     if not multi_turn:
         write(
-            f"note: this run trained on single-turn prompts ({format_kind(loaded.dataset)}): each question is answered on its own\n"
+            f"note: this run trained on single-turn prompts ({generation.format_kind(loaded.dataset)}): each question is answered on its own\n"
         )
     history: list[tuple[str, str]] = []
     pairs = []

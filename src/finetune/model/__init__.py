@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.model import adapter
 from finetune.config import Config
+from finetune.config.deepspeed import zero_stage
 from finetune.errors import UserError
+from finetune.model import adapter
 
 SMALL_HIDDEN = 512  # below this hidden size, one CPU thread trains faster than several (see cpu_threads)
 
@@ -120,8 +121,6 @@ def quantization_config(cfg: Config, prec: Precision):
     if cfg.quantized_4bit:
         import torch
 
-        from finetune.train.distributed import quant_storage
-
         storage = quant_storage(cfg, prec.dtype)  # ZeRO-3 shards 4-bit weights stored in the training dtype
         double_quant = cfg.bnb_4bit_use_double_quant
         return BitsAndBytesConfig(
@@ -145,8 +144,6 @@ def _device_map(cfg: Config):
 
     if not torch.cuda.is_available():
         return None
-    from finetune.train.distributed import zero_stage
-
     if zero_stage(cfg.deepspeed) == 3:
         return None
     return {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}
@@ -163,15 +160,13 @@ def load_model_config(cfg: Config):
     """
     from transformers import AutoConfig
 
-    from finetune.model import gguf as gguf_base
-
     source = cfg.base_model_config or cfg.base_source[0]
     try:
         model_config = AutoConfig.from_pretrained(
             source,
             revision=cfg.revision_of_model,
             trust_remote_code=cfg.trust_remote_code,
-            **gguf_base.source_kwargs(cfg, source),
+            **cfg.gguf_kwargs(source),
         )
     except (OSError, ValueError) as exc:
         raise UserError(
@@ -371,3 +366,15 @@ def load(cfg: Config, tokenizer) -> LoadedModel:
     return LoadedModel(
         model=model, quantization=quantization, trainable_params=trainable, total_params=total, notes=notes
     )
+
+
+def quant_storage(cfg: Config, dtype: str) -> str:
+    """Storage dtype of 4-bit weights: the config's, else the training dtype under ZeRO-3, else uint8.
+
+    ZeRO-3 flattens and shards parameters by dtype; 4-bit weights packed into uint8 next to bf16 norms and
+    LoRA weights break that on GPUs (the failure peers report), while packed into the training dtype they
+    shard like every other tensor (the recipe of peft's and HF's QLoRA + ZeRO-3 guides). Same NF4 values.
+    """
+    if cfg.bnb_4bit_quant_storage:
+        return cfg.bnb_4bit_quant_storage
+    return dtype if zero_stage(cfg.deepspeed) == 3 else "uint8"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import warnings
 
-from finetune.model import speedups
 from finetune.config import Config
 from finetune.errors import UserError
+from finetune.model import speedups
 
 # Attention projections: the default targets when neither lora_target_modules nor lora_target_linear is set.
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -17,12 +17,6 @@ from pathlib import Path
 from finetune.config import Config
 
 
-def source_kwargs(cfg: Config, source: str) -> dict:
-    """`{"gguf_file": name}` when `source` (what a loader reads) is the GGUF base's folder, else {}."""
-    folder, gguf_file = cfg.base_source
-    return {"gguf_file": gguf_file} if gguf_file and source == folder else {}
-
-
 def dequantize_kwargs(cfg: Config) -> dict:
     """from_pretrained arguments that load a GGUF base with every weight dequantized.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finetune.inference import metrics
+from finetune import scoring
 from finetune.errors import UserError
 from finetune.files import atomic_write_json
 
@@ -47,7 +47,7 @@ def _fmt(value) -> str:
 def _rows(by_model: dict) -> list[tuple[str, dict]]:
     """(label, {who: value}) rows: headline metrics, then F1 by class."""
     rows = []
-    keys = list(dict.fromkeys(k for e in by_model.values() for k in metrics.headline(e)))
+    keys = list(dict.fromkeys(k for e in by_model.values() for k in scoring.headline(e)))
     for key in keys:
         rows.append((_NAMES[key][2], {who: e.get(key) for who, e in by_model.items()}))
     classes = list(dict.fromkeys(c for e in by_model.values() for c in e.get("per_class", {})))
@@ -91,7 +91,7 @@ def model_index(run) -> list[dict]:
     out = []
     for name, by_model in saved(run).items():
         entry = by_model.get("finetuned")
-        for key, value in metrics.headline(entry or {}).items():
+        for key, value in scoring.headline(entry or {}).items():
             metric_type, config, label = _NAMES[key]
             out.append({
                 "task_type": "text-generation", "dataset_type": name, "dataset_name": name,

@@ -13,11 +13,11 @@ import math
 import shutil
 from pathlib import Path
 
-from finetune.outputs import card
 from finetune import hub
-from finetune.outputs import run_dir
 from finetune.errors import UserError
 from finetune.files import atomic_dir
+from finetune.model import generation
+from finetune.outputs import card, run_dir
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Precision the run trained in (train.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
@@ -175,16 +175,6 @@ def nf4_round_trip(model, run: run_dir.Run, train_dtype: str, device: str = "cpu
     return replaced
 
 
-def attach_adapter(base, tokenizer, adapter_dir):
-    """base + the run's adapter (peft); embeddings grown first when training added tokens. Shared with
-    `finetune generate` / `finetune eval`, so they load exactly what merge folds in."""
-    from peft import PeftModel
-
-    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
-        base.resize_token_embeddings(len(tokenizer))
-    return PeftModel.from_pretrained(base, adapter_dir)
-
-
 def prompt_ids(tokenizer) -> list:
     return [tokenizer(p, return_tensors="pt")["input_ids"] for p in CHECK_PROMPTS]
 
@@ -241,7 +231,7 @@ def merge_command(
     run = run_dir.read_run(output_dir)
     if run.adapter_dir is None:
         raise UserError(f"{output_dir}: no adapter_config.json here or in a checkpoint-* folder")
-    offline = hub.offline_if_unreachable(run.cfg)
+    offline = hub.offline_if_unreachable(run.cfg.hub_ids)
     if offline:
         print(f"note: {offline}")
     if run.adapter_dir != output_dir:
@@ -271,7 +261,7 @@ def merge_command(
             print("note: the adapter was trained on NF4 weights; --dequantize merges into exactly those")
         if run.cfg.reward_model and tokenizer.pad_token_id is not None:
             base.config.pad_token_id = tokenizer.pad_token_id  # a score is read at the last non-pad token
-        model = attach_adapter(base, tokenizer, run.adapter_dir)
+        model = generation.attach_adapter(base, tokenizer, run.adapter_dir)
         prompts = prompt_ids(tokenizer)
         reference = logits(model, prompts)
 

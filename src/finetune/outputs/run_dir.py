@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from finetune import config as config_module
-from finetune.config import datasets as config_datasets
 from finetune.config import Config
+from finetune.config import datasets as config_datasets
 from finetune.errors import UserError
 
 _DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}

@@ -14,13 +14,12 @@ import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from finetune.train import checkpoints
-from finetune.train import distributed
 from finetune import hub
-from finetune.outputs import run_files as outputs
-from finetune.train import arguments as trainer_args
 from finetune.config import Config
 from finetune.errors import UserError
+from finetune.outputs import run_files as outputs
+from finetune.train import arguments as trainer_args
+from finetune.train import checkpoints, distributed
 from finetune.train.smoke import smoke_config, smoke_rows
 
 
@@ -44,7 +43,9 @@ def run(
     if smoke:
         cfg = smoke_config(cfg, notes)
         overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
-    offline = hub.offline_if_unreachable(cfg)  # no network: one line now, not a minute of retries later
+    offline = hub.offline_if_unreachable(
+        cfg.hub_ids
+    )  # no network: one line now, not a minute of retries later
     if offline:
         notes.append(offline)
     output_dir = Path(cfg.output_dir)
@@ -159,11 +160,10 @@ def build_trainer(
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from finetune.train import batching
-    from finetune.inference import metrics
-    from finetune.model import speedups
-    from finetune.train import callbacks as cb
     from finetune.config import resolved_dict
+    from finetune.model import speedups
+    from finetune.train import batching, eval_metrics
+    from finetune.train import callbacks as cb
     from finetune.train.trainer import FinetuneTrainer
 
     if plan is None:
@@ -201,7 +201,7 @@ def build_trainer(
             processing_class=tokenizer,
             callbacks=callbacks + extra_callbacks,
             # token accuracy (+ eval_metrics: scores)
-            **metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
+            **eval_metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
         )
         trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
     if cfg.loraplus_lr_ratio is not None:

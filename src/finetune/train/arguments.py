@@ -12,10 +12,10 @@ import math
 import os
 from dataclasses import dataclass
 
-from finetune.train import distributed
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.model import Precision
+from finetune.train import distributed
 
 BNB_OPTIMIZERS = {
     "adamw_bnb_8bit": "AdamW8bit",

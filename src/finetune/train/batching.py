@@ -32,9 +32,7 @@ from typing import Any
 import numpy as np
 
 from finetune.config import Config
-
-IGNORE = -100
-
+from finetune.data.rows import IGNORE
 
 # ---------------------------------------------------------------- batches from lengths
 

@@ -18,9 +18,9 @@ import json
 import os
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
-from pathlib import Path
 
 from finetune.config import Config
+from finetune.config.deepspeed import deepspeed_config, zero_stage
 from finetune.errors import UserError
 from finetune.train.launch import free_port
 
@@ -56,22 +56,6 @@ def launched() -> bool:
 # ---------------------------------------------------------------- the DeepSpeed config
 
 
-def deepspeed_config(value: str | dict | None) -> dict | None:
-    """The `deepspeed:` value as a dict: an inline mapping as it is, a path read as JSON."""
-    if value is None or isinstance(value, dict):
-        return value
-    path = Path(value).expanduser()
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"deepspeed: cannot read {value} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"deepspeed: {value}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"deepspeed: {value}: must hold a JSON object")
-    return loaded
-
-
 # Keys DeepSpeed needs that the Trainer fills from the config when they say "auto"; absent ones are added
 # as "auto", so a config that only picks a ZeRO stage trains with the run's batch size and precision.
 TRAINER_FILLED = (
@@ -92,26 +76,6 @@ def for_trainer(value: str | dict | None) -> dict | None:
         if isinstance(holder, dict):
             holder.setdefault(key, "auto")
     return ds
-
-
-def zero_stage(value: str | dict | None) -> int | None:
-    """ZeRO stage of a DeepSpeed config (0 when it has no zero_optimization); None without DeepSpeed."""
-    ds = deepspeed_config(value)
-    if ds is None:
-        return None
-    return int((ds.get("zero_optimization") or {}).get("stage", 0))
-
-
-def quant_storage(cfg: Config, dtype: str) -> str:
-    """Storage dtype of 4-bit weights: the config's, else the training dtype under ZeRO-3, else uint8.
-
-    ZeRO-3 flattens and shards parameters by dtype; 4-bit weights packed into uint8 next to bf16 norms and
-    LoRA weights break that on GPUs (the failure peers report), while packed into the training dtype they
-    shard like every other tensor (the recipe of peft's and HF's QLoRA + ZeRO-3 guides). Same NF4 values.
-    """
-    if cfg.bnb_4bit_quant_storage:
-        return cfg.bnb_4bit_quant_storage
-    return dtype if zero_stage(cfg.deepspeed) == 3 else "uint8"
 
 
 def check_deepspeed(cfg: Config, prec) -> None:

@@ -26,8 +26,6 @@ from dataclasses import fields
 
 from finetune.config import Config
 
-DEFAULT_BETA = 0.1  # TRL's DPOConfig default, written down so the card can report the beta that ran
-
 
 def trl_arguments(cfg: Config, args, notes: list[str]):
     """RewardConfig or DPOConfig with every value of the SFT TrainingArguments (trainer_args.py) plus the
@@ -50,12 +48,8 @@ def trl_arguments(cfg: Config, args, notes: list[str]):
     if cfg.reward_model:
         return RewardConfig(**{**values, **common})
     loss = cfg.dpo_loss_type or "sigmoid"
-    dpo = {"beta": beta(cfg), "loss_type": [loss] if isinstance(loss, str) else list(loss)}
+    dpo = {"beta": cfg.dpo_beta, "loss_type": [loss] if isinstance(loss, str) else list(loss)}
     return DPOConfig(**{**values, **common, **dpo})
-
-
-def beta(cfg: Config) -> float:
-    return cfg.rl_beta if cfg.rl_beta is not None else DEFAULT_BETA
 
 
 # ---------------------------------------------------------------- data

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from finetune.outputs.card import preference as card_preference
-from finetune.outputs import eval_results
 from finetune import config as config_module
+from finetune.config import Config
+from finetune.files import atomic_write_text
+from finetune.outputs import eval_results
+from finetune.outputs.card import preference as card_preference
 from finetune.outputs.card.training import (
     eval_metrics,
     fmt,
@@ -28,8 +30,6 @@ from finetune.outputs.card.training import (
     training_rows,
 )
 from finetune.outputs.card.usage import usage_snippet
-from finetune.config import Config
-from finetune.files import atomic_write_text
 from finetune.outputs.run_dir import Run, fact, hub_base, is_hub_id, read_run
 
 # Tokens that may sit in a value under an innocent key: redacted anywhere in the card.

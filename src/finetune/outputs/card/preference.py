@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from finetune.outputs.card import Merged
     from finetune.config import Config
+    from finetune.outputs.card import Merged
     from finetune.outputs.run_dir import Run
 
 DPO_BIBTEX = """@inproceedings{rafailov2023direct,
@@ -61,19 +61,15 @@ def how_trained(cfg: Config) -> str:
         return (
             "reward model: Bradley-Terry loss, the chosen answer of each pair scored above the rejected one"
         )
-    from finetune.train.preference import beta
-
     loss = cfg.dpo_loss_type or "sigmoid"
     losses = loss if isinstance(loss, str) else " + ".join(loss)
-    return f"DPO, beta {beta(cfg):g}, {losses} loss; the reference is the base model with the adapter switched off"
+    return f"DPO, beta {cfg.dpo_beta:g}, {losses} loss; the reference is the base model with the adapter switched off"
 
 
 def hyperparameters(cfg: Config) -> dict:
     hp: dict = {"training": "reward model (RewardTrainer)" if cfg.reward_model else "DPO (DPOTrainer)"}
     if cfg.rl == "dpo":
-        from finetune.train.preference import beta
-
-        hp["beta"] = beta(cfg)
+        hp["beta"] = cfg.dpo_beta
         hp["loss_type"] = cfg.dpo_loss_type or "sigmoid"
     if cfg.reward_model:
         hp["reward_head"] = "score (1 output), trained in full"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from finetune.outputs.card import preference as card_preference
+from finetune.config import PreferenceType
 from finetune.data import formats
 from finetune.data import preference_format as preference
-from finetune.config import PreferenceType
+from finetune.outputs.card import preference as card_preference
 
 if TYPE_CHECKING:
     from finetune.outputs.card import Merged

@@ -1,4 +1,5 @@
-"""Scoring generated answers, and the Trainer hooks that report answer quality at each evaluation.
+"""Scoring generated answers against targets: pure Python, shared by `finetune eval`, the card's results and
+the training-time generation metrics (train/eval_metrics.py).
 
 Answers are compared after `normalize` (case, whitespace, punctuation). Three kinds of task:
 
@@ -10,9 +11,7 @@ Answers are compared after `normalize` (case, whitespace, punctuation). Three ki
 - numeric: the first number of the answer equals the target's within a relative tolerance (1% by default);
   `12%` and `0.12` match each other.
 
-`kind_of("auto", targets)` picks one from the targets. During training, `trainer_hooks` gives the Trainer the
-token-level accuracy of the answer tokens (what LLaMA-Factory's cards call Accuracy) and, with `eval_metrics:`
-set, these scores on greedy generations of a sample of the evaluation set.
+`kind_of("auto", targets)` picks one from the targets.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import re
 from dataclasses import dataclass
 
 METRICS = ("auto", "accuracy", "f1", "exact", "numeric")
-IGNORE = -100
 MAX_LABELS = 20  # more distinct targets than this is free text, not a label set
 MAX_LABEL_WORDS = 4
 
@@ -164,79 +162,3 @@ def headline(summary: dict) -> dict[str, float]:
     """The scalar metrics of a summary (what the card's model-index and the training logs show)."""
     keys = ("accuracy", "macro_f1", "weighted_f1", "exact_match", "numeric_match")
     return {k: summary[k] for k in keys if k in summary}
-
-
-# ---------------------------------------------------------------- during training (Trainer hooks)
-
-
-def preprocess_logits_for_metrics(logits, labels):
-    """Keep only the argmax token per position: the Trainer then gathers ids, not vocabulary-wide logits."""
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return logits.argmax(dim=-1)
-
-
-def token_accuracy(predictions, label_ids) -> float:
-    """Share of answer tokens (labels != -100) predicted right; position t predicts the label at t + 1."""
-    import numpy as np
-
-    preds, labels = np.asarray(predictions)[:, :-1], np.asarray(label_ids)[:, 1:]
-    mask = labels != IGNORE
-    total = int(mask.sum())
-    return float((preds[mask] == labels[mask]).sum() / total) if total else 0.0
-
-
-def trainer_hooks(cfg, model, tokenizer, eval_set) -> dict:
-    """compute_metrics + preprocess_logits_for_metrics for `Trainer(...)`; empty without evaluation data.
-
-    Token accuracy always; with `eval_metrics:` also the generation scores above on the first
-    `eval_metrics_samples` evaluation rows (greedy, batched), logged as eval_gen_<metric>.
-    """
-    if eval_set is None:
-        return {}
-    sample = _generation_sample(cfg, tokenizer, eval_set) if cfg.eval_metrics else None
-
-    def compute_metrics(eval_pred) -> dict:
-        out = {"token_accuracy": token_accuracy(eval_pred.predictions, eval_pred.label_ids)}
-        if sample:
-            out.update(_generation_scores(cfg, model, tokenizer, *sample))
-        return out
-
-    return {
-        "compute_metrics": compute_metrics,
-        "preprocess_logits_for_metrics": preprocess_logits_for_metrics,
-    }
-
-
-def _generation_sample(cfg, tokenizer, eval_set) -> tuple[list, list] | None:
-    """(prompt ids, target texts) of the first rows: prompt = tokens before the first trained token,
-    target = the first run of trained tokens, without its stop token."""
-    prompts, targets = [], []
-    for row in eval_set.select(range(min(len(eval_set), cfg.eval_metrics_samples))):
-        ids, labels = list(row["input_ids"]), list(row["labels"])
-        start = next((i for i, label in enumerate(labels) if label != IGNORE), None)
-        if not start:  # nothing masked (train_on_inputs): no prompt to answer
-            continue
-        end = next((i for i in range(start, len(labels)) if labels[i] == IGNORE), len(labels))
-        answer = tokenizer.decode(ids[start:end], skip_special_tokens=True).strip()
-        if answer:
-            prompts.append(ids[:start])
-            targets.append(answer)
-    return (prompts, targets) if prompts else None
-
-
-def _generation_scores(cfg, model, tokenizer, prompts: list, targets: list) -> dict:
-    from finetune.inference import evaluate
-    from finetune.inference import generate
-
-    was_training = model.training
-    model.eval()
-    try:
-        stop = generate.stop_ids(cfg, cfg.datasets[0], tokenizer, model)
-        new = evaluate.auto_max_new_tokens(tokenizer, targets)
-        batch = cfg.eval_batch_size or cfg.micro_batch_size
-        answers = evaluate.generate_batch(model, tokenizer, prompts, new, batch, stop)
-    finally:
-        model.train(was_training)
-    scored = score(answers, targets, cfg.eval_metrics)
-    return {f"gen_{k}": v for k, v in headline(scored.summary).items()}

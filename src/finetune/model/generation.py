@@ -1,0 +1,88 @@
+"""Generation helpers shared by `finetune generate`, `finetune eval`, merge's check and the training-time
+generation metrics: one adapter loader, one set of stop tokens, one batched greedy decoder, so every place
+that answers a prompt answers it the same way.
+"""
+
+from __future__ import annotations
+
+from finetune.config import Config, DatasetConfig, DatasetType
+from finetune.data import formats
+
+
+def attach_adapter(base, tokenizer, adapter_dir):
+    """base + the run's adapter (peft); embeddings grown first when training added tokens. Shared with
+    `finetune generate` / `finetune eval`, so they load exactly what merge folds in."""
+    from peft import PeftModel
+
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    return PeftModel.from_pretrained(base, adapter_dir)
+
+
+def format_kind(ds: DatasetConfig) -> str:
+    """custom | alpaca (alpaca:<style>) | completion | input_output | chat"""
+    if isinstance(ds.type, DatasetType):
+        return "custom"
+    return "chat" if ds.type == "chat_template" else ds.type
+
+
+def stop_ids(cfg: Config, ds: DatasetConfig, tokenizer, model) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS (appended to every text answer in training), the chat
+    format's end-of-turn tokens, and the model's own generation_config stop tokens."""
+    ids = [tokenizer.eos_token_id]
+    if format_kind(ds) == "chat":
+        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
+        ids += tokenizer.convert_tokens_to_ids(list(spec.eot_tokens))
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += own if isinstance(own, list) else [own]
+    return [i for i in dict.fromkeys(ids) if isinstance(i, int) and i != tokenizer.unk_token_id]
+
+
+MAX_AUTO_NEW_TOKENS = 1024
+
+
+def auto_max_new_tokens(tokenizer, targets: list[str]) -> int:
+    """Enough for the longest target plus some slack (16 tokens), at most MAX_AUTO_NEW_TOKENS."""
+    longest = max((len(ids) for ids in formats.token_ids(tokenizer, targets, False)), default=0)
+    return min(MAX_AUTO_NEW_TOKENS, longest + 16)
+
+
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+                   stop: list[int], advance=None) -> list[str]:  # fmt: skip
+    """Greedy answers to token prompts, `batch_size` at a time, left-padded (longest first: similar lengths
+    share a batch and memory peaks on the first one). Batched greedy equals one-at-a-time greedy."""
+    import torch
+    from transformers import GenerationConfig
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    # under ZeRO-3 (generation during training) every rank must run the same number of forwards
+    synced = is_deepspeed_zero3_enabled() and torch.distributed.is_initialized()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=pad
+    )
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chunk])
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                generation_config=config,
+                synced_gpus=synced,
+            )
+        for i, new in zip(chunk, out[:, width:].tolist(), strict=True):
+            answers[i] = decode_answer(tokenizer, new, stop)
+        if advance:
+            advance(len(chunk))
+    return answers
+
+
+def decode_answer(tokenizer, new_ids: list[int], stop: list[int]) -> str:
+    """The text of generated ids up to the first stop token (which is not shown)."""
+    cut = next((i for i, t in enumerate(new_ids) if t in stop), len(new_ids))
+    return tokenizer.decode(new_ids[:cut], skip_special_tokens=True).strip()
