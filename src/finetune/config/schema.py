@@ -106,7 +106,7 @@ class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
         return "reward" if self.reward_model else self.rl or "sft"
 
     @property
-    def dpo_beta(self) -> float:
+    def rl_beta_or_default(self) -> float:
         """rl_beta, else TRL's DPOConfig default (0.1), written down so the card can report the beta that ran."""
         return self.rl_beta if self.rl_beta is not None else 0.1
 

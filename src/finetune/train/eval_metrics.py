@@ -5,8 +5,9 @@ greedy generations of a sample of the evaluation set.
 
 from __future__ import annotations
 
+from finetune.data.rows import IGNORE
 from finetune.model import generation
-from finetune.scoring import IGNORE, headline, score
+from finetune.scoring import headline, score
 
 
 def preprocess_logits_for_metrics(logits, labels):

@@ -48,7 +48,7 @@ def trl_arguments(cfg: Config, args, notes: list[str]):
     if cfg.reward_model:
         return RewardConfig(**{**values, **common})
     loss = cfg.dpo_loss_type or "sigmoid"
-    dpo = {"beta": cfg.dpo_beta, "loss_type": [loss] if isinstance(loss, str) else list(loss)}
+    dpo = {"beta": cfg.rl_beta_or_default, "loss_type": [loss] if isinstance(loss, str) else list(loss)}
     return DPOConfig(**{**values, **common, **dpo})
 
 

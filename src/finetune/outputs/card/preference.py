@@ -63,13 +63,13 @@ def how_trained(cfg: Config) -> str:
         )
     loss = cfg.dpo_loss_type or "sigmoid"
     losses = loss if isinstance(loss, str) else " + ".join(loss)
-    return f"DPO, beta {cfg.dpo_beta:g}, {losses} loss; the reference is the base model with the adapter switched off"
+    return f"DPO, beta {cfg.rl_beta_or_default:g}, {losses} loss; the reference is the base model with the adapter switched off"
 
 
 def hyperparameters(cfg: Config) -> dict:
     hp: dict = {"training": "reward model (RewardTrainer)" if cfg.reward_model else "DPO (DPOTrainer)"}
     if cfg.rl == "dpo":
-        hp["beta"] = cfg.dpo_beta
+        hp["beta"] = cfg.rl_beta_or_default
         hp["loss_type"] = cfg.dpo_loss_type or "sigmoid"
     if cfg.reward_model:
         hp["reward_head"] = "score (1 output), trained in full"
