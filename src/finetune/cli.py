@@ -267,7 +267,6 @@ def console_main() -> None:
     torch.distributed), output is flushed, then the process ends. Only the console script does this: `main`
     stays safe to call inside another process (tests, notebooks).
     """
-    import atexit
     import os
 
     try:
@@ -277,10 +276,21 @@ def console_main() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
-    atexit._run_exitfuncs()
+    run_exit_handlers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_exit_handlers() -> None:
+    """Run the interpreter's exit handlers now (logging, W&B, torch.distributed), before os._exit skips them.
+
+    CPython has no public API for this: `atexit._run_exitfuncs` (checked on 3.11-3.13);
+    tests/test_library_guards.py fails loudly if it goes.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
 
 
 if __name__ == "__main__":

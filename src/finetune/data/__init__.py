@@ -96,7 +96,7 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
 
         return preference_data.build(cfg, tokenizer, show_progress)
     processes = cfg.dataset_processes or os.cpu_count() or 1
-    with _no_datasets_bars(), report.progress() if show_progress else nullcontext() as bars:
+    with no_datasets_bars(), report.progress() if show_progress else nullcontext() as bars:
         train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, processes, bars)
         test = (
             _encode_entries(cfg, cfg.test_datasets, "test_datasets", tokenizer, processes, bars)
@@ -127,7 +127,7 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
 
 
 @contextmanager
-def _no_datasets_bars():
+def no_datasets_bars():
     """datasets' tqdm bars off while we load and save (ours are rich bars), restored after."""
     import datasets
 
@@ -223,7 +223,7 @@ def _save(folder: Path, train, eval_, stats: dict, inputs: dict) -> None:
     """Write the cache atomically: a reader sees a complete folder or none."""
     import datasets
 
-    with _no_datasets_bars(), atomic_dir(folder, overwrite=True) as tmp:
+    with no_datasets_bars(), atomic_dir(folder, overwrite=True) as tmp:
         if eval_ is None:
             _dataset(train).save_to_disk(str(tmp))
         else:

@@ -37,9 +37,9 @@ def fingerprint_settings(cfg: Config) -> dict:
 
 def build(cfg: Config, tokenizer, show_progress: bool = True):
     """(train table, eval table or None, stats), in memory; raises UserError on the first bad row."""
-    from finetune.data import _no_datasets_bars
+    from finetune.data import no_datasets_bars
 
-    with _no_datasets_bars():
+    with no_datasets_bars():
         train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, show_progress)
         test = (
             _encode_entries(cfg, cfg.test_datasets, "test_datasets", tokenizer, show_progress)
@@ -205,7 +205,7 @@ def examples(dataset, tokenizer, n: int) -> None:
     """`preprocess --inspect N`: each pair decoded, the prompt dim, chosen in green, rejected in red."""
     from rich.markup import escape
 
-    console = report._console()
+    console = report.new_console()
     console.print("[bold]examples[/bold] (prompt dim; [green]⟦chosen⟧[/green]; [red]⟦rejected⟧[/red])")
     for i in range(min(n, len(dataset))):
         row = dataset[i]

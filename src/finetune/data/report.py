@@ -14,12 +14,12 @@ from rich.markup import escape
 from finetune.data.rows import IGNORE
 
 
-def _console() -> Console:
+def new_console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
 def note(text: str) -> None:
-    _console().print(f"[yellow]note:[/] {escape(text)}")
+    new_console().print(f"[yellow]note:[/] {escape(text)}")
 
 
 def progress():
@@ -100,7 +100,7 @@ def summary(
     Preference data calls it with unit="pairs", trained="in answers" and its own removal wording.
     """
     describe = describe or removals
-    console = _console()
+    console = new_console()
     how = "reused the cache" if reused else "saved"
     eval_part = f", {count(stats['eval_rows'], f'eval {unit}')}" if stats.get("eval_rows") else ""
     console.print(
@@ -115,7 +115,7 @@ def summary(
 
 def examples(dataset, tokenizer, n: int) -> None:
     """Print n rows decoded in runs: masked parts dim, trained parts green inside ⟦ ⟧."""
-    console = _console()
+    console = new_console()
     console.print(
         "[bold]examples[/bold] (masked text is dim; [green]⟦trained text⟧[/green] is what the loss sees)"
     )
@@ -141,7 +141,7 @@ def length_distribution(train, eval_, sequence_len: int) -> None:
     """Token lengths: count, min/mean/percentiles/max, and a histogram up to sequence_len."""
     import numpy as np
 
-    console = _console()
+    console = new_console()
     for name, dataset in (("train", train), ("eval", eval_)):
         if dataset is None or len(dataset) == 0:
             continue

@@ -38,13 +38,18 @@ def _dequantized(gguf_file: str) -> dict:
     return kwargs
 
 
-def plain_model(model, config, dtype, name: str, device_map=None):
+def plain_model(model, config, dtype, name: str, device_map=None, attn_implementation: str | None = None):
     """The dequantized GGUF model as an ordinary transformers model (same weights, trainable, saveable).
 
     `name` (the config's base_model) becomes its name_or_path, which peft writes into adapter_config.json.
     """
     plain = type(model).from_pretrained(
-        None, config=config, state_dict=model.state_dict(), dtype=dtype, device_map=device_map
+        None,
+        config=config,
+        state_dict=model.state_dict(),
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=attn_implementation,
     )
     plain.name_or_path = plain.config.name_or_path = name
     if getattr(model, "generation_config", None) is not None and plain.can_generate():

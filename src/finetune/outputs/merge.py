@@ -65,7 +65,7 @@ def load_base(run: run_dir.Run, config, dtype: str):
     quantized whatever we ask, so it is dequantized: those are exactly the weights training saw."""
     from contextlib import nullcontext
 
-    from finetune.model import _new_head_is_expected
+    from finetune.model import new_head_is_expected
 
     cfg = run.cfg
     if cfg.reward_model:
@@ -73,7 +73,7 @@ def load_base(run: run_dir.Run, config, dtype: str):
     from finetune.model import gguf as gguf_base
 
     try:
-        with _new_head_is_expected() if cfg.reward_model else nullcontext():
+        with new_head_is_expected() if cfg.reward_model else nullcontext():
             model = auto_class(run).from_pretrained(
                 cfg.base_source[0], config=config, dtype=_torch_dtype(dtype),
                 revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code,

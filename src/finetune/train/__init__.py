@@ -95,7 +95,7 @@ def run(
     )
     from finetune.train import batching
 
-    plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.model.config._attn_implementation)
+    plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += plan.notes
     args, sched = trainer_args.training_arguments(
         cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
@@ -150,7 +150,7 @@ def run(
 
 
 def build_trainer(
-    cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list, plan=None
+    cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list, plan
 ):
     """The Trainer with the batching plan (batching.py) and finetune's callbacks (metrics file, signals,
     progress, W&B).
@@ -162,12 +162,10 @@ def build_trainer(
 
     from finetune.config import resolved_dict
     from finetune.model import speedups
-    from finetune.train import batching, eval_metrics
     from finetune.train import callbacks as cb
+    from finetune.train import eval_metrics
     from finetune.train.trainer import FinetuneTrainer
 
-    if plan is None:
-        plan = batching.plan(cfg, tokenizer, train_set, eval_set, model.config._attn_implementation)
     stop, throughput = cb.StopOnSignal(), cb.Throughput()
     callbacks = [
         cb.LossBeforeEval(),

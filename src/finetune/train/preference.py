@@ -67,9 +67,9 @@ def reward_columns(table):
             "rejected_ids": [p + r for p, r in zip(prompts, batch["rejected_ids"], strict=True)],
         }
 
-    from finetune.data import _no_datasets_bars
+    from finetune.data import no_datasets_bars
 
-    with _no_datasets_bars():  # a progress bar for an in-memory join is noise
+    with no_datasets_bars():  # a progress bar for an in-memory join is noise
         return table.map(join, batched=True, remove_columns=["prompt_ids"])
 
 

@@ -1,0 +1,66 @@
+"""Where finetune relies on a library's private detail (no public API exists), each use is one named function
+with a comment; these tests fail loudly, naming the function, when the library changes under it."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+
+def parameters(func) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+def test_cli_run_exit_handlers_has_cpythons_atexit_runner():
+    import atexit
+
+    assert callable(getattr(atexit, "_run_exitfuncs", None)), (
+        "cli.run_exit_handlers: atexit._run_exitfuncs is gone"
+    )
+
+
+def test_model_new_head_is_expected_finds_trls_context_manager():
+    from trl.trainer.reward_trainer import suppress_seqcls_warning  # model.new_head_is_expected
+
+    with suppress_seqcls_warning():
+        pass
+
+
+def test_train_preference_dpo_override_matches_trls_prepare_dataset():
+    from trl import DPOTrainer
+
+    assert parameters(DPOTrainer._prepare_dataset)[1:] == [
+        "dataset",
+        "processing_class",
+        "args",
+        "dataset_name",
+    ], "train.preference FinetuneDPOTrainer._prepare_dataset overrides a TRL method whose signature changed"
+
+
+def test_model_disable_cpu_bf16_repack_flag_still_exists_in_bitsandbytes():
+    bnb = pytest.importorskip("bitsandbytes")
+    import torch
+
+    layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32)
+    assert hasattr(layer, "support_avx512bf16_for_cpu"), "model.disable_cpu_bf16_repack: the flag is gone"
+    assert "support_avx512bf16_for_cpu" in inspect.getsource(bnb.nn.Linear4bit.forward)
+
+
+def test_distributed_skip_shm_op_still_reaches_deepspeeds_op_table():
+    deepspeed_comm = pytest.importorskip("deepspeed.comm.torch")
+    import deepspeed.ops
+
+    assert isinstance(deepspeed.ops.__compatible_ops__, dict)
+    assert "__compatible_ops__" in inspect.getsource(deepspeed_comm.build_shm_op), (
+        "train.distributed.skip_shm_op: DeepSpeed no longer consults its op table before building the shm op"
+    )
+
+
+def test_train_trainer_overrides_match_the_trainers_private_methods():
+    from transformers import Trainer
+
+    assert parameters(Trainer._remove_unused_columns)[1:3] == ["dataset", "description"]
+    assert parameters(Trainer._track_num_input_tokens)[1:] == ["inputs"], (
+        "train.trainer FinetuneTrainer._track_num_input_tokens overrides a Trainer method whose signature changed"
+    )
