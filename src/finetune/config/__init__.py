@@ -31,8 +31,8 @@ from finetune.config.checks import (  # noqa: F401 - re-exported
     RL_LATER,
     RL_METHODS,
     SCHEDULERS,
-    cross_checks,
 )
+from finetune.config.cross_checks import cross_checks
 from finetune.config.datasets import (  # noqa: F401 - re-exported
     DATASET_TYPES,
     PREFERENCE_TYPE_KEYS,
