@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 
 from finetune import config
 from finetune.model import Precision  # noqa: E402
-from finetune.train import arguments as trainer_args  # noqa: E402
+from finetune.train import arguments as trainer_args
+from finetune.train import tracking  # noqa: E402
 
 QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
 FP32 = Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
@@ -104,7 +105,7 @@ def test_bnb_optimizers_on_cpu(tmp_path):
 def test_wandb_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_DIR", raising=False)
     raw = {"base_model": "org/model", "adapter": "lora", "datasets": [{"path": str(QA)}]}
-    assert trainer_args.wandb_environment(config.validate(raw), str(tmp_path)) == {}
+    assert tracking.wandb_environment(config.validate(raw), str(tmp_path)) == {}
     cfg = config.validate(
         {
             **raw,
@@ -115,14 +116,12 @@ def test_wandb_environment(tmp_path, monkeypatch):
             "wandb_mode": "offline",
         }
     )
-    env = trainer_args.wandb_environment(cfg, str(tmp_path))
+    env = tracking.wandb_environment(cfg, str(tmp_path))
     assert env == {
         "WANDB_PROJECT": "p", "WANDB_ENTITY": "team", "WANDB_WATCH": "gradients", "WANDB_LOG_MODEL": "end",
         "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
     }  # fmt: skip
-    assert (
-        trainer_args.wandb_environment(cfg.model_copy(update={"wandb_mode": "disabled"}), str(tmp_path)) == {}
-    )
+    assert tracking.wandb_environment(cfg.model_copy(update={"wandb_mode": "disabled"}), str(tmp_path)) == {}
 
 
 def _lr_curve(args, total_steps: int) -> list[float]:

@@ -19,7 +19,7 @@ from finetune.config import Config
 from finetune.errors import UserError
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
-from finetune.train import checkpoints, distributed
+from finetune.train import checkpoints, distributed, tracking
 from finetune.train.smoke import smoke_config, smoke_rows
 
 
@@ -51,7 +51,7 @@ def run(
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     if is_main:
-        trainer_args.check_wandb_credentials(cfg)
+        tracking.check_wandb_credentials(cfg)
     console.quiet = not is_main  # the other ranks would print the same lines again
 
     # --- where we start: a fresh folder, or the last complete checkpoint of this one
@@ -115,7 +115,7 @@ def run(
     checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
     if trainer.is_world_process_zero():
         outputs.write_config(cfg, output_dir)
-    with _environ(trainer_args.wandb_environment(cfg, str(output_dir))):
+    with _environ(tracking.wandb_environment(cfg, str(output_dir))):
         result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
         if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
             _finish_wandb(cfg)
