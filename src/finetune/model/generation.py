@@ -65,13 +65,14 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     answers = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in chunk])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk])
+        batch = tokenizer.pad(
+            {"input_ids": [prompts[i] for i in chunk]}, padding_side="left", return_tensors="pt"
+        )
+        width = batch["input_ids"].shape[1]
         with torch.no_grad():
             out = model.generate(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
+                input_ids=batch["input_ids"].to(model.device),
+                attention_mask=batch["attention_mask"].to(model.device),
                 generation_config=config,
                 synced_gpus=synced,
             )

@@ -65,9 +65,19 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+CHECKPOINT = re.compile(
+    r"^checkpoint-(\d+)$"
+)  # the Trainer's folder name (transformers' PREFIX_CHECKPOINT_DIR)
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """checkpoint-N folders, oldest step first (training resumes from the newest complete one; an interrupted
+    run is read from its newest)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
 def read_run(output_dir: str | Path) -> Run:
@@ -77,14 +87,19 @@ def read_run(output_dir: str | Path) -> Run:
         raise UserError(f"{output_dir}: no config.yml here — not a finetune output_dir")
     cfg = load_saved_config(config_path)
     state = _read_json(output_dir / "trainer_state.json")
-    for ckpt in _checkpoints(output_dir) if not state else []:
+    for ckpt in reversed(checkpoints(output_dir)) if not state else []:
         if state := _read_json(ckpt / "trainer_state.json"):
             break
     results = {}
     for name in ("all_results.json", "train_results.json", "eval_results.json"):
         results.update(_read_json(output_dir / name))
     adapter_dir = next(
-        (d for d in (output_dir, *_checkpoints(output_dir)) if (d / "adapter_config.json").is_file()), None
+        (
+            d
+            for d in (output_dir, *reversed(checkpoints(output_dir)))
+            if (d / "adapter_config.json").is_file()
+        ),
+        None,
     )
     adapter = _read_json(adapter_dir / "adapter_config.json") if adapter_dir else {}
     text = config_path.read_text(encoding="utf-8")

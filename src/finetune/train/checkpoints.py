@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import tempfile
@@ -20,17 +19,7 @@ from pathlib import Path
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.files import check_output_dir
-
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """checkpoint-N folders, oldest step first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+from finetune.outputs.run_dir import checkpoints  # one lister for training and for reading runs
 
 
 def problem(ckpt: Path) -> str | None:
