@@ -25,6 +25,7 @@ def online_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_offline", False)
 
 
 def test_hub_ids_are_the_paths_that_are_not_local(tmp_path, tiny_model_dir):
@@ -46,7 +47,37 @@ def test_unreachable_hub_switches_to_offline_mode(tmp_path, monkeypatch, online_
     )
     assert note.startswith("the Hugging Face hub cannot be reached (no network?): working offline")
     assert "'meta-llama/Llama-3.1-8B-Instruct' and the other hub ids must be in the local cache" in note
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.is_offline_mode()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # for child processes (torchrun ranks, dataset workers)
+    assert hub.loader_kwargs() == {"local_files_only": True}
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # imported while online: told through its constant
+
+
+def test_offline_loaders_fail_in_one_line_without_touching_the_network(tmp_path, monkeypatch, online_env):
+    """After go_offline, a hub id that is not cached is refused at once: not one connection is attempted (no
+    minute of retries), although the libraries were imported while online."""
+    import socket
+
+    from finetune.data.sources import load_sources
+    from finetune.data.tokenizer import load_tokenizer
+    from finetune.errors import UserError
+
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("a connection was attempted while offline")
+
+    hub.go_offline()
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    cfg = make_cfg(tmp_path, "finetune-tests/never-cached-model", "finetune-tests/never-cached-data")
+    with pytest.raises(
+        UserError, match="base_model: cannot load a tokenizer from 'finetune-tests/never-cached-model'"
+    ):
+        load_tokenizer(cfg)
+    with pytest.raises(UserError, match="cannot load dataset 'finetune-tests/never-cached-data' \\(offline"):
+        load_sources(cfg.datasets[0], "datasets[0]")
+    assert attempts == []
 
 
 def test_no_probe_when_local_offline_chosen_or_behind_a_proxy(

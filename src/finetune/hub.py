@@ -3,8 +3,9 @@
 huggingface_hub retries every request five times with backoff (~50 s) before transformers reports that it
 "couldn't connect". When a config names hub ids (a base model, a tokenizer, a dataset) and huggingface.co
 (or HF_ENDPOINT) cannot be reached within a few seconds, we switch this process to offline mode
-(HF_HUB_OFFLINE=1): what is in the local cache loads as usual, anything else fails at once with the
-libraries' "not in the cached files" error, which our loaders turn into one line naming the key.
+(`local_files_only` for our model and tokenizer loaders, HF_HUB_OFFLINE=1 for child processes): what is in
+the local cache loads as usual, anything else fails at once with the libraries' "not in the cached files"
+error, which our loaders turn into one line naming the key.
 
 Nothing is probed when every path is local, when the user already chose offline mode, or behind a proxy
 (HTTPS_PROXY ...), where a direct connection says nothing about what the libraries can reach.
@@ -50,12 +51,35 @@ def offline_if_unreachable(ids: list[str]) -> str | None:
     )
 
 
+_offline = False  # set once by go_offline: this process loads from the local cache only
+
+
 def go_offline() -> None:
-    """HF_HUB_OFFLINE=1 for this process and its children, also where the libraries already read it."""
+    """Offline from now on: model and tokenizer loaders pass `local_files_only` (loader_kwargs), the libraries
+    already imported are told (libraries_offline), and child processes (torchrun ranks, dataset workers)
+    inherit HF_HUB_OFFLINE=1, which the libraries read when they are imported."""
+    global _offline
+    _offline = True
     os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
-    datasets_config = sys.modules.get("datasets.config")
-    if datasets_config is not None:
-        datasets_config.HF_HUB_OFFLINE = True
+    libraries_offline()
+
+
+def is_offline() -> bool:
+    return _offline or os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+
+
+def loader_kwargs() -> dict:
+    """`local_files_only=True` for from_pretrained once offline: the libraries' public switch for one call."""
+    return {"local_files_only": True} if _offline else {}
+
+
+def libraries_offline() -> None:
+    """huggingface_hub and datasets read HF_HUB_OFFLINE once, at import, into module constants, and only those
+    stop every request: with `local_files_only=True` huggingface_hub 1.33 still fetches its agent registry when
+    it builds request headers, and datasets 5.2 with `DownloadConfig(local_files_only=True)` still asks the Hub
+    API to resolve a dataset id (both seen as connection attempts in tests/test_hub.py). So the constants of
+    the modules already imported are set too; tests/test_hub.py fails if that stops keeping us offline."""
+    for module in ("huggingface_hub.constants", "datasets.config"):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            loaded.HF_HUB_OFFLINE = True

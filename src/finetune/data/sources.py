@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import hub
 from finetune.config import DatasetConfig
 from finetune.errors import UserError
 
@@ -84,20 +84,16 @@ def load_sources(ds: DatasetConfig, where: str) -> list[Source]:
     files = local_files(ds, where)
     if files is None:
         try:
-            hub = datasets.load_dataset(
+            table = datasets.load_dataset(
                 ds.path, name=ds.name, split=ds.split, data_files=ds.data_files, revision=ds.revision
             )
         except Exception as exc:  # offline, unknown id, missing split: one line naming the dataset
-            offline = (
-                " (offline: HF_HUB_OFFLINE is set)"
-                if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-                else ""
-            )
+            offline = " (offline: HF_HUB_OFFLINE is set)" if hub.is_offline() else ""
             raise UserError(
                 f"{where}.path: cannot load dataset {ds.path!r}{offline}: not a local file or folder, and the "
                 f"Hugging Face hub did not provide it ({_first_line(exc)})"
             ) from None
-        return [Source(ds.path, "hub", hub)]
+        return [Source(ds.path, "hub", table)]
     sources = []
     for path, loader in files:
         try:

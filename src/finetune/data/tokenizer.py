@@ -7,6 +7,7 @@ template (see CHAT_TEMPLATES), `jinja` (with `chat_template_jinja:`) or a Jinja 
 
 from __future__ import annotations
 
+from finetune import hub
 from finetune.config import Config
 from finetune.errors import UserError
 
@@ -60,7 +61,8 @@ def load_tokenizer(cfg: Config):
             revision=cfg.revision_of_model,
             trust_remote_code=cfg.trust_remote_code,
             use_fast=cfg.tokenizer_use_fast,
-            **cfg.gguf_kwargs(source),  # a GGUF file carries its tokenizer and chat template
+            **cfg.gguf_kwargs(source),
+            **hub.loader_kwargs(),  # a GGUF file carries its tokenizer and chat template
         )
     except (OSError, ValueError) as exc:  # missing files, or a folder without tokenizer files
         raise UserError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from finetune import hub
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
 from finetune.errors import UserError
@@ -71,6 +72,7 @@ def load_model_config(cfg: Config):
             revision=cfg.revision_of_model,
             trust_remote_code=cfg.trust_remote_code,
             **cfg.gguf_kwargs(source),
+            **hub.loader_kwargs(),
         )
     except (OSError, ValueError) as exc:
         raise UserError(
@@ -115,6 +117,7 @@ def load_base(cfg: Config, prec: Precision, notes: list[str], attn: str | None =
         "dtype": prec.torch_dtype,
         "attn_implementation": attn or attn_implementation(cfg, notes),
         "device_map": _device_map(cfg),
+        **hub.loader_kwargs(),
         **common,
     }
     if quant is not None:

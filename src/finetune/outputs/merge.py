@@ -76,7 +76,7 @@ def load_base(run: run_dir.Run, config, dtype: str):
         with new_head_is_expected() if cfg.reward_model else nullcontext():
             model = auto_class(run).from_pretrained(
                 cfg.base_source[0], config=config, dtype=_torch_dtype(dtype),
-                revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code,
+                revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code, **hub.loader_kwargs(),
                 **gguf_base.dequantize_kwargs(cfg),
             )  # fmt: skip
     except OSError as exc:
