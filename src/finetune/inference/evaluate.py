@@ -44,7 +44,9 @@ class Example:
 def read_rows(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
     """(line number, row) of the first `limit` rows of a JSONL, JSON (array of objects) or CSV file.
 
-    Rows keep the line they start on, so a bad one is reported as file:line whatever the format.
+    Rows keep the line they start on, so a bad one is reported as file:line whatever the format. Our own
+    reader rather than `datasets` (data/sources.py): datasets' JSON/CSV loaders drop line numbers, and an eval
+    file is small enough that Arrow brings nothing.
     """
     if not path.is_file():
         raise UserError(f"--data {path}: file not found")
