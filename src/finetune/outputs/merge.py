@@ -23,7 +23,6 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # Precision the run trained in (train.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
 # weights were quantized from, which --dequantize must reproduce to round the same way.
 _TRAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32", "fp32": "float32"}
-NF4_BLOCKSIZE = 64  # bitsandbytes' Linear4bit default (Params4bit), which transformers uses
 CHECK_PROMPTS = ("What does EBITDA stand for?", "Net income rose 12% in 2023 because", "Hello")
 # Largest |logit difference| allowed between the saved merged model and base + adapter, as a share of the
 # largest |logit| of base + adapter (at least 1, so the near-zero logits of tiny test models are not held to a
@@ -60,31 +59,36 @@ def auto_class(run: run_dir.Run):
     return AutoModelForSequenceClassification if run.cfg.reward_model else AutoModelForCausalLM
 
 
-def load_base(run: run_dir.Run, config, dtype: str):
-    """The config's base_model in `dtype`. A checkpoint saved quantized (e.g. unsloth/...-bnb-4bit) loads
-    quantized whatever we ask, so it is dequantized: those are exactly the weights training saw."""
+def load_base(run: run_dir.Run, config, dtype: str, quantization=None, device: str = "cpu"):
+    """The config's base_model in `dtype`, on the CPU. A checkpoint saved quantized (e.g. unsloth/...-bnb-4bit)
+    loads quantized whatever we ask, so it is dequantized: those are exactly the weights training saw. With
+    `quantization` (the run's BitsAndBytesConfig) the base is quantized on `device` as training did, then
+    dequantized by bitsandbytes (`model.dequantize()`): the NF4-rounded weights the adapter was trained on."""
     from contextlib import nullcontext
 
+    from finetune.model import gguf as gguf_base
     from finetune.model import new_head_is_expected
 
     cfg = run.cfg
     if cfg.reward_model:
         config.num_labels = 1  # the score head; its trained weights come with the adapter
-    from finetune.model import gguf as gguf_base
-
+    placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
     try:
         with new_head_is_expected() if cfg.reward_model else nullcontext():
             model = auto_class(run).from_pretrained(
                 cfg.base_source[0], config=config, dtype=_torch_dtype(dtype),
                 revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code, **hub.loader_kwargs(),
-                **gguf_base.dequantize_kwargs(cfg),
+                **gguf_base.dequantize_kwargs(cfg), **placement,
             )  # fmt: skip
     except OSError as exc:
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
     if cfg.base_is_gguf:  # dequantized from GGUF, as in training: held as an ordinary model so it saves
         return gguf_base.plain_model(model, config, _torch_dtype(dtype), cfg.base_model)
     if getattr(model, "hf_quantizer", None) is not None:
-        print(f"base_model: {cfg.base_model} is saved quantized; dequantizing it to {dtype} before merging")
+        if quantization is None:
+            print(
+                f"base_model: {cfg.base_model} is saved quantized; dequantizing it to {dtype} before merging"
+            )
         model = model.dequantize(dtype=_torch_dtype(dtype)).to("cpu")  # bnb may have placed it on a GPU
         model.config.dtype = _torch_dtype(dtype)
         forget_bnb_loading_steps(model)
@@ -104,6 +108,15 @@ def forget_bnb_loading_steps(model) -> None:
         model._weight_conversions = [
             s for s in steps if not any(isinstance(op, bnb_ops) for op in getattr(s, "operations", ()))
         ]
+
+
+def nf4_settings(run: run_dir.Run, train_dtype: str):
+    """The run's own BitsAndBytesConfig (finetune.model.quantization_config), for the dtype it trained in:
+    NF4 of bf16-rounded weights is not NF4 of fp32 ones."""
+    from finetune import model as model_module
+
+    prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
+    return model_module.quantization_config(run.cfg, prec)
 
 
 def training_dtype(run: run_dir.Run, fallback: str) -> str:
@@ -127,52 +140,6 @@ def quantization_device(run: run_dir.Run) -> str:
             "of a few weights (merge on a GPU machine for an exact copy)"
         )
     return "cpu"
-
-
-def nf4_round_trip(model, run: run_dir.Run, train_dtype: str, device: str = "cpu") -> int:
-    """Replace each weight bitsandbytes quantized in training by its NF4 quantize -> dequantize round trip.
-
-    The same modules as transformers' bnb loader (its skip rules: lm_head, tied and fp32 modules,
-    llm_int8_skip_modules), the same settings (finetune.model.quantization_config), and `model` must be
-    loaded in the training dtype: NF4 of bf16-rounded weights is not NF4 of fp32 ones. Each weight visits
-    `device` alone (see quantization_device). Returns the number of weights replaced.
-    """
-    import bitsandbytes.functional as F
-    import torch
-    from transformers.pytorch_utils import Conv1D
-    from transformers.quantizers.base import HfQuantizer
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    from finetune import model as model_module
-
-    prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
-    quant = model_module.quantization_config(run.cfg, prec)
-    skip = HfQuantizer.get_modules_to_not_convert(
-        model, quant.llm_int8_skip_modules, getattr(model, "_keep_in_fp32_modules", None)
-    )
-    replaced = 0
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if not (type(module) is torch.nn.Linear or isinstance(module, Conv1D)):
-                continue
-            if not should_convert_module(name, skip):
-                continue
-            weight = module.weight.data
-            source = (weight.T if isinstance(module, Conv1D) else weight).to(
-                device, _torch_dtype(train_dtype)
-            )
-            packed, state = F.quantize_4bit(
-                source.contiguous(),
-                blocksize=NF4_BLOCKSIZE,
-                compress_statistics=quant.bnb_4bit_use_double_quant,
-                quant_type=quant.bnb_4bit_quant_type,
-                quant_storage=quant.bnb_4bit_quant_storage,
-            )
-            restored = F.dequantize_4bit(packed, state)
-            restored = restored.T if isinstance(module, Conv1D) else restored
-            module.weight.data = restored.to(weight.device, weight.dtype)
-            replaced += 1
-    return replaced
 
 
 def prompt_ids(tokenizer) -> list:
@@ -250,11 +217,10 @@ def merge_command(
         tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)  # training may have added tokens
         if dequantize and not prequantized:
             train_dtype = training_dtype(run, torch_dtype)
-            base = load_base(run, config, train_dtype)
             device = quantization_device(run)
-            n = nf4_round_trip(base, run, train_dtype, device)
+            base = load_base(run, config, train_dtype, nf4_settings(run, train_dtype), device)
             base = base.to(_torch_dtype(torch_dtype))
-            print(f"rounded {n} weights through NF4 and back from {train_dtype} on {device}, as in training")
+            print(f"rounded the base through NF4 and back from {train_dtype} on {device}, as in training")
         else:
             base = load_base(run, config, torch_dtype)
         if run.cfg.quantized_4bit and not (dequantize or prequantized):
