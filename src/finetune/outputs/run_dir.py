@@ -72,7 +72,8 @@ CHECKPOINT = re.compile(
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """checkpoint-N folders, oldest step first (training resumes from the newest complete one; an interrupted
-    run is read from its newest)."""
+    run is read from its newest). All of them, not transformers' get_last_checkpoint: when the newest was cut
+    off half-way, the one before it is the place to resume."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
