@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
-from finetune.config import axolotl_keys
+from finetune.config import axolotl_keys, axolotl_other_keys
 from finetune.config import yaml_io as config_yaml
 from finetune.config.checks import (  # noqa: F401 - re-exported
     CCE_PLUGIN,
@@ -86,7 +86,7 @@ def validate(
     known = _known_keys(Config)
     for key, value in raw.items():
         key = str(key)
-        if key in axolotl_keys.IGNORED or (value is None and key in known):
+        if key in axolotl_other_keys.IGNORED or (value is None and key in known):
             continue  # `key:` left empty is axolotl's way of saying "default"
         if key in axolotl_keys.UNSUPPORTED and key not in known:
             if not axolotl_keys.is_off(key, value):
@@ -106,7 +106,7 @@ def validate(
                         entry["type"] = PreferenceType().model_dump()
             for i, entry in enumerate(data[key]):
                 for name in (
-                    [n for n in entry if n in axolotl_keys.DATASET_UNSUPPORTED]
+                    [n for n in entry if n in axolotl_other_keys.DATASET_UNSUPPORTED]
                     if isinstance(entry, dict)
                     else []
                 ):
