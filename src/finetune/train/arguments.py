@@ -9,7 +9,6 @@ counts from the real number of optimizer steps, so what the user meant is what r
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from finetune.config import Config
@@ -34,17 +33,13 @@ class Schedule:
     total_steps: int
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def schedule(cfg: Config, train_rows: int, batches_per_epoch: int | None = None) -> Schedule:
     """Same arithmetic as the Trainer: batches per epoch per process, then accumulation, rounded up.
 
     Token-budget batching (sample_packing) knows its batch count per process (`batches_per_epoch`); without
     it, batches are micro_batch_size rows.
     """
-    batches = batches_per_epoch or math.ceil(train_rows / (cfg.micro_batch_size * world_size()))
+    batches = batches_per_epoch or math.ceil(train_rows / (cfg.micro_batch_size * distributed.world_size()))
     per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
     total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else math.ceil(cfg.num_epochs * per_epoch)
     return Schedule(steps_per_epoch=per_epoch, total_steps=max(1, total))
@@ -59,7 +54,7 @@ def packing_note(cfg: Config, train_rows: int, sched: Schedule) -> str:
     """
     unpacked = schedule(cfg, train_rows)
     per_epoch_rows = train_rows / sched.steps_per_epoch
-    unpacked_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size()
+    unpacked_rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps * distributed.world_size()
     if not cfg.sample_packing or per_epoch_rows <= 2 * unpacked_rows:
         return ""
     return (

@@ -31,6 +31,8 @@ SHM_OP = "deepspeed_shm_comm"
 _joined = False  # whether `setup` started the process group (then `finish` ends it)
 
 
+# Ranks from the launcher's environment (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE), not accelerate's
+# PartialState: that one initializes the process group when first asked, and these are asked before it exists.
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
