@@ -63,6 +63,9 @@ class LoraPlus:
         return super().create_optimizer(model)
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
+
+
 class FinetuneTrainer(LoraPlus, Trainer):
     def __init__(self, *args, batch_plan=None, offload: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,7 +85,7 @@ class FinetuneTrainer(LoraPlus, Trainer):
         plan = self.batch_plan
         if plan is None or plan.train_sampler is None:
             return super().get_train_dataloader()
-        return self._batched(self.train_dataset, plan.train_sampler, self.data_collator, "Training")
+        return self._batched(self.train_dataset, plan.train_sampler, self.data_collator)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         plan = self.batch_plan
@@ -91,15 +94,17 @@ class FinetuneTrainer(LoraPlus, Trainer):
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if len(dataset) != len(plan.eval_sampler.lengths):  # another eval set than the planned one
             return super().get_eval_dataloader(eval_dataset)
-        return self._batched(dataset, plan.eval_sampler, plan.eval_collator, "Evaluation")
+        return self._batched(dataset, plan.eval_sampler, plan.eval_collator)
 
-    def _batched(self, dataset, sampler, collator, description: str) -> DataLoader:
+    def _batched(self, dataset, sampler, collator) -> DataLoader:
         if sampler.world_size != self.accelerator.num_processes:
             raise RuntimeError(
                 f"batch sampler planned for {sampler.world_size} processes, running on "
                 f"{self.accelerator.num_processes}"
             )
-        dataset = self._remove_unused_columns(dataset, description=description)
+        # the model's inputs only (what the Trainer's own loaders keep): the data stage writes no other columns
+        # today, and a future one must not reach the collator and the forward
+        dataset = dataset.select_columns([c for c in MODEL_INPUTS if c in dataset.column_names])
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
