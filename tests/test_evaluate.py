@@ -11,6 +11,7 @@ import pytest
 
 from conftest import FINLORA, needs_shared, sentiment_rows
 from finetune import config, data
+from finetune.data import answer_format
 from finetune.data.formats import IGNORE
 from finetune.errors import UserError
 from finetune.inference import evaluate, generate
@@ -56,7 +57,7 @@ def test_prompts_equal_the_prepared_training_tokens(trained_run, loaded):
 
 def test_batched_greedy_equals_one_at_a_time(loaded, test_file):
     items = evaluate.examples(loaded, evaluate.read_rows(test_file), test_file, None, None)
-    stop = generation.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
+    stop = answer_format.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
     prompts = [e.prompt for e in items] + [items[0].prompt[:9]]  # one much shorter: real left padding
     batched = generation.generate_batch(loaded.model, loaded.tokenizer, prompts, 12, 5, stop)
     single = generation.generate_batch(loaded.model, loaded.tokenizer, prompts, 12, 1, stop)

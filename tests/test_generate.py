@@ -12,7 +12,7 @@ import yaml
 
 from conftest import INST_FORMAT, SENTIMENT_PROMPT, sentiment_rows
 from finetune import config
-from finetune.data import formats
+from finetune.data import answer_format, formats
 from finetune.data.formats import IGNORE
 from finetune.errors import UserError
 from finetune.inference import evaluate, generate
@@ -160,7 +160,7 @@ def test_answer_streams_and_stops(loaded):
     pieces: list[str] = []
     text = generate.answer(loaded, ids, max_new_tokens=40, write=pieces.append)
     assert text and "".join(pieces).strip() == text
-    stop = generation.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
+    stop = answer_format.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
     assert loaded.tokenizer.eos_token_id in stop
     # the same greedy run, token by token: it ended on a stop token well before the limit
     with torch.no_grad():

@@ -44,6 +44,11 @@ def test_the_tree_keeps_every_contract():
     [
         # a lower stage reaching up (inside a function counts too)
         ("data/formats.py", "from finetune.model import load", "Pipeline layers"),
+        # data and model are independent stages: the recipe joins them
+        ("data/formats.py", "from finetune.model import generation", "Pipeline layers"),
+        ("model/adapter.py", "from finetune.data import formats", "Pipeline layers"),
+        # the leaves stay independent of each other
+        ("scoring.py", "from finetune import hub", "The small leaves do not depend on each other"),
         # config must stay free of torch so `finetune validate` is fast
         ("config/schema.py", "import torch", "config imports no torch"),
         # the card is built from saved files only

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finetune import scoring as metrics
+from finetune.data import answer_format
 from finetune.model import generation
 from finetune.train import eval_metrics
 
@@ -178,7 +179,7 @@ def test_training_logs_token_accuracy_and_generation_scores(trained_run):
 
     prompts, targets = eval_metrics._generation_sample(cfg, loaded.tokenizer, eval_set)
     assert len(prompts) == 8 and set(targets) <= {"positive", "negative", "neutral"}
-    stop = generation.stop_ids(cfg, cfg.datasets[0], loaded.tokenizer, loaded.model)
+    stop = answer_format.stop_ids(cfg, cfg.datasets[0], loaded.tokenizer, loaded.model)
     answers = generation.generate_batch(loaded.model, loaded.tokenizer, prompts, 32, 4, stop)
     scored = metrics.score(answers, targets, "auto")
     assert evals[-1]["eval_gen_accuracy"] == pytest.approx(scored.summary["accuracy"])

@@ -15,7 +15,7 @@ from finetune import (
     config,
     model,  # noqa: E402
 )
-from finetune.data.tokenizer import load_tokenizer  # noqa: E402
+from finetune.data.tokenizer import count_new_tokens, load_tokenizer  # noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def make_cfg(base, **over) -> config.Config:
 
 def load(cfg):
     tok = load_tokenizer(cfg)
-    return model.load(cfg, tok), tok
+    return model.load(cfg, tok, count_new_tokens(cfg, tok)), tok
 
 
 def batch(tok):
@@ -273,7 +273,7 @@ def test_unknown_base_model_is_a_user_error(tmp_path):
     empty = tmp_path / "no-model"
     empty.mkdir()
     with pytest.raises(UserError, match="base_model"):
-        model.load(make_cfg(empty), tokenizer=None)
+        model.load(make_cfg(empty), tokenizer=None, new_tokens=0)
 
 
 def test_tiny_models_train_on_one_cpu_thread(tiny_model_dir, monkeypatch):

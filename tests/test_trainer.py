@@ -13,7 +13,7 @@ from finetune import (
     config,
     model,  # noqa: E402
 )
-from finetune.data.tokenizer import load_tokenizer  # noqa: E402
+from finetune.data.tokenizer import count_new_tokens, load_tokenizer  # noqa: E402
 from finetune.train.trainer import FinetuneTrainer  # noqa: E402
 
 QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
@@ -27,7 +27,8 @@ def test_loraplus_puts_b_matrices_at_ratio_times_the_learning_rate(tiny_model_di
     cfg = config.validate(
         {"base_model": str(tiny_model_dir), "adapter": "lora", "datasets": [{"path": str(QA)}], "seed": 1}
     )
-    peft_model = model.load(cfg, load_tokenizer(cfg)).model
+    tok = load_tokenizer(cfg)
+    peft_model = model.load(cfg, tok, count_new_tokens(cfg, tok)).model
     args = TrainingArguments(
         output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.01, optim=optim, report_to="none",
         adam_beta2=0.95, use_cpu=True,

@@ -116,3 +116,14 @@ def resolve_chat_template(value: str, jinja: str | None, tokenizer, where: str) 
             f"to stop: add it with `tokens: [{eot}]` (and its other markers), or use the model's own template"
         )
     return CHAT_TEMPLATES[value]
+
+
+def count_new_tokens(cfg: Config, tokenizer) -> int:
+    """How many tokens `special_tokens`/`tokens` added beyond the base tokenizer's vocabulary."""
+    if not (cfg.special_tokens or cfg.tokens):
+        return 0
+    # the base tokenizer as shipped: no chat_template either (a named template may need the new tokens)
+    plain = load_tokenizer(
+        cfg.model_copy(update={"special_tokens": None, "tokens": None, "chat_template": None})
+    )
+    return max(0, len(tokenizer) - len(plain))

@@ -22,7 +22,7 @@ from pathlib import Path
 from finetune import data as data_module
 from finetune import scoring
 from finetune.config import PreferenceType
-from finetune.data import formats
+from finetune.data import answer_format, formats
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
 from finetune.inference import generate
@@ -144,7 +144,7 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
     cfg, ds, tok = loaded.cfg, loaded.dataset, loaded.tokenizer
     if isinstance(ds.type, PreferenceType):
         return _preference_examples(loaded, rows, path, field_input, field_target)
-    kind = generation.format_kind(ds)
+    kind = answer_format.format_kind(ds)
     spec = formats.build_format(cfg, ds, "datasets[0]", tok).spec
     if kind == "completion" and not field_target:
         raise UserError("--field-target: this run trained on raw text (completion): name the answer column")
@@ -241,8 +241,8 @@ def run(
     loaded = generate.load(path, base_only=base_only, say=console.print, dataset_index=dataset_index)
     items = examples(loaded, rows, data, field_input, field_target)
     targets = [e.target for e in items]
-    new_tokens = max_new_tokens or generation.auto_max_new_tokens(loaded.tokenizer, targets)
-    stop = generation.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
+    new_tokens = max_new_tokens or answer_format.auto_max_new_tokens(loaded.tokenizer, targets)
+    stop = answer_format.stop_ids(loaded.cfg, loaded.dataset, loaded.tokenizer, loaded.model)
     console.print(
         f"eval: {len(items)} rows of {data} on the {loaded.what} model, batches of {batch_size}, up to {new_tokens} new tokens"
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 from finetune import data, hub
 from finetune.config import Config, DatasetConfig, PreferenceType
-from finetune.data import formats
+from finetune.data import answer_format, formats
 from finetune.errors import UserError
 from finetune.model import generation
 from finetune.outputs import run_dir
@@ -139,7 +139,7 @@ def prompt_ids(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> list[int
     completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it);
     input_output's prompt is its segments before the first trained one (no special tokens added, as trained).
     """
-    kind = generation.format_kind(ds)
+    kind = answer_format.format_kind(ds)
     if kind == "input_output":  # the segments before the first trained one, tokenized as in training
         spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
         try:
@@ -174,7 +174,7 @@ def question_prompt(
         return prompt_ids(
             cfg, ds, {ds.type.field_prompt: question, ds.type.field_system: system or ""}, tokenizer
         )
-    kind = generation.format_kind(ds)
+    kind = answer_format.format_kind(ds)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     if kind == "chat":
         # an empty assistant turn last: data.render keeps every message before the last assistant turn
@@ -223,7 +223,7 @@ def answer(
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens: must be > 0 (got {max_new_tokens})")
     tok, model = loaded.tokenizer, loaded.model
-    stop = generation.stop_ids(loaded.cfg, loaded.dataset, tok, model)
+    stop = answer_format.stop_ids(loaded.cfg, loaded.dataset, tok, model)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -254,10 +254,10 @@ def chat(
 
     An empty line, `exit`, or end of input stops it. Returns the (question, answer) pairs.
     """
-    multi_turn = generation.format_kind(loaded.dataset) == "chat"
+    multi_turn = answer_format.format_kind(loaded.dataset) == "chat"
     if not multi_turn:
         write(
-            f"note: this run trained on single-turn prompts ({generation.format_kind(loaded.dataset)}): each question is answered on its own\n"
+            f"note: this run trained on single-turn prompts ({answer_format.format_kind(loaded.dataset)}): each question is answered on its own\n"
         )
     history: list[tuple[str, str]] = []
     pairs = []

@@ -71,24 +71,12 @@ def fit_vocabulary(model, tokenizer, new_tokens: int, notes: list[str]) -> list[
     return modules
 
 
-def count_new_tokens(cfg: Config, tokenizer) -> int:
-    """How many tokens `special_tokens`/`tokens` added beyond the base tokenizer's vocabulary."""
-    if not (cfg.special_tokens or cfg.tokens):
-        return 0
-    from finetune.data.tokenizer import load_tokenizer
-
-    # the base tokenizer as shipped: no chat_template either (a named template may need the new tokens)
-    plain = load_tokenizer(
-        cfg.model_copy(update={"special_tokens": None, "tokens": None, "chat_template": None})
-    )
-    return max(0, len(tokenizer) - len(plain))
-
-
 # ---------------------------------------------------------------- the stage
 
 
-def load(cfg: Config, tokenizer) -> LoadedModel:
-    """Base model + LoRA adapter, in the precision and quantization the config asks for."""
+def load(cfg: Config, tokenizer, new_tokens: int) -> LoadedModel:
+    """Base model + LoRA adapter, in the precision and quantization the config asks for. `new_tokens`: how many
+    tokens the config added to the base tokenizer (data.tokenizer.count_new_tokens); their rows are trained."""
     notes: list[str] = []
     prec = precision(cfg)
     attn = attn_implementation(cfg, notes)
@@ -96,7 +84,7 @@ def load(cfg: Config, tokenizer) -> LoadedModel:
     cpu_threads(model, notes)
     quantization = quantization_of(model)
     kbit = quantization in ("4-bit", "8-bit")
-    trained_embeddings = fit_vocabulary(model, tokenizer, count_new_tokens(cfg, tokenizer), notes)
+    trained_embeddings = fit_vocabulary(model, tokenizer, new_tokens, notes)
     model = adapter.wrap(cfg, model, kbit, trained_embeddings, notes)
     disable_cpu_bf16_repack(model)
     trainable, total = model.get_nb_trainable_parameters()  # a 4-bit weight counts in full

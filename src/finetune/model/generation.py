@@ -1,12 +1,9 @@
 """Generation helpers shared by `finetune generate`, `finetune eval`, merge's check and the training-time
-generation metrics: one adapter loader, one set of stop tokens, one batched greedy decoder, so every place
-that answers a prompt answers it the same way.
+generation metrics: one adapter loader and one batched greedy decoder, so every place that answers a prompt
+answers it the same way (what stops an answer: data/answer_format.py).
 """
 
 from __future__ import annotations
-
-from finetune.config import Config, DatasetConfig, DatasetType
-from finetune.data import formats
 
 
 def attach_adapter(base, tokenizer, adapter_dir):
@@ -17,34 +14,6 @@ def attach_adapter(base, tokenizer, adapter_dir):
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
     return PeftModel.from_pretrained(base, adapter_dir)
-
-
-def format_kind(ds: DatasetConfig) -> str:
-    """custom | alpaca (alpaca:<style>) | completion | input_output | chat"""
-    if isinstance(ds.type, DatasetType):
-        return "custom"
-    return "chat" if ds.type == "chat_template" else ds.type
-
-
-def stop_ids(cfg: Config, ds: DatasetConfig, tokenizer, model) -> list[int]:
-    """Tokens that end an answer: the tokenizer's EOS (appended to every text answer in training), the chat
-    format's end-of-turn tokens, and the model's own generation_config stop tokens."""
-    ids = [tokenizer.eos_token_id]
-    if format_kind(ds) == "chat":
-        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
-        ids += tokenizer.convert_tokens_to_ids(list(spec.eot_tokens))
-    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += own if isinstance(own, list) else [own]
-    return [i for i in dict.fromkeys(ids) if isinstance(i, int) and i != tokenizer.unk_token_id]
-
-
-MAX_AUTO_NEW_TOKENS = 1024
-
-
-def auto_max_new_tokens(tokenizer, targets: list[str]) -> int:
-    """Enough for the longest target plus some slack (16 tokens), at most MAX_AUTO_NEW_TOKENS."""
-    longest = max((len(ids) for ids in formats.token_ids(tokenizer, targets, False)), default=0)
-    return min(MAX_AUTO_NEW_TOKENS, longest + 16)
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,

@@ -64,7 +64,7 @@ def run(
 
     # --- tokenizer and data (the main process prepares and caches; the others wait, then read its cache)
     from finetune import data
-    from finetune.data.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import count_new_tokens, load_tokenizer
 
     with _status(console, "loading the tokenizer"):
         tokenizer = load_tokenizer(cfg)
@@ -87,7 +87,7 @@ def run(
         _status(console, f"loading {cfg.base_model}"),
         distributed.sharded_loading(cfg, prec),  # ZeRO-3: built partitioned
     ):
-        loaded = model_module.load(cfg, tokenizer)
+        loaded = model_module.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
     share = 100 * loaded.trainable_params / max(1, loaded.total_params)
     console.print(
         f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: {loaded.trainable_params:,} trainable "

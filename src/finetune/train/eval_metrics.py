@@ -5,6 +5,7 @@ greedy generations of a sample of the evaluation set.
 
 from __future__ import annotations
 
+from finetune.data import answer_format
 from finetune.data.rows import IGNORE
 from finetune.model import generation
 from finetune.scoring import headline, score
@@ -71,8 +72,8 @@ def _generation_scores(cfg, model, tokenizer, prompts: list, targets: list) -> d
     was_training = model.training
     model.eval()
     try:
-        stop = generation.stop_ids(cfg, cfg.datasets[0], tokenizer, model)
-        new = generation.auto_max_new_tokens(tokenizer, targets)
+        stop = answer_format.stop_ids(cfg, cfg.datasets[0], tokenizer, model)
+        new = answer_format.auto_max_new_tokens(tokenizer, targets)
         batch = cfg.eval_batch_size or cfg.micro_batch_size
         answers = generation.generate_batch(model, tokenizer, prompts, new, batch, stop)
     finally:
