@@ -58,6 +58,15 @@ def test_gguf_base_trains_cards_and_merges_to_an_ordinary_folder(smollm2_gguf, t
         out / "tokenizer_config.json"
     ).read_text()
 
+    # eval (and generate, which loads the same way) on the GGUF base: the base alone, then base + adapter
+    from finetune.inference import evaluate
+
+    data = cfg.datasets[0].path
+    base = evaluate.run(out, data, limit=4, base_only=True, max_new_tokens=4)
+    tuned = evaluate.run(out, data, limit=4, max_new_tokens=4)
+    assert base["examples"] == tuned["examples"] == 4 and base["model"] == "base"
+    assert "eval_results.json" in {p.name for p in out.iterdir()}
+
     merged_dir = tmp_path / "merged"
     diff = merge.merge_command(out, merged_dir, dtype="fp32")
     assert diff < 1e-3
