@@ -35,9 +35,7 @@ def reachable(timeout: float = PROBE_SECONDS) -> bool:
 
 def offline_if_unreachable(ids: list[str]) -> str | None:
     """Switch to offline mode when this config needs the hub and it cannot be reached: the note to print."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0") or os.environ.get(
-        "TRANSFORMERS_OFFLINE"
-    ):
+    if is_offline() or os.environ.get("TRANSFORMERS_OFFLINE"):
         return None
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return None

@@ -98,6 +98,8 @@ def load_base(cfg: Config, prec: Precision, notes: list[str], attn: str | None =
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from finetune.model import gguf as gguf_base
+
     common = {"revision": cfg.revision_of_model, "trust_remote_code": cfg.trust_remote_code}
     model_config = load_model_config(cfg)
     pre = _prequantized(model_config)
@@ -126,33 +128,20 @@ def load_base(cfg: Config, prec: Precision, notes: list[str], attn: str | None =
     if cfg.reward_model:
         auto_class, quiet = AutoModelForSequenceClassification, new_head_is_expected()
         model_config.num_labels = 1  # one scalar reward per sequence
-    if cfg.base_is_gguf:
-        return _load_gguf_base(cfg, auto_class, kwargs, quiet, notes)
-    try:
-        with quiet:
-            model = auto_class.from_pretrained(cfg.base_model, **kwargs)
-    except OSError as exc:
-        raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
-    return model
-
-
-def _load_gguf_base(cfg: Config, auto_class, kwargs: dict, quiet, notes: list[str]):
-    """A GGUF base, dequantized on the CPU into the training dtype, then held as an ordinary model."""
-    from finetune.model import gguf as gguf_base
-
+    # a GGUF base is dequantized on the CPU, then rebuilt as an ordinary model where it will train
+    device_map = kwargs.pop("device_map") if cfg.base_is_gguf else kwargs["device_map"]
     folder, gguf_file = cfg.base_source
-    device_map = kwargs.pop("device_map")
     try:
         with quiet:
-            packed = auto_class.from_pretrained(folder, **kwargs, **gguf_base.dequantize_kwargs(cfg))
+            model = auto_class.from_pretrained(folder, **kwargs, **gguf_base.dequantize_kwargs(cfg))
     except OSError as exc:
         raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(exc).splitlines()[0]})") from None
-    model = gguf_base.plain_model(
-        packed, kwargs["config"], kwargs["dtype"], cfg.base_model, device_map, kwargs["attn_implementation"]
-    )
-    notes.append(
-        f"base_model: {gguf_file} dequantized from GGUF to {str(kwargs['dtype']).removeprefix('torch.')}"
-    )
+    if gguf_file:
+        dtype = kwargs["dtype"]
+        model = gguf_base.plain_model(
+            model, model_config, dtype, cfg.base_model, device_map, kwargs["attn_implementation"]
+        )
+        notes.append(f"base_model: {gguf_file} dequantized from GGUF to {str(dtype).removeprefix('torch.')}")
     return model
 
 

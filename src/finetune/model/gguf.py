@@ -89,9 +89,11 @@ def facts(cfg: Config) -> dict:
     """What the card says of a GGUF base: the file and its quantization (the weights were dequantized from it)."""
     if not cfg.base_is_gguf:
         return {}
-    folder, gguf_file = cfg.base_source
     path = local_file(cfg)
-    return {"base_gguf_file": gguf_file, "base_gguf_quantization": quantization_type(path) if path else None}
+    return {
+        "base_gguf_file": cfg.base_source[1],
+        "base_gguf_quantization": quantization_type(path) if path else None,
+    }
 
 
 def write_folder(gguf_path: str | Path, out: str | Path) -> Path:
