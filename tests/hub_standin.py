@@ -18,7 +18,12 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
+from finetune import hub
+
 USER = "standin-user"
+TOKEN = "hf_testSECRET123"  # the fake token the tests push with: it must reach no uploaded file
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 ROUTES = {
     "create": re.compile(r"^/api/repos/create$"),
@@ -68,6 +73,12 @@ class StandInHub:
     def pushed(self, repo: str, branch: str = "main") -> dict:
         """The repo's files on `branch` after all commits: path -> bytes."""
         return {p: b for (br, p), b in self.repos[repo].files.items() if br == branch}
+
+    def leaks(self, secret: str) -> list[str]:
+        """Where `secret` reached the stand-in other than in the Authorization header: uploaded files (by path)
+        and request bodies."""
+        found = [f"{c.repo}:{path}" for c in self.commits for path, b in c.files.items() if secret.encode() in b]
+        return found + [f"request body {i}" for i, b in enumerate(self.bodies) if secret.encode() in b]
 
     # ---------------------------------------------------------------- the routes
 
@@ -156,3 +167,28 @@ class StandInHub:
             do_GET = do_POST = do_PUT = do_HEAD = _serve
 
         return Handler
+
+
+# ---------------------------------------------------------------- fixtures (import them into a test module)
+
+
+@pytest.fixture()
+def standin():
+    with StandInHub(TOKEN) as server:
+        yield server
+
+
+@pytest.fixture()
+def hub_env(monkeypatch, standin, tmp_path):
+    """This process talks to the stand-in, online, with the fake token; undone after the test."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for name in hub.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", standin.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    monkeypatch.setattr(hub, "_offline", False)
+    return standin

@@ -16,25 +16,16 @@ import sys
 
 import pytest
 import yaml
-from hub_standin import StandInHub
+from hub_standin import TOKEN, StandInHub, hub_env, standin  # noqa: F401 - fixtures
 
 from finetune import hub
 from finetune.errors import UserError
 
-TOKEN = "hf_testSECRET123"
 RUN_FILES = {
     "README.md", "adapter_config.json", "adapter_model.safetensors", "all_results.json", "chat_template.jinja",
     "config.yml", "eval_results.json", "loss.png", "tokenizer.json", "tokenizer_config.json",
     "train_results.json", "trainer_state.json",
 }  # fmt: skip
-
-
-def no_token_anywhere(standin: StandInHub) -> None:
-    """The token travels in the Authorization header only: in no uploaded file and no request body."""
-    for commit in standin.commits:
-        for path, content in commit.files.items():
-            assert TOKEN.encode() not in content, path
-    assert all(TOKEN.encode() not in body for body in standin.bodies)
 
 
 def free_port() -> int:
@@ -53,28 +44,6 @@ def cli(*args, endpoint: str, token: str | None = TOKEN, home=None):
     return subprocess.run(
         [sys.executable, "-m", "finetune.cli", "push", *map(str, args)], capture_output=True, text=True, env=env
     )
-
-
-@pytest.fixture()
-def standin():
-    with StandInHub(TOKEN) as server:
-        yield server
-
-
-@pytest.fixture()
-def hub_env(monkeypatch, standin, tmp_path):
-    """This process talks to the stand-in, online, with the fake token; undone after the test."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    for name in hub.PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", standin.url)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
-    monkeypatch.setattr(hub, "_offline", False)
-    return standin
 
 
 @pytest.fixture()
@@ -102,7 +71,7 @@ def test_push_uploads_the_allow_list_privately_without_the_token(run_copy, stand
     assert standin.pushed("me/adapter")["adapter_model.safetensors"] == (
         run_copy / "adapter_model.safetensors"
     ).read_bytes()
-    no_token_anywhere(standin)
+    assert standin.leaks(TOKEN) == []  # the token went in the Authorization header only
     # what the hub was asked, in order (huggingface_hub also asks for its agent registry: answered 404)
     assert [p for m, p in standin.requests if p not in standin.unknown] == [
         "/api/repos/create", "/api/validate-yaml", "/api/models/me/adapter/preupload/main",
