@@ -77,7 +77,9 @@ class StandInHub:
     def leaks(self, secret: str) -> list[str]:
         """Where `secret` reached the stand-in other than in the Authorization header: uploaded files (by path)
         and request bodies."""
-        found = [f"{c.repo}:{path}" for c in self.commits for path, b in c.files.items() if secret.encode() in b]
+        found = [
+            f"{c.repo}:{path}" for c in self.commits for path, b in c.files.items() if secret.encode() in b
+        ]
         return found + [f"request body {i}" for i, b in enumerate(self.bodies) if secret.encode() in b]
 
     # ---------------------------------------------------------------- the routes

@@ -467,7 +467,9 @@ def test_gguf_base_is_split_into_folder_and_file_and_cannot_be_requantized(tmp_p
 
 def test_hub_keys_need_a_repo_and_default_to_private(write_config, data_file):
     base = {"base_model": "org/m", "adapter": "lora", "datasets": [{"path": str(data_file)}]}
-    path = write_config({**base, "hub_strategy": "every_save", "hub_revision": "dev", "hub_private_repo": False})
+    path = write_config(
+        {**base, "hub_strategy": "every_save", "hub_revision": "dev", "hub_private_repo": False}
+    )
     assert problems(path) == [
         f"{path}:5: hub_strategy: needs hub_model_id (the repo to push to): set it, or remove this key",
         f"{path}:6: hub_revision: needs hub_model_id (the repo to push to): set it, or remove this key",

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hub_standin import TOKEN, hub_env, standin  # noqa: F401 - fixtures
 
 from conftest import INST_FORMAT
 from finetune import config, train
 from finetune.errors import UserError
+from hub_standin import TOKEN
 
 QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -57,7 +57,10 @@ def test_every_save_pushes_the_adapter_at_each_checkpoint(tiny_model_dir, tmp_pa
     assert files_of(hub_env.commits) == [AT_SAVE, AT_SAVE, AT_END]
     assert {c.revision for c in hub_env.commits} == {"wip"} and hub_env.repos["me/run"].private is False
     step2 = hub_env.commits[0].files
-    assert step2["adapter_model.safetensors"] == (out / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
+    assert (
+        step2["adapter_model.safetensors"]
+        == (out / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
+    )
     assert step2["README.md"].startswith(b"---\n") and b"library_name: peft" in step2["README.md"]  # our card
     assert hub_env.leaks(TOKEN) == []
 
@@ -66,9 +69,9 @@ def test_every_save_pushes_the_adapter_at_each_checkpoint(tiny_model_dir, tmp_pa
 def test_checkpoint_strategies_also_push_checkpoints(tiny_model_dir, tmp_path, hub_env, strategy):
     run(tiny_model_dir, tmp_path, hub_strategy=strategy)
     saves = files_of(hub_env.commits[:2])
-    folders = ["last-checkpoint", "last-checkpoint"] if strategy == "checkpoint" else ["checkpoint-2", "checkpoint-4"]
-    for files, folder in zip(saves, folders, strict=True):
-        assert files == AT_SAVE | {f"{folder}/{name}" for name in RESUME}  # no training_args.bin, no stub card
+    folders = ["last-checkpoint"] * 2 if strategy == "checkpoint" else ["checkpoint-2", "checkpoint-4"]
+    for files, folder in zip(saves, folders, strict=True):  # no training_args.bin, no stub card inside
+        assert files == AT_SAVE | {f"{folder}/{name}" for name in RESUME}
     assert files_of(hub_env.commits[2:]) == [AT_END]
 
 

@@ -16,10 +16,10 @@ import sys
 
 import pytest
 import yaml
-from hub_standin import TOKEN, StandInHub, hub_env, standin  # noqa: F401 - fixtures
 
 from finetune import hub
 from finetune.errors import UserError
+from hub_standin import TOKEN, StandInHub
 
 RUN_FILES = {
     "README.md", "adapter_config.json", "adapter_model.safetensors", "all_results.json", "chat_template.jinja",
@@ -42,7 +42,10 @@ def cli(*args, endpoint: str, token: str | None = TOKEN, home=None):
     for name in hub.PROXY_VARIABLES:
         env.pop(name, None)
     return subprocess.run(
-        [sys.executable, "-m", "finetune.cli", "push", *map(str, args)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "finetune.cli", "push", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
 
 
@@ -68,9 +71,10 @@ def test_push_uploads_the_allow_list_privately_without_the_token(run_copy, stand
     assert standin.repos["me/adapter"].private is True  # private by default
     assert len(standin.commits) == 1  # one commit: never half a push
     assert set(standin.commits[0].files) == RUN_FILES  # no checkpoint-*, metrics.jsonl, .env, wandb, pickle
-    assert standin.pushed("me/adapter")["adapter_model.safetensors"] == (
-        run_copy / "adapter_model.safetensors"
-    ).read_bytes()
+    assert (
+        standin.pushed("me/adapter")["adapter_model.safetensors"]
+        == (run_copy / "adapter_model.safetensors").read_bytes()
+    )
     assert standin.leaks(TOKEN) == []  # the token went in the Authorization header only
     # what the hub was asked, in order (huggingface_hub also asks for its agent registry: answered 404)
     assert [p for m, p in standin.requests if p not in standin.unknown] == [
@@ -191,7 +195,10 @@ def test_a_secret_in_a_file_is_refused_before_anything_is_sent(hub_env, run_copy
 @pytest.mark.parametrize(
     "fail, message",
     [
-        ({"create": 403}, "me/x: no write access (403 Forbidden): use a token that may write to this namespace"),
+        (
+            {"create": 403},
+            "me/x: no write access (403 Forbidden): use a token that may write to this namespace",
+        ),
         ({"commit": 404}, "me/x: not found on the hub (404): check the repo id and the token's access"),
     ],
 )
@@ -224,3 +231,16 @@ def test_not_a_run_folder(hub_env, tmp_path):
         push_command(tmp_path, "me/x")
     with pytest.raises(UserError, match="REPO_ID: not a hub repo id: 'me/x/y'"):
         push_command(tmp_path, "me/x/y")
+
+
+def test_a_bare_name_goes_to_the_token_owner_and_dry_run_sends_nothing(hub_env, run_copy, capsys):
+    from finetune.outputs.push import push_command
+
+    files = push_command(run_copy, "adapter", dry_run=True)
+    assert {f.path_in_repo for f in files} == RUN_FILES and hub_env.requests == []
+    assert "would push 12 files" in capsys.readouterr().out
+    push_command(run_copy, "adapter")  # the hub puts a bare name in the token owner's namespace
+    assert (
+        hub_env.commits[0].repo == "standin-user/adapter"
+        and set(hub_env.pushed("standin-user/adapter")) == RUN_FILES
+    )

@@ -165,7 +165,9 @@ def card(output_dir: OutputDirArg) -> None:
 @app.command()
 def push(
     output_dir: RunDirArg,
-    repo_id: Annotated[str, typer.Argument(help="Hub repo: org/name, or name in your namespace.", show_default=False)],
+    repo_id: Annotated[
+        str, typer.Argument(help="Hub repo: org/name, or name in your namespace.", show_default=False)
+    ],
     private: Annotated[
         bool, typer.Option("--private/--public", help="Visibility if the repo is created now.")
     ] = True,
@@ -175,13 +177,17 @@ def push(
     ] = None,
     gguf: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Also the .gguf files and Modelfile of this folder, at the top.", show_default=False),
+        typer.Option(
+            help="Also the .gguf files and Modelfile of this folder, at the top.", show_default=False
+        ),
     ] = None,
     revision: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Branch to push to (created if needed).", show_default=False),
     ] = None,
-    checkpoints: Annotated[bool, typer.Option("--checkpoints", help="Also every checkpoint-N folder.")] = False,
+    checkpoints: Annotated[
+        bool, typer.Option("--checkpoints", help="Also every checkpoint-N folder.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files; send nothing.")] = False,
 ) -> None:
     """Upload the adapter (or merged model), tokenizer, card, config.yml, loss plot and results to the hub in

@@ -63,12 +63,18 @@ def push(
     token = get_token()  # only to search the files for it (push_files.check_no_secrets)
     push_files.check_no_secrets(files, token)
     if token is None:
-        raise PushFailed("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+        raise PushFailed(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)"
+        )
     if hub.is_offline():
-        raise PushFailed(f"{repo_id}: offline mode (HF_HUB_OFFLINE or no network at start): nothing was pushed")
+        raise PushFailed(
+            f"{repo_id}: offline mode (HF_HUB_OFFLINE or no network at start): nothing was pushed"
+        )
     api = HfApi()
     if not hub.reachable(endpoint=api.endpoint):
-        raise PushFailed(f"{repo_id}: cannot reach the hub at {api.endpoint} (no network?): nothing was pushed")
+        raise PushFailed(
+            f"{repo_id}: cannot reach the hub at {api.endpoint} (no network?): nothing was pushed"
+        )
     operations = [
         CommitOperationAdd(f.path_in_repo, f.source if isinstance(f.source, bytes) else str(f.source))
         for f in files
@@ -118,6 +124,9 @@ def push_command(
         print(f"note: {note}")
     visibility = "public" if private is False else "private"
     if dry_run:
+        from huggingface_hub import get_token
+
+        push_files.check_no_secrets(files, get_token())
         for f in files:
             print(f"  {f.path_in_repo}")
         print(f"would push {len(files)} files ({_size(files)}) to {repo_id} ({visibility}); nothing was sent")

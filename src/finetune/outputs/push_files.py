@@ -40,13 +40,17 @@ RUN_FILES = (
     "all_results.json", "train_results.json", "eval_results.json", "trainer_state.json",
 )  # fmt: skip
 # What a checkpoint adds to resume from it (the Trainer's names; DeepSpeed's global_step*/ folders and `latest`)
-RESUME_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|zero_to_fp32\.py)$")
+RESUME_FILES = re.compile(
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|zero_to_fp32\.py)$"
+)
 DEEPSPEED_STATE = re.compile(r"^global_step\d+$")
 GGUF_FILES = re.compile(r"^(.+\.gguf|Modelfile)$")
 CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 
 # Token-shaped strings: Hugging Face, OpenAI-style, GitHub, W&B.
-SECRET_VALUE = re.compile(rb"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|wandb_v1_\w{20,})")
+SECRET_VALUE = re.compile(
+    rb"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|ghp_[A-Za-z0-9]{20,}|wandb_v1_\w{20,})"
+)
 TEXT_SUFFIXES = {".json", ".jsonl", ".yml", ".yaml", ".md", ".txt", ".jinja", ".py", ""}
 SCAN_LIMIT = 64 * 2**20  # binary files above this (weights) are not searched for the token
 
@@ -66,9 +70,7 @@ class Upload:
 
 
 def _top_level(folder: Path, prefix: str, allowed) -> list[Upload]:
-    return [
-        Upload(prefix + p.name, p) for p in sorted(folder.iterdir()) if p.is_file() and allowed(p.name)
-    ]
+    return [Upload(prefix + p.name, p) for p in sorted(folder.iterdir()) if p.is_file() and allowed(p.name)]
 
 
 def model_files(folder: Path, prefix: str = "", card: bool = True) -> list[Upload]:
@@ -109,7 +111,9 @@ def run_uploads(
         raise UserError(f"{output_dir}: not a folder")
     files = model_files(output_dir)
     names = {u.path_in_repo for u in files}
-    if not names & {"adapter_config.json", "config.json"} and not (checkpoints and checkpoints_of(output_dir)):
+    if not names & {"adapter_config.json", "config.json"} and not (
+        checkpoints and checkpoints_of(output_dir)
+    ):
         raise UserError(
             f"{output_dir}: no adapter_config.json or config.json here: not a finished run or a `finetune merge` "
             "folder (an interrupted run: add --checkpoints, or `finetune merge` it first)"
@@ -144,7 +148,9 @@ def card_note(files: list[Upload]) -> str | None:
     if card is None:
         return "no model card (README.md) in this push: write one with `finetune card OUTPUT_DIR`"
     text = card.read().decode("utf-8", errors="replace")
-    front = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") and text.count("---") >= 2 else None
+    front = (
+        yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") and text.count("---") >= 2 else None
+    )
     if not isinstance(front, dict) or not front.get("base_model"):
         return "the card names no base_model (the base was a local folder): the hub will not link the base"
     return None
@@ -156,7 +162,9 @@ def check_no_secrets(files: list[Upload], token: str | None) -> None:
     needle = token.encode() if token else None
     for upload in files:
         size = len(upload.source) if isinstance(upload.source, bytes) else upload.source.stat().st_size
-        text = Path(upload.path_in_repo).suffix.lower() in TEXT_SUFFIXES or upload.path_in_repo.endswith("Modelfile")
+        text = Path(upload.path_in_repo).suffix.lower() in TEXT_SUFFIXES or upload.path_in_repo.endswith(
+            "Modelfile"
+        )
         if not text and size > SCAN_LIMIT:
             continue
         data = upload.read()
