@@ -477,7 +477,7 @@ def test_hub_keys_need_a_repo_and_default_to_private(write_config, data_file):
     cfg = config.load(path, ["hub_model_id=me/run"])
     assert cfg.hub_model_id == "me/run" and cfg.hub_strategy == "every_save" and cfg.hub_private is False
     plain = config.load(write_config({**base, "hub_model_id": "me/run"}, name="plain.yaml"))
-    assert plain.hub_private is True and plain.hub_strategy_or_default == "end"  # private unless asked
+    assert plain.hub_private is True and plain.hub_strategy_or_default == "every_save"  # as axolotl
     assert problems(path, ["hub_model_id=me/run/x"]) == [
         f"{path}: --set hub_model_id: not a hub repo id: 'me/run/x' (expected name or org/name)"
     ]

@@ -41,7 +41,7 @@ def files_of(commits) -> list[set]:
 
 
 def test_end_pushes_once_after_the_final_save(tiny_model_dir, tmp_path, hub_env):
-    out = run(tiny_model_dir, tmp_path)  # hub_strategy unset: end
+    out = run(tiny_model_dir, tmp_path, hub_strategy="end")
     assert [c.message for c in hub_env.commits] == ["End of training"]
     assert files_of(hub_env.commits) == [AT_END]
     assert hub_env.repos["me/run"].private is True
@@ -50,7 +50,7 @@ def test_end_pushes_once_after_the_final_save(tiny_model_dir, tmp_path, hub_env)
 
 
 def test_every_save_pushes_the_adapter_at_each_checkpoint(tiny_model_dir, tmp_path, hub_env):
-    out = run(tiny_model_dir, tmp_path, hub_strategy="every_save", hub_private_repo=False, hub_revision="wip")
+    out = run(tiny_model_dir, tmp_path, hub_private_repo=False, hub_revision="wip")  # every_save: the default
     assert [c.message for c in hub_env.commits] == [
         "Training in progress, step 2", "Training in progress, step 4", "End of training",
     ]  # fmt: skip
@@ -78,7 +78,7 @@ def test_checkpoint_strategies_also_push_checkpoints(tiny_model_dir, tmp_path, h
 def test_a_refusing_hub_never_costs_the_local_run(tiny_model_dir, tmp_path, hub_env, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_notTheRightToken")  # the stand-in answers 401
     with pytest.raises(UserError) as err:
-        run(tiny_model_dir, tmp_path, hub_strategy="every_save", hub_revision="wip")
+        run(tiny_model_dir, tmp_path, hub_revision="wip")
     out = tmp_path / "out"
     assert err.value.problems == [
         "hub push failed: me/run: the hub refused the token (401 Unauthorized): check HF_TOKEN or `hf auth login`",

@@ -1,9 +1,11 @@
-"""The Hugging Face hub keys (axolotl's names): where a run is pushed and when. The pushing itself is
-outputs/push.py (what is uploaded) and train/hub_push.py (when, during training); `finetune push` does the
-same for a finished run.
+"""The Hugging Face hub keys: where a run is pushed and when. axolotl's `hub_model_id`, `hub_strategy` and
+`hub_revision` (passed by axolotl to the HF Trainer, so they mean what TrainingArguments says), and the HF
+Trainer's `hub_private_repo`. The pushing itself is outputs/push.py (what is uploaded) and train/hub_push.py
+(when, during training); `finetune push` does the same for a finished run.
 
-Unlike axolotl and the HF Trainer (public unless the organisation says otherwise), a repo finetune creates is
-private unless `hub_private_repo: false`: a fine-tune of private data should not become public by default.
+Defaults follow axolotl (0.19): with only `hub_model_id` set it pushes at every save (the HF Trainer's default
+`every_save`), into a private repo (axolotl hard-codes `hub_private_repo=True`; the HF Trainer alone would
+create a public one). `hub_private_repo: false` is the one way to a public repo.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ class HubKeys(StrictModel):
     )
     hub_strategy: Literal["end", "every_save", "checkpoint", "all_checkpoints"] | None = Field(
         None,
-        description="When to push (default end): `end` once after the final save; `every_save` also the adapter, tokenizer and card at each checkpoint save; `checkpoint` also the latest checkpoint (with its optimizer state, to resume from) into `last-checkpoint/`; `all_checkpoints` every checkpoint into `checkpoint-N/`. Each push during training blocks it for the upload.",
+        description="When to push (default every_save, as in axolotl): `end` once, after the final save; `every_save` also at each checkpoint save (the adapter, tokenizer, config.yml and a card of the run so far); `checkpoint` also the latest checkpoint (with its optimizer state, to resume from) into `last-checkpoint/`; `all_checkpoints` every checkpoint into `checkpoint-N/`. Each push during training blocks it for the upload.",
     )
     hub_private_repo: bool | None = Field(
         None,
-        description="Create the repo private (the default here; axolotl and the HF Trainer default to public). Only decides when the repo is created: an existing repo keeps its visibility.",
+        description="false: create the repo public. Default private, as axolotl does (the HF Trainer alone defaults to public). Only decides when the repo is created: an existing repo keeps its visibility.",
     )
     hub_revision: str | None = Field(
         None, description="Branch to push to (created from main when it does not exist; default main)."
@@ -48,7 +50,7 @@ class HubKeys(StrictModel):
 
     @property
     def hub_strategy_or_default(self) -> str:
-        return self.hub_strategy or "end"
+        return self.hub_strategy or "every_save"  # axolotl leaves it to the HF Trainer, whose default it is
 
 
 def hub_checks(cfg: HubKeys) -> list[tuple[tuple, str]]:

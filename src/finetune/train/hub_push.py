@@ -6,9 +6,10 @@ be there), writes its own model card over finetune's at the end, and creates the
 a hub failure there ends the run. Instead this callback calls outputs/push.py with the allow-list of
 `finetune push`, in one commit per push:
 
-- `end` (default): once, after the final save, the results and the card;
-- `every_save`: at each checkpoint save the checkpoint's adapter and tokenizer, config.yml and a card of the run
-  so far, at the top of the repo; then the final push;
+- `end`: once, after the final save, the results and the card;
+- `every_save` (the default, as in axolotl, which leaves it to the HF Trainer): at each checkpoint save the
+  checkpoint's adapter and tokenizer, config.yml and a card of the run so far, at the top of the repo; then the
+  final push;
 - `checkpoint`: the same, plus that checkpoint (with the optimizer state, to resume from) in `last-checkpoint/`;
 - `all_checkpoints`: the same, each checkpoint in its own `checkpoint-N/`.
 
