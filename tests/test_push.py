@@ -148,6 +148,10 @@ def test_merged_into_a_subfolder_and_gguf_at_the_top(hub_env, run_copy, tmp_path
         "merged/config.json", "merged/generation_config.json", "merged/model.safetensors",
         "merged/tokenizer.json", "merged/README.md", "run.Q8_0.gguf", "Modelfile",
     }  # fmt: skip
+    push_command(merged, "me/merged")  # a merged folder as a repo of its own (vLLM, TGI): at the top
+    assert set(hub_env.commits[1].files) == {
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "README.md",
+    }  # fmt: skip
     with pytest.raises(UserError, match="--gguf .*: no .gguf file there"):
         push_command(run_copy, "me/all", gguf=merged)
     with pytest.raises(UserError, match="--merged .*: no config.json there"):
