@@ -162,9 +162,7 @@ def check_no_secrets(files: list[Upload], token: str | None) -> None:
     needle = token.encode() if token else None
     for upload in files:
         size = len(upload.source) if isinstance(upload.source, bytes) else upload.source.stat().st_size
-        text = Path(upload.path_in_repo).suffix.lower() in TEXT_SUFFIXES or upload.path_in_repo.endswith(
-            "Modelfile"
-        )
+        text = Path(upload.path_in_repo).suffix.lower() in TEXT_SUFFIXES  # "": Modelfile, latest
         if not text and size > SCAN_LIMIT:
             continue
         data = upload.read()
