@@ -89,3 +89,33 @@ def test_a_refusing_hub_never_costs_the_local_run(tiny_model_dir, tmp_path, hub_
     warnings = [line for line in capsys.readouterr().err.splitlines() if "hub push at step" in line]
     assert len(warnings) == 2 and all("401 Unauthorized" in w for w in warnings)
     assert hub_env.commits == []
+
+
+def test_train_without_a_token_trains_then_exits_2(tiny_model_dir, tmp_path, standin, write_config):
+    """`finetune train` as a user runs it (HF_ENDPOINT set before huggingface_hub is imported): no token is said
+    at the start, the run trains and saves in full, and the exit code says the push did not happen."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    path = write_config({
+        "base_model": str(tiny_model_dir), "adapter": "lora", "lora_r": 4,
+        "datasets": [{"path": str(QA), "type": INST_FORMAT}], "sequence_len": 128,
+        "dataset_prepared_path": str(tmp_path / "prepared"), "output_dir": str(out), "micro_batch_size": 4,
+        "max_steps": 2, "hub_model_id": "me/run", "hub_strategy": "end",
+    })  # fmt: skip
+    env = {**os.environ, "HF_ENDPOINT": standin.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "home")}
+    env.pop("HF_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune.cli", "train", str(path)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert any("warning: hub_model_id: no Hugging Face token" in line for line in lines)
+    assert lines[-2:] == [
+        "hub push failed: no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)",
+        f"the run is complete in {out}; push it with: finetune push {out} me/run",
+    ]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+    assert standin.requests == []
