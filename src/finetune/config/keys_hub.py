@@ -3,9 +3,10 @@
 Trainer's `hub_private_repo`. The pushing itself is outputs/push.py (what is uploaded) and train/hub_push.py
 (when, during training); `finetune push` does the same for a finished run.
 
-Defaults follow axolotl (its core/builders/base.py, mid-2026): with only `hub_model_id` set it pushes at every save (the HF Trainer's default
-`every_save`), into a private repo (axolotl hard-codes `hub_private_repo=True`; the HF Trainer alone would
-create a public one). `hub_private_repo: false` is the one way to a public repo.
+Defaults follow axolotl (its core/builders/base.py, mid-2026): with only `hub_model_id` set it pushes at
+every save (the HF Trainer's default `every_save`), into a private repo (axolotl hard-codes
+`hub_private_repo=True`; the HF Trainer alone would create a public one). `hub_private_repo: false` is the one
+way to a public repo.
 """
 
 from __future__ import annotations
