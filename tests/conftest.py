@@ -158,3 +158,8 @@ def send_signal(step: int):
                 os.kill(os.getpid(), signal.SIGTERM)
 
     return SendSignal()
+
+
+# ---------------------------------------------------------------- the stand-in hub (test_push, test_hub_push)
+
+from hub_standin import hub_env, standin  # noqa: E402, F401 - fixtures

@@ -463,3 +463,24 @@ def test_gguf_base_is_split_into_folder_and_file_and_cannot_be_requantized(tmp_p
     with pytest.raises(ConfigError) as err:
         config.validate({**base, "base_model": str(gguf), "gguf_file": "y.gguf"})
     assert "gguf_file: base_model already names a .gguf file" in str(err.value)
+
+
+def test_hub_keys_need_a_repo_and_default_to_private(write_config, data_file):
+    base = {"base_model": "org/m", "adapter": "lora", "datasets": [{"path": str(data_file)}]}
+    path = write_config(
+        {**base, "hub_strategy": "every_save", "hub_revision": "dev", "hub_private_repo": False}
+    )
+    assert problems(path) == [
+        f"{path}:5: hub_strategy: needs hub_model_id (the repo to push to): set it, or remove this key",
+        f"{path}:6: hub_revision: needs hub_model_id (the repo to push to): set it, or remove this key",
+    ]  # hub_private_repo: false is axolotl's placeholder, accepted alone
+    cfg = config.load(path, ["hub_model_id=me/run"])
+    assert cfg.hub_model_id == "me/run" and cfg.hub_strategy == "every_save" and cfg.hub_private is False
+    plain = config.load(write_config({**base, "hub_model_id": "me/run"}, name="plain.yaml"))
+    assert plain.hub_private is True and plain.hub_strategy_or_default == "every_save"  # as axolotl
+    assert problems(path, ["hub_model_id=me/run/x"]) == [
+        f"{path}: --set hub_model_id: not a hub repo id: 'me/run/x' (expected name or org/name)"
+    ]
+    assert problems(path, ["hub_model_id=me/run", "hub_strategy=hourly"]) == [
+        f"{path}: --set hub_strategy: must be 'end', 'every_save', 'checkpoint' or 'all_checkpoints' (got 'hourly')"
+    ]

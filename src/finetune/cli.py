@@ -162,6 +162,44 @@ def card(output_dir: OutputDirArg) -> None:
     print(f"wrote {path}")
 
 
+@app.command()
+def push(
+    output_dir: RunDirArg,
+    repo_id: Annotated[
+        str, typer.Argument(help="Hub repo: org/name, or name in your namespace.", show_default=False)
+    ],
+    private: Annotated[
+        bool, typer.Option("--private/--public", help="Visibility if the repo is created now.")
+    ] = True,
+    merged: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Also a `finetune merge` folder, into merged/.", show_default=False),
+    ] = None,
+    gguf: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Also the .gguf files and Modelfile of this folder, at the top.", show_default=False
+        ),
+    ] = None,
+    revision: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Branch to push to (created if needed).", show_default=False),
+    ] = None,
+    checkpoints: Annotated[
+        bool, typer.Option("--checkpoints", help="Also every checkpoint-N folder.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files; send nothing.")] = False,
+) -> None:
+    """Upload the adapter (or merged model), tokenizer, card, config.yml, loss plot and results to the hub in
+    one commit; the token comes from HF_TOKEN or `hf auth login`. A hub or network failure: one line, exit 2."""
+    from finetune.outputs import push as push_module
+
+    push_module.push_command(
+        output_dir, repo_id, private=private, merged=merged, gguf=gguf, revision=revision,
+        checkpoints=checkpoints, dry_run=dry_run,
+    )  # fmt: skip
+
+
 @app.command("generate")
 def generate_(
     output_dir: RunDirArg,

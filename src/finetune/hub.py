@@ -22,9 +22,9 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
 PROBE_SECONDS = 3.0
 
 
-def reachable(timeout: float = PROBE_SECONDS) -> bool:
-    """Can a TCP connection to the hub's endpoint be opened within `timeout` seconds?"""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+def reachable(timeout: float = PROBE_SECONDS, endpoint: str | None = None) -> bool:
+    """Can a TCP connection to the hub's endpoint (default: HF_ENDPOINT's) be opened within `timeout` seconds?"""
+    endpoint = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     port = endpoint.port or (443 if endpoint.scheme != "http" else 80)
     try:
         with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):

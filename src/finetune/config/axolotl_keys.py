@@ -137,8 +137,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "save_safetensors": (True,),
     "save_first_step": (),
     # --- hub and trackers other than W&B
-    "hub_model_id": (),
-    "hub_strategy": (),
     "push_to_hub": (),
     "use_tensorboard": (),
     "use_mlflow": (),
@@ -216,7 +214,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "greater_is_better": (),
     "heads_k_stride": (),
     "hf_mlflow_log_artifacts": (),
-    "hub_revision": (),
     "include_tkps": (),
     "large_head_attention": (),
     "layer_offloading": (),

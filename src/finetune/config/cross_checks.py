@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from finetune.config.checks import ATTENTION_FLAGS, PLUGINS
 from finetune.config.datasets import DatasetType, PreferenceType
+from finetune.config.keys_hub import hub_checks
 from finetune.config.schema import Config
 
 
@@ -48,6 +49,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
             )
         )
     problems += gguf_checks(cfg)
+    problems += hub_checks(cfg)
     problems += (
         schedule_checks(cfg) + cut_cross_entropy_checks(cfg) + precision_checks(cfg) + runtime_checks(cfg)
     )

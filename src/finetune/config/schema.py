@@ -16,14 +16,16 @@ from pydantic import field_validator
 from finetune.config import checks
 from finetune.config.checks import CCE_PLUGIN
 from finetune.config.datasets import looks_local
+from finetune.config.keys_hub import HubKeys
 from finetune.config.keys_model import DataKeys, ModelKeys, Positive  # noqa: F401 - Positive re-exported
 from finetune.config.keys_train import PreferenceKeys, TrainingKeys
 
 
-class Config(PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
+class Config(HubKeys, PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     """Every key a finetune run reads. Names follow axolotl so existing configs work unchanged.
 
-    (pydantic orders inherited fields from the last base to the first: model, data, training, preference.)
+    (pydantic orders inherited fields from the last base to the first: model, data, training, preference,
+    hub.)
     """
 
     # Single-key checks (config_checks.py); pydantic reports them at the key.

@@ -115,6 +115,9 @@ def run(
     checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
     if trainer.is_world_process_zero():
         outputs.write_config(cfg, output_dir)
+    from finetune.train import hub_push
+
+    hub_failure = None
     with _environ(tracking.wandb_environment(cfg, str(output_dir))):
         result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
         if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
@@ -142,7 +145,9 @@ def run(
             _finish_wandb(cfg, all_res)
             summary = outputs.summary_lines(output_dir, all_res)
             Console(highlight=False, soft_wrap=True).print("\n".join(["[bold green]done[/]", *summary]))
+            hub_failure = hub_push.final_push(cfg, output_dir, console)  # hub_model_id: push the run
     distributed.finish()
+    hub_push.raise_if_failed(hub_failure, cfg, output_dir)  # exit 2 after a failed push; the run is complete
     return output_dir
 
 
@@ -180,6 +185,10 @@ def build_trainer(
         callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
     if cfg.use_wandb:
         callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
+    if cfg.hub_model_id:
+        from finetune.train.hub_push import HubPush
+
+        callbacks.append(HubPush(cfg, console))
     if cfg.preference:  # rl: dpo / reward_model: TRL's trainers, same arguments and callbacks (rl.py)
         from finetune.train import preference as rl
 

@@ -3,7 +3,7 @@
 A user checks a config (data formatting, prompt template, adapter settings, outputs) in seconds on a
 laptop before renting GPUs. Everything that needs the real model or other machines is replaced, and
 each replacement is said out loud: the hub base model (it may be unreachable offline) by `finetune.model.tiny`,
-output_dir and the data cache by a temp folder, DeepSpeed and W&B switched off.
+output_dir and the data cache by a temp folder, DeepSpeed, W&B and hub pushes switched off.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def smoke_config(cfg: Config, notes: list[str]) -> Config:
         "wandb_project": None,
         "resume_from_checkpoint": None,
         "auto_resume_from_checkpoints": False,
+        "hub_model_id": None,
+        "hub_strategy": None,
+        "hub_private_repo": None,
+        "hub_revision": None,
     }
     notes.append(
         f"smoke: base_model {cfg.base_model} -> a tiny random Llama ({tiny}); its tokenizer formats the data"
@@ -55,6 +59,8 @@ def smoke_config(cfg: Config, notes: list[str]) -> Config:
         notes.append("smoke: deepspeed is off (one process)")
     if cfg.use_wandb:
         notes.append("smoke: W&B is off")
+    if cfg.hub_model_id:
+        notes.append(f"smoke: nothing is pushed to the hub ({cfg.hub_model_id})")
     return cfg.model_copy(update=update)
 
 
