@@ -3,6 +3,7 @@
     python benchmarks/gpu_qlora.py --shape 8b --mode qlora      # Llama-3.1-8B shape, 4-bit NF4 base
     python benchmarks/gpu_qlora.py --shape 8b --mode lora       # same, bf16 base
     python benchmarks/gpu_qlora.py --shape 1b --mode qlora --deepspeed zero2
+    python benchmarks/gpu_qlora.py --shape 8b --mode qlora --fsdp --processes 2   # FSDP2-QLoRA on 2 GPUs
 
 For a lent GPU machine (CUDA needed). The script writes a randomly initialised Llama model with the real
 dimensions to --workdir (once per shape), rows that fill the whole sequence (so every batch is full, as a
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of tokens/s")
     parser.add_argument("--gradient-checkpointing", choices=["true", "false"], default="true")
     parser.add_argument("--deepspeed", choices=["none", "zero2", "zero3"], default="none")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fsdp_version: 2) across --processes")
+    parser.add_argument("--processes", type=int, default=1, help="processes = GPUs (torchrun underneath)")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument(
         "--liger", action="store_true", help="Liger kernels: RoPE, RMSNorm, SwiGLU, fused linear CE"
@@ -96,6 +99,7 @@ def main() -> None:
     rows = args.workdir / "rows.jsonl"
     write_rows(rows, args.micro_batch * args.steps + 8)
     run = f"{args.shape}-{args.mode}-{args.deepspeed}-gc{args.gradient_checkpointing}{'-liger' if args.liger else ''}"
+    run += f"{'-fsdp' if args.fsdp else ''}-p{args.processes}"
     out = args.workdir / run
     config = {
         "base_model": str(model_dir),
@@ -132,11 +136,16 @@ def main() -> None:
         config["deepspeed"] = str(
             Path(__file__).resolve().parent.parent / "deepspeed_configs" / f"{args.deepspeed}.json"
         )
+    if args.fsdp:
+        config.update(
+            fsdp_version=2,
+            fsdp_config={"reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"},
+        )
     cfg_path = args.workdir / f"{run}.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "finetune.cli", "train", str(cfg_path), "--overwrite"]
-    if args.deepspeed != "none":
-        command += ["--num-processes", "1"]
+    if args.deepspeed != "none" or args.processes > 1:
+        command += ["--num-processes", str(args.processes)]
     start = time.time()
     proc = subprocess.run(command, env={**os.environ, "WANDB_MODE": "disabled"})
     wall = time.time() - start

@@ -52,6 +52,11 @@ ACCEPTED = {
     "archived__falcon__config-7b-qlora.yml",  # type: alpaca:chat
     "mistral__mixtral__mixtral.yml",  # model_config: {output_router_logits: true}
     "phi__lora-3.5.yaml",  # bfloat16: true
+    # FSDP2 (fsdp_version / fsdp_config / the fsdp: list) (issue 19)
+    "archived__dbrx__16bit-lora.yaml",
+    "llama-2__qlora-fsdp.yml",
+    "llama-3__qlora-fsdp-405b.yaml",
+    "qwen3__qlora-fsdp.yaml",
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 
@@ -89,7 +94,7 @@ def test_refusals_name_the_unsupported_feature():
             config.load(path)
         except config.ConfigError as exc:
             problems[path.name] = "\n".join(exc.problems)
-    assert "fsdp_config: not supported by finetune yet" in problems["llama-2__qlora-fsdp.yml"]
+    assert "qat: not supported by finetune yet" in problems["llama-3__3b-qat-fsdp2.yaml"]
     assert "rl: 'kto' is not implemented yet (implemented: dpo)" in problems["llama-3__qlora-1b-kto.yaml"]
     assert "adapter: full fine-tuning is not supported" in problems["llama-3__fft-8b.yaml"]
 

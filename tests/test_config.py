@@ -54,14 +54,14 @@ def test_good_config_loads_frozen_with_defaults(write_config, good_text):
 def test_typos_wrong_types_unsupported_and_missing_files_all_reported_at_once(write_config, good_text):
     text = good_text.replace("lora_alpha: 16", "lora_alhpa: 16")
     text = text.replace("lora_r: 8", "lora_r: eight")
-    text += "fsdp_config:\n  fsdp_version: 2\nmicro_batch_size: 0\nlearning_rate: fast\ndeepspeed: nowhere/zero9.json\n"
+    text += "qat:\n  weight_dtype: int8\nmicro_batch_size: 0\nlearning_rate: fast\ndeepspeed: nowhere/zero9.json\n"
     text = text.replace("field_output: target", "field_output: [target]")
     path = write_config(text)
     assert problems(path) == [
         f"{path}:3: lora_r: expected an integer (got 'eight')",
         f"{path}:4: lora_alhpa: unknown key (did you mean lora_alpha?)",
         f"{path}:9: datasets[0].type.field_output: expected a string",
-        f"{path}:12: fsdp_config: not supported by finetune yet (remove it or set it to null)",
+        f"{path}:12: qat: not supported by finetune yet (remove it or set it to null)",
         f"{path}:14: micro_batch_size: must be greater than 0 (got 0)",
         f"{path}:15: learning_rate: expected a number (got 'fast')",
         f"{path}:16: deepspeed: deepspeed config not found: nowhere/zero9.json",
@@ -112,9 +112,9 @@ def test_sharegpt_type_says_how_to_port_it(write_config, data_file):
 
 
 def test_unsupported_keys_at_their_off_value_are_accepted(write_config, good_text):
-    text = good_text + "fsdp:\nplugins: []\nliger_rope: false\nrl:\nstrict: false\ncontext_parallel_size: 1\n"
+    text = good_text + "qat:\nplugins: []\nliger_rope: false\nrl:\nstrict: false\ncontext_parallel_size: 1\n"
     cfg = config.load(write_config(text))
-    assert not hasattr(cfg, "fsdp")
+    assert not hasattr(cfg, "qat")
 
 
 def test_null_means_default_as_in_axolotl(write_config, good_text):

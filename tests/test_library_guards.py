@@ -63,3 +63,20 @@ def test_train_trainer_overrides_match_the_trainers_private_methods():
     assert parameters(Trainer._track_num_input_tokens)[1:] == ["inputs"], (
         "train.trainer FinetuneTrainer._track_num_input_tokens overrides a Trainer method whose signature changed"
     )
+
+
+def test_train_fsdp_enable_on_cpu_still_needed_and_reaches_accelerates_state():
+    """train/fsdp.enable_on_cpu: accelerate turns FSDP on only for the process-group types listed before
+    `self.distributed_type = DistributedType.FSDP` (GPU-like ones); when MULTI_CPU joins them, drop the function."""
+    import accelerate.state
+    from accelerate import PartialState
+
+    source = inspect.getsource(accelerate.state.AcceleratorState.__init__)
+    before = source.split("self.distributed_type = DistributedType.FSDP")[0]
+    branch = before[before.rindex("elif self.distributed_type in [") :]
+    assert "DistributedType.MULTI_GPU" in branch, "train/fsdp.enable_on_cpu: accelerate's FSDP branch moved"
+    assert "MULTI_CPU" not in branch, "train/fsdp.enable_on_cpu: accelerate now runs FSDP on CPU itself"
+    assert "self.fsdp_plugin = fsdp_plugin" in source, (
+        "train/fsdp.enable_on_cpu: AcceleratorState.fsdp_plugin"
+    )
+    assert "distributed_type" in PartialState._known_attrs, "train/fsdp.enable_on_cpu: PartialState field"

@@ -11,9 +11,6 @@ from __future__ import annotations
 # key -> extra values that also count as "off" (besides None, False, "", [], {}).
 UNSUPPORTED: dict[str, tuple] = {
     # --- distributed engines other than DeepSpeed/DDP
-    "fsdp": (),
-    "fsdp_config": (),
-    "fsdp_version": (),
     "context_parallel_size": (1,),
     "tensor_parallel_size": (1,),
     "expert_parallel_size": (1,),
@@ -194,7 +191,7 @@ UNSUPPORTED: dict[str, tuple] = {
     "fp8": (),
     "fp8_config": (),
     "fp8_enable_fsdp_float8_all_gather": (),
-    "fsdp_final_state_dict_type": (),
+    "fsdp_final_state_dict_type": ("FULL_STATE_DICT",),  # the final adapter is always saved whole
     "full_determinism": (),
     "gc_collect_steps": (),
     "gc_steps": (),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from finetune.config.checks import ATTENTION_FLAGS, PLUGINS
 from finetune.config.datasets import DatasetType, PreferenceType
+from finetune.config.fsdp import fsdp_settings
 from finetune.config.keys_hub import hub_checks
 from finetune.config.schema import Config
 
@@ -50,6 +51,13 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
         )
     problems += gguf_checks(cfg)
     problems += hub_checks(cfg)
+    problems += fsdp_settings(cfg)[1]
+    if cfg.fsdp_version or cfg.fsdp_config or cfg.fsdp:
+        if cfg.training_kind != "sft":
+            key = "reward_model" if cfg.reward_model else "rl"
+            problems.append(
+                ((key,), "FSDP trains supervised fine-tuning only here: use DDP or DeepSpeed for this")
+            )
     problems += (
         schedule_checks(cfg) + cut_cross_entropy_checks(cfg) + precision_checks(cfg) + runtime_checks(cfg)
     )

@@ -115,6 +115,18 @@ class TrainingKeys(StrictModel):
     deepspeed: str | dict[str, Any] | None = Field(
         None, description="DeepSpeed config: a JSON path or an inline mapping."
     )
+    fsdp_version: int | None = Field(
+        None,
+        description="FSDP: 2 (PyTorch's fully_shard through accelerate; FSDP1 is not supported). Any fsdp key turns FSDP on.",
+    )
+    fsdp_config: dict[str, Any] | None = Field(
+        None,
+        description="FSDP2 settings, axolotl's names (an fsdp_ prefix is allowed): reshard_after_forward, offload_params, cpu_ram_efficient_loading, state_dict_type (FULL_STATE_DICT / SHARDED_STATE_DICT: checkpoint layout), auto_wrap_policy, transformer_layer_cls_to_wrap, activation_checkpointing; FSDP1's sharding_strategy is read as reshard_after_forward.",
+    )
+    fsdp: list[str] | str | None = Field(
+        None,
+        description="axolotl's older FSDP list: full_shard / shard_grad_op (resharding), offload (parameters to CPU), auto_wrap (always on in FSDP2).",
+    )
     ddp_find_unused_parameters: bool | None = Field(
         None,
         description="Multi-process DDP (no DeepSpeed): look for trainable weights that got no gradient after each backward. Needed only when some trainable weights can sit out a forward; costs a walk over the autograd graph each step. Default false: every LoRA weight takes part in every forward.",

@@ -8,6 +8,7 @@ import os
 from finetune import hub
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
+from finetune.config.fsdp import requested as fsdp_requested
 from finetune.errors import UserError
 from finetune.model.compute import Precision, attn_implementation
 
@@ -189,12 +190,13 @@ def disable_cpu_bf16_repack(model) -> int:
 
 
 def quant_storage(cfg: Config, dtype: str) -> str:
-    """Storage dtype of 4-bit weights: the config's, else the training dtype under ZeRO-3, else uint8.
+    """Storage dtype of 4-bit weights: the config's, else the training dtype under ZeRO-3 or FSDP, else uint8.
 
     ZeRO-3 flattens and shards parameters by dtype; 4-bit weights packed into uint8 next to bf16 norms and
     LoRA weights break that on GPUs (the failure peers report), while packed into the training dtype they
-    shard like every other tensor (the recipe of peft's and HF's QLoRA + ZeRO-3 guides). Same NF4 values.
+    shard like every other tensor (the recipe of peft's and HF's QLoRA + ZeRO-3 guides, and of Answer.AI's
+    FSDP-QLoRA, which axolotl follows). Same NF4 values.
     """
     if cfg.bnb_4bit_quant_storage:
         return cfg.bnb_4bit_quant_storage
-    return dtype if zero_stage(cfg.deepspeed) == 3 else "uint8"
+    return dtype if zero_stage(cfg.deepspeed) == 3 or fsdp_requested(cfg) else "uint8"

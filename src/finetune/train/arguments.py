@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 
 from finetune.config import Config
+from finetune.config.fsdp import requested as fsdp_requested
 from finetune.model import Precision
-from finetune.train import distributed
+from finetune.train import distributed, fsdp
 
 BNB_OPTIMIZERS = {
     "adamw_bnb_8bit": "AdamW8bit",
@@ -150,9 +151,10 @@ def _ddp(cfg: Config, notes: list[str]) -> dict:
     keys = ("ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_broadcast_buffers")
     if distributed.world_size() == 1:
         return {}
-    if cfg.deepspeed:
+    engine = "DeepSpeed" if cfg.deepspeed else "FSDP" if fsdp_requested(cfg) else None
+    if engine:
         notes += [
-            f"{key}: no effect under DeepSpeed (it is a DDP setting)" for key in keys if getattr(cfg, key)
+            f"{key}: no effect under {engine} (it is a DDP setting)" for key in keys if getattr(cfg, key)
         ]
         return {}
     return {
@@ -243,6 +245,7 @@ def training_arguments(
         # find_unused_parameters off by default: every LoRA weight takes part in every forward, so DDP need
         # not search the autograd graph each step
         **_ddp(cfg, notes),
+        **fsdp.trainer_arguments(cfg, distributed.world_size(), on_gpu, notes),
         "ddp_timeout": cfg.ddp_timeout,
         "report_to": ["wandb"] if cfg.use_wandb else "none",
         "run_name": cfg.run_name,

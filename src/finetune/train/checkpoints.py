@@ -46,9 +46,12 @@ def problem(ckpt: Path) -> str | None:
         path = ckpt / name
         if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip; cut off = no directory
             return f"{name} is cut off"
-    has_optimizer = (ckpt / "optimizer.pt").is_file() or any(
-        ckpt.glob("global_step*")
-    )  # DeepSpeed: its own folder
+    has_optimizer = (
+        (ckpt / "optimizer.pt").is_file()
+        or any(ckpt.glob("global_step*"))  # DeepSpeed: its own folder
+        or (ckpt / "optimizer.bin").is_file()  # FSDP, full state dict
+        or any((ckpt / "optimizer_0").glob("*.distcp"))  # FSDP, sharded: one file per process
+    )
     if not has_optimizer:
         return "no optimizer state"
     return None

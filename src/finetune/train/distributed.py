@@ -268,4 +268,7 @@ def facts(trainer) -> dict:
     stage = zero_stage(args.deepspeed)
     if stage is not None:
         out["zero_stage"] = stage
+    if trainer.is_fsdp_enabled:
+        out["fsdp_version"] = trainer.accelerator.state.fsdp_plugin.fsdp_version
+        out["fsdp_checkpoints"] = str(trainer.accelerator.state.fsdp_plugin.state_dict_type.name).lower()
     return out

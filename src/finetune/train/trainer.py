@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from finetune.model import speedups
+from finetune.train import fsdp
 
 
 class EpochToSampler(TrainerCallback):
@@ -78,6 +79,25 @@ class FinetuneTrainer(LoraPlus, Trainer):
             self.add_callback(
                 EpochToSampler(sampler, sampler.batches_per_rank, self.args.gradient_accumulation_steps)
             )
+
+    # ---------------------------------------------------------------- FSDP2
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        fsdp.enable_on_cpu(self)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP the adapter is gathered whole and saved by the main process (checkpoints too: the
+        Trainer saves its sharded model and optimizer state beside it for resuming)."""
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        state = fsdp.full_adapter_state(model)  # every process: the gathers are collectives
+        if self.args.should_save:
+            model.save_pretrained(output_dir, state_dict=state)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
 
     # ---------------------------------------------------------------- dataloaders
 

@@ -104,6 +104,8 @@ def hyperparameters(run: Run) -> dict:
         hp["distributed_type"] = distributed
     if fact(run, "zero_stage") is not None:
         hp["deepspeed_zero_stage"] = fact(run, "zero_stage")
+    if fact(run, "fsdp_version") is not None:
+        hp["fsdp_version"] = fact(run, "fsdp_version")
     if world > 1:
         hp["num_devices"] = world
     if cfg.gradient_accumulation_steps > 1:
