@@ -1,0 +1,76 @@
+"""Wall time of `finetune train` against the hand-written HF script on the same work, alternated to share noise.
+
+    python benchmarks/wall_time.py                        # 2 rounds x (finetune, script), 20 steps each
+    python benchmarks/wall_time.py --rounds 3 --max-steps 63
+
+The real_learning.py setup (SmolLM2-135M-Instruct dequantized to an HF folder, FinLoRA fpb rows, LoRA r16 on all
+linear layers, fp32, batch 16, seq 512), with finetune in file order (`shuffle_merged_datasets: false`) so both
+train the very same batches (same rows, same padding: the same FLOPs; real_learning.py --identity shows the
+adapters are then bit-identical). Runs alternate finetune, script, finetune, script ... so a slow minute of the
+machine hits both alike. Wall time is the subprocess's, shell to saved adapter (imports, data, model load,
+training, outputs); "loop" is the Trainer's own train_runtime. Prints each run and the medians; needs a quiet
+machine (any other job on the cores shows up in both columns, unevenly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_learning as rl  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=20, help="optimizer steps per run (63 = one epoch)")
+    p.add_argument("--seed", type=int, default=44)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/wall_time"))
+    a = p.parse_args()
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    model, train, _ = rl.prepare(a.workdir, 1000)
+    runs: dict[str, list[dict]] = {"finetune": [], "script": []}
+    for r in range(a.rounds):
+        name = f"finetune-{r}"
+        cfg = rl.finetune_config(
+            a.workdir, name, model, train, a.seed, shuffle_merged_datasets=False, max_steps=a.max_steps
+        )
+        wall = rl.timed([rl.shutil.which("finetune") or "finetune", "train", str(cfg), "--overwrite"],
+                        a.workdir / f"{name}.log")  # fmt: skip
+        res = json.loads((a.workdir / name / "all_results.json").read_text())
+        runs["finetune"].append({"wall_s": wall, "loop_s": round(res["train_runtime"], 1)})
+        print(f"finetune round {r}: wall {wall} s, loop {res['train_runtime']:.1f} s", flush=True)
+
+        name = f"script-{r}"
+        out = a.workdir / f"{name}.json"
+        cmd = [
+            sys.executable, str(rl.ROOT / "benchmarks" / "hf_baseline.py"), "--model", str(model), "--data",
+            str(train), "--rows", "1000", "--out", str(out), "--lora", "--format", "{context}",
+            "--lr", str(rl.HYPER["learning_rate"]), "--lora-r", str(rl.HYPER["lora_r"]),
+            "--lora-alpha", str(rl.HYPER["lora_alpha"]), "--batch", str(rl.HYPER["micro_batch_size"]),
+            "--seq-len", str(rl.HYPER["seq_len"]), "--seed", str(a.seed), "--max-steps", str(a.max_steps),
+            "--save-adapter", str(a.workdir / name),
+        ]  # fmt: skip
+        wall = rl.timed(cmd, a.workdir / f"{name}.log")
+        res = json.loads(out.read_text())
+        runs["script"].append({"wall_s": wall, "loop_s": round(res["train_runtime"], 1)})
+        print(f"script   round {r}: wall {wall} s, loop {res['train_runtime']:.1f} s", flush=True)
+
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "loop_s")} for k, v in runs.items()}
+    print(f"\n| contender | runs | median wall s | median loop s |  ({a.max_steps} steps, seed {a.seed})")
+    print("|---|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {len(runs[k])} | {v['wall_s']:.1f} | {v['loop_s']:.1f} |")
+    ratio = med["finetune"]["wall_s"] / med["script"]["wall_s"]
+    print(
+        f"\nfinetune / script wall: {ratio:.3f}; loop: {med['finetune']['loop_s'] / med['script']['loop_s']:.3f}"
+    )
+    (a.workdir / "wall_time.json").write_text(json.dumps({"runs": runs, "median": med}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
