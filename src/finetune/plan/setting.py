@@ -85,7 +85,7 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int) -> Setting:
         liger_glu=liger_any and bool(cfg.liger_glu_activation),
         fused_loss=liger_any and bool(cfg.liger_fused_linear_cross_entropy or cfg.cut_cross_entropy_on),
         optimizer_bytes=OPTIMIZER_BYTES.get(cfg.optimizer, 8),
-        zero=zero_stage(cfg.deepspeed) if cfg.deepspeed else 0,
+        zero=(zero_stage(cfg.deepspeed) or 0) if cfg.deepspeed else 0,
         gpus=max(1, gpus),
         double_quant=cfg.bnb_4bit_use_double_quant is not False,
     )

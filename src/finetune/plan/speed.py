@@ -4,6 +4,7 @@ length from a quick look at the dataset files (no tokenizer: ~4 characters a tok
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from finetune.config import Config
@@ -12,7 +13,8 @@ from finetune.plan.devices import Device
 from finetune.plan.setting import Setting
 from finetune.plan.shapes import Shape
 
-CHARS_PER_TOKEN = 4.0  # English text with a BPE vocabulary; only for the run-length estimate
+CHARS_PER_TOKEN = 4.0
+SMALL_HIDDEN = 512  # model.compute.SMALL_HIDDEN (plan does not import the model stage)  # English text with a BPE vocabulary; only for the run-length estimate
 
 
 def flops_per_token(shape: Shape, s: Setting, n_lora: int) -> float:
@@ -36,7 +38,10 @@ def efficiency(device: Device, s: Setting) -> float:
 
 def speed(cfg: Config, shape: Shape, s: Setting, device: Device, n_lora: int) -> dict:
     per_token = flops_per_token(shape, s, n_lora)
-    tps = device.peak_tflops * 1e12 * efficiency(device, s) / per_token * s.gpus
+    peak = device.peak_tflops
+    if not device.is_gpu and shape.hidden < SMALL_HIDDEN and "OMP_NUM_THREADS" not in os.environ:
+        peak /= os.cpu_count() or 1  # finetune trains a narrow model on one thread (model.compute.cpu_threads)
+    tps = peak * 1e12 * efficiency(device, s) / per_token * s.gpus
     out = {"flops_per_token": per_token, "tokens_per_second": tps, "efficiency": efficiency(device, s)}
     out.update(run_length(cfg, s, tps))
     return out
