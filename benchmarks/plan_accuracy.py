@@ -143,18 +143,37 @@ def predict(name: str, workdir: Path) -> dict:
 
     cfg = config.validate(config_for(name, workdir))
     p = plan.estimate(cfg, plan.cpu_device())
-    return {"peak_rss_gib": p.peak_gib, "tokens_per_second": p.speed["tokens_per_second"], "parts": p.parts}
+    return {"peak_rss_gib": p.peak_gib, "tokens_per_second": p.speed["tokens_per_second"],
+            "allocated_gib": p.allocated_gib, "efficiency": p.speed["efficiency"]}  # fmt: skip
+
+
+def fit(rows: list[tuple[dict, dict]]) -> None:
+    """The constants devices.py takes from these measurements: RSS = runtime + (1 + slack) x tensors (least
+    squares), and the efficiency as the geometric mean of measured / predicted-at-efficiency-1 tokens/s."""
+    import math
+
+    xs = [p["allocated_gib"] for p, _ in rows]
+    ys = [m["peak_rss_gib"] for _, m in rows]
+    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+    logs = [math.log(m["tokens_per_second"] / (p["tokens_per_second"] / p["efficiency"])) for p, m in rows]
+    print(
+        f"fit over {n} configs: CPU_RUNTIME_GIB = {my - slope * mx:.3f}, CPU_ALLOCATOR_SLACK = {slope - 1:.3f}, "
+        f"CPU_EFFICIENCY = {math.exp(sum(logs) / n):.4f}"
+    )
 
 
 def report(measured: dict, workdir: Path) -> None:
     print("| config | predicted RSS | measured RSS | error | predicted tokens/s | measured tokens/s | error |")
     print("|---|---|---|---|---|---|---|")
     worst_mem = worst_tps = 0.0
+    rows = []
     for name in GRID:
         m = measured.get(name)
         if not m or "error" in m:
             continue
         p = predict(name, workdir)
+        rows.append((p, m))
         em = p["peak_rss_gib"] / m["peak_rss_gib"] - 1
         et = p["tokens_per_second"] / m["tokens_per_second"] - 1
         worst_mem, worst_tps = max(worst_mem, abs(em)), max(worst_tps, abs(et))
@@ -163,6 +182,8 @@ def report(measured: dict, workdir: Path) -> None:
             f"{p['tokens_per_second']:,.0f} | {m['tokens_per_second']:,.0f} | {et:+.0%} |"
         )
     print(f"\nworst |error|: memory {worst_mem:.0%} (target 15%), tokens/s {worst_tps:.0%} (target 30%)")
+    if len(rows) >= 2:
+        fit(rows)
 
 
 def main() -> None:
