@@ -63,13 +63,38 @@ def fixes(cfg: Config, plan: Plan, shape: Shape, limit: int = 3) -> list[str]:
             break
     if found:
         return found
-    combined = cfg.model_copy(
-        update={"micro_batch_size": 1, "gradient_checkpointing": True, "load_in_4bit": not cfg.load_in_8bit,
-                "gradient_accumulation_steps": cfg.gradient_accumulation_steps * plan.micro_batch}
-    )  # fmt: skip
-    after = estimate(combined, plan.device, plan.gpus, shape)
-    keys = f"gradient_checkpointing: true, micro_batch_size: 1, gradient_accumulation_steps: x{plan.micro_batch}"
-    if not cfg.load_in_8bit:
-        keys += ", load_in_4bit: true"
-    verdict = "fits" if after.fits else "still does not fit: a shorter sequence_len or a larger device"
-    return [f"{keys} (predicted peak {after.peak_gib:.1f} GiB: {verdict})"]
+    return [_combined(cfg, plan, shape)]
+
+
+def _combined(cfg: Config, plan: Plan, shape: Shape) -> str:
+    """No single change fits: checkpointing, then the largest micro-batch that fits, adding Liger's loss and
+    4-bit only when still needed."""
+    micro, accum = plan.micro_batch, cfg.gradient_accumulation_steps
+    steps: list[tuple[str, dict]] = []
+    if not cfg.gradient_checkpointing:
+        steps.append(("gradient_checkpointing: true", {"gradient_checkpointing": True}))
+    if plan.device.is_gpu and not (cfg.liger_fused_linear_cross_entropy or cfg.cut_cross_entropy_on):
+        steps.append(("liger_fused_linear_cross_entropy: true", {"liger_fused_linear_cross_entropy": True}))
+    if not (cfg.quantized_4bit or cfg.load_in_8bit):
+        steps.append(("load_in_4bit: true", {"load_in_4bit": True}))
+    keys, update = [], {}
+    after = plan
+    for text, change in [("", {}), *steps]:
+        if text:
+            keys.append(text)
+            update.update(change)
+        size = micro
+        while size >= 1:
+            trial = cfg.model_copy(update={**update, "micro_batch_size": size,
+                                           "gradient_accumulation_steps": accum * (micro // size)})  # fmt: skip
+            after = estimate(trial, plan.device, plan.gpus, shape)
+            if after.fits:
+                if size != micro:
+                    keys.append(f"micro_batch_size: {micro} -> {size}, gradient_accumulation_steps: "
+                                f"{accum} -> {accum * (micro // size)}")  # fmt: skip
+                return f"{', '.join(keys)} (predicted peak {after.peak_gib:.1f} GiB)"
+            size //= 2
+    return (
+        f"{', '.join(keys) or 'micro_batch_size: 1'} still leaves a predicted peak of {after.peak_gib:.1f} GiB: "
+        "a shorter sequence_len, more GPUs or a larger device"
+    )

@@ -53,7 +53,13 @@ def make_plan(cfg: Config, device: Device, gpus: int = 1) -> Plan:
 
 
 def plan_command(cfg: Config, device: str | None, gpus: int, memory_gib: float | None, as_json: bool) -> Plan:
+    from finetune import hub
+
+    base_ids = [i for i in cfg.hub_ids if i in (cfg.base_model, cfg.base_model_config, cfg.base_source[0])]
+    offline = hub.offline_if_unreachable(base_ids)  # only config.json is fetched: one line, not retries
     plan = make_plan(cfg, device_for(device, gpus, memory_gib), gpus)
+    if offline:
+        plan.notes.append(offline)
     if as_json:
         print(json.dumps(plan.as_json(), indent=2))
     else:
@@ -86,6 +92,8 @@ def print_plan(plan: Plan) -> None:
     table.add_column("part")
     table.add_column("GiB", justify="right")
     for key, value in plan.parts.items():
+        if value == 0:
+            continue
         table.add_row(LABELS.get(key, key), f"{value:.2f}")
     for key, value in plan.moments.items():
         if key not in plan.parts and "loading_base" not in plan.parts:
