@@ -172,7 +172,8 @@ def main() -> None:
                 "tokens_per_s_steady": round(tps, 1),
                 "train_tokens_per_second_all_steps": results.get("train_tokens_per_second"),
                 "peak_gpu_mem_gib": round(results.get("peak_gpu_memory_mb", float("nan")) / 1024, 2),
-                "predicted_peak_gpu_mem_gib": round(predicted.allocated_gib, 2),  # finetune plan, same measure
+                # finetune plan's prediction, the same measure (torch.cuda.max_memory_allocated)
+                "predicted_peak_gpu_mem_gib": round(predicted.allocated_gib, 2),
                 "predicted_tokens_per_s": round(predicted.speed["tokens_per_second"], 1),
                 "mfu": round(mfu, 3),
                 "final_loss": steps[-1]["loss"] if steps else None,

@@ -119,7 +119,9 @@ def measure(name: str, workdir: Path) -> dict:
     out = workdir / "runs" / name
     command = [sys.executable, "-m", "finetune.cli", "train", str(cfg_path), "--overwrite", "--no-fit-check"]
     start = time.time()
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
+    )
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         return {"error": f"exit {proc.returncode}"}
@@ -155,7 +157,9 @@ def fit(rows: list[tuple[dict, dict]]) -> None:
     xs = [p["allocated_gib"] for p, _ in rows]
     ys = [m["peak_rss_gib"] for _, m in rows]
     n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(
+        1e-12, sum((x - mx) ** 2 for x in xs)
+    )
     logs = [math.log(m["tokens_per_second"] / (p["tokens_per_second"] / p["efficiency"])) for p, m in rows]
     print(
         f"fit over {n} configs: CPU_RUNTIME_GIB = {my - slope * mx:.3f}, CPU_ALLOCATOR_SLACK = {slope - 1:.3f}, "
@@ -164,7 +168,9 @@ def fit(rows: list[tuple[dict, dict]]) -> None:
 
 
 def report(measured: dict, workdir: Path) -> None:
-    print("| config | predicted RSS | measured RSS | error | predicted tokens/s | measured tokens/s | error |")
+    print(
+        "| config | predicted RSS | measured RSS | error | predicted tokens/s | measured tokens/s | error |"
+    )
     print("|---|---|---|---|---|---|---|")
     worst_mem = worst_tps = 0.0
     rows = []
@@ -197,7 +203,9 @@ def main() -> None:
     measured = json.loads(saved.read_text()) if saved.exists() else {}
     if not args.report:
         write_rows(args.workdir / "rows.jsonl")
-        print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+        print(
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+        )
         for name in GRID:
             if args.only and args.only not in name:
                 continue

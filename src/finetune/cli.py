@@ -87,7 +87,9 @@ def preprocess(
 
 MemoryOpt = Annotated[
     Optional[float],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--memory", help="Memory of one device in GiB (default: the device's own).", show_default=False),
+    typer.Option(
+        "--memory", help="Memory of one device in GiB (default: the device's own).", show_default=False
+    ),
 ]
 
 
@@ -97,10 +99,15 @@ def plan(
     set_: SetOpt = None,
     device: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="h100-80gb, h200, a100-80gb, a100-40gb, l40s, l4, a10g, rtx4090, rtx3090 or cpu "
-                     "[default: the GPU here, else the CPU]", show_default=False),
+        typer.Option(
+            help="h100-80gb, h200, a100-80gb, a100-40gb, l40s, l4, a10g, rtx4090, rtx3090 or cpu "
+            "[default: the GPU here, else the CPU]",
+            show_default=False,
+        ),
     ] = None,
-    num_gpus: Annotated[int, typer.Option(help="GPUs the run shares (DeepSpeed ZeRO shards across them).")] = 1,
+    num_gpus: Annotated[
+        int, typer.Option(help="GPUs the run shares (DeepSpeed ZeRO shards across them).")
+    ] = 1,
     memory: MemoryOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="The same figures as one JSON object.")] = False,
 ) -> None:

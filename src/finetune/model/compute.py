@@ -100,7 +100,8 @@ def cpu_threads(model, notes: list[str]) -> None:
         )
 
 
-CPU_MMAP_THRESHOLD = 1 << 20  # bytes: CPU tensors this large get their own mmap, returned to the OS when freed
+# bytes: CPU tensors this large get their own mmap, returned to the OS when freed
+CPU_MMAP_THRESHOLD = 1 << 20
 
 
 def cpu_allocator() -> bool:
@@ -119,7 +120,11 @@ def cpu_allocator() -> bool:
 
     import torch
 
-    if torch.cuda.is_available() or not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if (
+        torch.cuda.is_available()
+        or not sys.platform.startswith("linux")
+        or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    ):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -38,7 +38,9 @@ GPUS = {
 DEVICE_NAMES = [*GPUS, "cpu"]
 
 # --- GPU: what torch.cuda.max_memory_allocated does not see
-CUDA_CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace of one process (typical for CUDA 12; not measured here)
+CUDA_CONTEXT_GIB = (
+    0.5  # CUDA context + cuBLAS workspace of one process (typical for CUDA 12; not measured here)
+)
 GPU_ALLOCATOR_SLACK = 0.05  # reserved but unallocated (fragmentation) as a share of the allocated peak: an
 #   assumption, not fitted — no GPU was lent while this was written, and BENCHMARKS.md records allocated only
 # FITTED: share of the dense bf16 peak a LoRA step reaches (model FLOPs incl. recomputation / time), from the

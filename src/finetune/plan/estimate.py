@@ -66,7 +66,11 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
 
         shape = shape_of(cfg)
     if micro_batch is None:
-        micro_batch = cfg.micro_batch_size if cfg.micro_batch_size != "auto" else auto_micro_batch(cfg, device, gpus, shape)
+        micro_batch = (
+            cfg.micro_batch_size
+            if cfg.micro_batch_size != "auto"
+            else auto_micro_batch(cfg, device, gpus, shape)
+        )
     s = setting.setting(cfg, device.is_gpu, micro_batch, gpus)
     n_lora = setting.adapter_params(cfg, shape)
     n_full = setting.trained_in_full(cfg, shape)

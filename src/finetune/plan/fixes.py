@@ -19,7 +19,9 @@ def _micro_batch_fix(cfg: Config, device: Device, gpus: int, shape: Shape, micro
     size = micro // 2
     while size >= 1:
         factor = micro // size
-        changed = cfg.model_copy(update={"micro_batch_size": size, "gradient_accumulation_steps": accum * factor})
+        changed = cfg.model_copy(
+            update={"micro_batch_size": size, "gradient_accumulation_steps": accum * factor}
+        )
         if estimate(changed, device, gpus, shape).fits:
             return (
                 f"micro_batch_size: {micro} -> {size}, gradient_accumulation_steps: {accum} -> {accum * factor}",
@@ -46,7 +48,11 @@ def candidates(cfg: Config, device: Device, gpus: int, shape: Shape, micro: int)
     if device.is_gpu:
         for more in (2 * gpus, 4 * gpus, 8 * gpus):
             zero3 = base.model_copy(update={"deepspeed": {"zero_optimization": {"stage": 3}}})
-            yield f"{more} GPUs with deepspeed: deepspeed_configs/zero3.json (--num-processes {more})", zero3, more
+            yield (
+                f"{more} GPUs with deepspeed: deepspeed_configs/zero3.json (--num-processes {more})",
+                zero3,
+                more,
+            )
 
 
 def fixes(cfg: Config, plan: Plan, shape: Shape, limit: int = 3) -> list[str]:

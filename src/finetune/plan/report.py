@@ -46,7 +46,9 @@ def make_plan(cfg: Config, device: Device, gpus: int = 1) -> Plan:
     shape = shape_of(cfg)
     plan = estimate(cfg, device, gpus, shape)
     if cfg.micro_batch_size == "auto":
-        plan.notes.append(f"micro_batch_size: auto -> {plan.micro_batch} (the largest power of two that fits)")
+        plan.notes.append(
+            f"micro_batch_size: auto -> {plan.micro_batch} (the largest power of two that fits)"
+        )
     if not plan.fits:
         plan.fixes = fixes.fixes(cfg, plan, shape)
     return plan

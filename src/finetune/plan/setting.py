@@ -107,8 +107,11 @@ def adapted(cfg: Config, shape: Shape) -> list[Linear]:
 
 def adapter_params(cfg: Config, shape: Shape) -> int:
     """LoRA A (r x in) and B (out x r) for every adapted layer; DoRA adds a magnitude vector (out)."""
-    per = (lambda lin: cfg.lora_r * (lin.in_features + lin.out_features) + (lin.out_features if cfg.peft_use_dora else 0))
-    return sum(per(lin) for lin in adapted(cfg, shape))  # fmt: skip
+    dora = cfg.peft_use_dora
+    return sum(
+        cfg.lora_r * (lin.in_features + lin.out_features) + (lin.out_features if dora else 0)
+        for lin in adapted(cfg, shape)
+    )
 
 
 def trained_in_full(cfg: Config, shape: Shape) -> int:

@@ -102,7 +102,9 @@ def from_dict(config: dict, source: str = "config.json") -> Shape:
     attn_bias = text.get("attention_bias", model_type == "qwen2")
     bias = (heads * hd + 2 * kv * hd) if attn_bias else 0
     qk_norm = 2 * hd if model_type == "qwen3" else 0
-    norms = layers * (2 * d + bias + qk_norm) + d  # two RMSNorms a layer (+ biases, q/k norms), the final norm
+    norms = (
+        layers * (2 * d + bias + qk_norm) + d
+    )  # two RMSNorms a layer (+ biases, q/k norms), the final norm
     return Shape(model_type, d, f, layers, heads, kv, hd, vocab, bool(tied), linears, norms, source)
 
 
@@ -150,7 +152,9 @@ def gguf_config(path: Path) -> dict:
 
     arch = value("general.architecture")
     if arch not in GGUF_ARCH:
-        raise UserError(f"base_model: {path.name} is a {arch!r} GGUF; finetune plan knows {sorted(GGUF_ARCH)}")
+        raise UserError(
+            f"base_model: {path.name} is a {arch!r} GGUF; finetune plan knows {sorted(GGUF_ARCH)}"
+        )
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     names = {t.name for t in reader.tensors}
     heads = value(f"{arch}.attention.head_count")
@@ -188,7 +192,9 @@ def config_dict(cfg: Config) -> dict:
     else:
         from huggingface_hub import hf_hub_download
 
-        data = json.loads(Path(_hub(hf_hub_download, source, "config.json", cfg, hub.is_offline())).read_text())
+        data = json.loads(
+            Path(_hub(hf_hub_download, source, "config.json", cfg, hub.is_offline())).read_text()
+        )
     for key, val in (cfg.overrides_of_model_config or {}).items():
         data[key] = val
     return data
@@ -198,7 +204,9 @@ def _hub(download, repo: str, filename: str, cfg: Config, offline: bool) -> str:
     try:
         return download(repo, filename, revision=cfg.revision_of_model, local_files_only=offline)
     except Exception as exc:  # noqa: BLE001 - every hub failure is one line naming the key
-        raise UserError(f"base_model: cannot read {filename} of {repo!r} ({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"base_model: cannot read {filename} of {repo!r} ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def shape_of(cfg: Config) -> Shape:

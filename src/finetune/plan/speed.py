@@ -40,7 +40,8 @@ def speed(cfg: Config, shape: Shape, s: Setting, device: Device, n_lora: int) ->
     per_token = flops_per_token(shape, s, n_lora)
     peak = device.peak_tflops
     if not device.is_gpu and shape.hidden < SMALL_HIDDEN and "OMP_NUM_THREADS" not in os.environ:
-        peak /= os.cpu_count() or 1  # finetune trains a narrow model on one thread (model.compute.cpu_threads)
+        # finetune trains a narrow model on one thread (model.compute.cpu_threads)
+        peak /= os.cpu_count() or 1
     tps = peak * 1e12 * efficiency(device, s) / per_token * s.gpus
     out = {"flops_per_token": per_token, "tokens_per_second": tps, "efficiency": efficiency(device, s)}
     out.update(run_length(cfg, s, tps))
