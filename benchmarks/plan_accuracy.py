@@ -145,7 +145,9 @@ def predict(name: str, workdir: Path) -> dict:
     cfg = config.validate(config_for(name, workdir))
     p = plan.estimate(cfg, plan.cpu_device())
     return {"peak_rss_gib": p.peak_gib, "tokens_per_second": p.speed["tokens_per_second"],
-            "allocated_gib": p.allocated_gib, "efficiency": p.speed["efficiency"]}  # fmt: skip
+            "allocated_gib": p.allocated_gib, "efficiency": p.speed["efficiency"],
+            "bits": 4 if cfg.quantized_4bit else 32,
+            "extra_gib": p.parts.get("checkpoint_pages", 0.0)}  # fmt: skip
 
 
 def fit(rows: list[tuple[dict, dict]]) -> None:
@@ -154,16 +156,19 @@ def fit(rows: list[tuple[dict, dict]]) -> None:
     import math
 
     xs = [p["allocated_gib"] for p, _ in rows]
-    ys = [m["peak_rss_gib"] for _, m in rows]
+    ys = [m["peak_rss_gib"] - p["extra_gib"] for p, m in rows]  # less the parts that are not fitted
     n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(
         1e-12, sum((x - mx) ** 2 for x in xs)
     )
-    logs = [math.log(m["tokens_per_second"] / (p["tokens_per_second"] / p["efficiency"])) for p, m in rows]
     print(
-        f"fit over {n} configs: CPU_RUNTIME_GIB = {my - slope * mx:.3f}, CPU_ALLOCATOR_SLACK = {slope - 1:.3f}, "
-        f"CPU_EFFICIENCY = {math.exp(sum(logs) / n):.4f}"
+        f"fit over {n} configs: CPU_RUNTIME_GIB = {my - slope * mx:.3f}, CPU_ALLOCATOR_SLACK = {slope - 1:.3f}"
     )
+    for bits in (32, 4):
+        logs = [math.log(m["tokens_per_second"] / (p["tokens_per_second"] / p["efficiency"]))
+                for p, m in rows if p["bits"] == bits]  # fmt: skip
+        if logs:
+            print(f"  CPU_EFFICIENCY[{bits}] = {math.exp(sum(logs) / len(logs)):.4f} ({len(logs)} configs)")
 
 
 def report(measured: dict, workdir: Path) -> None:

@@ -51,10 +51,14 @@ GPU_ALLOCATOR_SLACK = 0.05  # reserved but unallocated (fragmentation) as a shar
 GPU_EFFICIENCY = {16: 0.276, 4: 0.215, 8: 0.15}
 
 # --- CPU: process RSS beyond the tensors
-# FITTED by benchmarks/plan_accuracy.py on the 2-core CPU (see BENCHMARKS.md "Planning accuracy"):
-CPU_RUNTIME_GIB = 0.75  # python + torch + transformers + datasets + the tokenizer, resident before training
-CPU_ALLOCATOR_SLACK = 0.10  # glibc malloc keeps freed blocks: RSS above the live tensors, share of them
-CPU_EFFICIENCY = 0.10  # share of the nominal fp32 FMA peak of the threads used that a LoRA step reaches
+# FITTED by `benchmarks/plan_accuracy.py --report` (least squares RSS = runtime + (1 + slack) x tensors; geometric
+#   mean of the efficiency) over its 14 configs on the 2-core Xeon, 2026-12-03, while other jobs held the machine
+#   at load 5-11: the efficiencies are pessimistic for a quiet machine (see BENCHMARKS.md "Planning accuracy").
+CPU_RUNTIME_GIB = 0.584  # python + torch + transformers + datasets + the tokenizer, resident before training
+CPU_ALLOCATOR_SLACK = (
+    0.061  # RSS above the live tensors, as a share of them (with train's fixed mmap threshold)
+)
+CPU_EFFICIENCY = {32: 0.038, 4: 0.040}  # share of the nominal fp32 FMA peak of the threads used, by base bits
 
 
 def cpu_device(memory_gib: float | None = None, threads: int | None = None) -> Device:

@@ -96,6 +96,9 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
         parts["cuda_context"] = devices.CUDA_CONTEXT_GIB
         parts["allocator_slack"] = devices.GPU_ALLOCATOR_SLACK * allocated / GIB
     else:
+        if s.kbit and not cfg.base_is_gguf:
+            # quantized from a checkpoint read through mmap: its pages stay mapped, and resident, in the process
+            parts["checkpoint_pages"] = shape.linear_params * shape.checkpoint_bytes / GIB
         parts["runtime"] = devices.CPU_RUNTIME_GIB
         parts["allocator_slack"] = devices.CPU_ALLOCATOR_SLACK * allocated / GIB
     if cfg.peft_use_dora:

@@ -25,6 +25,7 @@ LABELS = {
     "cuda_context": "CUDA context",
     "allocator_slack": "allocator slack",
     "runtime": "Python + libraries (RSS)",
+    "checkpoint_pages": "checkpoint pages read for quantizing (mmap)",
 }
 
 

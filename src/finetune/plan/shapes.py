@@ -57,6 +57,9 @@ class Shape:
     other_params: int  # norms, biases: held unquantized
     source: str = "config.json"  # how the shapes were found: "config.json" (formula) or "meta model"
     notes: list[str] = field(default_factory=list)
+    checkpoint_bytes: int = (
+        2  # bytes per weight in the checkpoint files (config.json's dtype; bf16 if unsaid)
+    )
 
     @property
     def q_width(self) -> int:
@@ -213,6 +216,8 @@ def shape_of(cfg: Config) -> Shape:
     """The base's shapes, by formula for the Llama-like families, else from a meta-device model."""
     data = config_dict(cfg)
     model_type = data.get("model_type", "")
+    saved = str(data.get("dtype") or data.get("torch_dtype") or "bfloat16")
+    checkpoint_bytes = 4 if saved == "float32" else 2
     if model_type in LLAMA_LIKE and not data.get("quantization_config", {}).get("quant_method") == "gptq":
         shape = from_dict(data)
     else:
@@ -223,6 +228,4 @@ def shape_of(cfg: Config) -> Shape:
             raise UserError(f"base_model: {cfg.base_model}'s config has no model_type")
         shape = from_meta_model(config)
     extra = len(cfg.tokens or [])  # added tokens grow the embeddings (and train them in full)
-    if extra:
-        shape = Shape(**{**shape.__dict__, "vocab": shape.vocab + extra})
-    return shape
+    return Shape(**{**shape.__dict__, "vocab": shape.vocab + extra, "checkpoint_bytes": checkpoint_bytes})

@@ -32,7 +32,7 @@ def flops_per_token(shape: Shape, s: Setting, n_lora: int) -> float:
 
 def efficiency(device: Device, s: Setting) -> float:
     if not device.is_gpu:
-        return devices.CPU_EFFICIENCY
+        return devices.CPU_EFFICIENCY[4 if s.bits == 4 else 32]
     return devices.GPU_EFFICIENCY.get(s.bits if s.bits in (4, 8) else 16, devices.GPU_EFFICIENCY[16])
 
 
