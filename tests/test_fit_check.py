@@ -90,7 +90,9 @@ def test_auto_micro_batch_picks_what_fits_and_trains(tiny_model_dir, tmp_path, c
     cfg = config.validate(raw_config(tiny_model_dir, out, micro_batch_size="auto"))
     train.run(cfg, memory_gib=memory)
     chosen = yaml.safe_load((out / "config.yml").read_text())["micro_batch_size"]
-    assert isinstance(chosen, int) and 1 <= chosen < plan.estimate.__globals__["AUTO_LARGEST"]
+    from finetune.plan.estimate import AUTO_LARGEST
+
+    assert isinstance(chosen, int) and 1 <= chosen < AUTO_LARGEST
     assert f"micro_batch_size: auto -> {chosen}" in capsys.readouterr().err
     device = plan.cpu_device(memory)
     assert plan.estimate(cfg, device, micro_batch=chosen).fits
