@@ -37,7 +37,7 @@ def rows(tmp_path) -> Path:
 def model_folder(tmp_path: Path, dims: dict) -> Path:
     """A base that is a config.json and nothing else: the plan must not need a weight file."""
     folder = tmp_path / "base"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(dims))
     return folder
 
@@ -266,3 +266,19 @@ def test_plan_refuses_what_does_not_fit_with_the_fix(tmp_path, rows):
     proc = run_plan(str(path), "--device", "cpu", "--memory", "1000", "--set", "sequence_len=128")
     assert proc.returncode == 0 and "fits" in proc.stdout
     assert run_plan(str(path), "--device", "tpu").returncode == 2
+
+
+def test_prequantized_checkpoint_and_reward_model(tmp_path, rows):
+    """A checkpoint saved in 4-bit loads as 4-bit whatever load_in_4bit says; a reward model has no vocabulary
+    logits, and pairs put two sequences a row through the model."""
+    dims = {**LLAMA["8b"], "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+    h100 = devices.gpu_device("h100-80gb")
+    saved = estimate(cfg_for(model_folder(tmp_path, dims), rows), h100)
+    plain = estimate(cfg_for(model_folder(tmp_path / "b", LLAMA["8b"]), rows, load_in_4bit=True), h100)
+    assert saved.parts["base_weights"] == pytest.approx(plain.parts["base_weights"])
+    base = model_folder(tmp_path / "c", LLAMA["1b"])
+    sft = estimate(cfg_for(base, rows, gradient_checkpointing=True), h100)
+    as_reward = cfg_for(base, rows, gradient_checkpointing=True).model_copy(update={"reward_model": True})
+    reward = estimate(as_reward, h100)  # (the estimate reads the keys; pair data is the data stage's concern)
+    assert reward.moments["logits_and_loss"] == 0
+    assert reward.parts["activations"] == pytest.approx(2 * sft.parts["activations"], rel=0.01)

@@ -71,7 +71,7 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
             if cfg.micro_batch_size != "auto"
             else auto_micro_batch(cfg, device, gpus, shape)
         )
-    s = setting.setting(cfg, device.is_gpu, micro_batch, gpus)
+    s = setting.setting(cfg, device.is_gpu, micro_batch, gpus, shape.saved_bits)
     n_lora = setting.adapter_params(cfg, shape)
     n_full = setting.trained_in_full(cfg, shape)
     shard = lambda stage: s.gpus if s.zero >= stage else 1  # noqa: E731 - ZeRO stage >= n shards this part
@@ -96,7 +96,7 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
         parts["cuda_context"] = devices.CUDA_CONTEXT_GIB
         parts["allocator_slack"] = devices.GPU_ALLOCATOR_SLACK * allocated / GIB
     else:
-        if s.kbit and not cfg.base_is_gguf:
+        if s.kbit and not cfg.base_is_gguf and not shape.saved_bits:
             # quantized from a checkpoint read through mmap: its pages stay mapped, and resident, in the process
             parts["checkpoint_pages"] = shape.linear_params * shape.checkpoint_bytes / GIB
         parts["runtime"] = devices.CPU_RUNTIME_GIB

@@ -55,6 +55,8 @@ def logits_bytes(shape: Shape, s: Setting) -> float:
     """The loss moment's extra: three fp32 tokens x vocab tensors, and under autocast a compute-dtype copy of a
     head held in fp32 (k-bit training); Liger's fused loss: one chunk of logits and the input gradient."""
     tokens, vocab = s.tokens, shape.vocab
+    if not s.lm_head:
+        return 0.0
     head_copy = shape.vocab * shape.hidden * s.ab if s.autocast and s.kbit else 0
     if s.fused_loss:
         chunk = _pow2(-(-tokens // max(1, -(-vocab // shape.hidden))))

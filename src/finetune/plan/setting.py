@@ -47,19 +47,22 @@ class Setting:
     zero: int  # DeepSpeed ZeRO stage, 0 without DeepSpeed
     gpus: int
     double_quant: bool
+    pairs: bool = False  # preference rows: chosen and rejected go through the model together
+    lm_head: bool = True  # a reward model scores with a one-output head: no vocabulary logits
 
     @property
     def tokens(self) -> int:
         """Tokens of one micro-batch at its largest: micro_batch_size rows of sequence_len (or the packed
-        budget of the same size), which is what the peak is sized for."""
-        return self.micro_batch * self.seq
+        budget of the same size), which is what the peak is sized for; two sequences a row for pairs."""
+        return self.micro_batch * self.seq * (2 if self.pairs else 1)
 
     @property
     def kbit(self) -> bool:
         return self.bits in (4, 8)
 
 
-def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int) -> Setting:
+def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: int | None = None) -> Setting:
+    """`saved_bits`: a pre-quantized checkpoint's (4 or 8) loads as it was saved, whatever load_in_* say."""
     if cfg.bf16 is True or (cfg.bf16 == "auto" and on_gpu and not (cfg.fp16 or cfg.float16)):
         compute = 2  # bf16 mixed precision: the base is held in bf16 and matmuls autocast to bf16
         autocast = True
@@ -67,7 +70,7 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int) -> Setting:
         compute, autocast = 2, True
     else:
         compute, autocast = (2 if (cfg.bfloat16 or cfg.float16) else 4), False
-    bits = 4 if cfg.quantized_4bit else 8 if cfg.load_in_8bit else 8 * compute
+    bits = saved_bits or (4 if cfg.quantized_4bit else 8 if cfg.load_in_8bit else 8 * compute)
     kbit = bits in (4, 8)
     res = 4 if kbit else compute  # prepare_model_for_kbit_training casts embeddings and norms to fp32
     liger_any = on_gpu  # Liger kernels are Triton (GPU); finetune skips them on CPU
@@ -88,6 +91,8 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int) -> Setting:
         zero=(zero_stage(cfg.deepspeed) or 0) if cfg.deepspeed else 0,
         gpus=max(1, gpus),
         double_quant=cfg.bnb_4bit_use_double_quant is not False,
+        pairs=cfg.preference,
+        lm_head=not cfg.reward_model,
     )
 
 

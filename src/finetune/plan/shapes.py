@@ -57,9 +57,10 @@ class Shape:
     other_params: int  # norms, biases: held unquantized
     source: str = "config.json"  # how the shapes were found: "config.json" (formula) or "meta model"
     notes: list[str] = field(default_factory=list)
-    checkpoint_bytes: int = (
-        2  # bytes per weight in the checkpoint files (config.json's dtype; bf16 if unsaid)
-    )
+    # bytes per weight in the checkpoint files (config.json's dtype; bf16 if unsaid)
+    checkpoint_bytes: int = 2
+    # 4 or 8 for a checkpoint saved quantized (bitsandbytes' quantization_config in config.json)
+    saved_bits: int | None = None
 
     @property
     def q_width(self) -> int:
@@ -228,4 +229,9 @@ def shape_of(cfg: Config) -> Shape:
             raise UserError(f"base_model: {cfg.base_model}'s config has no model_type")
         shape = from_meta_model(config)
     extra = len(cfg.tokens or [])  # added tokens grow the embeddings (and train them in full)
-    return Shape(**{**shape.__dict__, "vocab": shape.vocab + extra, "checkpoint_bytes": checkpoint_bytes})
+    quant = data.get("quantization_config") or {}
+    saved_bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
+    return Shape(
+        **{**shape.__dict__, "vocab": shape.vocab + extra, "checkpoint_bytes": checkpoint_bytes,
+           "saved_bits": saved_bits}
+    )  # fmt: skip
