@@ -224,10 +224,17 @@ def shape_of(cfg: Config) -> Shape:
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.for_model(**data) if model_type else None
-        if config is None:
+        if not model_type:
             raise UserError(f"base_model: {cfg.base_model}'s config has no model_type")
-        shape = from_meta_model(config)
+        try:
+            shape = from_meta_model(AutoConfig.for_model(**data))
+        except Exception as exc:  # noqa: BLE001 - an architecture transformers cannot build: one line
+            raise UserError(
+                f"base_model: cannot build a {model_type!r} model from its config ({exc})"
+            ) from None
+        shape.notes.append(
+            f"{model_type}: shapes from a meta-device model; activations use the Llama-like layer formula"
+        )
     extra = len(cfg.tokens or [])  # added tokens grow the embeddings (and train them in full)
     quant = data.get("quantization_config") or {}
     saved_bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
