@@ -282,3 +282,26 @@ def test_prequantized_checkpoint_and_reward_model(tmp_path, rows):
     reward = estimate(as_reward, h100)  # (the estimate reads the keys; pair data is the data stage's concern)
     assert reward.moments["logits_and_loss"] == 0
     assert reward.parts["activations"] == pytest.approx(2 * sft.parts["activations"], rel=0.01)
+
+
+def test_run_length_from_the_prepared_cache(tiny_model_dir, tmp_path):
+    """After `finetune preprocess`, steps and tokens come from the cache's own counts, not a guess from bytes."""
+    import math
+
+    from finetune import data
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"row {i} " + "word " * (20 + i)}) + "\n" for i in range(30)))
+    raw = {"base_model": str(tiny_model_dir), "adapter": "lora", "lora_target_linear": True,
+           "datasets": [{"path": str(rows), "type": "completion", "field": "text"}], "sequence_len": 64,
+           "micro_batch_size": 4, "dataset_prepared_path": str(tmp_path / "prepared"), "dataset_processes": 1}  # fmt: skip
+    cfg = config.validate(raw)
+    guessed = estimate(cfg, devices.cpu_device()).speed
+    assert guessed["counted_from"].startswith("dataset files")
+    stats = data.preprocess_command(cfg).stats
+    counted = estimate(cfg, devices.cpu_device()).speed
+    assert counted["counted_from"] == "prepared data"
+    assert counted["optimizer_steps"] == math.ceil(stats["train_rows"] / 4)
+    assert counted["tokens"] == pytest.approx(stats["tokens"], rel=0.01)
+    other = config.validate({**raw, "sequence_len": 32})  # other token settings: not this cache
+    assert estimate(other, devices.cpu_device()).speed["counted_from"].startswith("dataset files")

@@ -118,6 +118,8 @@ def print_plan(plan: Plan) -> None:
         line += f", ~{sp['tokens']:,} tokens, ~{sp['wall_hours'] * 60:.1f} min"
     if sp.get("gpu_hours"):
         line += f" ({sp['gpu_hours']:.2f} GPU-hours)"
+    if sp.get("counted_from") and sp.get("tokens"):
+        line += f"; counted from the {sp['counted_from']}"
     console.print(line)
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
