@@ -9,7 +9,7 @@ For a lent GPU machine (CUDA needed). The script writes a randomly initialised L
 dimensions to --workdir (once per shape), rows that fill the whole sequence (so every batch is full, as a
 packed batch is), and a config with LoRA r=16 on all linear layers; then it runs the real `finetune train`
 on it and prints real tokens/s over the steady-state steps (the first --skip steps are warm-up), peak GPU
-memory and MFU. MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
+memory and MFU, each beside `finetune plan`'s prediction for the same config. MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
 (forward + input gradients; no weight gradients) plus causal attention, without recomputation.
 """
 
@@ -164,6 +164,13 @@ def main() -> None:
     s = SHAPES[args.shape]
     flops_per_token = 4 * linear_params(args.shape) + 6 * s["num_hidden_layers"] * args.seq * s["hidden_size"]
     name = torch.cuda.get_device_name()
+    from finetune import config as config_module
+    from finetune import plan
+
+    props = torch.cuda.get_device_properties(0)
+    predicted = plan.estimate(
+        config_module.load(cfg_path), plan.devices.from_name(name, props.total_memory / plan.devices.GIB)
+    )
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), float("nan"))
     mfu = tps * flops_per_token / (peak * 1e12)
     print(
@@ -174,6 +181,9 @@ def main() -> None:
                 "tokens_per_s_steady": round(tps, 1),
                 "train_tokens_per_second_all_steps": results.get("train_tokens_per_second"),
                 "peak_gpu_mem_gib": round(results.get("peak_gpu_memory_mb", float("nan")) / 1024, 2),
+                # finetune plan's prediction, the same measure (torch.cuda.max_memory_allocated)
+                "predicted_peak_gpu_mem_gib": round(predicted.allocated_gib, 2),
+                "predicted_tokens_per_s": round(predicted.speed["tokens_per_second"], 1),
                 "mfu": round(mfu, 3),
                 "final_loss": steps[-1]["loss"] if steps else None,
                 "distributed_type": results.get("distributed_type"),

@@ -85,6 +85,41 @@ def preprocess(
     data.preprocess_command(cfg, inspect=inspect)
 
 
+MemoryOpt = Annotated[
+    Optional[float],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--memory", help="Memory of one device in GiB (default: the device's own).", show_default=False
+    ),
+]
+
+
+@app.command()
+def plan(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    device: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="h100-80gb, h200, a100-80gb, a100-40gb, l40s, l4, a10g, rtx4090, rtx3090 or cpu "
+            "[default: the GPU here, else the CPU]",
+            show_default=False,
+        ),
+    ] = None,
+    num_gpus: Annotated[
+        int, typer.Option(help="GPUs the run shares (DeepSpeed ZeRO shards across them).")
+    ] = 1,
+    memory: MemoryOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="The same figures as one JSON object.")] = False,
+) -> None:
+    """Predict peak memory by part, speed and run length from the config and the base's config.json (no weights
+    are read); exit 1 when it does not fit, with the smallest fixes."""
+    from finetune.plan import report
+
+    result = report.plan_command(_load(config, set_), device, num_gpus, memory, json_)
+    if not result.fits:
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(
     config: ConfigArg,
@@ -113,6 +148,10 @@ def train(
             help="Port on node 0 [default: a free port on one node, 29500 across nodes]", show_default=False
         ),
     ] = None,
+    fit_check: Annotated[
+        bool, typer.Option(help="Stop (exit 2) before loading anything when the run is predicted not to fit.")
+    ] = True,
+    memory: MemoryOpt = None,
 ) -> None:
     """Fine-tune: data -> 4-bit/16-bit base + LoRA -> HF Trainer -> adapter, config.yml and card in output_dir."""
     from finetune import train as train_module
@@ -129,7 +168,9 @@ def train(
             master_addr=master_addr,
             master_port=master_port,
         )
-    train_module.run(cfg, overwrite=overwrite, resume=resume, smoke=smoke)
+    train_module.run(
+        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory
+    )
 
 
 @app.command()

@@ -165,6 +165,12 @@ def _batch_size(data: dict, problems: list[str], where) -> None:
     """axolotl's older `batch_size` (rows per optimizer step on each device) is read as gradient_accumulation_steps
     = batch_size / micro_batch_size, so the saved config says what ran. Wrong types are left to pydantic."""
     size, micro = data.get("batch_size"), data.get("micro_batch_size", 1)
+    if size is not None and micro == "auto":
+        problems.append(
+            f"{where(('batch_size',))}batch_size: needs a number for micro_batch_size (auto is chosen at train "
+            "time): set gradient_accumulation_steps instead"
+        )
+        return
     if size is None or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, micro)
     ):

@@ -18,7 +18,10 @@ class TrainingKeys(StrictModel):
     output_dir: str = Field(
         "./outputs/lora-out", description="Where the adapter, checkpoints, card and logs go."
     )
-    micro_batch_size: Positive = Field(1, description="Rows per device per step.")
+    micro_batch_size: Positive | Literal["auto"] = Field(
+        1,
+        description="Rows per device per step; `auto`: the largest power of two (up to 128) that `finetune plan` predicts fits the device.",
+    )
     eval_batch_size: Positive | None = Field(
         None, description="Rows per device per eval step (default: micro_batch_size)."
     )

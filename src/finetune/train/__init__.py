@@ -20,13 +20,16 @@ from finetune.errors import UserError
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
 from finetune.train import checkpoints, distributed, tracking
+from finetune.train import fit_check as fit_check_module
 from finetune.train.smoke import smoke_config, smoke_rows
 
 
 def run(
-    cfg: Config, overwrite: bool = False, resume: bool = False, smoke: bool = False, callbacks=()
-) -> Path:
-    """Train one adapter as `cfg` says; returns output_dir. Ctrl-C/SIGTERM checkpoint and exit (128 + signal)."""
+    cfg: Config, overwrite: bool = False, resume: bool = False, smoke: bool = False, callbacks=(),
+    fit_check: bool = True, memory_gib: float | None = None,
+) -> Path:  # fmt: skip
+    """Train one adapter as `cfg` says; returns output_dir. Ctrl-C/SIGTERM checkpoint and exit (128 + signal).
+    `fit_check`: stop first when the run is predicted not to fit the device (`memory_gib`: its size instead)."""
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -41,6 +44,8 @@ def run(
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: choose one")
     if smoke:
+        if cfg.micro_batch_size == "auto":  # the tiny model fits anything; a smoke run checks mechanics
+            cfg = cfg.model_copy(update={"micro_batch_size": 1})
         cfg = smoke_config(cfg, notes)
         overwrite = resume = False  # a smoke run always starts afresh in its own temp folder
     offline = hub.offline_if_unreachable(
@@ -48,6 +53,12 @@ def run(
     )  # no network: one line now, not a minute of retries later
     if offline:
         notes.append(offline)
+    predicted: dict = {}
+    if not smoke:  # before anything is loaded or written: does it fit? (micro_batch_size: auto resolved)
+        cfg, predicted = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
+    from finetune.model.compute import cpu_allocator
+
+    cpu_allocator()  # on CPU: RSS follows the live tensors (glibc's heap would hold freed activations)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     if is_main:
@@ -135,7 +146,7 @@ def run(
 
         # --- outputs: only the main process writes
         if trainer.is_world_process_zero():
-            facts = run_facts(trainer, prec, cfg)
+            facts = {**run_facts(trainer, prec, cfg), **predicted}
             tokens = throughput.session_tokens(trainer.state)
             train_res, all_res = outputs.results(
                 trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts

@@ -26,6 +26,8 @@ _SUMMARY = {
     "train_tokens_per_second": "tokens/s",
     "peak_gpu_memory_mb": "peak GPU memory (MiB)",
     "peak_cpu_memory_mb": "peak CPU memory (MiB)",
+    "predicted_peak_gpu_memory_mb": "predicted peak GPU memory (MiB, finetune plan)",
+    "predicted_peak_cpu_memory_mb": "predicted peak CPU memory (MiB, finetune plan)",
 }
 
 

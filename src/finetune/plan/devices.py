@@ -1,0 +1,120 @@
+"""The devices a plan can be made for: memory, peak dense bf16 matmul rate, and the fitted constants.
+
+Only the constants marked FITTED come from measurements (the rest are data sheets and what the runtime is
+known to hold); each says which measurement it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    memory_gib: float  # what the device offers a process (nvidia-smi's total, or the machine's RAM)
+    peak_tflops: float  # dense bf16 (GPU, fp32 accumulate) or fp32 FMA rate of the threads used (CPU)
+    is_gpu: bool
+
+
+# name: (total memory as nvidia-smi reports it in GiB, dense bf16 TFLOP/s with fp32 accumulation, data sheets)
+GPUS = {
+    "h100-80gb": (79.6, 989.0),
+    "h200": (139.8, 989.0),
+    "a100-80gb": (79.2, 312.0),
+    "a100-40gb": (39.4, 312.0),
+    "l40s": (44.4, 362.0),
+    "l4": (22.0, 121.0),
+    "a10g": (22.0, 70.0),
+    "rtx4090": (23.6, 165.0),
+    "rtx3090": (23.6, 71.0),
+}
+DEVICE_NAMES = [*GPUS, "cpu"]
+
+# --- GPU: what torch.cuda.max_memory_allocated does not see
+CUDA_CONTEXT_GIB = (
+    0.5  # CUDA context + cuBLAS workspace of one process (typical for CUDA 12; not measured here)
+)
+GPU_ALLOCATOR_SLACK = 0.05  # reserved but unallocated (fragmentation) as a share of the allocated peak: an
+#   assumption, not fitted — no GPU was lent while this was written, and BENCHMARKS.md records allocated only
+# FITTED: share of the dense bf16 peak a LoRA step reaches (model FLOPs incl. recomputation / time), from the
+#   H100 rows of BENCHMARKS.md (benchmarks/gpu_qlora.py, 2026-11-23): 8B bf16 LoRA 27.6% of the no-recompute
+#   MFU, 8B QLoRA 20.8% (no checkpointing) and 22.5% with recomputation counted; the 4-bit dequantization costs
+#   the QLoRA runs their own factor. The 1B runs (5.7% / 10.9%) are dominated by the 128k-vocab loss and are
+#   predicted ~2-3x too fast by this (see BENCHMARKS.md, "Planning accuracy").
+GPU_EFFICIENCY = {16: 0.276, 4: 0.215, 8: 0.15}
+
+# --- CPU: process RSS beyond the tensors
+# FITTED by `benchmarks/plan_accuracy.py --report` (least squares RSS = runtime + (1 + slack) x tensors; geometric
+#   mean of the efficiency) over its 14 configs on the 2-core Xeon, 2026-12-03, while other jobs held the machine
+#   at load 5-11: the efficiencies are pessimistic for a quiet machine (see BENCHMARKS.md "Planning accuracy").
+CPU_RUNTIME_GIB = 0.584  # python + torch + transformers + datasets + the tokenizer, resident before training
+CPU_ALLOCATOR_SLACK = (
+    0.061  # RSS above the live tensors, as a share of them (with train's fixed mmap threshold)
+)
+CPU_EFFICIENCY = {32: 0.038, 4: 0.040}  # share of the nominal fp32 FMA peak of the threads used, by base bits
+
+
+def cpu_device(memory_gib: float | None = None, threads: int | None = None) -> Device:
+    """This machine's RAM and the nominal fp32 rate of `threads` cores (AVX-512: 64 FLOP/cycle, AVX2: 32)."""
+    info = _read("/proc/cpuinfo")
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
+    ghz = float(mhz.group(1)) / 1000 if mhz else 2.0
+    per_cycle = 64 if "avx512f" in info else 32 if "avx2" in info else 8
+    threads = threads or os.cpu_count() or 1
+    return Device("cpu", memory_gib or _ram_gib(), threads * ghz * per_cycle / 1000, False)
+
+
+def gpu_device(name: str, memory_gib: float | None = None) -> Device:
+    memory, tflops = GPUS[name]
+    return Device(name, memory_gib or memory, tflops, True)
+
+
+def detect() -> Device:
+    """The first GPU nvidia-smi lists (no torch import), else this machine's CPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout.splitlines()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            out = []
+        if out:
+            name, mib = (part.strip() for part in out[0].split(",")[:2])
+            return from_name(name, float(mib) / 1024)
+    return cpu_device()
+
+
+def from_name(gpu_name: str, memory_gib: float) -> Device:
+    """A GPU as CUDA names it ("NVIDIA H100 80GB HBM3") matched to the table; unknown ones get H100's rate."""
+    key = gpu_name.lower().replace(" ", "")
+    for name in GPUS:
+        if name.split("-")[0] in key and (name.count("-") == 0 or name.split("-")[1] in key):
+            return Device(name, memory_gib, GPUS[name][1], True)
+    for name in GPUS:
+        if name.split("-")[0] in key:
+            return Device(name, memory_gib, GPUS[name][1], True)
+    return Device(gpu_name, memory_gib, GPUS["h100-80gb"][1], True)
+
+
+def _ram_gib() -> float:
+    found = re.search(r"MemTotal:\s*(\d+) kB", _read("/proc/meminfo"))
+    if found:
+        return int(found.group(1)) / 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""

@@ -1,0 +1,137 @@
+"""One plan: memory by part against the device, speed, the run's length — plain numbers, no torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from finetune.config import Config
+from finetune.plan import devices, memory, setting, speed
+from finetune.plan.devices import GIB, Device
+from finetune.plan.shapes import Shape
+
+AUTO_LARGEST = 128  # micro_batch_size: auto tries 1, 2, 4, ... up to this
+
+
+@dataclass
+class Plan:
+    base_model: str
+    device: Device
+    gpus: int
+    micro_batch: int
+    parts: dict[str, float]  # GiB per device, summing to peak
+    moments: dict[str, float]  # GiB of the two candidate peak moments (only the larger is in parts)
+    allocated_gib: float  # what torch.cuda.max_memory_allocated would report (GPU); the tensors (CPU)
+    peak_gib: float
+    params: dict[str, int]
+    speed: dict
+    notes: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_gib <= self.device.memory_gib
+
+    @property
+    def margin_gib(self) -> float:
+        return self.device.memory_gib - self.peak_gib
+
+    def as_json(self) -> dict:
+        r = lambda x: round(x, 3)  # noqa: E731
+        return {
+            "base_model": self.base_model,
+            "device": self.device.name,
+            "num_gpus": self.gpus if self.device.is_gpu else 0,
+            "micro_batch_size": self.micro_batch,
+            "peak_memory_gib": r(self.peak_gib),
+            "allocated_peak_gib": r(self.allocated_gib),
+            "device_memory_gib": r(self.device.memory_gib),
+            "margin_gib": r(self.margin_gib),
+            "fits": self.fits,
+            "parts": {k: r(v) for k, v in self.parts.items()},
+            "moments": {k: r(v) for k, v in self.moments.items()},
+            "params": self.params,
+            "tokens_per_second": round(self.speed["tokens_per_second"], 1),
+            "speed": self.speed,
+            "fixes": self.fixes,
+            "notes": self.notes,
+        }
+
+
+def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = None,
+             micro_batch: int | None = None) -> Plan:  # fmt: skip
+    """The plan for `cfg` on `device` (gpus of it); micro_batch overrides the config's (auto included)."""
+    if shape is None:
+        from finetune.plan.shapes import shape_of
+
+        shape = shape_of(cfg)
+    if micro_batch is None:
+        micro_batch = (
+            cfg.micro_batch_size
+            if cfg.micro_batch_size != "auto"
+            else auto_micro_batch(cfg, device, gpus, shape)
+        )
+    s = setting.setting(cfg, device.is_gpu, micro_batch, gpus, shape.saved_bits)
+    n_lora = setting.adapter_params(cfg, shape)
+    n_full = setting.trained_in_full(cfg, shape)
+    shard = lambda stage: s.gpus if s.zero >= stage else 1  # noqa: E731 - ZeRO stage >= n shards this part
+    fixed = {
+        "base_weights": setting.weight_bytes(shape, s) / shard(3),
+        "adapter": 4 * n_lora / shard(3),  # peft keeps the adapter in fp32 (autocast_adapter_dtype)
+        "adapter_gradients": 4 * n_lora / shard(2),
+        "optimizer_states": s.optimizer_bytes * (n_lora + n_full) / shard(1),
+        "modules_to_save": 8 * n_full,  # an fp32 trainable copy and its gradient
+    }
+    acts = memory.activation_parts(cfg, shape, s)
+    moment = "logits_and_loss" if acts["logits_and_loss"] >= acts["layer_backward"] else "layer_backward"
+    training = {**fixed, "activations": acts["activations"], moment: acts[moment]}
+    loading = loading_bytes(cfg, shape, s)
+    allocated = max(sum(training.values()), loading)
+    parts = {k: v / GIB for k, v in training.items()}
+    notes = []
+    if loading > sum(training.values()):
+        notes.append(f"the peak is while loading the base ({loading / GIB:.2f} GiB), not while training")
+        parts = {"loading_base": loading / GIB}
+    if device.is_gpu:
+        parts["cuda_context"] = devices.CUDA_CONTEXT_GIB
+        parts["allocator_slack"] = devices.GPU_ALLOCATOR_SLACK * allocated / GIB
+    else:
+        if s.kbit and not cfg.base_is_gguf and not shape.saved_bits:
+            # quantized from a checkpoint read through mmap: its pages stay mapped, and resident, in the process
+            parts["checkpoint_pages"] = shape.linear_params * shape.checkpoint_bytes / GIB
+        parts["runtime"] = devices.CPU_RUNTIME_GIB
+        parts["allocator_slack"] = devices.CPU_ALLOCATOR_SLACK * allocated / GIB
+    if cfg.peft_use_dora:
+        notes.append("DoRA: its weight-norm activations are not modelled; expect more than this")
+    return Plan(
+        base_model=cfg.base_model,
+        device=device,
+        gpus=s.gpus,
+        micro_batch=micro_batch,
+        parts=parts,
+        moments={k: acts[k] / GIB for k in ("logits_and_loss", "layer_backward")},
+        allocated_gib=allocated / GIB,
+        peak_gib=sum(parts.values()),
+        params={"total": shape.total_params, "trainable": n_lora + n_full, "shapes_from": shape.source},
+        speed=speed.speed(cfg, shape, s, device, n_lora),
+        notes=notes + shape.notes,
+    )
+
+
+def loading_bytes(cfg: Config, shape: Shape, s: setting.Setting) -> float:
+    """A GGUF base is dequantized to fp32 and then rebuilt as a plain model: two copies for a moment."""
+    weights = setting.weight_bytes(shape, s)
+    if cfg.base_is_gguf:
+        return weights + shape.total_params * 4
+    return weights
+
+
+def auto_micro_batch(cfg: Config, device: Device, gpus: int, shape: Shape) -> int:
+    """The largest power of two up to AUTO_LARGEST whose step fits (1 when none does: the check says so)."""
+    best = 1
+    for exponent in range(int(math.log2(AUTO_LARGEST)) + 1):
+        size = 2**exponent
+        if not estimate(cfg, device, gpus, shape, micro_batch=size).fits:
+            break
+        best = size
+    return best

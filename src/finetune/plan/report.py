@@ -1,0 +1,127 @@
+"""`finetune plan` and the fit check `finetune train` runs first: the plan for a config on a device, printed as
+a table (or one JSON object), and the one line a run that will not fit stops with."""
+
+from __future__ import annotations
+
+import json
+
+from finetune.config import Config
+from finetune.errors import UserError
+from finetune.plan import devices, fixes
+from finetune.plan.devices import Device
+from finetune.plan.estimate import Plan, estimate
+from finetune.plan.shapes import shape_of
+
+LABELS = {
+    "base_weights": "base weights",
+    "adapter": "LoRA parameters (fp32)",
+    "adapter_gradients": "their gradients",
+    "optimizer_states": "optimizer states",
+    "modules_to_save": "modules_to_save / new embeddings",
+    "activations": "activations kept for backward",
+    "logits_and_loss": "logits and loss (fp32)",
+    "layer_backward": "one layer's backward",
+    "loading_base": "loading the base",
+    "cuda_context": "CUDA context",
+    "allocator_slack": "allocator slack",
+    "runtime": "Python + libraries (RSS)",
+    "checkpoint_pages": "checkpoint pages read for quantizing (mmap)",
+}
+
+
+def device_for(name: str | None, gpus: int, memory_gib: float | None) -> Device:
+    """--device NAME (a table entry or cpu), else the GPU nvidia-smi sees, else this CPU; --memory overrides."""
+    if name is None:
+        device = devices.detect()
+        return Device(device.name, memory_gib or device.memory_gib, device.peak_tflops, device.is_gpu)
+    name = name.lower()
+    if name == "cpu":
+        return devices.cpu_device(memory_gib)
+    if name not in devices.GPUS:
+        raise UserError(f"--device: unknown device {name!r} (one of: {', '.join(devices.DEVICE_NAMES)})")
+    return devices.gpu_device(name, memory_gib)
+
+
+def make_plan(cfg: Config, device: Device, gpus: int = 1) -> Plan:
+    """The plan with its fixes when it does not fit (the shapes are read once)."""
+    shape = shape_of(cfg)
+    plan = estimate(cfg, device, gpus, shape)
+    if cfg.micro_batch_size == "auto":
+        plan.notes.append(
+            f"micro_batch_size: auto -> {plan.micro_batch} (the largest power of two that fits)"
+        )
+    if not plan.fits:
+        plan.fixes = fixes.fixes(cfg, plan, shape)
+    return plan
+
+
+def plan_command(cfg: Config, device: str | None, gpus: int, memory_gib: float | None, as_json: bool) -> Plan:
+    from finetune import hub
+
+    base_ids = [i for i in cfg.hub_ids if i in (cfg.base_model, cfg.base_model_config, cfg.base_source[0])]
+    offline = hub.offline_if_unreachable(base_ids)  # only config.json is fetched: one line, not retries
+    plan = make_plan(cfg, device_for(device, gpus, memory_gib), gpus)
+    if offline:
+        plan.notes.append(offline)
+    if as_json:
+        print(json.dumps(plan.as_json(), indent=2))
+    else:
+        print_plan(plan)
+    return plan
+
+
+def refusal(plan: Plan) -> str:
+    """The one line `train` stops with: the prediction and the smallest fix."""
+    fix = plan.fixes[0] if plan.fixes else "a larger device"
+    where = "RAM" if not plan.device.is_gpu else f"{plan.device.name} memory"
+    return (
+        f"predicted peak {plan.peak_gib:.1f} GiB does not fit {plan.device.memory_gib:.1f} GiB of {where} "
+        f"(finetune plan shows the parts); smallest fix: {fix}; --no-fit-check runs anyway"
+    )
+
+
+def print_plan(plan: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    dev = plan.device
+    where = f"{dev.name} x {plan.gpus}" if dev.is_gpu else f"CPU ({dev.memory_gib:.1f} GiB RAM)"
+    console.print(
+        f"[bold]{plan.base_model}[/]: {plan.params['total'] / 1e9:.3g}B parameters, "
+        f"{plan.params['trainable'] / 1e6:.3g}M trained; micro_batch_size {plan.micro_batch} on {where}"
+    )
+    table = Table(title="peak memory per device" if dev.is_gpu else "peak memory (process RSS)")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for key, value in plan.parts.items():
+        if value == 0:
+            continue
+        table.add_row(LABELS.get(key, key), f"{value:.2f}")
+    for key, value in plan.moments.items():
+        if key not in plan.parts and "loading_base" not in plan.parts:
+            table.add_row(f"[dim]{LABELS[key]} (not at the peak)[/]", f"[dim]{value:.2f}[/]")
+    verdict = "[green]fits[/]" if plan.fits else "[bold red]does not fit[/]"
+    table.add_row("[bold]peak[/]", f"[bold]{plan.peak_gib:.2f}[/]")
+    console.print(table)
+    console.print(
+        f"{plan.peak_gib:.1f} GiB of {dev.memory_gib:.1f} GiB: {verdict} (margin {plan.margin_gib:+.1f} GiB)"
+    )
+    sp = plan.speed
+    line = (
+        f"speed: ~{sp['tokens_per_second']:,.0f} tokens/s ({sp['flops_per_token'] / 1e9:.3g} GFLOP a token at "
+        f"{sp['efficiency']:.0%} of {dev.peak_tflops:.4g} TFLOP/s)"
+    )
+    if sp.get("optimizer_steps"):
+        line += f"; {sp['optimizer_steps']:,} optimizer steps"
+    if sp.get("tokens"):
+        line += f", ~{sp['tokens']:,} tokens, ~{sp['wall_hours'] * 60:.1f} min"
+    if sp.get("gpu_hours"):
+        line += f" ({sp['gpu_hours']:.2f} GPU-hours)"
+    if sp.get("counted_from") and sp.get("tokens"):
+        line += f"; counted from the {sp['counted_from']}"
+    console.print(line)
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    for i, fix in enumerate(plan.fixes):
+        console.print(("[bold]smallest fix:[/] " if i == 0 else "or: ") + fix)

@@ -1,0 +1,105 @@
+"""`finetune train` checks the fit first: refusal before anything is loaded or written, --no-fit-check,
+micro_batch_size: auto, and the prediction beside the measured peak in all_results.json and the card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune import config
+from finetune.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+QA = ROOT / "examples" / "finance_qa.jsonl"
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+def raw_config(base: Path, out: Path, **over) -> dict:
+    return {
+        "base_model": str(base),
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_target_linear": True,
+        "datasets": [{"path": str(QA), "type": {"field_instruction": "context", "field_output": "target",
+                                                 "format": "[INST] {instruction} [/INST]"}}],
+        "sequence_len": 256,
+        "micro_batch_size": 2,
+        "max_steps": 2,
+        "save_strategy": "no",
+        "output_dir": str(out),
+        **over,
+    }  # fmt: skip
+
+
+def test_refused_before_anything_is_loaded(tiny_model_dir, tmp_path, monkeypatch):
+    from finetune import data, model, train
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded although the run does not fit")
+
+    monkeypatch.setattr(model, "load", never)
+    monkeypatch.setattr(data, "prepare", never)
+    out = tmp_path / "out"
+    cfg = config.validate(raw_config(tiny_model_dir, out))
+    with pytest.raises(UserError) as caught:
+        train.run(cfg, memory_gib=0.3)
+    line = caught.value.problems[0]
+    assert "predicted peak" in line and "does not fit 0.3 GiB" in line and "smallest fix:" in line
+    assert not out.exists()
+
+
+def test_cli_refusal_is_one_line_exit_2_nothing_written(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw_config(tiny_model_dir, out)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune.cli", "train", str(path), "--memory", "0.3"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and "note:" not in x]
+    assert len(lines) == 1 and lines[0].startswith("predicted peak"), proc.stderr
+    assert "--no-fit-check" in lines[0]
+    assert not out.exists()
+
+
+def test_no_fit_check_runs_and_records_the_prediction(tiny_model_dir, tmp_path):
+    from finetune import train
+
+    out = tmp_path / "out"
+    cfg = config.validate(raw_config(tiny_model_dir, out))
+    train.run(cfg, fit_check=False, memory_gib=0.3)
+    results = json.loads((out / "all_results.json").read_text())
+    predicted, measured = results["predicted_peak_cpu_memory_mb"], results["peak_cpu_memory_mb"]
+    assert 0.5 < predicted / measured < 2  # the same measure (process RSS), in the same unit
+    card = (out / "README.md").read_text()
+    assert "predicted peak CPU memory" in card and "peak CPU memory (MiB)" in card
+
+
+def test_auto_micro_batch_picks_what_fits_and_trains(tiny_model_dir, tmp_path, capsys):
+    from finetune import plan, train
+
+    out = tmp_path / "out"
+    memory = 1.0
+    cfg = config.validate(raw_config(tiny_model_dir, out, micro_batch_size="auto"))
+    train.run(cfg, memory_gib=memory)
+    chosen = yaml.safe_load((out / "config.yml").read_text())["micro_batch_size"]
+    from finetune.plan.estimate import AUTO_LARGEST
+
+    assert isinstance(chosen, int) and 1 <= chosen < AUTO_LARGEST
+    assert f"micro_batch_size: auto -> {chosen}" in capsys.readouterr().err
+    device = plan.cpu_device(memory)
+    assert plan.estimate(cfg, device, micro_batch=chosen).fits
+    assert not plan.estimate(cfg, device, micro_batch=chosen * 2).fits
+
+
+def test_auto_with_batch_size_is_refused(tiny_model_dir, tmp_path):
+    raw = raw_config(tiny_model_dir, tmp_path / "out", micro_batch_size="auto", batch_size=8)
+    with pytest.raises(config.ConfigError, match="batch_size: needs a number for micro_batch_size"):
+        config.validate(raw)

@@ -1,0 +1,307 @@
+"""finetune plan: shapes from config.json, memory by part (against the H100 peaks in BENCHMARKS.md and autograd's
+own count on CPU), the fixes, the CLI (JSON keys, refusal, no torch for a Llama config)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune import config
+from finetune.plan import devices, estimate, fixes, shapes
+from finetune.plan.report import make_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Llama 3.1 8B / 3.2 1B dimensions (their config.json values), as benchmarks/gpu_qlora.py builds them
+LLAMA = {
+    "8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "tie_word_embeddings": False},
+    "1b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "tie_word_embeddings": True},
+}  # fmt: skip
+
+
+@pytest.fixture()
+def rows(tmp_path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i} " * 40}) + "\n" for i in range(100)))
+    return path
+
+
+def model_folder(tmp_path: Path, dims: dict) -> Path:
+    """A base that is a config.json and nothing else: the plan must not need a weight file."""
+    folder = tmp_path / "base"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dims))
+    return folder
+
+
+def cfg_for(base: Path, rows: Path, **over) -> config.Config:
+    raw = {
+        "base_model": str(base),
+        "adapter": "lora",
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_target_linear": True,
+        "datasets": [{"path": str(rows), "type": "completion", "field": "text"}],
+        "sequence_len": 2048,
+        "micro_batch_size": 2,
+        "bf16": True,
+        **over,
+    }
+    return config.validate(raw)
+
+
+# ---------------------------------------------------------------- the six H100 runs of BENCHMARKS.md
+
+# (shape, 4-bit, gradient checkpointing, Liger, measured torch.cuda.max_memory_allocated GiB); all at LoRA r=16
+# all-linear, micro-batch 2 x 2048, bf16, QLoRA with paged_adamw_8bit, LoRA with adamw_torch_fused
+H100_RUNS = [
+    ("8b", True, True, False, 16.4),
+    ("8b", True, False, False, 50.5),
+    ("8b", False, False, False, 48.0),
+    ("8b", True, True, True, 10.9),
+    ("1b", True, True, False, 8.5),
+    ("1b", False, True, False, 8.6),
+]
+
+
+@pytest.mark.parametrize(("shape", "four_bit", "gc", "liger", "measured"), H100_RUNS)
+def test_gpu_peaks_of_benchmarks_within_ten_percent(tmp_path, rows, shape, four_bit, gc, liger, measured):
+    base = model_folder(tmp_path, LLAMA[shape])
+    over = {"load_in_4bit": four_bit, "gradient_checkpointing": gc,
+            "optimizer": "paged_adamw_8bit" if four_bit else "adamw_torch_fused"}  # fmt: skip
+    if liger:
+        over.update(liger_rope=True, liger_rms_norm=True, liger_glu_activation=True,
+                    liger_fused_linear_cross_entropy=True)  # fmt: skip
+    plan = estimate(cfg_for(base, rows, **over), devices.gpu_device("h100-80gb"))
+    assert plan.allocated_gib == pytest.approx(measured, rel=0.10)
+    assert plan.fits
+    # what the device must hold is more than the allocator reports: context and slack on top
+    assert plan.peak_gib > plan.allocated_gib + devices.CUDA_CONTEXT_GIB
+
+
+def test_parts_follow_the_settings(tmp_path, rows):
+    base = model_folder(tmp_path, LLAMA["8b"])
+    lora = estimate(cfg_for(base, rows), devices.gpu_device("h100-80gb"))
+    qlora = estimate(cfg_for(base, rows, load_in_4bit=True), devices.gpu_device("h100-80gb"))
+    gc = estimate(cfg_for(base, rows, gradient_checkpointing=True), devices.gpu_device("h100-80gb"))
+    assert lora.parts["base_weights"] == pytest.approx(14.96, abs=0.01)  # 8.03B bf16
+    assert qlora.parts["base_weights"] == pytest.approx(7.27, abs=0.05)  # NF4 + fp32 embeddings and head
+    assert gc.parts["activations"] < lora.parts["activations"] / 10
+    eight_bit = estimate(cfg_for(base, rows, optimizer="adamw_8bit"), devices.gpu_device("h100-80gb"))
+    assert eight_bit.parts["optimizer_states"] == pytest.approx(lora.parts["optimizer_states"] / 8 * 2.04)
+    zero3 = cfg_for(base, rows, deepspeed={"zero_optimization": {"stage": 3}})
+    sharded = estimate(zero3, devices.gpu_device("h100-80gb"), gpus=4)
+    assert sharded.parts["base_weights"] == pytest.approx(lora.parts["base_weights"] / 4)
+    assert sharded.speed["tokens_per_second"] == pytest.approx(4 * lora.speed["tokens_per_second"])
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [
+        {"model_type": "llama", "tie_word_embeddings": False},
+        {"model_type": "qwen2", "tie_word_embeddings": True},
+        {"model_type": "mistral"},
+        {"model_type": "qwen3", "head_dim": 24},
+        {"model_type": "gemma", "head_dim": 16},
+    ],
+)
+def test_formula_counts_what_a_meta_model_has(dims):
+    pytest.importorskip("torch")
+    from transformers import AutoConfig
+
+    full = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, **dims}  # fmt: skip
+    formula = shapes.from_dict(full)
+    meta = shapes.from_meta_model(AutoConfig.for_model(**full))
+    assert formula.total_params == meta.total_params
+    assert formula.tied == meta.tied
+    assert sorted((x.name, x.in_features, x.out_features) for x in formula.linears) == sorted(
+        (x.name, x.in_features, x.out_features) for x in meta.linears
+    )
+
+
+@pytest.mark.real
+def test_gguf_shapes_from_metadata(smollm2_gguf):
+    dims = shapes.gguf_config(smollm2_gguf)
+    shape = shapes.from_dict(dims)
+    assert (shape.hidden, shape.layers, shape.vocab, shape.heads, shape.kv_heads) == (576, 30, 49152, 9, 3)
+    assert shape.tied
+    assert 134e6 < shape.total_params < 135e6  # SmolLM2-135M
+
+
+# ---------------------------------------------------------------- activations against autograd's own count (CPU)
+
+
+@pytest.mark.parametrize("targets", [None, ["q_proj", "v_proj"]])
+def test_saved_activations_per_layer_match_autograd(tmp_path, rows, targets):
+    """One decoder layer's saved tensors (saved_tensors_hooks, parameters left out) per token, fp32 on CPU."""
+    torch = pytest.importorskip("torch")
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune.plan import memory, setting
+
+    dims = {"vocab_size": 512, "hidden_size": 96, "intermediate_size": 256, "num_attention_heads": 6,
+            "num_key_value_heads": 2}  # fmt: skip
+    batch, seq = 2, 64
+
+    def saved_bytes(layers: int) -> int:
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, attn_implementation="sdpa", **dims))
+        targets_ = targets or "all-linear"
+        model = get_peft_model(model, LoraConfig(r=8, target_modules=targets_))
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            s = t.untyped_storage()
+            if s.data_ptr() not in params:
+                seen[s.data_ptr()] = s.nbytes()
+            return t
+
+        ids = torch.randint(0, 512, (batch, seq))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, labels=ids)
+        return sum(seen.values())
+
+    measured = (saved_bytes(3) - saved_bytes(2)) / (batch * seq)
+    base = model_folder(tmp_path, {"model_type": "llama", "num_hidden_layers": 3, **dims})
+    over = {"lora_target_linear": targets is None, "lora_target_modules": targets, "bf16": False}
+    cfg = cfg_for(base, rows, **over)
+    shape = shapes.shape_of(cfg)
+    s = setting.setting(cfg, on_gpu=False, micro_batch=batch, gpus=1)
+    names = {lin.leaf for lin in setting.adapted(cfg, shape)}
+    assert memory.layer_bytes_per_token(shape, s, names) == pytest.approx(measured, rel=0.05)
+
+
+# ---------------------------------------------------------------- fixes and auto
+
+
+def test_does_not_fit_gives_the_smallest_fix_first(tmp_path, rows):
+    base = model_folder(tmp_path, LLAMA["8b"])
+    cfg = cfg_for(base, rows, micro_batch_size=8, sequence_len=4096)
+    plan = make_plan(cfg, devices.gpu_device("rtx4090"))
+    assert not plan.fits and plan.fixes
+    # no single change fits 8B bf16 in 24 GB: checkpointing + Liger's loss + a smaller micro-batch together
+    assert len(plan.fixes) == 1
+    assert plan.fixes[0].startswith("gradient_checkpointing: true, liger_fused_linear_cross_entropy: true")
+    assert "micro_batch_size: 8 -> " in plan.fixes[0] and "load_in_4bit" not in plan.fixes[0]
+    changed = cfg.model_copy(update={"gradient_checkpointing": True, "liger_fused_linear_cross_entropy": True,
+                                     "micro_batch_size": int(plan.fixes[0].split("8 -> ")[1][0])})  # fmt: skip
+    assert estimate(changed, devices.gpu_device("rtx4090")).fits  # the fix does what it says
+    # on an H100, checkpointing alone is the smallest change (listed before a smaller micro-batch)
+    h100 = make_plan(cfg_for(base, rows, micro_batch_size=4), devices.gpu_device("h100-80gb"))
+    assert not h100.fits
+    assert h100.fixes[0].startswith("gradient_checkpointing: true")
+    assert any(f.startswith("micro_batch_size: 4 -> ") and "gradient_accumulation_steps: 1 -> " in f
+               for f in h100.fixes)  # fmt: skip
+
+
+def test_auto_micro_batch_is_the_largest_that_fits(tmp_path, rows):
+    base = model_folder(tmp_path, LLAMA["1b"])
+    cfg = cfg_for(base, rows, micro_batch_size="auto", load_in_4bit=True, gradient_checkpointing=True)
+    device = devices.gpu_device("h100-80gb", memory_gib=24)
+    plan = make_plan(cfg, device)
+    assert plan.fits and plan.micro_batch >= 1
+    bigger = estimate(cfg, device, micro_batch=plan.micro_batch * 2)
+    assert not bigger.fits
+    assert any("auto -> " in n for n in plan.notes)
+    assert fixes.fixes(cfg, bigger, shapes.shape_of(cfg))  # and the next size up has a way out
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_plan(*args: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys\nfrom finetune import cli\nsys.argv = ['finetune', 'plan', *sys.argv[1:]]\n"
+        "try:\n    cli.main()\nfinally:\n"
+        "    heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "    print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def write_config(tmp_path: Path, base: Path, rows: Path, **over) -> Path:
+    import yaml
+
+    raw = {"base_model": str(base), "adapter": "lora", "lora_target_linear": True, "bf16": True,
+           "datasets": [{"path": str(rows), "type": "completion", "field": "text"}], **over}  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_plan_json_for_an_8b_config_json_alone_without_torch(tmp_path, rows):
+    base = model_folder(tmp_path, LLAMA["8b"])  # config.json only: nothing else to open
+    path = write_config(tmp_path, base, rows, load_in_4bit=True, gradient_checkpointing=True,
+                        micro_batch_size=2, sequence_len=2048)  # fmt: skip
+    proc = run_plan(str(path), "--device", "h100-80gb", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("peak_memory_gib", "device_memory_gib", "fits", "tokens_per_second", "parts"):
+        assert key in out
+    assert out["fits"] is True and out["device_memory_gib"] == 79.6
+    assert sum(out["parts"].values()) == pytest.approx(out["peak_memory_gib"], abs=0.01)
+    assert out["params"]["total"] == 8030261248  # Llama-3.1-8B's parameter count
+    assert "HEAVY []" in proc.stderr  # no torch, no transformers: the fast path for a Llama config
+
+
+def test_plan_refuses_what_does_not_fit_with_the_fix(tmp_path, rows):
+    base = model_folder(tmp_path, LLAMA["8b"])
+    path = write_config(tmp_path, base, rows, micro_batch_size=8, sequence_len=4096)
+    proc = run_plan(str(path), "--device", "rtx4090")
+    assert proc.returncode == 1
+    assert "does not fit" in proc.stdout and "smallest fix:" in proc.stdout
+    proc = run_plan(str(path), "--device", "cpu", "--memory", "1000", "--set", "sequence_len=128")
+    assert proc.returncode == 0 and "fits" in proc.stdout
+    assert run_plan(str(path), "--device", "tpu").returncode == 2
+
+
+def test_prequantized_checkpoint_and_reward_model(tmp_path, rows):
+    """A checkpoint saved in 4-bit loads as 4-bit whatever load_in_4bit says; a reward model has no vocabulary
+    logits, and pairs put two sequences a row through the model."""
+    dims = {**LLAMA["8b"], "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+    h100 = devices.gpu_device("h100-80gb")
+    saved = estimate(cfg_for(model_folder(tmp_path, dims), rows), h100)
+    plain = estimate(cfg_for(model_folder(tmp_path / "b", LLAMA["8b"]), rows, load_in_4bit=True), h100)
+    assert saved.parts["base_weights"] == pytest.approx(plain.parts["base_weights"])
+    base = model_folder(tmp_path / "c", LLAMA["1b"])
+    sft = estimate(cfg_for(base, rows, gradient_checkpointing=True), h100)
+    as_reward = cfg_for(base, rows, gradient_checkpointing=True).model_copy(update={"reward_model": True})
+    reward = estimate(as_reward, h100)  # (the estimate reads the keys; pair data is the data stage's concern)
+    assert reward.moments["logits_and_loss"] == 0
+    assert reward.parts["activations"] == pytest.approx(2 * sft.parts["activations"], rel=0.01)
+
+
+def test_run_length_from_the_prepared_cache(tiny_model_dir, tmp_path):
+    """After `finetune preprocess`, steps and tokens come from the cache's own counts, not a guess from bytes."""
+    import math
+
+    from finetune import data
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"row {i} " + "word " * (20 + i)}) + "\n" for i in range(30)))
+    raw = {"base_model": str(tiny_model_dir), "adapter": "lora", "lora_target_linear": True,
+           "datasets": [{"path": str(rows), "type": "completion", "field": "text"}], "sequence_len": 64,
+           "micro_batch_size": 4, "dataset_prepared_path": str(tmp_path / "prepared"), "dataset_processes": 1}  # fmt: skip
+    cfg = config.validate(raw)
+    guessed = estimate(cfg, devices.cpu_device()).speed
+    assert guessed["counted_from"].startswith("dataset files")
+    stats = data.preprocess_command(cfg).stats
+    counted = estimate(cfg, devices.cpu_device()).speed
+    assert counted["counted_from"] == "prepared data"
+    assert counted["optimizer_steps"] == math.ceil(stats["train_rows"] / 4)
+    assert counted["tokens"] == pytest.approx(stats["tokens"], rel=0.01)
+    other = config.validate({**raw, "sequence_len": 32})  # other token settings: not this cache
+    assert estimate(other, devices.cpu_device()).speed["counted_from"].startswith("dataset files")
