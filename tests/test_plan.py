@@ -101,6 +101,8 @@ def test_parts_follow_the_settings(tmp_path, rows):
     sharded = estimate(zero3, devices.gpu_device("h100-80gb"), gpus=4)
     assert sharded.parts["base_weights"] == pytest.approx(lora.parts["base_weights"] / 4)
     assert sharded.speed["tokens_per_second"] == pytest.approx(4 * lora.speed["tokens_per_second"])
+    fsdp = estimate(cfg_for(base, rows, fsdp_version=2), devices.gpu_device("h100-80gb"), gpus=4)
+    assert fsdp.parts["base_weights"] == sharded.parts["base_weights"]  # FSDP2 shards as ZeRO-3 does
 
 
 # ---------------------------------------------------------------- shapes

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
+from finetune.config.fsdp import requested as fsdp_requested
 from finetune.plan.shapes import Linear, Shape
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.adapter.DEFAULT_TARGETS
@@ -88,7 +89,8 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: 
         liger_glu=liger_any and bool(cfg.liger_glu_activation),
         fused_loss=liger_any and bool(cfg.liger_fused_linear_cross_entropy or cfg.cut_cross_entropy_on),
         optimizer_bytes=OPTIMIZER_BYTES.get(cfg.optimizer, 8),
-        zero=(zero_stage(cfg.deepspeed) or 0) if cfg.deepspeed else 0,
+        # FSDP2 shards what ZeRO-3 shards: weights, gradients and optimizer state
+        zero=3 if fsdp_requested(cfg) else (zero_stage(cfg.deepspeed) or 0) if cfg.deepspeed else 0,
         gpus=max(1, gpus),
         double_quant=cfg.bnb_4bit_use_double_quant is not False,
         pairs=cfg.preference,
