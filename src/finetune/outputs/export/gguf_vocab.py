@@ -59,7 +59,7 @@ def _pre_tokenizer_name(pre: dict | None) -> str | None:
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"  # GPT-2's own split inside ByteLevel (the tiny model; SmolLM2 as read from its GGUF)
+        return "gpt-2"  # GPT-2's own split inside ByteLevel (the tiny model; SmolLM2 as read from its GGUF)
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex"):
         return "smollm"  # SmolLM's tokenizer.json: each digit alone, then GPT-2's split
     if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
@@ -106,7 +106,7 @@ def build(tokenizer, n_rows: int, eot_tokens: tuple[str, ...] = ()) -> Vocab:
         kind, pre = "gpt2", _pre_tokenizer_name(spec.get("pre_tokenizer"))
         if pre is None:
             raise UserError(
-                "tokenizer: its pre-tokenizer is none llama.cpp knows by name (gpt2, smollm, llama-bpe, qwen2), so "
+                "tokenizer: its pre-tokenizer is none llama.cpp knows by name (gpt-2, smollm, llama-bpe, qwen2), so "
                 "a GGUF would split text differently from training; export refused"
             )
     vocab = tokenizer.get_vocab()

@@ -1,0 +1,293 @@
+"""`finetune export --gguf`: the GGUF computes what the merged model computes (read back by transformers here, in
+the test, not only by the command's own check), its Modelfile prompts as training did, and refusals are one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gotemplate
+from conftest import INST_FORMAT, sentiment_rows
+from finetune import config
+from finetune.errors import UserError
+from finetune.outputs import export, merge
+from finetune.outputs.export import gguf_file, prompt_template
+from test_merge import make_run, reference_logits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def gguf_logits(out: Path, name: str, tokenizer_dir: Path) -> list:
+    """The exported file loaded the way a user of transformers would: from_pretrained(dir, gguf_file=...)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32)
+    return merge.logits(model, merge.prompt_ids(AutoTokenizer.from_pretrained(tokenizer_dir)))
+
+
+def fields(path: Path) -> dict:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {"reader": reader, "names": {t.name for t in reader.tensors}, "fields": reader.fields}
+
+
+def text_field(reader_fields: dict, key: str) -> str:
+    field = reader_fields[key]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_export_tiny_matches_base_plus_adapter(tmp_path, tiny_model_dir, quant):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = make_run(tmp_path, tiny_model_dir)
+    out = tmp_path / "gguf"
+    diff = export.export_command(run, out, quant=quant, name="tiny-sentiment")
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "tiny-sentiment.gguf"]
+    assert diff <= export.CHECK_TOLERANCE[quant] * 3
+
+    reference = reference_logits(run, tiny_model_dir)  # base + adapter, unmerged
+    loaded = gguf_logits(out, "tiny-sentiment.gguf", run)
+    scale = max(1.0, max(float(r.abs().max()) for r in reference))
+    assert merge.max_difference(loaded, reference) <= export.CHECK_TOLERANCE[quant] * scale
+    plain = merge.logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir), merge.prompt_ids(AutoTokenizer.from_pretrained(run)))
+    assert merge.max_difference(plain, reference) > 10 * merge.max_difference(loaded, reference)  # adapter is in
+
+    info = fields(out / "tiny-sentiment.gguf")
+    assert text_field(info["fields"], "general.architecture") == "llama"
+    assert text_field(info["fields"], "tokenizer.ggml.model") == "gpt2"
+    assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"
+    assert {"token_embd.weight", "output.weight", "blk.1.attn_q.weight", "blk.0.ffn_down.weight"} <= info["names"]
+    types = {t.name: t.tensor_type.name for t in info["reader"].tensors}
+    assert types["blk.0.attn_q.weight"] == quant.upper() and types["blk.0.attn_norm.weight"] == "F32"
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
+        assert f"tokenizer.ggml.{key}" in info["fields"]
+    assert "{{ message['content'] }}" in text_field(info["fields"], "tokenizer.chat_template")  # the alpaca turn
+
+
+def test_unpermuted_q_k_fails_the_check_and_writes_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Without llama.cpp's q/k row order (or with any other wrong tensor) the read-back logits differ: exit 1."""
+    from finetune import cli
+
+    run = make_run(tmp_path, tiny_model_dir)
+    monkeypatch.setattr(gguf_file, "permute", lambda weights, n_head: weights)
+    monkeypatch.setattr(sys, "argv", ["finetune", "export", str(run), "--gguf", "--out", str(tmp_path / "g")])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert "above the f16 tolerance" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no output, no temp folder
+
+
+def test_qwen2_and_qwen3_export(tmp_path, tiny_model_dir):
+    """Qwen2 (q/k/v biases) and Qwen3 (q/k norms): no permutation, their own tensor names. Qwen3 gets head_dim
+    128 (every real Qwen3 has it): transformers 5.24 reads no attention.key_length for qwen3 GGUFs and assumes 128."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    for arch, (cfg_class, model_class), expected in (
+        ("qwen2", (Qwen2Config, Qwen2ForCausalLM), "blk.0.attn_q.bias"),
+        ("qwen3", (Qwen3Config, Qwen3ForCausalLM), "blk.0.attn_q_norm.weight"),
+    ):
+        torch.manual_seed(0)
+        model = model_class(cfg_class(**sizes, **({"head_dim": 128} if arch == "qwen3" else {})))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.1)  # biases and norms that matter
+        base = tmp_path / arch
+        model.save_pretrained(base)
+        tokenizer.save_pretrained(base)
+        run = make_run(tmp_path / f"run-{arch}", base)
+        out = tmp_path / f"gguf-{arch}"
+        export.export_command(run, out, quant="f16", name=arch)
+        info = fields(out / f"{arch}.gguf")
+        assert text_field(info["fields"], "general.architecture") == arch and expected in info["names"]
+        reference = reference_logits(run, base)
+        assert merge.max_difference(gguf_logits(out, f"{arch}.gguf", run), reference) < 0.01
+
+
+# ---------------------------------------------------------------- refusals: one line, nothing written
+
+
+def _bare_run(root: Path, base: Path, **over) -> Path:
+    out = root / "run"
+    out.mkdir(parents=True)
+    raw = {"base_model": str(base), "adapter": "lora", "datasets": [{"path": "a/b"}], "output_dir": str(out), **over}
+    (out / "config.yml").write_text(config.to_yaml(config.validate(raw), {"finetune": "0.1.0"}))
+    (out / "adapter_config.json").write_text("{}")
+    return out
+
+
+def test_refusals(tmp_path, tiny_model_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=1024)).save_pretrained(gpt2)
+    with pytest.raises(UserError, match=r"not GPT2LMHeadModel \(model_type 'gpt2'\)") as err:
+        export.export_command(_bare_run(tmp_path / "a", gpt2), tmp_path / "o1")
+    assert len(str(err.value).splitlines()) == 1
+
+    pairs = {"field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}
+    reward = _bare_run(tmp_path / "b", tiny_model_dir, reward_model=True, datasets=[{"path": "a/b", "type": pairs}])
+    with pytest.raises(UserError, match="reward model scores text"):
+        export.export_command(reward, tmp_path / "o2")
+
+    with pytest.raises(UserError, match=r"--quant q4_k_m: needs llama.cpp's llama-quantize.*llama-quantize run-f16.gguf"):
+        export.export_command(reward, tmp_path / "o3", quant="q4_k_m", name="run")
+    with pytest.raises(UserError, match="--quant: must be one of"):
+        export.export_command(reward, tmp_path / "o3", quant="int3")
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+
+
+def test_cli_refusal_is_one_line_exit_2(tmp_path, tiny_model_dir):
+    import subprocess
+
+    run = _bare_run(tmp_path, tiny_model_dir)
+    cmd = [sys.executable, "-m", "finetune.cli", "export", str(run), "--gguf", "--out", str(tmp_path / "o"),
+           "--quant", "q5_k_m"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "llama-quantize" in done.stderr
+
+
+# ---------------------------------------------------------------- the Modelfile TEMPLATE renders training's prompt
+
+
+def _template_for(raw_over: dict, tiny_model_dir: Path):
+    from finetune import data
+    from finetune.data.tokenizer import load_tokenizer
+    from finetune.outputs import run_dir
+
+    cfg = config.validate({"base_model": str(tiny_model_dir), "adapter": "lora", **raw_over})
+    tokenizer = load_tokenizer(cfg)
+    run = run_dir.Run(Path("."), cfg, "")
+    return cfg, tokenizer, export._template(run, tokenizer), data
+
+
+def _ollama(template: prompt_template.PromptTemplate, question: str, system: str = "", history=()) -> str:
+    """What Ollama sends the model: the TEMPLATE with .Prompt/.System, .Messages with the SYSTEM default first."""
+    messages = [*history, {"role": "user", "content": question}]
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    messages = prompt_template.with_default_system(messages, template.system)
+    return gotemplate.render(
+        template.go, Prompt=question, System=system or template.system,
+        Messages=[{"Role": m["role"], "Content": m["content"]} for m in messages],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "ds_type",
+    [INST_FORMAT, "alpaca", {**INST_FORMAT, "system_prompt": "You rate news.", "system_format": "<<SYS>>{system}<</SYS>>\n"},
+     {**INST_FORMAT, "format": "Q: {{literal}} {instruction}\nA:", "no_input_format": "Q: {{literal}} {instruction}\nA:"}],
+    ids=["inst", "alpaca", "system", "braces"],
+)  # fmt: skip
+def test_modelfile_template_renders_text_formats_as_training(tiny_model_dir, ds_type):
+    cfg, tokenizer, template, data = _template_for({"datasets": [{"path": "a/b", "type": ds_type}]}, tiny_model_dir)
+    ds = cfg.datasets[0]
+    for row in sentiment_rows(4):
+        if ds_type == "alpaca":
+            row = {"instruction": row["context"], "output": row["target"]}
+        question = row.get("context", row.get("instruction"))
+        assert _ollama(template, question) == data.format_prompt(cfg, ds, row, tokenizer)
+    assert template.add_bos  # the tiny tokenizer adds BOS to text prompts, as training tokenized them
+    if ds_type == "alpaca":
+        assert template.system.startswith("Below is an instruction")
+    text = prompt_template.modelfile("m.gguf", template, ["<|eot_id|>"])
+    assert text.splitlines()[1] == "FROM ./m.gguf" and 'PARAMETER stop "<|eot_id|>"' in text
+    assert ('SYSTEM """' in text) == bool(template.system)
+
+
+@pytest.mark.parametrize("name", ["llama3", "chatml", "phi_3", "gemma"])
+def test_modelfile_template_renders_chat_templates_as_training(tiny_model_dir, name):
+    tokens = {"chatml": ["<|im_start|>", "<|im_end|>"], "phi_3": ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"],
+              "gemma": ["<start_of_turn>", "<end_of_turn>"]}.get(name, [])  # fmt: skip
+    raw = {"datasets": [{"path": "a/b", "type": "chat_template"}], "chat_template": name, "tokens": tokens or None}
+    cfg, tokenizer, template, data = _template_for(raw, tiny_model_dir)
+    assert template.go is not None, template.note
+    ds = cfg.datasets[0]
+    conversations = [
+        [("user", "Is revenue up?"), ("assistant", "Yes.")],
+        [("system", "Answer in one word."), ("user", "Sentiment?"), ("assistant", "positive")],
+        [("user", "Hi"), ("assistant", "Hello."), ("user", "EBITDA?"), ("assistant", "Earnings before ...")],
+    ]
+    for turns in conversations:
+        row = {"messages": [{"role": r, "content": c} for r, c in turns]}
+        trained = data.format_prompt(cfg, ds, row, tokenizer)  # up to the last assistant header
+        if template.add_bos:
+            trained = trained.removeprefix(tokenizer.bos_token)
+        system = turns[0][1] if turns[0][0] == "system" else ""
+        history = [{"role": r, "content": c} for r, c in turns[1 if system else 0 : -2]]
+        assert _ollama(template, turns[-2][1], system, history) == trained
+
+
+@pytest.mark.real
+def test_modelfile_smollm2_default_system_prompt(smollm2_dir):
+    """SmolLM2's own template (ChatML with a default system prompt) becomes a TEMPLATE plus SYSTEM."""
+    cfg, tokenizer, template, data = _template_for(
+        {"base_model": str(smollm2_dir), "datasets": [{"path": "a/b", "type": "chat_template"}]}, smollm2_dir
+    )
+    assert template.system.startswith("You are a helpful AI assistant named SmolLM")
+    row = {"messages": [{"role": "user", "content": "Sentiment?"}, {"role": "assistant", "content": "positive"}]}
+    assert _ollama(template, "Sentiment?") == data.format_prompt(cfg, cfg.datasets[0], row, tokenizer)
+    assert not template.add_bos
+
+
+def test_modelfile_unknown_chat_template_has_no_template(tiny_model_dir):
+    jinja = "{% for m in messages %}## {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}## assistant:"
+    raw = {"datasets": [{"path": "a/b", "type": "chat_template"}], "chat_template": "jinja", "chat_template_jinja": jinja}
+    _, _, template, _ = _template_for(raw, tiny_model_dir)
+    assert template.go is None and "no TEMPLATE" in template.note and template.jinja == jinja
+    assert "TEMPLATE" not in prompt_template.modelfile("m.gguf", template, []).replace("no TEMPLATE", "")
+
+
+def test_gotemplate_subset_renderer():
+    """The test's own renderer: Go semantics for the parts the TEMPLATEs use."""
+    assert gotemplate.render('{{ if .System }}S:{{ .System }} {{ end }}{{ "{{" }}x}} {{ .Prompt }}', System="", Prompt="p") == "{{x}} p"
+    msgs = [{"Role": "user", "Content": "a"}, {"Role": "assistant", "Content": "b"}]
+    tpl = '\n{{- range .Messages }}[{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}:{{ .Content }}]{{ end }}'
+    assert gotemplate.render(tpl, Messages=msgs) == "[user:a][model:b]"
+    with pytest.raises(ValueError, match="unsupported"):
+        gotemplate.render("{{ .Prompt | trim }}", Prompt="x")
+
+
+# ---------------------------------------------------------------- the real SmolLM2 fine-tune
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_export_real_smollm2_finetune(smollm2_gguf, tmp_path):
+    """Two optimizer steps of LoRA on the real SmolLM2 (its GGUF base), then f16 and q8_0 exports."""
+    from finetune import train
+    from test_real_model import sentiment_config
+
+    run = train.run(config.validate(sentiment_config(tmp_path, str(smollm2_gguf), rows=16, max_steps=2)))
+    reference = None
+    for quant in ("f16", "q8_0"):
+        out = tmp_path / f"gguf-{quant}"
+        diff = export.export_command(run, out, quant=quant, name="smol")
+        if reference is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            merged = tmp_path / "merged"
+            merge.merge_command(run, merged, dtype="fp32")
+            model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+            reference = merge.logits(model, merge.prompt_ids(AutoTokenizer.from_pretrained(merged)))
+        loaded = gguf_logits(out, "smol.gguf", run)
+        scale = max(float(r.abs().max()) for r in reference)
+        assert merge.max_difference(loaded, reference) <= export.CHECK_TOLERANCE[quant] * scale
+        assert abs(merge.max_difference(loaded, reference) - diff) < 1e-3  # the command checked the same thing
+        info = fields(out / "smol.gguf")
+        assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"  # as training split text (see vocab)
+        assert "output.weight" not in info["names"]  # tied embeddings: llama.cpp reuses token_embd
+    modelfile = (tmp_path / "gguf-f16" / "Modelfile").read_text()
+    assert 'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}"""' in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile  # SmolLM2's EOS, which training appended to answers
