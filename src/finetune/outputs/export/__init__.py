@@ -61,8 +61,12 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
     if isinstance(spec, chat.ChatSpec):
         jinja = spec.template or tokenizer.chat_template
 
-        def render(messages: list[dict]) -> str:
-            return chat.render_chat(spec, tokenizer, messages, add_generation_prompt=True)
+        def render(messages: list[dict], bos_token: str | None) -> str:
+            if bos_token is None:  # as the data stage renders it
+                return chat.render_chat(spec, tokenizer, messages, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(
+                messages, chat_template=jinja, tokenize=False, add_generation_prompt=True, bos_token=bos_token
+            )
 
         return prompt_template.chat_format(render, jinja, tokenizer.bos_token)
     if isinstance(ds.type, DatasetType) and ds.type.field_system is None and ds.type.system_prompt:

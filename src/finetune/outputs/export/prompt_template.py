@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from finetune.data.formats import TextSpec
 
-_I, _S = "\ue010", "\ue011"  # private-use sentinels for {instruction} and {system}
+_I, _S, _B = "\ue010", "\ue011", "\ue013"  # private-use sentinels: {instruction}, {system}, bos_token
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,15 @@ def with_default_system(messages: list[dict], system: str) -> list[dict]:
 
 
 def chat_format(render_jinja, jinja: str, bos: str | None) -> PromptTemplate:
-    """The family whose rendering equals the run's template (`render_jinja(messages)`, generation prompt added)
-    on every probe, with its default system prompt recovered from a user-only conversation."""
-    rendered = [render_jinja(m) for m in PROBES]
-    adds_bos = bool(bos) and all(r.startswith(bos) for r in rendered)
+    """The family whose rendering equals the run's template (`render_jinja(messages, bos_token)`, generation
+    prompt added) on every probe, with its default system prompt recovered from a user-only conversation.
+
+    Whether the template writes BOS is asked with a stand-in bos_token: SmolLM2's BOS is `<|im_start|>`, so a
+    rendering that merely starts with the BOS text may not start with a BOS at all."""
+    adds_bos = bool(bos) and render_jinja(PROBES[0], _B).startswith(_B)
+    rendered = [render_jinja(m, None) for m in PROBES]
     if adds_bos:
-        rendered = [r[len(bos) :] for r in rendered]
+        rendered = [r.removeprefix(bos) for r in rendered]
     for name, (go, mirror) in FAMILIES.items():
         system = _default_system(mirror, rendered[0], PROBES[0])
         if system is None:
