@@ -22,7 +22,11 @@ def _tokens(template: str) -> list[tuple[str, str]]:
                 out[-1] = ("text", out[-1][1].rstrip())
             body = piece[2:-2]
             trim_right = body.endswith("-") and body[-2:-1].isspace()
-            body = body.removeprefix("-").removesuffix("-").strip() if trim_right else body.removeprefix("-").strip()
+            body = (
+                body.removeprefix("-").removesuffix("-").strip()
+                if trim_right
+                else body.removeprefix("-").strip()
+            )
             out.append(("action", body))
             if trim_right:
                 out.append(("trim", ""))

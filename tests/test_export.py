@@ -54,19 +54,28 @@ def test_export_tiny_matches_base_plus_adapter(tmp_path, tiny_model_dir, quant):
     loaded = gguf_logits(out, "tiny-sentiment.gguf", run)
     scale = max(1.0, max(float(r.abs().max()) for r in reference))
     assert merge.max_difference(loaded, reference) <= export.CHECK_TOLERANCE[quant] * scale
-    plain = merge.logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir), merge.prompt_ids(AutoTokenizer.from_pretrained(run)))
-    assert merge.max_difference(plain, reference) > 10 * merge.max_difference(loaded, reference)  # adapter is in
+    plain = merge.logits(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        merge.prompt_ids(AutoTokenizer.from_pretrained(run)),
+    )
+    assert merge.max_difference(plain, reference) > 10 * merge.max_difference(
+        loaded, reference
+    )  # adapter is in
 
     info = fields(out / "tiny-sentiment.gguf")
     assert text_field(info["fields"], "general.architecture") == "llama"
     assert text_field(info["fields"], "tokenizer.ggml.model") == "gpt2"
     assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"
-    assert {"token_embd.weight", "output.weight", "blk.1.attn_q.weight", "blk.0.ffn_down.weight"} <= info["names"]
+    assert {"token_embd.weight", "output.weight", "blk.1.attn_q.weight", "blk.0.ffn_down.weight"} <= info[
+        "names"
+    ]
     types = {t.name: t.tensor_type.name for t in info["reader"].tensors}
     assert types["blk.0.attn_q.weight"] == quant.upper() and types["blk.0.attn_norm.weight"] == "F32"
     for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
         assert f"tokenizer.ggml.{key}" in info["fields"]
-    assert "{{ message['content'] }}" in text_field(info["fields"], "tokenizer.chat_template")  # the alpaca turn
+    assert "{{ message['content'] }}" in text_field(
+        info["fields"], "tokenizer.chat_template"
+    )  # the alpaca turn
 
 
 def test_unpermuted_q_k_fails_the_check_and_writes_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys):
@@ -121,7 +130,13 @@ def test_qwen2_and_qwen3_export(tmp_path, tiny_model_dir):
 def _bare_run(root: Path, base: Path, **over) -> Path:
     out = root / "run"
     out.mkdir(parents=True)
-    raw = {"base_model": str(base), "adapter": "lora", "datasets": [{"path": "a/b"}], "output_dir": str(out), **over}
+    raw = {
+        "base_model": str(base),
+        "adapter": "lora",
+        "datasets": [{"path": "a/b"}],
+        "output_dir": str(out),
+        **over,
+    }
     (out / "config.yml").write_text(config.to_yaml(config.validate(raw), {"finetune": "0.1.0"}))
     (out / "adapter_config.json").write_text("{}")
     return out
@@ -137,11 +152,15 @@ def test_refusals(tmp_path, tiny_model_dir):
     assert len(str(err.value).splitlines()) == 1
 
     pairs = {"field_prompt": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}
-    reward = _bare_run(tmp_path / "b", tiny_model_dir, reward_model=True, datasets=[{"path": "a/b", "type": pairs}])
+    reward = _bare_run(
+        tmp_path / "b", tiny_model_dir, reward_model=True, datasets=[{"path": "a/b", "type": pairs}]
+    )
     with pytest.raises(UserError, match="reward model scores text"):
         export.export_command(reward, tmp_path / "o2")
 
-    with pytest.raises(UserError, match=r"--quant q4_k_m: needs llama.cpp's llama-quantize.*llama-quantize run-f16.gguf"):
+    with pytest.raises(
+        UserError, match=r"--quant q4_k_m: needs llama.cpp's llama-quantize.*llama-quantize run-f16.gguf"
+    ):
         export.export_command(reward, tmp_path / "o3", quant="q4_k_m", name="run")
     with pytest.raises(UserError, match="--quant: must be one of"):
         export.export_command(reward, tmp_path / "o3", quant="int3")
@@ -155,7 +174,11 @@ def test_cli_refusal_is_one_line_exit_2(tmp_path, tiny_model_dir):
     cmd = [sys.executable, "-m", "finetune.cli", "export", str(run), "--gguf", "--out", str(tmp_path / "o"),
            "--quant", "q5_k_m"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "llama-quantize" in done.stderr
+    assert (
+        done.returncode == 2
+        and len(done.stderr.strip().splitlines()) == 1
+        and "llama-quantize" in done.stderr
+    )
 
 
 # ---------------------------------------------------------------- the Modelfile TEMPLATE renders training's prompt
@@ -191,7 +214,9 @@ def _ollama(template: prompt_template.PromptTemplate, question: str, system: str
     ids=["inst", "alpaca", "system", "braces"],
 )  # fmt: skip
 def test_modelfile_template_renders_text_formats_as_training(tiny_model_dir, ds_type):
-    cfg, tokenizer, template, data = _template_for({"datasets": [{"path": "a/b", "type": ds_type}]}, tiny_model_dir)
+    cfg, tokenizer, template, data = _template_for(
+        {"datasets": [{"path": "a/b", "type": ds_type}]}, tiny_model_dir
+    )
     ds = cfg.datasets[0]
     for row in sentiment_rows(4):
         if ds_type == "alpaca":
@@ -210,7 +235,11 @@ def test_modelfile_template_renders_text_formats_as_training(tiny_model_dir, ds_
 def test_modelfile_template_renders_chat_templates_as_training(tiny_model_dir, name):
     tokens = {"chatml": ["<|im_start|>", "<|im_end|>"], "phi_3": ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"],
               "gemma": ["<start_of_turn>", "<end_of_turn>"]}.get(name, [])  # fmt: skip
-    raw = {"datasets": [{"path": "a/b", "type": "chat_template"}], "chat_template": name, "tokens": tokens or None}
+    raw = {
+        "datasets": [{"path": "a/b", "type": "chat_template"}],
+        "chat_template": name,
+        "tokens": tokens or None,
+    }
     cfg, tokenizer, template, data = _template_for(raw, tiny_model_dir)
     assert template.go is not None, template.note
     ds = cfg.datasets[0]
@@ -236,14 +265,20 @@ def test_modelfile_smollm2_default_system_prompt(smollm2_dir):
         {"base_model": str(smollm2_dir), "datasets": [{"path": "a/b", "type": "chat_template"}]}, smollm2_dir
     )
     assert template.system.startswith("You are a helpful AI assistant named SmolLM")
-    row = {"messages": [{"role": "user", "content": "Sentiment?"}, {"role": "assistant", "content": "positive"}]}
+    row = {
+        "messages": [{"role": "user", "content": "Sentiment?"}, {"role": "assistant", "content": "positive"}]
+    }
     assert _ollama(template, "Sentiment?") == data.format_prompt(cfg, cfg.datasets[0], row, tokenizer)
     assert not template.add_bos
 
 
 def test_modelfile_unknown_chat_template_has_no_template(tiny_model_dir):
     jinja = "{% for m in messages %}## {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}## assistant:"
-    raw = {"datasets": [{"path": "a/b", "type": "chat_template"}], "chat_template": "jinja", "chat_template_jinja": jinja}
+    raw = {
+        "datasets": [{"path": "a/b", "type": "chat_template"}],
+        "chat_template": "jinja",
+        "chat_template_jinja": jinja,
+    }
     _, _, template, _ = _template_for(raw, tiny_model_dir)
     assert template.go is None and "no TEMPLATE" in template.note and template.jinja == jinja
     assert "TEMPLATE" not in prompt_template.modelfile("m.gguf", template, []).replace("no TEMPLATE", "")
@@ -251,7 +286,12 @@ def test_modelfile_unknown_chat_template_has_no_template(tiny_model_dir):
 
 def test_gotemplate_subset_renderer():
     """The test's own renderer: Go semantics for the parts the TEMPLATEs use."""
-    assert gotemplate.render('{{ if .System }}S:{{ .System }} {{ end }}{{ "{{" }}x}} {{ .Prompt }}', System="", Prompt="p") == "{{x}} p"
+    assert (
+        gotemplate.render(
+            '{{ if .System }}S:{{ .System }} {{ end }}{{ "{{" }}x}} {{ .Prompt }}', System="", Prompt="p"
+        )
+        == "{{x}} p"
+    )
     msgs = [{"Role": "user", "Content": "a"}, {"Role": "assistant", "Content": "b"}]
     tpl = '\n{{- range .Messages }}[{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}:{{ .Content }}]{{ end }}'
     assert gotemplate.render(tpl, Messages=msgs) == "[user:a][model:b]"
@@ -284,9 +324,13 @@ def test_export_real_smollm2_finetune(smollm2_gguf, tmp_path):
         loaded = gguf_logits(out, "smol.gguf", run)
         scale = max(float(r.abs().max()) for r in reference)
         assert merge.max_difference(loaded, reference) <= export.CHECK_TOLERANCE[quant] * scale
-        assert abs(merge.max_difference(loaded, reference) - diff) < 1e-3  # the command checked the same thing
+        assert (
+            abs(merge.max_difference(loaded, reference) - diff) < 1e-3
+        )  # the command checked the same thing
         info = fields(out / "smol.gguf")
-        assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"  # as training split text (see vocab)
+        assert (
+            text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"
+        )  # as training split text (see vocab)
         assert "output.weight" not in info["names"]  # tied embeddings: llama.cpp reuses token_embd
     modelfile = (tmp_path / "gguf-f16" / "Modelfile").read_text()
     assert 'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}"""' in modelfile

@@ -133,7 +133,9 @@ def _add_rope_scaling(writer, params: dict) -> dict:
         writer.add_rope_scaling_factor(params["factor"])
         writer.add_rope_scaling_orig_ctx_len(params["original_max_position_embeddings"])
     elif kind not in ("default", "llama3"):
-        raise UserError(f"base_model: rope scaling {kind!r} has no GGUF export here (default, linear, llama3, yarn)")
+        raise UserError(
+            f"base_model: rope scaling {kind!r} has no GGUF export here (default, linear, llama3, yarn)"
+        )
     return params if kind == "llama3" else {}
 
 
@@ -156,7 +158,15 @@ def _tensor_data(array, quant: str):
 
 
 def write(
-    path: Path, state_dict: dict, config, tokenizer, quant: str, name: str, *, eot_tokens=(), add_bos: bool,
+    path: Path,
+    state_dict: dict,
+    config,
+    tokenizer,
+    quant: str,
+    name: str,
+    *,
+    eot_tokens=(),
+    add_bos: bool,
     chat_template: str | None,
 ) -> int:
     """Write the GGUF file; returns how many tensors it holds. `add_bos`: whether training's prompts began with

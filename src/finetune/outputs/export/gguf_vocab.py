@@ -75,7 +75,9 @@ def _merges(model: dict) -> list[str]:
         if isinstance(merge, str):
             out.append(merge)
         else:
-            out.append(" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in merge))
+            out.append(
+                " ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in merge)
+            )
     return out
 
 
@@ -92,7 +94,9 @@ def build(tokenizer, n_rows: int, eot_tokens: tuple[str, ...] = ()) -> Vocab:
     `eot_tokens` are the run's end-of-turn tokens; the first one that is not EOS becomes eot_token_id.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise UserError("tokenizer: export needs a fast tokenizer (tokenizer.json); this run saved a slow one")
+        raise UserError(
+            "tokenizer: export needs a fast tokenizer (tokenizer.json); this run saved a slow one"
+        )
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]
     if model.get("type") != "BPE":

@@ -57,12 +57,21 @@ def text_format(spec: TextSpec, adds_bos: bool) -> PromptTemplate:
     turn = _split(no_input.format(instruction=_I, input=""), _I)
     system_turn = _split(spec.system_format.format(system=_S), _S) if spec.system_format else None
     if turn is None:
-        return PromptTemplate(None, "", None, adds_bos, "note: the format does not hold {instruction} once: no TEMPLATE")
+        return PromptTemplate(
+            None, "", None, adds_bos, "note: the format does not hold {instruction} once: no TEMPLATE"
+        )
     go = _go_text(turn[0]) + "{{ .Prompt }}" + _go_text(turn[1])
     jinja_turn = _jinja_text(turn[0]) + "{{ message['content'] }}" + _jinja_text(turn[1])
     jinja_system = ""
     if system_turn is not None:
-        go = "{{ if .System }}" + _go_text(system_turn[0]) + "{{ .System }}" + _go_text(system_turn[1]) + "{{ end }}" + go
+        go = (
+            "{{ if .System }}"
+            + _go_text(system_turn[0])
+            + "{{ .System }}"
+            + _go_text(system_turn[1])
+            + "{{ end }}"
+            + go
+        )
         wrap = (_jinja_text(system_turn[0]) + "{{ \ue012 }}" + _jinja_text(system_turn[1])).replace
         default = spec.system_prompt_no_input
         jinja_system = (
@@ -83,22 +92,29 @@ def text_format(spec: TextSpec, adds_bos: bool) -> PromptTemplate:
 FAMILIES = {
     "chatml": (
         "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
-        lambda m: "".join(f"<|im_start|>{x['role']}\n{x['content']}<|im_end|>\n" for x in m) + "<|im_start|>assistant\n",
+        lambda m: (
+            "".join(f"<|im_start|>{x['role']}\n{x['content']}<|im_end|>\n" for x in m)
+            + "<|im_start|>assistant\n"
+        ),
     ),
     "llama3": (
         "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
         "<|start_header_id|>assistant<|end_header_id|>\n\n",
-        lambda m: "".join(f"<|start_header_id|>{x['role']}<|end_header_id|>\n\n{x['content']}<|eot_id|>" for x in m)
-        + "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        lambda m: (
+            "".join(f"<|start_header_id|>{x['role']}<|end_header_id|>\n\n{x['content']}<|eot_id|>" for x in m)
+            + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        ),
     ),
     "gemma": (
         '{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
         "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n",
-        lambda m: "".join(
-            f"<start_of_turn>{'model' if x['role'] == 'assistant' else x['role']}\n{x['content']}<end_of_turn>\n"
-            for x in m
-        )
-        + "<start_of_turn>model\n",
+        lambda m: (
+            "".join(
+                f"<start_of_turn>{'model' if x['role'] == 'assistant' else x['role']}\n{x['content']}<end_of_turn>\n"
+                for x in m
+            )
+            + "<start_of_turn>model\n"
+        ),
     ),
     "phi_3": (
         "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
@@ -133,18 +149,20 @@ def chat_format(render_jinja, jinja: str, bos: str | None) -> PromptTemplate:
     rendered = [render_jinja(m, None) for m in PROBES]
     if adds_bos:
         rendered = [r.removeprefix(bos) for r in rendered]
-    for name, (go, mirror) in FAMILIES.items():
+    for go, mirror in FAMILIES.values():
         system = _default_system(mirror, rendered[0], PROBES[0])
         if system is None:
             continue
         if all(mirror(with_default_system(m, system)) == r for m, r in zip(PROBES, rendered, strict=True)):
             return PromptTemplate(go, system, jinja, adds_bos)
-    note = "note: the run's chat template is none of chatml, llama3, gemma, phi_3: the Modelfile has no TEMPLATE"
+    note = (
+        "note: the run's chat template is none of chatml, llama3, gemma, phi_3: the Modelfile has no TEMPLATE"
+    )
     return PromptTemplate(None, "", jinja, adds_bos, note)
 
 
 def _default_system(mirror, rendered: str, messages: list[dict]) -> str | None:
-    """"" when the family renders `messages` as the template did; the default system prompt when it does so
+    """ "" when the family renders `messages` as the template did; the default system prompt when it does so
     with one in front; None when it matches neither way."""
     if mirror(messages) == rendered:
         return ""
