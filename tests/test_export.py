@@ -3,6 +3,7 @@ the test, not only by the command's own check), its Modelfile prompts as trainin
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -335,3 +336,80 @@ def test_export_real_smollm2_finetune(smollm2_gguf, tmp_path):
     modelfile = (tmp_path / "gguf-f16" / "Modelfile").read_text()
     assert 'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}"""' in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile  # SmolLM2's EOS, which training appended to answers
+
+
+# ---------------------------------------------------------------- tokenizers: sentencepiece-style and pre-tokenizer names
+
+
+def spm_style_tokenizer(vocab_size: int = 600):
+    """A Llama 2 / Mistral / TinyLlama-shaped tokenizer.json: BPE with byte fallback, `▁` for spaces from a
+    normalizer, `<0xNN>` byte tokens, no pre-tokenizer; trained on the package's corpus."""
+    from importlib import resources
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = resources.files("finetune").joinpath("assets/tiny_corpus.txt").read_text(encoding="utf-8")
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.pre_tokenizer = pre_tokenizers.Split(
+        "▁", behavior="merged_with_next"
+    )  # pieces start with ▁, as in SPM
+    tok.train_from_iterator(
+        corpus.splitlines(),
+        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False),
+    )
+    tok.pre_tokenizer = None
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_export_sentencepiece_style_vocabulary(tmp_path):
+    """tokenizer.ggml.model `llama`: byte tokens typed BYTE, scores in merge order, add_space_prefix; the
+    command's own check asserts transformers' reading of it splits the check prompts into training's ids."""
+    from finetune.model.tiny import build_model
+
+    tokenizer = spm_style_tokenizer()
+    base = tmp_path / "spm-base"
+    build_model(tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    run = make_run(tmp_path, base)
+    export.export_command(run, tmp_path / "out", quant="f16", name="spm")
+    info = fields(tmp_path / "out" / "spm.gguf")
+    assert text_field(info["fields"], "tokenizer.ggml.model") == "llama"
+    types = info["fields"]["tokenizer.ggml.token_type"]
+    as_list = [int(types.parts[i][0]) for i in types.data]
+    assert (
+        as_list[1] == 3 and as_list[3] == 6 and as_list[300] == 1
+    )  # <s> CONTROL, <0x00> BYTE, a piece NORMAL
+    assert bool(info["fields"]["tokenizer.ggml.add_space_prefix"].parts[-1][0])
+    reference = reference_logits(run, base)
+    assert merge.max_difference(gguf_logits(tmp_path / "out", "spm.gguf", run), reference) < 0.01
+
+
+def test_pre_tokenizer_names():
+    """The splits llama.cpp names; anything else is refused rather than exported to tokenize differently."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from finetune.outputs.export import gguf_vocab
+
+    def name(pre) -> str | None:
+        return gguf_vocab._pre_tokenizer_name(json.loads(pre.__getstate__()))
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    assert name(pre_tokenizers.ByteLevel(add_prefix_space=False)) == "gpt-2"
+    assert (
+        name(pre_tokenizers.Sequence([pre_tokenizers.Digits(True), pre_tokenizers.ByteLevel()])) == "smollm"
+    )
+    for regex, expected in (
+        (gguf_vocab.LLAMA3_SPLIT, "llama-bpe"),
+        (gguf_vocab.QWEN2_SPLIT, "qwen2"),
+        ("x", None),
+    ):
+        split = pre_tokenizers.Split(Regex(regex), behavior="isolated")
+        assert name(pre_tokenizers.Sequence([split, byte_level])) == expected
+    assert name(pre_tokenizers.Whitespace()) is None

@@ -131,14 +131,14 @@ def build(tokenizer, n_rows: int, eot_tokens: tuple[str, ...] = ()) -> Vocab:
             types.append(UNUSED)
             scores.append(-1000.0)
             continue
-        if text in added and (i in special_ids or added[text][1]):
+        if byte_fallback and _BYTE_TOKEN.fullmatch(text):  # even when a tokenizer lists them as added tokens
+            kind_of = BYTE
+        elif i == tokenizer.unk_token_id:
+            kind_of = UNKNOWN
+        elif text in added and (i in special_ids or added[text][1]):
             kind_of = CONTROL
         elif text in added:
             kind_of = USER_DEFINED
-        elif i == tokenizer.unk_token_id:
-            kind_of = UNKNOWN
-        elif byte_fallback and _BYTE_TOKEN.fullmatch(text):
-            kind_of = BYTE
         else:
             kind_of = NORMAL
         tokens.append(text)
