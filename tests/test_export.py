@@ -413,3 +413,27 @@ def test_pre_tokenizer_names():
         split = pre_tokenizers.Split(Regex(regex), behavior="isolated")
         assert name(pre_tokenizers.Sequence([split, byte_level])) == expected
     assert name(pre_tokenizers.Whitespace()) is None
+
+
+def test_export_qlora_run_with_dequantize_and_its_modelfile(trained_run, tmp_path):
+    """A QLoRA run of the `[INST]` format: merged into the NF4-rounded base (--dequantize, as merge), and the
+    Modelfile's TEMPLATE renders a training row's prompt as the data stage did."""
+    from transformers import AutoTokenizer
+
+    from finetune import data
+    from finetune.outputs import run_dir
+
+    out = tmp_path / "gguf"
+    export.export_command(trained_run, out, quant="q8_0", name="inst", dequantize=True)
+    text = (out / "Modelfile").read_text()
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert template == "{{ if .System }}{{ .System }}{{ end }}[INST] {{ .Prompt }} [/INST]"
+    run = run_dir.read_run(trained_run)
+    tokenizer = AutoTokenizer.from_pretrained(trained_run)
+    for row in sentiment_rows(3):
+        trained = data.format_prompt(run.cfg, run.cfg.datasets[0], row, tokenizer)
+        assert gotemplate.render(template, Prompt=row["context"], System="") == trained
+    info = fields(out / "inst.gguf")
+    assert bool(
+        info["fields"]["tokenizer.ggml.add_bos_token"].parts[-1][0]
+    )  # training's prompts began with BOS
