@@ -28,10 +28,43 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NEEDED = {"f16": 1.0, "bf16": 1.0, "q8_0": 0.9}
+# --open: free-form questions (longer answers, so more tokens where the two could part ways)
+OPEN_QUESTIONS = [
+    "What is EBITDA?", "Explain what a bond yield is.", "Why do central banks raise interest rates?",
+    "What does a balance sheet show?", "Define free cash flow.", "What is a dividend?",
+    "How does inflation affect savings?", "What is the difference between revenue and profit?",
+    "What is a stock split?", "Explain the price-to-earnings ratio.", "What is working capital?",
+    "Why do companies issue shares?", "What is a recession?", "What does liquidity mean for a bank?",
+    "What is an index fund?", "Explain compound interest.", "What is a credit rating?",
+    "What is goodwill on a balance sheet?", "What does a CFO do?", "What is market capitalization?",
+]
+
+
+def plain_cpu_buffers() -> None:
+    """Workaround: the prebuilt llama-cpp-python 0.3.36 wheel on this machine (AMX-capable Xeon) segfaults in
+    llama.cpp's CPU "extra buffer types" (weight repacking / AMX kernels) on quantized weights: the original
+    SmolLM2 Q4_1 file crashes too, and f16 does not. llama.cpp's own switch for them is the model parameter
+    `use_extra_bufts`, which llama-cpp-python's Llama() does not pass on, so its default is changed here; the
+    weights then stay in plain CPU buffers (the same ggml kernels, without repacking)."""
+    import llama_cpp
+    import llama_cpp.llama
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_model_default_params = llama_cpp.llama.llama_cpp.llama_model_default_params = params
 
 
 def worker(gguf: str, prompts_file: str, out_file: str, max_tokens: int) -> None:
     """Runs in the llama-cpp-python venv: answers every prompt greedily; writes answers and prompt ids."""
+    import os
+
+    if os.environ.get("LLAMACPP_EXTRA_BUFTS") != "1":
+        plain_cpu_buffers()
     from llama_cpp import Llama
 
     llm = Llama(model_path=gguf, n_ctx=1024, n_threads=2, seed=0, verbose=False)
@@ -84,6 +117,7 @@ def main() -> int:
     parser.add_argument("--llama-python", default="/work/venv-llamacpp/bin/python")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamacpp_check"))
     parser.add_argument("--reuse", action="store_true", help="Reuse finetune's answers saved in --workdir.")
+    parser.add_argument("--open", action="store_true", help="The 20 free-form OPEN_QUESTIONS instead of --data rows.")
     parser.add_argument(
         "--worker", nargs=4, metavar=("GGUF", "PROMPTS", "OUT", "MAX_TOKENS"), help=argparse.SUPPRESS
     )
@@ -98,17 +132,20 @@ def main() -> int:
         )
         return 2
 
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()][: args.rows]
+    from finetune.outputs import run_dir
+
+    field = run_dir.read_run(args.run).cfg.datasets[0].type.field_instruction
+    if args.open:
+        rows = [{field: q, "target": "\0"} for q in OPEN_QUESTIONS]
+    else:
+        rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()][: args.rows]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    cache = args.workdir / f"finetune-{len(rows)}-{args.max_new_tokens}.json"
+    cache = args.workdir / f"finetune-{'open' if args.open else len(rows)}-{args.max_new_tokens}.json"
     if args.reuse and cache.is_file():  # the answers of `finetune generate` for these rows, measured before
         ours, our_ids, our_seconds = json.loads(cache.read_text())
     else:
         ours, our_ids, our_seconds = finetune_answers(args.run, rows, args.max_new_tokens)
         cache.write_text(json.dumps([ours, our_ids, our_seconds]))
-    from finetune.outputs import run_dir
-
-    field = run_dir.read_run(args.run).cfg.datasets[0].type.field_instruction
     results, ok = [], True
     for quant in args.quant:
         out = args.workdir / quant
