@@ -30,13 +30,26 @@ ROOT = Path(__file__).resolve().parent.parent
 NEEDED = {"f16": 1.0, "bf16": 1.0, "q8_0": 0.9}
 # --open: free-form questions (longer answers, so more tokens where the two could part ways)
 OPEN_QUESTIONS = [
-    "What is EBITDA?", "Explain what a bond yield is.", "Why do central banks raise interest rates?",
-    "What does a balance sheet show?", "Define free cash flow.", "What is a dividend?",
-    "How does inflation affect savings?", "What is the difference between revenue and profit?",
-    "What is a stock split?", "Explain the price-to-earnings ratio.", "What is working capital?",
-    "Why do companies issue shares?", "What is a recession?", "What does liquidity mean for a bank?",
-    "What is an index fund?", "Explain compound interest.", "What is a credit rating?",
-    "What is goodwill on a balance sheet?", "What does a CFO do?", "What is market capitalization?",
+    "What is EBITDA?",
+    "Explain what a bond yield is.",
+    "Why do central banks raise interest rates?",
+    "What does a balance sheet show?",
+    "Define free cash flow.",
+    "What is a dividend?",
+    "How does inflation affect savings?",
+    "What is the difference between revenue and profit?",
+    "What is a stock split?",
+    "Explain the price-to-earnings ratio.",
+    "What is working capital?",
+    "Why do companies issue shares?",
+    "What is a recession?",
+    "What does liquidity mean for a bank?",
+    "What is an index fund?",
+    "Explain compound interest.",
+    "What is a credit rating?",
+    "What is goodwill on a balance sheet?",
+    "What does a CFO do?",
+    "What is market capitalization?",
 ]
 
 
@@ -117,7 +130,9 @@ def main() -> int:
     parser.add_argument("--llama-python", default="/work/venv-llamacpp/bin/python")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamacpp_check"))
     parser.add_argument("--reuse", action="store_true", help="Reuse finetune's answers saved in --workdir.")
-    parser.add_argument("--open", action="store_true", help="The 20 free-form OPEN_QUESTIONS instead of --data rows.")
+    parser.add_argument(
+        "--open", action="store_true", help="The 20 free-form OPEN_QUESTIONS instead of --data rows."
+    )
     parser.add_argument(
         "--worker", nargs=4, metavar=("GGUF", "PROMPTS", "OUT", "MAX_TOKENS"), help=argparse.SUPPRESS
     )

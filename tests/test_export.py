@@ -225,6 +225,18 @@ def test_modelfile_template_renders_text_formats_as_training(tiny_model_dir, ds_
         question = row.get("context", row.get("instruction"))
         assert _ollama(template, question) == data.format_prompt(cfg, ds, row, tokenizer)
     assert template.add_bos  # the tiny tokenizer adds BOS to text prompts, as training tokenized them
+    # the GGUF's chat template (llama.cpp's chat endpoints) renders the same prompt from messages
+    for row in sentiment_rows(2):
+        question = row["context"]
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], chat_template=template.jinja, tokenize=False
+        )
+        expected = data.format_prompt(cfg, ds, {"instruction": question, "output": "x", **row}, tokenizer)
+        assert chat == expected
+        system = [{"role": "system", "content": "S."}, {"role": "user", "content": question}]
+        assert tokenizer.apply_chat_template(system, chat_template=template.jinja, tokenize=False) == _ollama(
+            template, question, "S."
+        )
     if ds_type == "alpaca":
         assert template.system.startswith("Below is an instruction")
     text = prompt_template.modelfile("m.gguf", template, ["<|eot_id|>"])

@@ -21,7 +21,6 @@ import shutil
 from pathlib import Path
 
 from finetune import quiet
-from finetune.config import DatasetType
 from finetune.data import answer_format, chat, formats
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_text
@@ -75,8 +74,6 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
             )
 
         return prompt_template.chat_format(render, jinja, tokenizer.bos_token)
-    if isinstance(ds.type, DatasetType) and ds.type.field_system is None and ds.type.system_prompt:
-        spec = spec.__class__(**{**spec.__dict__, "system_prompt_no_input": ds.type.system_prompt})
     return prompt_template.text_format(spec, adds_bos)
 
 

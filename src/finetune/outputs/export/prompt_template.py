@@ -14,6 +14,7 @@ BOS is never part of a template: the GGUF's add_bos says whether training's prom
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from finetune.data.formats import TextSpec
@@ -38,7 +39,8 @@ def _go_text(text: str) -> str:
 
 
 def _jinja_text(text: str) -> str:
-    return "{% raw %}" + text + "{% endraw %}" if text else ""
+    """Literal text in a Jinja template, as a string literal (Jinja2 and llama.cpp's minja both read those)."""
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
 
 
 def _split(template: str, sentinel: str) -> tuple[str, str] | None:
@@ -76,7 +78,7 @@ def text_format(spec: TextSpec, adds_bos: bool) -> PromptTemplate:
         default = spec.system_prompt_no_input
         jinja_system = (
             "{%- if messages and messages[0]['role'] == 'system' %}" + wrap("\ue012", "messages[0]['content']")
-            + ("{%- else %}" + wrap("\ue012", repr(default)) if default else "") + "{%- endif %}"
+            + ("{%- else %}" + wrap("\ue012", json.dumps(default, ensure_ascii=False)) if default else "") + "{%- endif %}"
         )  # fmt: skip
     jinja = (
         jinja_system + "{%- for message in messages %}{%- if message['role'] == 'user' %}" + jinja_turn
