@@ -84,12 +84,20 @@ def worker(gguf: str, prompts_file: str, out_file: str, max_tokens: int) -> None
     rows = json.loads(Path(prompts_file).read_text())
     out = []
     start = time.perf_counter()
-    for prompt in rows:
+    greedy = {"max_tokens": max_tokens, "temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0, "seed": 0}
+    for row in rows:
+        prompt = row["prompt"]
         ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)  # BOS only if the GGUF says so
-        done = llm.create_completion(
-            prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, repeat_penalty=1.0, seed=0
+        done = llm.create_completion(prompt, **greedy)
+        # the chat endpoint: the question as a user message, rendered by the GGUF's own chat template
+        chat = llm.create_chat_completion([{"role": "user", "content": row["question"]}], **greedy)
+        out.append(
+            {
+                "ids": ids,
+                "answer": done["choices"][0]["text"],
+                "chat": chat["choices"][0]["message"]["content"],
+            }
         )
-        out.append({"ids": ids, "answer": done["choices"][0]["text"]})
     Path(out_file).write_text(json.dumps({"rows": out, "seconds": time.perf_counter() - start}))
 
 
@@ -174,7 +182,10 @@ def main() -> int:
             print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
             return 1
         prompts = args.workdir / f"prompts-{quant}.json"
-        prompts.write_text(json.dumps(ollama_prompts(out / "Modelfile", rows, field)))
+        rendered = ollama_prompts(out / "Modelfile", rows, field)
+        prompts.write_text(
+            json.dumps([{"prompt": p, "question": r[field]} for p, r in zip(rendered, rows, strict=True)])
+        )
         answers_file = args.workdir / f"llamacpp-{quant}.json"
         ran = subprocess.run(
             [args.llama_python, __file__, "--worker", str(out / "model.gguf"), str(prompts), str(answers_file),
@@ -191,6 +202,9 @@ def main() -> int:
             continue
         theirs = json.loads(answers_file.read_text())
         equal = sum(a.strip() == t["answer"].strip() for a, t in zip(ours, theirs["rows"], strict=True))
+        chat_equal = sum(
+            a.strip() == (t["chat"] or "").strip() for a, t in zip(ours, theirs["rows"], strict=True)
+        )
         same_ids = sum(i == t["ids"] for i, t in zip(our_ids, theirs["rows"], strict=True))
         accuracy = sum(
             t["answer"].strip().startswith(r["target"]) for t, r in zip(theirs["rows"], rows, strict=True)
@@ -199,6 +213,7 @@ def main() -> int:
         ok &= share >= NEEDED.get(quant, 0.9)
         results.append({
             "quant": quant, "rows": len(rows), "equal_answers": equal, "share": share, "same_prompt_ids": same_ids,
+            "chat_endpoint_equal": chat_equal,
             "llamacpp_label_accuracy": accuracy / len(rows), "export_seconds": round(export_seconds, 1),
             "llamacpp_seconds": round(theirs["seconds"], 1), "export_check": check.strip(),
             "examples": [(a, t["answer"]) for a, t in zip(ours, theirs["rows"], strict=False)][:3],
@@ -210,14 +225,19 @@ def main() -> int:
         f"machine: {platform.processor() or platform.machine()}, {len(rows)} rows of {args.data.name}, run {args.run}"
     )
     print(f"finetune generate: label accuracy {finetune_accuracy:.3f}, {our_seconds:.1f} s for all rows")
-    print("| quant | equal answers | same prompt ids | llama.cpp label accuracy | export s | llama.cpp s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| quant | equal answers | chat endpoint equal | same prompt ids | llama.cpp label accuracy | export s | llama.cpp s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         if "failed" in r:
-            print(f"| {r['quant']} | llama.cpp exited {r['failed']} | | | | |")
+            print(f"| {r['quant']} | llama.cpp exited {r['failed']} | | | | | |")
             continue
-        print(f"| {r['quant']} | {r['equal_answers']}/{r['rows']} ({r['share']:.0%}) | {r['same_prompt_ids']}/{r['rows']} | "
-              f"{r['llamacpp_label_accuracy']:.3f} | {r['export_seconds']} | {r['llamacpp_seconds']} |")  # fmt: skip
+        print(
+            f"| {r['quant']} | {r['equal_answers']}/{r['rows']} ({r['share']:.0%}) | "
+            f"{r['chat_endpoint_equal']}/{r['rows']} | {r['same_prompt_ids']}/{r['rows']} | "
+            f"{r['llamacpp_label_accuracy']:.3f} | {r['export_seconds']} | {r['llamacpp_seconds']} |"
+        )
     for r in results:
         print(f"{r['quant']}: {r['export_check']}")
         if "examples" in r:
