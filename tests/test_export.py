@@ -410,7 +410,11 @@ def test_pre_tokenizer_names():
     from finetune.outputs.export import gguf_vocab
 
     def name(pre) -> str | None:
-        return gguf_vocab._pre_tokenizer_name(json.loads(pre.__getstate__()))
+        from tokenizers import Tokenizer, models
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre
+        return gguf_vocab._pre_tokenizer_name(json.loads(tok.to_str())["pre_tokenizer"])
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     assert name(pre_tokenizers.ByteLevel(add_prefix_space=False)) == "gpt-2"

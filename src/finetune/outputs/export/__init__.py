@@ -123,7 +123,7 @@ def export_command(
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         merged_dir = tmp / "merged"
-        merge.merge_command(output_dir, merged_dir, dtype="fp32", dequantize=dequantize)
+        merge.merge_command(output_dir, merged_dir, dtype="fp32", dequantize=dequantize, announce=False)
         tokenizer = AutoTokenizer.from_pretrained(merged_dir)
         model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
         template = _template(run, tokenizer)
