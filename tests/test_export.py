@@ -160,7 +160,8 @@ def test_refusals(tmp_path, tiny_model_dir):
         export.export_command(reward, tmp_path / "o2")
 
     with pytest.raises(
-        UserError, match=r"--quant q4_k_m: needs llama.cpp's llama-quantize.*llama-quantize run-f16.gguf"
+        UserError,
+        match=r"--quant q4_k_m: needs llama.cpp's llama-quantize.*--name run-f16.*llama-quantize OUT/run-f16.gguf",
     ):
         export.export_command(reward, tmp_path / "o3", quant="q4_k_m", name="run")
     with pytest.raises(UserError, match="--quant: must be one of"):

@@ -156,12 +156,18 @@ def merge(
 @app.command()
 def export(
     output_dir: OutputDirArg,
-    out: Annotated[Path, typer.Option("--out", help="Folder for NAME.gguf and the Modelfile.", show_default=False)],
-    gguf: Annotated[bool, typer.Option("--gguf", help="Write a GGUF file (llama.cpp, Ollama, LM Studio).")] = False,
-    quant: Annotated[str, typer.Option(help="f16, bf16, q8_0 or f32 (others: llama-quantize on the f16 file).")] = "f16",
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for NAME.gguf and the Modelfile.", show_default=False)
+    ],
+    gguf: Annotated[
+        bool, typer.Option("--gguf", help="Write a GGUF file (llama.cpp, Ollama, LM Studio).")
+    ] = False,
+    quant: Annotated[
+        str, typer.Option(help="f16, bf16, q8_0 or f32 (others: llama-quantize on the f16 file).")
+    ] = "f16",
     name: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional here
-        typer.Option(help="File name: NAME.gguf [default: the run folder's name].", show_default=False),
+        typer.Option(help="File name: NAME.gguf (default: the run folder's name).", show_default=False),
     ] = None,
     dequantize: Annotated[
         bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")

@@ -42,7 +42,8 @@ def check_quant(quant: str, name: str) -> None:
     if quant in NEEDS_LLAMA_QUANTIZE:
         raise UserError(
             f"--quant {quant}: needs llama.cpp's llama-quantize, which the gguf package cannot do in Python; export "
-            f"--quant f16, then run: llama-quantize {name}-f16.gguf {name}-{quant}.gguf {quant.upper()}"
+            f"--quant f16 --name {name}-f16, then run: llama-quantize OUT/{name}-f16.gguf OUT/{name}-{quant}.gguf "
+            f"{quant.upper()}"
         )
     raise UserError(f"--quant: must be one of {', '.join(QUANTS)} (got {quant!r})")
 
