@@ -454,3 +454,27 @@ def test_export_qlora_run_with_dequantize_and_its_modelfile(trained_run, tmp_pat
     assert bool(
         info["fields"]["tokenizer.ggml.add_bos_token"].parts[-1][0]
     )  # training's prompts began with BOS
+
+
+def test_smollm_digit_split_exports(tmp_path, tiny_model_dir, capsys):
+    """SmolLM's tokenizer.json splits digits one by one (`smollm` in llama.cpp, which reproduces it); transformers
+    reads such a GGUF without that split, so the command compares logits but not its tokens — and still passes."""
+    import shutil
+
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "smollm-like"
+    shutil.copytree(tiny_model_dir, base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.save_pretrained(base)
+    run = make_run(tmp_path, base)
+    export.export_command(run, tmp_path / "out", quant="f16", name="m")
+    assert "tokens not compared" in capsys.readouterr().out
+    assert text_field(fields(tmp_path / "out" / "m.gguf")["fields"], "tokenizer.ggml.pre") == "smollm"
+    own = AutoTokenizer.from_pretrained(tmp_path / "out", gguf_file="m.gguf")
+    prompt = "Net income rose 12% in 2023"  # why: transformers' reading differs from training's on digits
+    assert own(prompt)["input_ids"] != AutoTokenizer.from_pretrained(run)(prompt)["input_ids"]

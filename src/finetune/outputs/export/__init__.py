@@ -38,6 +38,12 @@ __all__ = ["CHECK_TOLERANCE", "CheckFailed", "check", "export_command"]
 CHECK_TOLERANCE = {"f32": 1e-4, "f16": 0.005, "bf16": 0.05, "q8_0": 0.1}
 
 
+# llama.cpp pre-tokenizers that transformers 5.24 rebuilds without their split when it reads a GGUF (it knows
+# llama-bpe, qwen2 and GPT-2's own): its tokenizer then differs from training on digits, llama.cpp's does not.
+TRANSFORMERS_MISREADS = {"smollm"}
+TRANSFORMERS_MISREADS_NOTE = "tokens not compared (transformers reads a smollm GGUF tokenizer without its digit split; llama.cpp has it)"
+
+
 def _name(name: str | None, output_dir: Path) -> str:
     name = name or output_dir.resolve().name
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
@@ -169,8 +175,10 @@ def check(path: Path, count: int, tokenizer, prompts: list, reference: list, qua
         raise CheckFailed(
             f"export check failed: {path.name} holds {len(reader.tensors)} tensors, {count} written"
         )
+    pre = reader.fields["tokenizer.ggml.pre"]
+    compare_tokens = bytes(pre.parts[pre.data[0]]).decode() not in TRANSFORMERS_MISREADS
     own = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    for prompt in merge.CHECK_PROMPTS:
+    for prompt in merge.CHECK_PROMPTS if compare_tokens else ():
         ours, theirs = (t(prompt, add_special_tokens=False)["input_ids"] for t in (tokenizer, own))
         if ours != theirs:
             raise CheckFailed(
@@ -186,7 +194,8 @@ def check(path: Path, count: int, tokenizer, prompts: list, reference: list, qua
     limit = CHECK_TOLERANCE[quant] * scale
     print(
         f"check: max |logit difference| between the GGUF ({quant}, read back by transformers) and the merged "
-        f"model = {diff:.3g} (limit {limit:.3g}); its tokenizer gives the same ids"
+        f"model = {diff:.3g} (limit {limit:.3g}); "
+        + ("its tokenizer gives the same ids" if compare_tokens else TRANSFORMERS_MISREADS_NOTE)
     )
     if not (math.isfinite(diff) and diff <= limit):
         raise CheckFailed(
