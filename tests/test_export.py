@@ -167,6 +167,11 @@ def test_refusals(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="--quant: must be one of"):
         export.export_command(reward, tmp_path / "o3", quant="int3")
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        export.export_command(_bare_run(tmp_path / "c", tiny_model_dir), tmp_path / "file")
+    with pytest.raises(UserError, match="--name"):
+        export.export_command(_bare_run(tmp_path / "d", tiny_model_dir), tmp_path / "o4", name="../x")
 
 
 def test_cli_refusal_is_one_line_exit_2(tmp_path, tiny_model_dir):

@@ -25,7 +25,7 @@ from finetune.data import answer_format, chat, formats
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_text
 from finetune.outputs import merge, run_dir
-from finetune.outputs.export import gguf_file, prompt_template
+from finetune.outputs.export import gguf_file, gguf_vocab, prompt_template
 from finetune.outputs.merge import CheckFailed
 
 __all__ = ["CHECK_TOLERANCE", "CheckFailed", "check", "export_command"]
@@ -54,7 +54,7 @@ def _name(name: str | None, output_dir: Path) -> str:
 def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
     """The TEMPLATE/SYSTEM/chat template of the run's first `datasets:` entry (the one finetune generate uses)."""
     cfg, ds = run.cfg, run.cfg.datasets[0]
-    adds_bos = prompt_template_adds_bos(tokenizer)
+    adds_bos = gguf_vocab.adds_bos(tokenizer)  # text formats: tokenized with special tokens
     if cfg.preference:
         return prompt_template.PromptTemplate(
             None,
@@ -65,9 +65,8 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
         )
     kind = answer_format.format_kind(ds)
     if kind == "input_output":
-        return prompt_template.PromptTemplate(
-            "{{ .Prompt }}", "", None, False
-        )  # segments carry their own BOS
+        # the segments carry their own BOS, tokenized without special tokens
+        return prompt_template.PromptTemplate("{{ .Prompt }}", "", None, False)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     if isinstance(spec, chat.ChatSpec):
         jinja = spec.template or tokenizer.chat_template
@@ -81,12 +80,6 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
 
         return prompt_template.chat_format(render, jinja, tokenizer.bos_token)
     return prompt_template.text_format(spec, adds_bos)
-
-
-def prompt_template_adds_bos(tokenizer) -> bool:
-    """Text formats are tokenized with the tokenizer's special tokens: BOS when it adds one."""
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def _stops(run: run_dir.Run, tokenizer, model) -> list[str]:
@@ -126,6 +119,8 @@ def export_command(
         raise UserError(
             f"--out {out}: would replace the run folder {output_dir} itself; choose another folder"
         )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         merged_dir = tmp / "merged"

@@ -81,7 +81,7 @@ def _merges(model: dict) -> list[str]:
     return out
 
 
-def _add_bos(tokenizer) -> bool:
+def adds_bos(tokenizer) -> bool:
     """Whether the tokenizer puts BOS in front of a text, measured (not read from a flag)."""
     bos = tokenizer.bos_token_id
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -161,7 +161,7 @@ def build(tokenizer, n_rows: int, eot_tokens: tuple[str, ...] = ()) -> Vocab:
         merges=merges,
         scores=scores if byte_fallback else None,
         special_ids={k: v for k, v in ids.items() if isinstance(v, int)},
-        add_bos=_add_bos(tokenizer),
+        add_bos=adds_bos(tokenizer),
         add_space_prefix=_metaspace_prefix(spec) if byte_fallback else None,
         chat_template=getattr(tokenizer, "chat_template", None) or None,
     )
