@@ -1,7 +1,8 @@
 """Does a real client run the exported GGUF as finetune runs the adapter? llama.cpp (llama-cpp-python) vs
 `finetune generate`, greedy, on held-out rows of a real SmolLM2 fine-tune.
 
-    # once: llama.cpp's Python binding in its own venv (builds llama.cpp from source where no wheel is at hand)
+    # once: llama.cpp's Python binding in its own venv (builds llama.cpp from source where no wheel is at hand;
+    # BENCHMARKS.md has the CMAKE_ARGS used here, without AVX-512/AMX, ~55 minutes on 2 cores)
     python -m venv /work/venv-llamacpp && nice -n 19 /work/venv-llamacpp/bin/pip install llama-cpp-python
     # a real fine-tune: README "See it learn on a laptop" (~6 minutes on 2 cores)
     finetune train examples/sentiment.yaml
