@@ -195,6 +195,42 @@ def merge(
 
 
 @app.command()
+def export(
+    output_dir: OutputDirArg,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for NAME.gguf and the Modelfile.", show_default=False)
+    ],
+    gguf: Annotated[
+        bool, typer.Option("--gguf", help="Write a GGUF file (llama.cpp, Ollama, LM Studio).")
+    ] = False,
+    quant: Annotated[
+        str, typer.Option(help="f16, bf16, q8_0 or f32 (others: llama-quantize on the f16 file).")
+    ] = "f16",
+    name: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option(help="File name: NAME.gguf (default: the run folder's name).", show_default=False),
+    ] = None,
+    dequantize: Annotated[
+        bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Merge the adapter and write one GGUF file plus an Ollama Modelfile in the run's prompt format, checked by
+    reading it back (exit 1, nothing saved, when its logits stray beyond the quant type's rounding)."""
+    from finetune.outputs import export as export_module
+
+    if not gguf:
+        raise UserError("finetune export: say which format: --gguf (the one there is)")
+    try:
+        export_module.export_command(
+            output_dir, out, quant=quant, name=name, overwrite=overwrite, dequantize=dequantize
+        )
+    except export_module.CheckFailed as exc:
+        print(exc, file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def card(output_dir: OutputDirArg) -> None:
     """(Re)write output_dir/README.md, the model card, from what the run saved."""
     from finetune.outputs import card as card_module

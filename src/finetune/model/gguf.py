@@ -28,6 +28,11 @@ def dequantize_kwargs(cfg: Config) -> dict:
     return _dequantized(gguf_file) if gguf_file else {}
 
 
+def load_kwargs(gguf_file: str) -> dict:
+    """from_pretrained arguments that read `gguf_file` with every weight dequantized (export's read-back check)."""
+    return _dequantized(gguf_file)
+
+
 def _dequantized(gguf_file: str) -> dict:
     kwargs: dict = {"gguf_file": gguf_file}
     try:

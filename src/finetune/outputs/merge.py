@@ -181,6 +181,7 @@ def merge_command(
     dequantize: bool = False,
     overwrite: bool = False,
     max_shard_size: str = "5GB",
+    announce: bool = True,
 ) -> float:
     """Merge output_dir's adapter into its base; save model, tokenizer, generation config and card in `out`.
 
@@ -257,5 +258,6 @@ def merge_command(
             out=out, dtype=dtype, dequantize=dequantize or prequantized, max_logit_diff=diff
         )
         card.write_card(output_dir, merged_info, dest=tmp)
-    print(f"wrote the merged model to {out}")
+    if announce:  # export merges into a scratch folder of its own: no "wrote" line for that one
+        print(f"wrote the merged model to {out}")
     return diff
