@@ -60,6 +60,11 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
     read the cache (if it is not visible there, e.g. a node without a shared disk, they build the same
     data in memory and write nothing).
     """
+    if cfg.online_rl:  # rl: grpo: prompt and reference text only; TRL tokenizes and generates (prompts.py)
+        from finetune.data import prompts
+
+        train, _, stats = prompts.build(cfg, tokenizer)
+        return PreparedData(train, None, stats, None)
     inputs = fingerprint_inputs(cfg, tokenizer)
     folder = Path(cfg.prepared_path) / _digest(inputs)
     if (folder / STATS_FILE).is_file():

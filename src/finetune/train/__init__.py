@@ -16,10 +16,11 @@ from pathlib import Path
 
 from finetune import hub
 from finetune.config import Config
+from finetune.config.trl_keys import grpo_settings
 from finetune.errors import UserError
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
-from finetune.train import checkpoints, distributed, tracking
+from finetune.train import checkpoints, distributed, grpo, tracking
 from finetune.train.smoke import smoke_config, smoke_rows
 
 
@@ -97,8 +98,9 @@ def run(
 
     plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += plan.notes
+    rows = len(train_set) * (grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1)  # GRPO: completions
     args, sched = trainer_args.training_arguments(
-        cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
+        cfg, prec, rows, eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
     )
     notes += loaded.notes
     say_notes()
@@ -180,7 +182,12 @@ def build_trainer(
         callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
     if cfg.use_wandb:
         callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
-    if cfg.preference:  # rl: dpo / reward_model: TRL's trainers, same arguments and callbacks (rl.py)
+    if cfg.online_rl:  # rl: grpo: TRL's GRPOTrainer, same arguments and callbacks (grpo.py)
+        trainer = grpo.build_trainer(
+            cfg, args, model, tokenizer, train_set, callbacks + extra_callbacks, console
+        )
+        trainer.remove_callback(PrinterCallback)
+    elif cfg.preference:  # rl: dpo / kto / orpo / simpo, reward_model: TRL's trainers (preference.py)
         from finetune.train import preference as rl
 
         trainer = rl.build_trainer(
