@@ -187,10 +187,12 @@ def build_trainer(
             cfg, args, model, tokenizer, train_set, callbacks + extra_callbacks, console
         )
         trainer.remove_callback(PrinterCallback)
-    elif cfg.preference:  # rl: dpo / kto / orpo / simpo, reward_model: TRL's trainers (preference.py)
+    elif cfg.preference:  # rl: dpo, reward_model (preference.py); kto / orpo / simpo (pair_methods.py)
+        from finetune.train import pair_methods
         from finetune.train import preference as rl
 
-        trainer = rl.build_trainer(
+        builder = pair_methods if cfg.rl in ("kto", "orpo", "simpo") else rl
+        trainer = builder.build_trainer(
             cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
         )
         trainer.remove_callback(PrinterCallback)
