@@ -258,3 +258,14 @@ def test_grpo_arguments_follow_the_config(tiny_model_dir, tmp_path):
     assert (args.num_generations, args.max_completion_length, args.beta, args.temperature) == (2, 4, 0.0, 0.7)
     assert args.scale_rewards == "none" and args.reward_weights == [1.0, 0.1, 0.5]
     assert args.learning_rate == 3e-4 and args.bf16 is False and args.use_vllm is False
+
+
+def test_the_grpo_example_runs_as_a_smoke_test(monkeypatch):
+    """examples/grpo.yaml with its own reward file (grpo_rewards.py beside it), on the tiny model."""
+    from finetune import train
+
+    monkeypatch.chdir(ROOT)  # the example names its data relative to the repository
+    out = train.run(config.load(ROOT / "examples" / "grpo.yaml"), smoke=True)
+    logged = [e for e in history(out) if "reward" in e]
+    assert len(logged) == 2 and all("rewards/brevity/mean" in e for e in logged)
+    assert (out / "README.md").is_file() and (out / "reward.png").is_file()
