@@ -269,3 +269,27 @@ def test_the_grpo_example_runs_as_a_smoke_test(monkeypatch):
     logged = [e for e in history(out) if "reward" in e]
     assert len(logged) == 2 and all("rewards/brevity/mean" in e for e in logged)
     assert (out / "README.md").is_file() and (out / "reward.png").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["text", "chat"])
+def test_grpo_prompts_tokenize_as_sft_prompts(fmt, tiny_model_dir, tmp_path):
+    """TRL tokenizes the prompt text with the tokenizer's special tokens: that must give the very ids SFT
+    training and `finetune generate` use (one BOS, also when the chat template writes its own)."""
+    from finetune import data
+    from finetune.data.tokenizer import load_tokenizer
+
+    rows = sentiment_rows(4)
+    if fmt == "chat":
+        rows = [{"messages": [{"role": "user", "content": r["context"]}, {"role": "assistant", "content": r["target"]}]}
+                for r in rows]  # fmt: skip
+    path = write_run(tmp_path, tiny_model_dir, rows=rows)
+    if fmt == "chat":
+        raw = yaml.safe_load(path.read_text())
+        raw["datasets"][0]["type"] = "chat_template"
+        path.write_text(yaml.safe_dump(raw))
+    cfg = config.load(path)
+    tok = load_tokenizer(cfg)
+    table = data.prepare(cfg, tok).train
+    assert table["reference"] == [r["target"] for r in sentiment_rows(4)]
+    for row, prompt in zip(rows, table["prompt"], strict=True):
+        assert tok(prompt)["input_ids"] == data.encode_prompt(cfg, cfg.datasets[0], row, tok)

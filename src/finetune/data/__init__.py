@@ -310,7 +310,10 @@ def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     tokenizer = load_tokenizer(cfg)
     data = prepare(cfg, tokenizer)
     if inspect:
-        if cfg.preference:
+        if cfg.online_rl:  # rl: grpo: the prompts generation starts from, and the references rewards compare to
+            for row in data.train.select(range(min(inspect, len(data.train)))):
+                report.note(f"{row['source']}\n  prompt: {row['prompt']!r}\n  reference: {row['reference']!r}")
+        elif cfg.preference:
             from finetune.data import preference as preference_data
 
             preference_data.examples(data.train, tokenizer, inspect)
