@@ -63,3 +63,19 @@ def test_train_trainer_overrides_match_the_trainers_private_methods():
     assert parameters(Trainer._track_num_input_tokens)[1:] == ["inputs"], (
         "train.trainer FinetuneTrainer._track_num_input_tokens overrides a Trainer method whose signature changed"
     )
+
+
+def test_train_pair_methods_overrides_match_trls_methods():
+    from trl import KTOTrainer
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    assert parameters(KTOTrainer._prepare_dataset)[1:] == ["dataset", "processing_class", "args", "dataset_name"], (
+        "train.pair_methods FinetunePairTrainer._prepare_dataset overrides a KTOTrainer method whose signature changed"
+    )
+    for trainer in (CPOTrainer, ORPOTrainer):
+        assert parameters(trainer.tokenize_row)[1:] == ["feature", "model"], (
+            f"train.pair_methods FinetunePairTrainer.tokenize_row overrides {trainer.__name__}.tokenize_row, changed"
+        )
+    # the KL completions finetune adds for KTO are read by TRL under this name
+    assert "KL_completion_ids" in inspect.getsource(KTOTrainer._prepare_dataset)
