@@ -35,7 +35,9 @@ def chat(row: dict) -> dict:
     """A FinLoRA row as a conversation: the instruct model answers in its chat format (it names a label in a
     sentence more often than it continues the bare `Answer: ` text)."""
     question = row["context"].removesuffix("Answer: ").rstrip()
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": row["target"]}]}
+    return {
+        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": row["target"]}]
+    }
 
 
 def write_inputs(work: Path, steps: int, generations: int, length: int, lr: float, seed: int) -> Path:
@@ -107,7 +109,9 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, 2-core CPU", "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
     (a.workdir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| steps | reward, first {w} steps | reward, last {w} steps | eval acc before | after | train s | peak MiB |")
+    print(
+        f"| steps | reward, first {w} steps | reward, last {w} steps | eval acc before | after | train s | peak MiB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {len(rewards)} | {result[f'reward_first_{w}']:.3f} | {result[f'reward_last_{w}']:.3f} | "

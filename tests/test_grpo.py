@@ -40,7 +40,11 @@ def write_run(root: Path, base_model, rows: list[dict] | None = None, **extra) -
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in (rows or sentiment_rows(16))))
     (root / "rewards.py").write_text(REWARDS)
-    trl = {"num_generations": 2, "max_completion_length": 4, "reward_funcs": ["label", "rewards.longer", "format"]}
+    trl = {
+        "num_generations": 2,
+        "max_completion_length": 4,
+        "reward_funcs": ["label", "rewards.longer", "format"],
+    }
     trl.update(extra.pop("trl", {}))
     raw = {
         "base_model": str(base_model), "adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_target_linear": True,
@@ -106,7 +110,9 @@ def test_grpo_logs_rewards_kl_and_lengths_and_moves_the_adapter(grpo_run):
         # the summed reward is the sum of the functions' means (weights 1)
         parts = e["rewards/label/mean"] + e["rewards/longer/mean"] + e["rewards/format/mean"]
         assert e["reward"] == pytest.approx(parts, rel=1e-5)
-    assert steps[0]["kl"] == 0.0  # policy == reference before the first update: the adapter starts as the base
+    assert (
+        steps[0]["kl"] == 0.0
+    )  # policy == reference before the first update: the adapter starts as the base
     assert steps[-1]["kl"] > 0
     # the reference is the base with the adapter off: TRL's frozen copy of the adapter is gone
     assert seen.adapters == ["default"]
@@ -161,16 +167,23 @@ def test_grpo_sigterm_checkpoints_and_resumes(tiny_model_dir, tmp_path):
 
 
 def test_a_missing_reward_function_fails_validate_in_one_line_exit_2(tiny_model_dir, tmp_path):
-    path = write_run(tmp_path, tiny_model_dir, trl={"reward_funcs": ["label", "rewards.nope", "nomodule.f", "lbl"]})
+    path = write_run(
+        tmp_path, tiny_model_dir, trl={"reward_funcs": ["label", "rewards.nope", "nomodule.f", "lbl"]}
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "finetune.cli", "validate", str(path)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "finetune.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3, lines
     assert "trl.reward_funcs[1]: module 'rewards'" in lines[0] and "has no function 'nope'" in lines[0]
     assert "trl.reward_funcs[2]: cannot import module 'nomodule'" in lines[1]
-    assert "trl.reward_funcs[3]: 'lbl' is neither a built-in reward (label, numeric, exact, format)" in lines[2]
+    assert (
+        "trl.reward_funcs[3]: 'lbl' is neither a built-in reward (label, numeric, exact, format)" in lines[2]
+    )
 
 
 def test_a_reward_function_that_raises_is_one_line_naming_it_and_the_row(tiny_model_dir, tmp_path):
@@ -178,7 +191,9 @@ def test_a_reward_function_that_raises_is_one_line_naming_it_and_the_row(tiny_mo
     with pytest.raises(UserError) as err:
         one_thread_run(cfg)
     message = str(err.value)
-    assert "\n" not in message and message.startswith("trl.reward_funcs: rewards.broken raised ZeroDivisionError")
+    assert "\n" not in message and message.startswith(
+        "trl.reward_funcs: rewards.broken raised ZeroDivisionError"
+    )
     line = int(message.rsplit(":", 1)[1].rstrip(")"))
     assert f"{tmp_path / 'data.jsonl'}:{line})" in message
     row = json.loads((tmp_path / "data.jsonl").read_text().splitlines()[line - 1])
@@ -238,7 +253,11 @@ def test_builtin_rewards_score_as_finetune_eval_does():
     got = label(completions=[" Positive.", "it is NEUTRAL", "negative or neutral"], reference=refs)
     assert got == [1.0, 0.0, 0.0]  # case/punctuation-insensitive; the first label named counts
     numeric = rewards.builtin("numeric", [], end_ids={2})
-    assert numeric(completions=["about 12.05%", "0.5", "n/a"], reference=["0.12", "1/2", "3"]) == [1.0, 0.0, 0.0]
+    assert numeric(completions=["about 12.05%", "0.5", "n/a"], reference=["0.12", "1/2", "3"]) == [
+        1.0,
+        0.0,
+        0.0,
+    ]
     exact = rewards.builtin("exact", [], end_ids={2})
     assert exact(completions=["Net income.", "net"], reference=["net income", "net income"]) == [1.0, 0.0]
     fmt = rewards.builtin("format", [], end_ids={2, 7})
@@ -251,8 +270,11 @@ def test_grpo_arguments_follow_the_config(tiny_model_dir, tmp_path):
     from finetune.train import grpo
 
     cfg = config.load(
-        write_run(tmp_path, tiny_model_dir, trl={"beta": 0.0, "temperature": 0.7, "scale_rewards": False,
-                                                  "reward_weights": [1.0, 0.1, 0.5]})  # fmt: skip
+        write_run(
+            tmp_path,
+            tiny_model_dir,
+            trl={"beta": 0.0, "temperature": 0.7, "scale_rewards": False, "reward_weights": [1.0, 0.1, 0.5]},
+        )  # fmt: skip
     )
     args = grpo.grpo_arguments(cfg, TrainingArguments(str(tmp_path / "o"), learning_rate=3e-4, bf16=False))
     assert (args.num_generations, args.max_completion_length, args.beta, args.temperature) == (2, 4, 0.0, 0.7)

@@ -70,7 +70,12 @@ def test_train_pair_methods_overrides_match_trls_methods():
     from trl.experimental.cpo import CPOTrainer
     from trl.experimental.orpo import ORPOTrainer
 
-    assert parameters(KTOTrainer._prepare_dataset)[1:] == ["dataset", "processing_class", "args", "dataset_name"], (
+    assert parameters(KTOTrainer._prepare_dataset)[1:] == [
+        "dataset",
+        "processing_class",
+        "args",
+        "dataset_name",
+    ], (
         "train.pair_methods FinetunePairTrainer._prepare_dataset overrides a KTOTrainer method whose signature changed"
     )
     for trainer in (CPOTrainer, ORPOTrainer):

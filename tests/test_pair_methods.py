@@ -85,7 +85,12 @@ def test_kto_rows_are_unpaired_and_the_reference_is_the_base():
                                "rejected_ids": [[6, 0], [7, 0]]})  # fmt: skip
     rows = pair_methods.unpaired(pairs, seed=0)
     got = sorted((r["prompt_ids"], r["completion_ids"], r["label"]) for r in rows)
-    assert got == [([1, 2], [4, 0], True), ([1, 2], [6, 0], False), ([1, 3], [5, 0], True), ([1, 3], [7, 0], False)]
+    assert got == [
+        ([1, 2], [4, 0], True),
+        ([1, 2], [6, 0], False),
+        ([1, 3], [5, 0], True),
+        ([1, 3], [7, 0], False),
+    ]
     cols = pair_methods.pair_columns(pairs)
     assert cols[0]["chosen_input_ids"] == [1, 2, 4, 0] and cols[0]["chosen_labels"] == [-100, -100, 4, 0]
     assert cols[1]["rejected_input_ids"] == [1, 3, 7, 0] and cols[1]["prompt_input_ids"] == [1, 3]

@@ -101,7 +101,8 @@ def validate(
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
             data[key] = [config_yaml.drop_nulls(entry) for entry in data[key]]
-            if data.get("rl") not in (None, "grpo") or data.get("reward_model"):  # no `type:`: the prompt/chosen/rejected columns
+            # pair methods with no `type:` read the prompt/chosen/rejected columns (grpo reads SFT formats)
+            if data.get("rl") not in (None, "grpo") or data.get("reward_model"):
                 for entry in data[key]:
                     if isinstance(entry, dict) and "type" not in entry:
                         entry["type"] = PreferenceType().model_dump()

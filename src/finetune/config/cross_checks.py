@@ -181,7 +181,9 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
     }
     for key, methods in only.items():
         if getattr(cfg, key) is not None and cfg.rl not in methods:
-            problems.append(((key,), f"only used by rl: {' / '.join(methods)}: set rl: {methods[0]} or remove it"))
+            problems.append(
+                ((key,), f"only used by rl: {' / '.join(methods)}: set rl: {methods[0]} or remove it")
+            )
     problems += grpo_checks(cfg)
     if cfg.min_sample_len is not None and cfg.preference:
         problems.append(
@@ -244,6 +246,9 @@ def grpo_checks(cfg: Config) -> list[tuple[tuple, str]]:
     for key in ("val_set_size", "test_datasets"):
         if getattr(cfg, key):
             problems.append(
-                ((key,), "not for rl: grpo yet: the rewards are logged every step; score with finetune eval after")
+                (
+                    (key,),
+                    "not for rl: grpo yet: the rewards are logged every step; score with finetune eval after",
+                )
             )
     return problems

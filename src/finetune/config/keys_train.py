@@ -198,13 +198,17 @@ class PreferenceKeys(StrictModel):
         None, gt=0, description="KTO: weight of the undesirable (rejected) rows' loss; default 1.0."
     )
     orpo_alpha: float | None = Field(
-        None, gt=0, description="ORPO: weight of the odds-ratio term added to the SFT loss (TRL's beta); default 0.1."
+        None,
+        gt=0,
+        description="ORPO: weight of the odds-ratio term added to the SFT loss (TRL's beta); default 0.1.",
     )
     simpo_gamma: float | None = Field(
         None, ge=0, description="SimPO: target reward margin (TRL's simpo_gamma); default 0.5."
     )
     cpo_alpha: float | None = Field(
-        None, ge=0, description="SimPO: weight of the SFT term on the chosen answers (TRL's cpo_alpha); default 0 (pure SimPO)."
+        None,
+        ge=0,
+        description="SimPO: weight of the SFT term on the chosen answers (TRL's cpo_alpha); default 0 (pure SimPO).",
     )
     dpo_beta: float | None = Field(
         None, gt=0, description="axolotl's deprecated name of rl_beta: read as rl_beta, with a warning."

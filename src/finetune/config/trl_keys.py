@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+
 from pydantic import Field, model_validator
 
 from finetune.config.datasets import StrictModel
@@ -62,7 +63,9 @@ class TrlConfig(StrictModel):
         description="Completions sampled per prompt (the group GRPO compares); default 4. Cost grows linearly. micro_batch_size x gradient_accumulation_steps must be a multiple of it.",
     )
     max_completion_length: int | None = Field(
-        None, gt=0, description="Tokens generated per completion; default 64. Generation dominates a step's time."
+        None,
+        gt=0,
+        description="Tokens generated per completion; default 64. Generation dominates a step's time.",
     )
     beta: float | None = Field(
         None,
@@ -73,11 +76,15 @@ class TrlConfig(StrictModel):
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling; default 1.0 (off).")
     top_k: int | None = Field(None, ge=0, description="Top-k sampling; default 0 (off).")
     min_p: float | None = Field(None, ge=0, le=1, description="Min-p sampling; default off.")
-    repetition_penalty: float | None = Field(None, gt=0, description="Generation repetition penalty; default 1.0.")
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="Generation repetition penalty; default 1.0."
+    )
     num_iterations: int | None = Field(
         None, ge=1, description="Optimizer passes over each batch of completions (GRPO's mu); default 1."
     )
-    epsilon: float | None = Field(None, gt=0, description="Clipping epsilon of the policy ratio; default 0.2.")
+    epsilon: float | None = Field(
+        None, gt=0, description="Clipping epsilon of the policy ratio; default 0.2."
+    )
     scale_rewards: bool | None = Field(
         None, description="Divide each group's advantages by its reward std (TRL's 'group'); default true."
     )
@@ -91,6 +98,7 @@ class TrlConfig(StrictModel):
     use_vllm: bool = Field(
         False, description="Generate with vLLM (GPU only, vLLM installed) instead of transformers' generate."
     )
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_not_implemented(cls, data):
@@ -107,9 +115,7 @@ class TrlConfig(StrictModel):
             if not off:
                 bad[key] = value
         if bad:
-            raise ValueError(
-                f"{', '.join(bad)}: not supported by finetune yet (remove it or set it to null)"
-            )
+            raise ValueError(f"{', '.join(bad)}: not supported by finetune yet (remove it or set it to null)")
         return data
 
     @property

@@ -310,9 +310,11 @@ def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     tokenizer = load_tokenizer(cfg)
     data = prepare(cfg, tokenizer)
     if inspect:
-        if cfg.online_rl:  # rl: grpo: the prompts generation starts from, and the references rewards compare to
+        if cfg.online_rl:  # rl: grpo: the prompts generation starts from, the references rewards use
             for row in data.train.select(range(min(inspect, len(data.train)))):
-                report.note(f"{row['source']}\n  prompt: {row['prompt']!r}\n  reference: {row['reference']!r}")
+                report.note(
+                    f"{row['source']}\n  prompt: {row['prompt']!r}\n  reference: {row['reference']!r}"
+                )
         elif cfg.preference:
             from finetune.data import preference as preference_data
 

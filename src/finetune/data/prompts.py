@@ -21,6 +21,7 @@ from finetune.data import formats, sources
 from finetune.data.rows import RowError
 from finetune.errors import UserError
 
+
 def completion_length(cfg: Config) -> int:
     return grpo_settings(cfg.trl)["max_completion_length"]
 

@@ -98,7 +98,9 @@ def run(
 
     plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += plan.notes
-    rows = len(train_set) * (grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1)  # GRPO: completions
+    rows = len(train_set) * (
+        grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
+    )  # GRPO: completions
     args, sched = trainer_args.training_arguments(
         cfg, prec, rows, eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
     )

@@ -53,7 +53,9 @@ def check_vllm(cfg: Config) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("trl.use_vllm: vLLM generation needs a GPU (none here): set it to false to generate with transformers")
+        raise UserError(
+            "trl.use_vllm: vLLM generation needs a GPU (none here): set it to false to generate with transformers"
+        )
     if importlib.util.find_spec("vllm") is None:
         raise UserError("trl.use_vllm: vLLM is not installed (pip install vllm), or set it to false")
 
@@ -94,7 +96,9 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, callbacks: lis
     warnings.filterwarnings(
         "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
     )
-    funcs = rewards.reward_functions(cfg, tokenizer, list(train_set["reference"]), end_token_ids(model, tokenizer))
+    funcs = rewards.reward_functions(
+        cfg, tokenizer, list(train_set["reference"]), end_token_ids(model, tokenizer)
+    )
     weights = {name: p.data for name, p in model.named_parameters() if p.requires_grad}  # references, no copy
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -46,7 +46,9 @@ def arguments(cfg: Config, args):
             desirable_weight=cfg.kto_desirable_weight or 1.0,
             undesirable_weight=cfg.kto_undesirable_weight or 1.0,
         )
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental in TRL 1.16
+    os.environ.setdefault(
+        "TRL_EXPERIMENTAL_SILENCE", "1"
+    )  # ORPO and CPO live in trl.experimental in TRL 1.16
     if cfg.rl == "orpo":
         from trl.experimental.orpo import ORPOConfig
 
@@ -144,7 +146,11 @@ def _trainer_class(rl: str):
             """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
 
         def batching_facts(self) -> dict:
-            what = "unpaired rows (KTO), padded per batch" if rl == "kto" else "preference pairs, padded per batch"
+            what = (
+                "unpaired rows (KTO), padded per batch"
+                if rl == "kto"
+                else "preference pairs, padded per batch"
+            )
             return {"batching": what}
 
     return FinetunePairTrainer

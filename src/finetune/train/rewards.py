@@ -56,7 +56,9 @@ def builtin(name: str, references: list[str], end_ids: set[int]):
     if name == "numeric":
 
         def numeric(completions, reference, **_):
-            return [float(scoring.numbers_match(_text(c), r)) for c, r in zip(completions, reference, strict=True)]
+            return [
+                float(scoring.numbers_match(_text(c), r)) for c, r in zip(completions, reference, strict=True)
+            ]
 
         return numeric
     if name == "exact":
@@ -108,7 +110,9 @@ def _failing_row(func, prompts, completions, completion_ids, kwargs) -> str:
     for i in range(len(prompts)):
         one = {k: [v[i]] if isinstance(v, list) and len(v) == len(prompts) else v for k, v in kwargs.items()}
         try:
-            func(prompts=[prompts[i]], completions=[completions[i]], completion_ids=[completion_ids[i]], **one)
+            func(
+                prompts=[prompts[i]], completions=[completions[i]], completion_ids=[completion_ids[i]], **one
+            )
         except Exception:
             return str(sources[i])
     return str(sources[0]) if sources else "?"
