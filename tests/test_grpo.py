@@ -198,6 +198,7 @@ def test_a_reward_function_that_raises_is_one_line_naming_it_and_the_row(tiny_mo
     assert f"{tmp_path / 'data.jsonl'}:{line})" in message
     row = json.loads((tmp_path / "data.jsonl").read_text().splitlines()[line - 1])
     assert row["target"] == "neutral"  # the very row the function fails on
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handlers are given back
 
 
 def test_a_row_without_the_prompt_field_is_one_line_before_any_model_loads(tiny_model_dir, tmp_path):

@@ -120,7 +120,11 @@ def run(
     if trainer.is_world_process_zero():
         outputs.write_config(cfg, output_dir)
     with _environ(tracking.wandb_environment(cfg, str(output_dir))):
-        result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        except BaseException:  # e.g. a reward function's one-line error: give the signal handlers back
+            stop.on_train_end(None, None, None)
+            raise
         if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
             _finish_wandb(cfg)
             console.print(
