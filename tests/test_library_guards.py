@@ -80,3 +80,24 @@ def test_train_fsdp_enable_on_cpu_still_needed_and_reaches_accelerates_state():
         "train/fsdp.enable_on_cpu: AcceleratorState.fsdp_plugin"
     )
     assert "distributed_type" in PartialState._known_attrs, "train/fsdp.enable_on_cpu: PartialState field"
+
+
+def test_train_pair_methods_overrides_match_trls_methods():
+    from trl import KTOTrainer
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    assert parameters(KTOTrainer._prepare_dataset)[1:] == [
+        "dataset",
+        "processing_class",
+        "args",
+        "dataset_name",
+    ], (
+        "train.pair_methods FinetunePairTrainer._prepare_dataset overrides a KTOTrainer method whose signature changed"
+    )
+    for trainer in (CPOTrainer, ORPOTrainer):
+        assert parameters(trainer.tokenize_row)[1:] == ["feature", "model"], (
+            f"train.pair_methods FinetunePairTrainer.tokenize_row overrides {trainer.__name__}.tokenize_row, changed"
+        )
+    # the KL completions finetune adds for KTO are read by TRL under this name
+    assert "KL_completion_ids" in inspect.getsource(KTOTrainer._prepare_dataset)

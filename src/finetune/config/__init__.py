@@ -21,13 +21,14 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
-from finetune.config import axolotl_keys, axolotl_other_keys
+from finetune.config import axolotl_keys, axolotl_other_keys, trl_keys
 from finetune.config import yaml_io as config_yaml
 from finetune.config.checks import (  # noqa: F401 - re-exported
     CCE_PLUGIN,
     DPO_LOSSES,
     LIGER_PLUGIN,
     OPTIMIZERS,
+    PAIR_METHODS,
     RL_LATER,
     RL_METHODS,
     SCHEDULERS,
@@ -100,7 +101,8 @@ def validate(
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
             data[key] = [config_yaml.drop_nulls(entry) for entry in data[key]]
-            if data.get("rl") or data.get("reward_model"):  # no `type:`: the prompt/chosen/rejected columns
+            # pair methods with no `type:` read the prompt/chosen/rejected columns (grpo reads SFT formats)
+            if data.get("rl") not in (None, "grpo") or data.get("reward_model"):
                 for entry in data[key]:
                     if isinstance(entry, dict) and "type" not in entry:
                         entry["type"] = PreferenceType().model_dump()
@@ -142,6 +144,13 @@ def validate(
         cfg = None
     if cfg is not None:
         problems += [f"{where(loc)}{config_yaml.format_loc(loc)}: {text}" for loc, text in cross_checks(cfg)]
+        if cfg.online_rl:  # reward functions: built-in names, or modules next to the config file
+            folder = Path(source).parent if Path(source).is_file() else Path.cwd()
+            cfg._config_dir = str(folder.resolve())
+            problems += [
+                f"{where(loc)}{config_yaml.format_loc(loc)}: {text}"
+                for loc, text in trl_keys.reward_problems(cfg.trl, folder)
+            ]
     if problems:
         raise ConfigError(sorted(problems, key=config_yaml.line_of))
     return cfg

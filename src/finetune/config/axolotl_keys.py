@@ -20,13 +20,7 @@ UNSUPPORTED: dict[str, tuple] = {
     "accelerator_config": (),
     # --- training kinds not built yet
     "process_reward_model": (),
-    "kto_desirable_weight": (),
-    "kto_undesirable_weight": (),
-    "orpo_alpha": (),
-    "simpo_gamma": (),
-    "cpo_alpha": (),
     "center_rewards_coefficient": (),
-    "trl": (),
     "vllm": (),
     "pretraining_dataset": (),
     "streaming": (),

@@ -48,8 +48,9 @@ ATTENTION_FLAGS = {
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 PLUGINS = (LIGER_PLUGIN, CCE_PLUGIN)
-RL_METHODS = ("dpo",)
-RL_LATER = ("orpo", "kto", "ipo", "simpo", "grpo")  # axolotl's other rl: values, refused until implemented
+RL_METHODS = ("dpo", "grpo", "kto", "orpo", "simpo")
+RL_LATER = ("ipo",)  # axolotl's other rl: values, refused (ipo is a DPO loss here)
+PAIR_METHODS = ("dpo", "kto", "orpo", "simpo")  # trained on the preference data finetune reads
 # TRL 1.16 DPOConfig.loss_type values.
 DPO_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",

@@ -179,20 +179,37 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
         problems.append((("reward_model",), f"cannot be combined with rl: {cfg.rl}: choose one"))
     if cfg.num_labels is not None and not cfg.reward_model:
         problems.append((("num_labels",), "only used by reward models: set reward_model: true or remove it"))
-    for key in ("rl_beta", "dpo_loss_type"):
-        if getattr(cfg, key) is not None and cfg.rl != "dpo":
-            problems.append(((key,), "only used by DPO: set rl: dpo or remove it"))
+    only = {  # key -> the rl: methods that read it
+        "rl_beta": ("dpo", "kto", "simpo"),
+        "dpo_loss_type": ("dpo",),
+        "kto_desirable_weight": ("kto",),
+        "kto_undesirable_weight": ("kto",),
+        "orpo_alpha": ("orpo",),
+        "simpo_gamma": ("simpo",),
+        "cpo_alpha": ("simpo",),
+        "trl": ("grpo",),
+    }
+    for key, methods in only.items():
+        if getattr(cfg, key) is not None and cfg.rl not in methods:
+            problems.append(
+                ((key,), f"only used by rl: {' / '.join(methods)}: set rl: {methods[0]} or remove it")
+            )
+    problems += grpo_checks(cfg)
     if cfg.min_sample_len is not None and cfg.preference:
         problems.append(
             (("min_sample_len",), f"for SFT data only (not {cfg.training_kind} pairs): remove it")
         )
     if cfg.max_prompt_len is not None and not cfg.preference:
         problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
-    if cfg.preference and cfg.train_on_inputs:
+    if (cfg.preference or cfg.online_rl) and cfg.train_on_inputs:
         problems.append((("train_on_inputs",), f"has no meaning for {cfg.training_kind} training: remove it"))
     for key in ("sample_packing", "eval_sample_packing", "group_by_length"):
+        if cfg.online_rl and getattr(cfg, key):
+            problems.append(((key,), "not for rl: grpo (prompts are generated from, not packed)"))
         if cfg.preference and getattr(cfg, key):
             problems.append(((key,), "not for preference pairs (batches of chosen + rejected, padded)"))
+    if cfg.online_rl and cfg.eval_metrics:
+        problems.append((("eval_metrics",), "not for rl: grpo: the rewards are logged at every step"))
     if cfg.preference and cfg.eval_metrics:
         problems.append((("eval_metrics",), "SFT only: DPO and reward models log rewards and accuracy"))
     for key in ("datasets", "test_datasets"):
@@ -217,4 +234,31 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
                         f"{cfg.training_kind} trains on preference pairs: this format has no chosen/rejected answers (use field_prompt/field_chosen/field_rejected)",
                     )
                 )
+    return problems
+
+
+def grpo_checks(cfg: Config) -> list[tuple[tuple, str]]:
+    """rl: grpo: groups of num_generations completions must fill whole batches; no evaluation set (yet)."""
+    if not cfg.online_rl:
+        return []
+    problems = []
+    trl = cfg.trl
+    generations = (trl.num_generations if trl else None) or 4
+    rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    if rows % generations:
+        problems.append(
+            (
+                ("trl", "num_generations"),
+                f"{generations} must divide micro_batch_size x gradient_accumulation_steps ({rows}): each "
+                "prompt's completions are one group",
+            )
+        )
+    for key in ("val_set_size", "test_datasets"):
+        if getattr(cfg, key):
+            problems.append(
+                (
+                    (key,),
+                    "not for rl: grpo yet: the rewards are logged every step; score with finetune eval after",
+                )
+            )
     return problems

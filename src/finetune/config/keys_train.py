@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 
-from finetune.config.checks import DPO_LOSSES, OPTIMIZERS, RL_LATER, SCHEDULERS
+from finetune.config.checks import DPO_LOSSES, OPTIMIZERS, SCHEDULERS
 from finetune.config.datasets import StrictModel
 from finetune.config.keys_model import Positive
+from finetune.config.trl_keys import TrlConfig
 
 
 class TrainingKeys(StrictModel):
@@ -194,12 +195,35 @@ class PreferenceKeys(StrictModel):
     # --- preference training (reward models, DPO): see preference.py and rl.py
     rl: str | None = Field(
         None,
-        description=f"Train on preference pairs instead of SFT: `dpo` (TRL's DPOTrainer; the reference model is the base with the adapter switched off, so no second copy is loaded; each step runs the policy and the reference on chosen and rejected, ~2x an SFT step). Not implemented yet (refused): {', '.join(RL_LATER)}.",
+        description="Train with TRL instead of SFT. On preference pairs: `dpo` (DPOTrainer; the reference model is the base with the adapter switched off, so no second copy is loaded; ~2x an SFT step), `kto` (KTOTrainer: each pair becomes a desirable and an undesirable row; reference as for DPO), `orpo` (ORPO: SFT loss + odds-ratio penalty, no reference model), `simpo` (TRL's CPO with loss_type simpo: length-normalized margin, no reference model). Online: `grpo` (GRPOTrainer: samples trl.num_generations completions per prompt of the SFT-format datasets, scores them with trl.reward_funcs, and pushes the policy toward the better ones; a step costs num_generations generations of max_completion_length tokens).",
+    )
+    trl: TrlConfig | None = Field(
+        None,
+        description="`rl: grpo` settings, axolotl's `trl:` block: num_generations, max_completion_length, beta, temperature, top_p, top_k, min_p, repetition_penalty, num_iterations, epsilon, scale_rewards, reward_funcs, reward_weights, use_vllm (see the README's RL section).",
     )
     rl_beta: float | None = Field(
         None,
         gt=0,
-        description="DPO beta: how strongly the policy is held to the reference (larger = closer). Default 0.1 (TRL's).",
+        description="DPO / KTO / SimPO beta: how strongly the policy is held to the reference (DPO, KTO; larger = closer) or the reward scale (SimPO). Default 0.1 (TRL's DPO and KTO), 2.0 for SimPO (the paper's).",
+    )
+    kto_desirable_weight: float | None = Field(
+        None, gt=0, description="KTO: weight of the desirable (chosen) rows' loss; default 1.0."
+    )
+    kto_undesirable_weight: float | None = Field(
+        None, gt=0, description="KTO: weight of the undesirable (rejected) rows' loss; default 1.0."
+    )
+    orpo_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="ORPO: weight of the odds-ratio term added to the SFT loss (TRL's beta); default 0.1.",
+    )
+    simpo_gamma: float | None = Field(
+        None, ge=0, description="SimPO: target reward margin (TRL's simpo_gamma); default 0.5."
+    )
+    cpo_alpha: float | None = Field(
+        None,
+        ge=0,
+        description="SimPO: weight of the SFT term on the chosen answers (TRL's cpo_alpha); default 0 (pure SimPO).",
     )
     dpo_beta: float | None = Field(
         None, gt=0, description="axolotl's deprecated name of rl_beta: read as rl_beta, with a warning."

@@ -11,6 +11,7 @@ import yaml
 
 from finetune.config.datasets import DatasetConfig, DatasetType, PreferenceType
 from finetune.config.schema import Config
+from finetune.config.trl_keys import TrlConfig
 
 SECRET_KEY = re.compile(r"(^|_)(api_key|apikey|secret|password|auth|hf_token|token)$", re.I)
 REDACTED = "***"
@@ -46,7 +47,8 @@ def reference_markdown() -> str:
         ("Top-level keys", Config),
         ("`datasets[]` entries", DatasetConfig),
         ("Custom `type:` dict", DatasetType),
-        ("Preference `type:` dict (rl: dpo, reward_model)", PreferenceType),
+        ("Preference `type:` dict (rl: dpo / kto / orpo / simpo, reward_model)", PreferenceType),
+        ("`trl:` block (rl: grpo)", TrlConfig),
     ):
         out += [f"#### {title}", "", "| key | default | what it does |", "|---|---|---|"]
         for name, field in model.model_fields.items():

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import PrivateAttr, field_validator
 
 from finetune.config import checks
-from finetune.config.checks import CCE_PLUGIN
+from finetune.config.checks import CCE_PLUGIN, PAIR_METHODS
 from finetune.config.datasets import looks_local
 from finetune.config.keys_hub import HubKeys
 from finetune.config.keys_model import DataKeys, ModelKeys, Positive  # noqa: F401 - Positive re-exported
@@ -27,6 +27,9 @@ class Config(HubKeys, PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     (pydantic orders inherited fields from the last base to the first: model, data, training, preference,
     hub.)
     """
+
+    # The config file's folder (set by config.load): where `trl.reward_funcs` modules are imported from.
+    _config_dir: str | None = PrivateAttr(None)
 
     # Single-key checks (config_checks.py); pydantic reports them at the key.
     _deepspeed_exists = field_validator("deepspeed")(checks.deepspeed_exists)
@@ -104,15 +107,27 @@ class Config(HubKeys, PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
 
     @property
     def training_kind(self) -> str:
-        """`sft`, `dpo` or `reward`: which trainer runs and which data layout the datasets must have."""
+        """`sft`, `reward`, or the rl: method: which trainer runs and which data layout the datasets must have."""
         return "reward" if self.reward_model else self.rl or "sft"
 
     @property
     def rl_beta_or_default(self) -> float:
-        """rl_beta, else TRL's DPOConfig default (0.1), written down so the card can report the beta that ran."""
-        return self.rl_beta if self.rl_beta is not None else 0.1
+        """rl_beta, else TRL's default for the method (DPO, KTO 0.1; SimPO 2.0, the paper's), written down so
+        the card can report the beta that ran."""
+        if self.rl_beta is not None:
+            return self.rl_beta
+        return 2.0 if self.rl == "simpo" else 0.1
 
     @property
     def preference(self) -> bool:
-        """Trained on chosen/rejected pairs (DPO or a reward model) rather than on answers."""
-        return self.training_kind != "sft"
+        """Trained on chosen/rejected pairs (DPO, KTO, ORPO, SimPO or a reward model) rather than on answers."""
+        return self.reward_model or self.rl in PAIR_METHODS
+
+    @property
+    def online_rl(self) -> bool:
+        """rl: grpo: prompts of SFT-format datasets, completions sampled and scored by reward functions."""
+        return self.rl == "grpo"
+
+    @property
+    def config_dir(self) -> str | None:
+        return self._config_dir

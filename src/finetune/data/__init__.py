@@ -60,6 +60,11 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
     read the cache (if it is not visible there, e.g. a node without a shared disk, they build the same
     data in memory and write nothing).
     """
+    if cfg.online_rl:  # rl: grpo: prompt and reference text only; TRL tokenizes and generates (prompts.py)
+        from finetune.data import prompts
+
+        train, _, stats = prompts.build(cfg, tokenizer)
+        return PreparedData(train, None, stats, None)
     inputs = fingerprint_inputs(cfg, tokenizer)
     folder = Path(cfg.prepared_path) / _digest(inputs)
     if (folder / STATS_FILE).is_file():
@@ -305,7 +310,12 @@ def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     tokenizer = load_tokenizer(cfg)
     data = prepare(cfg, tokenizer)
     if inspect:
-        if cfg.preference:
+        if cfg.online_rl:  # rl: grpo: the prompts generation starts from, the references rewards use
+            for row in data.train.select(range(min(inspect, len(data.train)))):
+                report.note(
+                    f"{row['source']}\n  prompt: {row['prompt']!r}\n  reference: {row['reference']!r}"
+                )
+        elif cfg.preference:
             from finetune.data import preference as preference_data
 
             preference_data.examples(data.train, tokenizer, inspect)

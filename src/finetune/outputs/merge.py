@@ -251,8 +251,9 @@ def merge_command(
                 f"+ adapter is above the {dtype} tolerance {limit:.3g}; nothing was written to {out}"
             )
 
-        if (output_dir / "loss.png").is_file():
-            shutil.copy2(output_dir / "loss.png", tmp / "loss.png")
+        for plot in ("loss.png", "reward.png"):
+            if (output_dir / plot).is_file():
+                shutil.copy2(output_dir / plot, tmp / plot)
         shutil.copy2(output_dir / "config.yml", tmp / "config.yml")
         merged_info = card.Merged(
             out=out, dtype=dtype, dequantize=dequantize or prequantized, max_logit_diff=diff

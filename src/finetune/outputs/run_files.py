@@ -148,10 +148,39 @@ def loss_plot(log_history: list[dict]) -> bytes | None:
     return buf.getvalue()
 
 
+def reward_plot(log_history: list[dict]) -> bytes | None:
+    """PNG of the mean reward (with its spread across completions) against the optimizer step: what an
+    online-RL run (rl: grpo) has in place of a loss curve (its loss is near zero by construction)."""
+    points = [(e["step"], e["reward"], e.get("reward_std", 0.0)) for e in log_history if "reward" in e]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    steps, mean, std = zip(*points, strict=True)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(steps, mean, label="mean reward", linewidth=1.2)
+    ax.fill_between(
+        steps, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)],
+        alpha=0.2, label="± std across completions",
+    )  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def write_run_files(
     trainer, output_dir: str | Path, train_res: dict, all_res: dict, eval_metrics: dict
 ) -> None:
-    """trainer_state.json, *_results.json, metrics.jsonl (rewritten whole from the state) and loss.png."""
+    """trainer_state.json, *_results.json, metrics.jsonl (rewritten whole from the state) and loss.png (reward.png for rl: grpo)."""
     output_dir = Path(output_dir)
     state = trainer.state
     # The same JSON as TrainerState.save_to_json, written atomically.
@@ -166,6 +195,10 @@ def write_run_files(
     # The live metrics.jsonl may hold lines from before a resume; the state's history is the true record.
     lines = "".join(json.dumps(entry) + "\n" for entry in state.log_history)
     atomic_write_text(output_dir / "metrics.jsonl", lines)
+    rewards = reward_plot(state.log_history)  # rl: grpo: the reward curve replaces the loss curve
+    if rewards is not None:
+        atomic_write_bytes(output_dir / "reward.png", rewards)
+        return
     png = loss_plot(state.log_history)
     if png is not None:
         atomic_write_bytes(output_dir / "loss.png", png)

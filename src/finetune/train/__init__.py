@@ -16,10 +16,11 @@ from pathlib import Path
 
 from finetune import hub
 from finetune.config import Config
+from finetune.config.trl_keys import grpo_settings
 from finetune.errors import UserError
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
-from finetune.train import checkpoints, distributed, tracking
+from finetune.train import checkpoints, distributed, grpo, tracking
 from finetune.train import fit_check as fit_check_module
 from finetune.train.smoke import smoke_config, smoke_rows
 
@@ -108,8 +109,11 @@ def run(
 
     plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += plan.notes
+    rows = len(train_set) * (
+        grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
+    )  # GRPO: completions
     args, sched = trainer_args.training_arguments(
-        cfg, prec, len(train_set), eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
+        cfg, prec, rows, eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
     )
     notes += loaded.notes
     say_notes()
@@ -130,7 +134,11 @@ def run(
 
     hub_failure = None
     with _environ(tracking.wandb_environment(cfg, str(output_dir))):
-        result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        except BaseException:  # e.g. a reward function's one-line error: give the signal handlers back
+            stop.on_train_end(None, None, None)
+            raise
         if stop.saved_step is not None:  # a signal arrived during training: checkpointed and stopped
             _finish_wandb(cfg)
             console.print(
@@ -200,10 +208,17 @@ def build_trainer(
         from finetune.train.hub_push import HubPush
 
         callbacks.append(HubPush(cfg, console))
-    if cfg.preference:  # rl: dpo / reward_model: TRL's trainers, same arguments and callbacks (rl.py)
+    if cfg.online_rl:  # rl: grpo: TRL's GRPOTrainer, same arguments and callbacks (grpo.py)
+        trainer = grpo.build_trainer(
+            cfg, args, model, tokenizer, train_set, callbacks + extra_callbacks, console
+        )
+        trainer.remove_callback(PrinterCallback)
+    elif cfg.preference:  # rl: dpo, reward_model (preference.py); kto / orpo / simpo (pair_methods.py)
+        from finetune.train import pair_methods
         from finetune.train import preference as rl
 
-        trainer = rl.build_trainer(
+        builder = pair_methods if cfg.rl in ("kto", "orpo", "simpo") else rl
+        trainer = builder.build_trainer(
             cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
         )
         trainer.remove_callback(PrinterCallback)

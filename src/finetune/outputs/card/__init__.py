@@ -89,7 +89,7 @@ def metadata(run: Run, merged: Merged | None = None):
         tags.append(f"base_model:{'finetune' if merged else 'adapter'}:{base_id}")
     if merged:
         tags.append("merged")
-    if cfg.preference:
+    if cfg.preference or cfg.online_rl:
         tags += [t for t in card_preference.tags(cfg) if t not in tags]
     task = card_preference.pipeline_tag(cfg) if cfg.preference else "text-generation"
     results = []
@@ -154,6 +154,12 @@ def _description(run: Run, merged: Merged | None) -> str:
         )
     else:
         first = f"**{cfg.run_name}** is a {_method(run)} adapter for {base}."
+    if cfg.online_rl:  # GRPO: prompts and rewards, not answers
+        first = card_preference.what_it_is(run, _method(run), base, merged)
+        return (
+            f"{first} It was trained with {tool} ({card_preference.how_trained(cfg)}) on the prompts of {data} "
+            f"for {length}{done}, with sequences of up to {cfg.sequence_len} tokens."
+        )
     if cfg.preference:  # reward model or DPO: what it is, and how it was trained, said its own way
         first = card_preference.what_it_is(run, _method(run), base, merged)
         return (
@@ -196,13 +202,16 @@ def body(run: Run, merged: Merged | None = None) -> str:
     if snippet:
         parts += ["## Usage", "", "```python", snippet, "```", ""]
     parts += ["## Training procedure", "", "### Training hyperparameters", ""]
-    hp = {**hyperparameters(run), **(card_preference.hyperparameters(cfg) if cfg.preference else {})}
+    trl_run = cfg.preference or cfg.online_rl
+    hp = {**hyperparameters(run), **(card_preference.hyperparameters(cfg) if trl_run else {})}
     parts += [f"- {k}: {fmt(v)}" for k, v in hp.items()] + [""]
-    log_keys = card_preference.LOG_KEYS if cfg.preference else ()
+    log_keys = card_preference.LOG_KEYS if trl_run else ()
     table = markdown_table(training_rows(run.state.get("log_history", []), log_keys))
     if table:
         parts += ["### Training results", "", table, ""]
-    if (run.output_dir / "loss.png").is_file():
+    if (run.output_dir / "reward.png").is_file():
+        parts += ["![Mean reward during training](reward.png)", ""]
+    elif (run.output_dir / "loss.png").is_file():
         parts += ["![Training and validation loss](loss.png)", ""]
     parts += [
         "### Configuration",
@@ -212,7 +221,7 @@ def body(run: Run, merged: Merged | None = None) -> str:
     ]
     parts += ["```yaml", _config_yaml(run), "```", "", "</details>", ""]
     parts += _versions_section(run)
-    parts += card_preference.citations(cfg) if cfg.preference else []
+    parts += card_preference.citations(cfg) if trl_run else []
     return "\n".join(parts)
 
 
@@ -223,7 +232,7 @@ def _versions_section(run: Run) -> list[str]:
         "deepspeed": bool(cfg.deepspeed),
         "wandb": cfg.use_wandb,
         "bitsandbytes": cfg.quantized_4bit or cfg.load_in_8bit or "8bit" in cfg.optimizer,
-        "trl": cfg.preference,
+        "trl": cfg.preference or cfg.online_rl,
     }
     names = [k for k in _VERSION_NAMES if k in versions] + [k for k in versions if k not in _VERSION_NAMES]
     lines = [f"- {_VERSION_NAMES.get(k, k)} {versions[k]}" for k in names if used.get(k, True)]

@@ -1,6 +1,6 @@
-"""What the model card says about preference training (reward models, DPO): tags, the method sentence,
-its hyperparameters, the usage snippet of a reward model, and citations. card.py calls in here when the saved
-config has `rl:` or `reward_model:`; SFT cards are unchanged.
+"""What the model card says about TRL training (reward models, DPO, KTO, ORPO, SimPO, GRPO): tags, the method
+sentence, its hyperparameters, the usage snippet of a reward model, and citations. card.py calls in here when
+the saved config has `rl:` or `reward_model:`; SFT cards are unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +19,19 @@ DPO_BIBTEX = """@inproceedings{rafailov2023direct,
     booktitle    = {Advances in Neural Information Processing Systems 36 (NeurIPS 2023)},
     url          = {https://arxiv.org/abs/2305.18290}
 }"""
+GRPO_BIBTEX = """@article{shao2024deepseekmath,
+    title        = {{DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models}},
+    author       = {Zhihong Shao and Peiyi Wang and Qihao Zhu and Runxin Xu and Junxiao Song and Mingchuan Zhang and Y. K. Li and Y. Wu and Daya Guo},
+    year         = 2024,
+    eprint       = {arXiv:2402.03300}
+}"""
+METHODS = {  # rl: -> (name in sentences, TRL trainer, paper)
+    "dpo": ("DPO", "DPOTrainer", "https://arxiv.org/abs/2305.18290"),
+    "kto": ("KTO", "KTOTrainer", "https://arxiv.org/abs/2402.01306"),
+    "orpo": ("ORPO", "ORPOTrainer", "https://arxiv.org/abs/2403.07691"),
+    "simpo": ("SimPO", "CPOTrainer, loss_type simpo", "https://arxiv.org/abs/2405.14734"),
+    "grpo": ("GRPO", "GRPOTrainer", "https://arxiv.org/abs/2402.03300"),
+}
 TRL_BIBTEX = """@software{vonwerra2020trl,
     title        = {{TRL: Transformers Reinforcement Learning}},
     author       = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallou{\\'e}dec, Quentin},
@@ -28,11 +41,12 @@ TRL_BIBTEX = """@software{vonwerra2020trl,
 }"""
 LOG_KEYS = (  # training-log metrics shown in the results table when a run has no evaluations
     "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "accuracy", "margin",
+    "reward", "reward_std", "kl", "completions/mean_length",
 )  # fmt: skip
 
 
 def tags(cfg: Config) -> list[str]:
-    return ["trl", "reward-trainer", "reward-model"] if cfg.reward_model else ["trl", "dpo"]
+    return ["trl", "reward-trainer", "reward-model"] if cfg.reward_model else ["trl", cfg.rl]
 
 
 def pipeline_tag(cfg: Config) -> str:
@@ -44,9 +58,10 @@ def what_it_is(run: Run, method: str, base: str, merged: Merged | None) -> str:
     """The card's first sentence for a preference run."""
     name = run.cfg.run_name
     if not run.cfg.reward_model:
+        rl = METHODS[run.cfg.rl][0]
         if merged:
-            return f"**{name}** is {base} with a {method} adapter trained with DPO merged in, saved in {merged.dtype}."
-        return f"**{name}** is a {method} adapter for {base}, trained with DPO."
+            return f"**{name}** is {base} with a {method} adapter trained with {rl} merged in, saved in {merged.dtype}."
+        return f"**{name}** is a {method} adapter for {base}, trained with {rl}."
     if merged:
         return (
             f"**{name}** is a reward model: {base} with a one-output score head and a {method} adapter merged in, "
@@ -61,13 +76,41 @@ def how_trained(cfg: Config) -> str:
         return (
             "reward model: Bradley-Terry loss, the chosen answer of each pair scored above the rejected one"
         )
+    if cfg.rl == "grpo":
+        names = ", ".join(cfg.trl.reward_names if cfg.trl else ["label"])
+        return (
+            f"GRPO: completions sampled per prompt and scored by the reward functions {names}; the reference "
+            "for the KL term is the base model with the adapter switched off"
+        )
+    if cfg.rl == "kto":
+        return f"KTO, beta {cfg.rl_beta_or_default:g}; each pair's answers as a desirable and an undesirable row; the reference is the base model with the adapter switched off"
+    if cfg.rl == "orpo":
+        return f"ORPO, odds-ratio weight {cfg.orpo_alpha or 0.1:g} on top of the SFT loss; no reference model"
+    if cfg.rl == "simpo":
+        return (
+            f"SimPO (TRL's CPO, loss_type simpo), beta {cfg.rl_beta_or_default:g}, gamma {cfg.simpo_gamma if cfg.simpo_gamma is not None else 0.5:g}; "
+            "no reference model"
+        )
     loss = cfg.dpo_loss_type or "sigmoid"
     losses = loss if isinstance(loss, str) else " + ".join(loss)
     return f"DPO, beta {cfg.rl_beta_or_default:g}, {losses} loss; the reference is the base model with the adapter switched off"
 
 
 def hyperparameters(cfg: Config) -> dict:
-    hp: dict = {"training": "reward model (RewardTrainer)" if cfg.reward_model else "DPO (DPOTrainer)"}
+    if cfg.reward_model:
+        hp: dict = {"training": "reward model (RewardTrainer)"}
+    else:
+        name, trainer, _ = METHODS[cfg.rl]
+        hp = {"training": f"{name} ({trainer})"}
+    if cfg.rl == "grpo":
+        from finetune.config.trl_keys import grpo_settings
+
+        hp.update(grpo_settings(cfg.trl))
+        hp["reward_funcs"] = ", ".join(cfg.trl.reward_names if cfg.trl else ["label"])
+    if cfg.rl in ("kto", "simpo"):
+        hp["beta"] = cfg.rl_beta_or_default
+    if cfg.rl == "orpo":
+        hp["orpo_alpha"] = cfg.orpo_alpha or 0.1
     if cfg.rl == "dpo":
         hp["beta"] = cfg.rl_beta_or_default
         hp["loss_type"] = cfg.dpo_loss_type or "sigmoid"
@@ -83,6 +126,11 @@ def citations(cfg: Config) -> list[str]:
     out = ["## Citations", ""]
     if cfg.rl == "dpo":
         out += ["Cite DPO as:", "", "```bibtex", DPO_BIBTEX, "```", ""]
+    elif cfg.rl == "grpo":
+        out += ["Cite GRPO as:", "", "```bibtex", GRPO_BIBTEX, "```", ""]
+    elif cfg.rl in METHODS:
+        name, _, paper = METHODS[cfg.rl]
+        out += [f"{name}: {paper}", ""]
     return out + ["Cite TRL as:", "", "```bibtex", TRL_BIBTEX, "```", ""]
 
 

@@ -1,0 +1,182 @@
+"""The `trl:` block (axolotl's spelling of TRL's online-RL settings, used by `rl: grpo`) and reward functions.
+
+    rl: grpo
+    trl:
+      num_generations: 4          # completions sampled per prompt; the group whose rewards are compared
+      max_completion_length: 16   # tokens generated per completion
+      reward_funcs: [label, rewards.short_answer]   # built-in names, or module.function next to the config
+      reward_weights: [1.0, 0.5]
+
+axolotl's other `trl:` keys are known here and refused with one line unless they hold their "off" value, as
+the top-level keys in axolotl_keys.py are. Reward functions are resolved at `validate`: a built-in name, or a
+dotted path imported with the config file's folder first on sys.path (axolotl's `rewards.my_fn` convention).
+Importing a user's module runs its code, as axolotl does; it is the user's own file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from finetune.config.datasets import StrictModel
+
+# Reward functions that need no code (train/rewards.py computes them).
+BUILTIN_REWARDS = {
+    "label": "1 when the completion's first label (of the answers' label set) equals the reference, else 0",
+    "numeric": "1 when the completion's first number equals the reference's within 1% (12% = 0.12), else 0",
+    "exact": "1 when the completion equals the reference after normalization (case, punctuation, spaces)",
+    "format": "1 when the completion ended by itself (EOS / end of turn) within max_completion_length, else 0",
+}
+# axolotl TRLConfig keys finetune does not implement -> values that count as "off" (besides None/False/"").
+NOT_IMPLEMENTED: dict[str, tuple] = {
+    "vllm_device": ("auto",),
+    "vllm_gpu_memory_utilization": (0.9,),
+    "vllm_dtype": ("auto",),
+    "vllm_max_model_len": (),
+    "vllm_server_host": (),
+    "vllm_server_port": (),
+    "vllm_server_timeout": (),
+    "vllm_enable_prefix_caching": (True,),
+    "log_completions": (),
+    "sync_ref_model": (),  # TRL refuses it with a peft policy, which every finetune run has
+    "ref_model_mixup_alpha": (0.9,),
+    "ref_model_sync_steps": (64,),
+}
+
+
+# finetune's defaults where TRL 1.16's do not suit a LoRA run on a small machine (train/grpo.py says why)
+GRPO_DEFAULTS = {"num_generations": 4, "max_completion_length": 64, "beta": 0.04}
+GRPO_PASSED = (  # trl: keys passed to GRPOConfig under the same name when set
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "num_iterations", "epsilon",
+)  # fmt: skip
+
+
+class TrlConfig(StrictModel):
+    """axolotl's `trl:` block for `rl: grpo`: TRL GRPOConfig settings under their GRPOConfig names."""
+
+    num_generations: int | None = Field(
+        None,
+        ge=2,
+        description="Completions sampled per prompt (the group GRPO compares); default 4. Cost grows linearly. micro_batch_size x gradient_accumulation_steps must be a multiple of it.",
+    )
+    max_completion_length: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens generated per completion; default 64. Generation dominates a step's time.",
+    )
+    beta: float | None = Field(
+        None,
+        ge=0,
+        description="KL weight holding the policy to the reference (the base with the adapter off); default 0.04. 0 skips the reference forward.",
+    )
+    temperature: float | None = Field(None, gt=0, description="Sampling temperature; default 1.0.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling; default 1.0 (off).")
+    top_k: int | None = Field(None, ge=0, description="Top-k sampling; default 0 (off).")
+    min_p: float | None = Field(None, ge=0, le=1, description="Min-p sampling; default off.")
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="Generation repetition penalty; default 1.0."
+    )
+    num_iterations: int | None = Field(
+        None, ge=1, description="Optimizer passes over each batch of completions (GRPO's mu); default 1."
+    )
+    epsilon: float | None = Field(
+        None, gt=0, description="Clipping epsilon of the policy ratio; default 0.2."
+    )
+    scale_rewards: bool | None = Field(
+        None, description="Divide each group's advantages by its reward std (TRL's 'group'); default true."
+    )
+    reward_funcs: list[str] | None = Field(
+        None,
+        description=f"Reward functions, summed with reward_weights: built-in {', '.join(BUILTIN_REWARDS)}, or `module.function` imported from the config file's folder, called as TRL calls them: f(prompts, completions, completion_ids, reference=..., **columns) -> list of floats.",
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="One weight per reward function; default 1 each."
+    )
+    use_vllm: bool = Field(
+        False, description="Generate with vLLM (GPU only, vLLM installed) instead of transformers' generate."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_not_implemented(cls, data):
+        """axolotl keys finetune does not implement: ignored at their off value, else refused by name."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        bad = {}
+        for key in [k for k in data if k in NOT_IMPLEMENTED]:
+            value = data.pop(key)
+            off = value in (None, False, "") or any(
+                value == v and type(value) is type(v) for v in NOT_IMPLEMENTED[key]
+            )
+            if not off:
+                bad[key] = value
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: not supported by finetune yet (remove it or set it to null)")
+        return data
+
+    @property
+    def reward_names(self) -> list[str]:
+        return list(self.reward_funcs or ["label"])
+
+
+def import_reward(name: str, folder: str | Path | None):
+    """The reward function `name` (module.function, module path dotted) imported with `folder` first on
+    sys.path; raises ValueError with one line saying what is missing."""
+    module_name, _, func_name = name.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"'{name}' is neither a built-in reward ({', '.join(BUILTIN_REWARDS)}) nor module.function"
+        )
+    where = str(Path(folder or ".").resolve())
+    sys.path.insert(0, where)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module '{module_name}' from {where} ({exc})") from None
+    except Exception as exc:  # the user's module failed while importing: say which and why, in one line
+        raise ValueError(f"importing '{module_name}' raised {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(where)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"module '{module_name}' ({module.__file__}) has no function '{func_name}'")
+    return func
+
+
+def reward_problems(trl: TrlConfig | None, folder: str | Path | None) -> list[tuple[tuple, str]]:
+    """Each reward function that cannot be found, and reward_weights that do not match them."""
+    trl = trl or TrlConfig()
+    problems = []
+    for i, name in enumerate(trl.reward_names):
+        if name in BUILTIN_REWARDS:
+            continue
+        try:
+            import_reward(name, folder)
+        except ValueError as exc:
+            problems.append((("trl", "reward_funcs", i), str(exc)))
+    if trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_names):
+        problems.append(
+            (
+                ("trl", "reward_weights"),
+                f"{len(trl.reward_weights)} weights for {len(trl.reward_names)} reward functions: give one each",
+            )
+        )
+    return problems
+
+
+def grpo_settings(trl: TrlConfig | None) -> dict:
+    """The GRPOConfig settings the `trl:` block gives, finetune's defaults filled in (also what the card shows)."""
+    out = dict(GRPO_DEFAULTS)
+    for key in (*GRPO_DEFAULTS, *GRPO_PASSED):
+        value = getattr(trl, key, None) if trl else None
+        if value is not None:
+            out[key] = value
+    if trl is not None and trl.scale_rewards is not None:
+        out["scale_rewards"] = "group" if trl.scale_rewards else "none"
+    if trl is not None and trl.reward_weights is not None:
+        out["reward_weights"] = list(trl.reward_weights)
+    return out

@@ -1,0 +1,118 @@
+"""rl: kto / orpo / simpo through `finetune train` on the preference pairs finetune reads: each trains a few steps
+on the tiny model, logs its metrics, resumes from a checkpoint, merges and cards. Mechanics, not quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import sentiment_rows
+from finetune import config
+
+PAIR_TYPE = {"field_prompt": "context", "field_chosen": "target", "field_rejected": "wrong"}
+LABELS = ("negative", "neutral", "positive")
+METRICS = {  # a metric each method logs at every training step
+    "kto": "kl",
+    "orpo": "log_odds_ratio",
+    "simpo": "rewards/margins",
+}
+CARD = {"kto": "trained with KTO", "orpo": "trained with ORPO", "simpo": "trained with SimPO"}
+
+
+def pair_cfg(base_model, root: Path, rl: str, **extra) -> config.Config:
+    rows = [{**r, "wrong": LABELS[(LABELS.index(r["target"]) + 1) % 3]} for r in sentiment_rows(24)]
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return config.validate({
+        "base_model": str(base_model), "adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_target_linear": True,
+        "rl": rl, "datasets": [{"path": str(data), "type": PAIR_TYPE}], "sequence_len": 128,
+        "dataset_prepared_path": str(root / "prepared"), "output_dir": str(root / "out"), "micro_batch_size": 4,
+        "learning_rate": 1e-3, "lr_scheduler": "constant", "logging_steps": 1, "seed": 5, "max_steps": 2,
+        "save_steps": 2, **extra,
+    })  # fmt: skip
+
+
+def one_thread_run(cfg, **kwargs):
+    import torch
+
+    from finetune import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train.run(cfg, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def history(out: Path) -> list[dict]:
+    return json.loads((out / "trainer_state.json").read_text())["log_history"]
+
+
+@pytest.mark.parametrize("rl", ["kto", "orpo", "simpo"])
+def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path):
+    from huggingface_hub import ModelCard
+    from safetensors.torch import load_file
+
+    from finetune.outputs import merge
+
+    cfg = pair_cfg(tiny_model_dir, tmp_path, rl)
+    out = one_thread_run(cfg)
+    first = [e for e in history(out) if METRICS[rl] in e]
+    assert [e["step"] for e in first] == [1, 2]
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any(float(w.abs().max()) > 0 for k, w in weights.items() if "lora_B" in k)  # the adapter moved
+
+    one_thread_run(cfg.model_copy(update={"max_steps": 3}), resume=True)
+    resumed = [e for e in history(out) if METRICS[rl] in e]
+    assert [e["step"] for e in resumed] == [1, 2, 3]
+    assert resumed[:2] == first  # steps 1-2 come from checkpoint-2
+
+    card = ModelCard.load(out / "README.md")
+    assert {rl, "trl"} <= set(card.data.tags) and CARD[rl] in card.text
+    assert merge.merge_command(out, tmp_path / "merged", dtype="fp32") < 1e-4
+    assert CARD[rl] + " merged in" in (tmp_path / "merged" / "README.md").read_text()
+
+
+def test_kto_rows_are_unpaired_and_the_reference_is_the_base():
+    from datasets import Dataset
+
+    from finetune.train import pair_methods
+
+    pairs = Dataset.from_dict({"prompt_ids": [[1, 2], [1, 3]], "chosen_ids": [[4, 0], [5, 0]],
+                               "rejected_ids": [[6, 0], [7, 0]]})  # fmt: skip
+    rows = pair_methods.unpaired(pairs, seed=0)
+    got = sorted((r["prompt_ids"], r["completion_ids"], r["label"]) for r in rows)
+    assert got == [
+        ([1, 2], [4, 0], True),
+        ([1, 2], [6, 0], False),
+        ([1, 3], [5, 0], True),
+        ([1, 3], [7, 0], False),
+    ]
+    cols = pair_methods.pair_columns(pairs)
+    assert cols[0]["chosen_input_ids"] == [1, 2, 4, 0] and cols[0]["chosen_labels"] == [-100, -100, 4, 0]
+    assert cols[1]["rejected_input_ids"] == [1, 3, 7, 0] and cols[1]["prompt_input_ids"] == [1, 3]
+
+
+def test_method_keys_are_read_and_refused_elsewhere(tiny_model_dir, tmp_path):
+    from transformers import TrainingArguments
+
+    from finetune.train import pair_methods
+
+    base = TrainingArguments(str(tmp_path / "o"), learning_rate=2e-4, bf16=False)
+    kto = pair_cfg(tiny_model_dir, tmp_path, "kto", rl_beta=0.3, kto_undesirable_weight=1.5)
+    args = pair_methods.arguments(kto, base)
+    assert (args.beta, args.desirable_weight, args.undesirable_weight) == (0.3, 1.0, 1.5)
+    assert args.train_sampling_strategy == "sequential" and args.learning_rate == 2e-4 and args.bf16 is False
+    simpo = pair_methods.arguments(pair_cfg(tiny_model_dir, tmp_path, "simpo", simpo_gamma=1.0), base)
+    assert (simpo.loss_type, simpo.beta, simpo.simpo_gamma, simpo.cpo_alpha) == ("simpo", 2.0, 1.0, 0.0)
+    orpo = pair_methods.arguments(pair_cfg(tiny_model_dir, tmp_path, "orpo", orpo_alpha=0.2), base)
+    assert orpo.beta == 0.2
+    with pytest.raises(config.ConfigError) as exc:
+        pair_cfg(tiny_model_dir, tmp_path, "dpo", simpo_gamma=1.0, orpo_alpha=0.1)
+    assert [p.split(": ", 1)[1] for p in exc.value.problems] == [
+        "orpo_alpha: only used by rl: orpo: set rl: orpo or remove it",
+        "simpo_gamma: only used by rl: simpo: set rl: simpo or remove it",
+    ]
