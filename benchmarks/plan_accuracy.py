@@ -4,6 +4,8 @@
     python benchmarks/plan_accuracy.py --only smol-b4     # configs whose name contains this
     python benchmarks/plan_accuracy.py --report           # the table again from the saved measurements
 
+Each run has glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_): the RSS the plan predicts.
+
 Every config runs the real `finetune train --no-fit-check` in its own process for a few optimizer steps on rows
 that fill sequence_len exactly (long texts cut into full chunks: completion format, min_sample_len =
 sequence_len), so each micro-batch is micro_batch_size x sequence_len tokens, the size the plan assumes.
@@ -119,7 +121,10 @@ def measure(name: str, workdir: Path) -> dict:
     command = [sys.executable, "-m", "finetune.cli", "train", str(cfg_path), "--overwrite", "--no-fit-check"]
     start = time.time()
     proc = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
     )
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)

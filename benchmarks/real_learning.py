@@ -194,7 +194,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     p.add_argument("--variants", nargs="+", default=["finetune", "script", "packed"])
-    p.add_argument("--identity", action="store_true", help="also the file-order run vs the script (first seed)")
+    p.add_argument(
+        "--identity", action="store_true", help="also the file-order run vs the script (first seed)"
+    )
     p.add_argument("--train-rows", type=int, default=1000)
     p.add_argument("--workdir", default="/tmp/real_learning")
     p.add_argument(

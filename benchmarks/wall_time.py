@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,20 +34,35 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=20, help="optimizer steps per run (63 = one epoch)")
     p.add_argument("--seed", type=int, default=44)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/wall_time"))
+    p.add_argument(
+        "--heap", action="store_true",
+        help="also finetune with glibc's mmap threshold fixed at 32 MiB (MALLOC_MMAP_THRESHOLD_)",
+    )  # fmt: skip
     a = p.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     model, train, _ = rl.prepare(a.workdir, 1000)
-    runs: dict[str, list[dict]] = {"finetune": [], "script": []}
+    contenders = ["finetune", "script"] + (["finetune-heap"] if a.heap else [])
+    runs: dict[str, list[dict]] = {k: [] for k in contenders}
     for r in range(a.rounds):
-        name = f"finetune-{r}"
-        cfg = rl.finetune_config(
-            a.workdir, name, model, train, a.seed, shuffle_merged_datasets=False, max_steps=a.max_steps
-        )
-        wall = rl.timed([rl.shutil.which("finetune") or "finetune", "train", str(cfg), "--overwrite"],
-                        a.workdir / f"{name}.log")  # fmt: skip
-        res = json.loads((a.workdir / name / "all_results.json").read_text())
-        runs["finetune"].append({"wall_s": wall, "loop_s": round(res["train_runtime"], 1)})
-        print(f"finetune round {r}: wall {wall} s, loop {res['train_runtime']:.1f} s", flush=True)
+        for kind in [k for k in contenders if k != "script"]:
+            name = f"{kind}-{r}"
+            cfg = rl.finetune_config(
+                a.workdir, name, model, train, a.seed, shuffle_merged_datasets=False, max_steps=a.max_steps
+            )
+            env = {
+                **os.environ,
+                **({"MALLOC_MMAP_THRESHOLD_": str(32 << 20)} if kind == "finetune-heap" else {}),
+            }
+            start = time.time()
+            with (a.workdir / f"{name}.log").open("w") as log:
+                subprocess.run([shutil.which("finetune") or "finetune", "train", str(cfg), "--overwrite"],
+                               check=True, stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            wall = round(time.time() - start, 1)
+            res = json.loads((a.workdir / name / "all_results.json").read_text())
+            runs[kind].append({"wall_s": wall, "loop_s": round(res["train_runtime"], 1),
+                               "peak_mb": res.get("peak_cpu_memory_mb")})  # fmt: skip
+            print(f"{kind} round {r}: wall {wall} s, loop {res['train_runtime']:.1f} s, "
+                  f"peak {res.get('peak_cpu_memory_mb')} MB", flush=True)  # fmt: skip
 
         name = f"script-{r}"
         out = a.workdir / f"{name}.json"
@@ -57,8 +76,13 @@ def main() -> None:
         ]  # fmt: skip
         wall = rl.timed(cmd, a.workdir / f"{name}.log")
         res = json.loads(out.read_text())
-        runs["script"].append({"wall_s": wall, "loop_s": round(res["train_runtime"], 1)})
-        print(f"script   round {r}: wall {wall} s, loop {res['train_runtime']:.1f} s", flush=True)
+        runs["script"].append(
+            {"wall_s": wall, "loop_s": round(res["train_runtime"], 1), "peak_mb": res["peak_rss_mb"]}
+        )
+        print(
+            f"script round {r}: wall {wall} s, loop {res['train_runtime']:.1f} s, peak {res['peak_rss_mb']} MB",
+            flush=True,
+        )
 
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "loop_s")} for k, v in runs.items()}
     print(f"\n| contender | runs | median wall s | median loop s |  ({a.max_steps} steps, seed {a.seed})")

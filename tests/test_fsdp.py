@@ -79,7 +79,9 @@ def test_fsdp2_two_processes_match_one_and_the_adapter_loads_and_merges(
 
 
 @pytest.mark.slow
-def test_qlora_fsdp2_shards_the_4bit_base_on_cpu_and_matches_one_process(tiny_model_dir, tmp_path, write_config):
+def test_qlora_fsdp2_shards_the_4bit_base_on_cpu_and_matches_one_process(
+    tiny_model_dir, tmp_path, write_config
+):
     """bitsandbytes' 4-bit weights, stored in the training dtype, shard as DTensors on CPU too (found here:
     each process holds half of every packed NF4 weight) and train to the one-process losses."""
     reference = one_process_reference(tiny_model_dir, tmp_path / "reference", 4, adapter="qlora")

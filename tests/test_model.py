@@ -299,37 +299,3 @@ def test_adapter_init_follows_the_seed(tiny_model_dir):
     first, again, other = lora_a(1), lora_a(1), lora_a(2)
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert any(not torch.equal(first[n], other[n]) for n in first)
-
-
-ALLOCATOR_PROBE = """
-import sys
-import torch
-from finetune.model.compute import cpu_allocator
-if sys.argv[1] == "fixed":
-    assert cpu_allocator()
-def rss_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-x = torch.ones(4 << 20)  # 16 MiB: mmapped, and freeing it raises glibc's threshold to 16 MiB
-del x
-base = rss_mib()
-blocks = [torch.ones(1 << 20) for _ in range(20)]  # 20 x 4 MiB, written
-keep = blocks[-1]
-del blocks
-print(rss_mib() - base)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_cpu_allocator_gives_freed_tensors_back():
-    """Without it, glibc keeps 19 freed 4 MiB tensors below a live one (the heap cannot shrink past it); with it
-    each is its own mmap and goes back to the OS. If the first half fails, glibc changed and the setting
-    may no longer be needed."""
-    import subprocess
-
-    def retained(mode: str) -> float:
-        proc = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, mode], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        return float(proc.stdout.split()[-1])
-
-    assert retained("default") > 60
-    assert retained("fixed") < 10

@@ -98,38 +98,3 @@ def cpu_threads(model, notes: list[str]) -> None:
         notes.append(
             f"cpu: hidden size {hidden} is tiny, so one thread is used (faster; OMP_NUM_THREADS overrides)"
         )
-
-
-# bytes: CPU tensors this large get their own mmap, returned to the OS when freed
-CPU_MMAP_THRESHOLD = 1 << 20
-
-
-def cpu_allocator() -> bool:
-    """On a CPU (glibc), give every tensor of 1 MiB or more its own mmap; True when set.
-
-    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which activations
-    of that size come from the heap, and a heap fragmented by a training step's short-lived tensors does not
-    shrink: measured on 2 cores (LoRA, hidden 512/576, 4-8k tokens a step), peak RSS was 1.7-4x the live
-    tensors, at the same speed with a fixed threshold (BENCHMARKS.md, "Planning accuracy"). A fixed threshold
-    (mallopt M_MMAP_THRESHOLD, glibc's public knob; it also stops the raising) makes RSS follow the tensors,
-    so less RAM and a peak `finetune plan` can predict. MALLOC_MMAP_THRESHOLD_ in the environment wins.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    import torch
-
-    if (
-        torch.cuda.is_available()
-        or not sys.platform.startswith("linux")
-        or "MALLOC_MMAP_THRESHOLD_" in os.environ
-    ):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt
-        return False
-    M_MMAP_THRESHOLD = -3  # malloc.h
-    return bool(mallopt(M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD))

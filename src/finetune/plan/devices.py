@@ -56,7 +56,7 @@ GPU_EFFICIENCY = {16: 0.276, 4: 0.215, 8: 0.15}
 #   at load 5-11: the efficiencies are pessimistic for a quiet machine (see BENCHMARKS.md "Planning accuracy").
 CPU_RUNTIME_GIB = 0.584  # python + torch + transformers + datasets + the tokenizer, resident before training
 CPU_ALLOCATOR_SLACK = (
-    0.061  # RSS above the live tensors, as a share of them (with train's fixed mmap threshold)
+    0.061  # RSS above the live tensors, as a share of them (measured with MALLOC_MMAP_THRESHOLD_=1 MiB)
 )
 CPU_EFFICIENCY = {32: 0.038, 4: 0.040}  # share of the nominal fp32 FMA peak of the threads used, by base bits
 

@@ -57,9 +57,6 @@ def run(
     predicted: dict = {}
     if not smoke:  # before anything is loaded or written: does it fit? (micro_batch_size: auto resolved)
         cfg, predicted = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
-    from finetune.model.compute import cpu_allocator
-
-    cpu_allocator()  # on CPU: RSS follows the live tensors (glibc's heap would hold freed activations)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     if is_main:
