@@ -475,3 +475,18 @@ def test_resume_config_drift_and_overwrite_cleanup(tiny_model_dir, tmp_path, pre
     checkpoints.begin_output(link, replace=True, is_main=True)  # --overwrite: an empty folder, nothing beside
     assert link.is_symlink() and out.is_dir() and not list(out.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out"]
+
+
+def test_peak_memory_is_this_programs_not_its_parents():
+    """ru_maxrss survives fork + exec on Linux: a child of a 1.5 GiB process would report 1.5 GiB."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1536 << 20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # resident, not just reserved
+    code = "from finetune.outputs.run_files import peak_rss_mib; print(peak_rss_mib())"
+    child = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    del ballast
+    assert 0 < child < 1024

@@ -45,11 +45,27 @@ def versions() -> dict[str, str]:
     return out
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB): VmHWM where Linux has it, else ru_maxrss.
+
+    Linux keeps ru_maxrss across fork and exec, so a `finetune train` started from a large process (a notebook
+    holding a model, a test runner) would report its parent's peak; VmHWM belongs to this program's own memory.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process and, on a GPU, peak allocated GPU memory (MiB)."""
     import torch
 
-    out = {"peak_cpu_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out = {"peak_cpu_memory_mb": peak_rss_mib()}
     if torch.cuda.is_available():
         out["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
