@@ -68,6 +68,21 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+def one_thread_run(cfg, **kwargs):
+    """`train.run` on one thread (what the `one_thread` fixture gives a whole test), for a test that also runs
+    other work at the machine's thread count."""
+    import torch
+
+    from finetune import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train.run(cfg, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def write_config(tmp_path):
     """Write a YAML config (a dict or text) into tmp_path and return its path."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FINLORA, needs_shared, sentiment_rows
+from conftest import FINLORA, needs_shared, one_thread_run, sentiment_rows
 from finetune import config
 from finetune.train import preference as rl
 
@@ -34,19 +34,6 @@ def dpo_cfg(base_model, root: Path, data: Path, **extra) -> config.Config:
         "micro_batch_size": 4, "learning_rate": 1e-3, "lr_scheduler": "constant", "logging_steps": 1, "seed": 5,
         **extra,
     })  # fmt: skip
-
-
-def one_thread_run(cfg, **kwargs):
-    import torch
-
-    from finetune import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train.run(cfg, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class Watch:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_thread_run
 from finetune import config
 from finetune.config.fsdp import fsdp_settings
 from test_distributed import adapter, card_hyperparameters, launch, losses, run_cfg
@@ -28,17 +29,8 @@ LOSS_TOL = 1e-5  # the issue's bound; observed <= 1e-6 over the first 25 steps a
 
 
 def one_process_reference(tiny_model_dir, tmp: Path, steps: int, **over) -> Path:
-    import torch
-
-    from finetune import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = run_cfg(tiny_model_dir, tmp, micro_batch_size=4, max_steps=steps, **over, **FSDP)
-        return train.run(config.validate(cfg))
-    finally:
-        torch.set_num_threads(threads)
+    cfg = run_cfg(tiny_model_dir, tmp, micro_batch_size=4, max_steps=steps, **over, **FSDP)
+    return one_thread_run(config.validate(cfg))
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import send_signal, sentiment_rows
+from conftest import one_thread_run, send_signal, sentiment_rows
 from finetune import config
 from finetune.errors import UserError
 
@@ -55,19 +55,6 @@ def write_run(root: Path, base_model, rows: list[dict] | None = None, **extra) -
     path = root / "grpo.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def one_thread_run(cfg, **kwargs):
-    import torch
-
-    from finetune import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train.run(cfg, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def history(out: Path) -> list[dict]:

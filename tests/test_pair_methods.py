@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sentiment_rows
+from conftest import one_thread_run, sentiment_rows
 from finetune import config
 
 PAIR_TYPE = {"field_prompt": "context", "field_chosen": "target", "field_rejected": "wrong"}
@@ -32,19 +32,6 @@ def pair_cfg(base_model, root: Path, rl: str, **extra) -> config.Config:
         "learning_rate": 1e-3, "lr_scheduler": "constant", "logging_steps": 1, "seed": 5, "max_steps": 2,
         "save_steps": 2, **extra,
     })  # fmt: skip
-
-
-def one_thread_run(cfg, **kwargs):
-    import torch
-
-    from finetune import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train.run(cfg, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def history(out: Path) -> list[dict]:
