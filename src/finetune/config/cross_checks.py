@@ -6,6 +6,7 @@ from __future__ import annotations
 from finetune.config.checks import ATTENTION_FLAGS, PLUGINS
 from finetune.config.datasets import DatasetType, PreferenceType
 from finetune.config.fsdp import fsdp_settings
+from finetune.config.fsdp import requested as fsdp_requested
 from finetune.config.keys_hub import hub_checks
 from finetune.config.schema import Config
 
@@ -52,7 +53,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
     problems += gguf_checks(cfg)
     problems += hub_checks(cfg)
     problems += fsdp_settings(cfg)[1]
-    if cfg.fsdp_version or cfg.fsdp_config or cfg.fsdp:
+    if fsdp_requested(cfg):
         if cfg.training_kind != "sft":
             key = "reward_model" if cfg.reward_model else "rl"
             problems.append(

@@ -117,8 +117,6 @@ def _list_form(value: Any, settings: dict) -> list[tuple[tuple, str]]:
     if not value:
         return []
     items = value.split() if isinstance(value, str) else value
-    if value is True:
-        return []
     if not isinstance(items, list):
         return [(("fsdp",), "must be a list such as [full_shard, auto_wrap]")]
     problems = []

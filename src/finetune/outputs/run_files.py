@@ -137,31 +137,40 @@ def results(
     return train, {**train, **eval_metrics}
 
 
-def loss_plot(log_history: list[dict]) -> bytes | None:
-    """PNG of training and validation loss against the optimizer step (None when nothing was logged)."""
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    if not train and not evals:
-        return None
+def _axes():
+    """A figure and its axes, drawn without a display (safe in threads and on servers)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display needed; safe in threads and on servers
+    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot()
-    if train:
-        ax.plot(*zip(*train, strict=True), label="training loss", linewidth=1.2)
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss", linewidth=1.5)
+    return fig, fig.add_subplot()
+
+
+def _png(fig, ax, ylabel: str) -> bytes:
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def loss_plot(log_history: list[dict]) -> bytes | None:
+    """PNG of training and validation loss against the optimizer step (None when nothing was logged)."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    if not train and not evals:
+        return None
+    fig, ax = _axes()
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training loss", linewidth=1.2)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss", linewidth=1.5)
+    return _png(fig, ax, "loss")
 
 
 def reward_plot(log_history: list[dict]) -> bytes | None:
@@ -170,27 +179,14 @@ def reward_plot(log_history: list[dict]) -> bytes | None:
     points = [(e["step"], e["reward"], e.get("reward_std", 0.0)) for e in log_history if "reward" in e]
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
     steps, mean, std = zip(*points, strict=True)
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     ax.plot(steps, mean, label="mean reward", linewidth=1.2)
     ax.fill_between(
         steps, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)],
         alpha=0.2, label="± std across completions",
     )  # fmt: skip
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return _png(fig, ax, "reward")
 
 
 def write_run_files(
