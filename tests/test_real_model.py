@@ -6,6 +6,7 @@ HF Trainer + peft script: with the data in file order, finetune's adapter must e
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,10 +88,11 @@ def test_finetune_adapter_equals_the_hand_written_hf_script_bit_for_bit(smollm2_
     raw = sentiment_config(tmp_path, str(smollm2_dir), rows=16, shuffle_merged_datasets=False)
     cfg = config.validate(raw)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
-    # a process of its own, like the script's: same thread count (in-process, an earlier tiny-model test may
-    # have set torch to one thread, and float sums then round differently)
+    # each in a process of its own on ONE thread: with two, a reduction's rounding can differ from run to run,
+    # and Adam's first steps turn any difference in a near-zero gradient into a full +-lr step (seen: 1e-3)
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     finetune = [sys.executable, "-m", "finetune.cli", "train", str(tmp_path / "config.yaml")]
-    subprocess.run(finetune, check=True, capture_output=True, timeout=600)
+    subprocess.run(finetune, check=True, capture_output=True, timeout=600, env=one_thread)
     out = Path(cfg.output_dir)
     script_adapter = tmp_path / "script"
     cmd = [
@@ -99,7 +101,7 @@ def test_finetune_adapter_equals_the_hand_written_hf_script_bit_for_bit(smollm2_
         "--format", "{context}", "--lr", "5e-4", "--batch", "8", "--max-steps", "2", "--seq-len", "256",
         "--save-adapter", str(script_adapter),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600, env=one_thread)
     ours = load_file(out / "adapter_model.safetensors")
     theirs = load_file(script_adapter / "adapter_model.safetensors")
     assert set(ours) == set(theirs) and len(ours) == 420  # 30 layers x 7 linear layers x (A, B)
