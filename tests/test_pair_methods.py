@@ -65,12 +65,17 @@ def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path):
 
 def test_kto_rows_are_unpaired_and_the_reference_is_the_base():
     from datasets import Dataset
+    from datasets.table import InMemoryTable
 
+    from finetune.data import unpaired
     from finetune.train import pair_methods
 
     pairs = Dataset.from_dict({"prompt_ids": [[1, 2], [1, 3]], "chosen_ids": [[4, 0], [5, 0]],
                                "rejected_ids": [[6, 0], [7, 0]]})  # fmt: skip
-    rows = pair_methods.unpaired(pairs, seed=0)
+    totals = {"pairs_split": 0, "rows_kept": 2}
+    table = unpaired.from_pairs(pairs.data.table, totals)  # the data stage splits pairs for rl: kto
+    assert totals == {"pairs_split": 2, "rows_kept": 4}
+    rows = pair_methods.unpaired(Dataset(InMemoryTable(table)), seed=0)  # the trainer shuffles them once
     got = sorted((r["prompt_ids"], r["completion_ids"], r["label"]) for r in rows)
     assert got == [
         ([1, 2], [4, 0], True),
