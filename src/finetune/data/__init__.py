@@ -276,7 +276,10 @@ def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> s
     """The prompt text the model is trained to answer; chat formats end with the assistant header."""
     if cfg.preference:
         from finetune.data import preference_format as preference
+        from finetune.data import unpaired_format
 
+        if unpaired_format.own_layout(ds_cfg, row):  # rl: kto's named types, dicts, TRL message lists
+            return unpaired_format.format_prompt(cfg, ds_cfg, row, tokenizer)
         return preference.format_prompt(cfg, ds_cfg, row, tokenizer)
     prompt, _ = render(cfg, ds_cfg, row, tokenizer)
     if isinstance(prompt, str):

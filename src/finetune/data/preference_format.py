@@ -199,10 +199,6 @@ def ended(ids: list[int], enders: set[int], tokenizer) -> list[int]:
 
 def format_prompt(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> str:
     """The prompt text of a preference row exactly as training laid it out (answers left out)."""
-    from finetune.data import unpaired_format
-
-    if unpaired_format.is_unpaired_type(ds) or unpaired_format.is_chat(ds, row):  # rl: kto's own layouts
-        return unpaired_format.format_prompt(cfg, ds, row, tokenizer)
     spec = pair_spec(cfg, ds, "dataset", tokenizer)
     try:
         if spec.text is not None:

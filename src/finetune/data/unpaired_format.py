@@ -194,6 +194,11 @@ def format_prompt(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> str:
         raise UserError(f"row: {exc}") from None
 
 
+def own_layout(ds: DatasetConfig, row: dict) -> bool:
+    """Whether a row's prompt is laid out here rather than as a pair's prompt (preference_format.py)."""
+    return is_unpaired_type(ds) or (ds.type != "chat_template" and is_chat(ds, row))
+
+
 def is_chat(ds: DatasetConfig, row: dict | None = None) -> bool:
     """Whether the entry's prompts (this row's, in TRL's format) are chat renderings, tokenized without
     special tokens: chat_template, axolotl's chatml.* / llama3.* KTO types, or a TRL row whose prompt is

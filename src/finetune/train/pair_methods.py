@@ -75,7 +75,10 @@ def unpaired(table, seed: int):
     are not neighbours, so the KL term (each batch's completions shifted by one) pairs unrelated rows."""
     if table is None:
         return None
-    return table.shuffle(seed=seed).flatten_indices()
+    from finetune.data import no_datasets_bars
+
+    with no_datasets_bars():
+        return table.shuffle(seed=seed).flatten_indices()
 
 
 def pair_columns(table):
