@@ -61,7 +61,10 @@ def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert {rl, "trl"} <= set(card.data.tags) and CARD[rl] in card.text
     if rl == "kto":  # the pairs were split by the data stage, and the card says so
-        assert "each pair's answers as a desirable and an undesirable row (24 desirable, 24 undesirable" in card.text
+        assert (
+            "each pair's answers as a desirable and an undesirable row (24 desirable, 24 undesirable"
+            in card.text
+        )
     assert merge.merge_command(out, tmp_path / "merged", dtype="fp32") < 1e-4
     assert CARD[rl] + " merged in" in (tmp_path / "merged" / "README.md").read_text()
 
@@ -122,7 +125,14 @@ def unpaired_rows(layout: str) -> list[dict]:
         if layout == "trl":  # TRL's standard unpaired format, plain text
             rows.append({"prompt": r["context"], "completion": f" {answer}", "label": right})
         else:  # axolotl's llama3.ultra: prompt, completion, label, optional system
-            rows.append({"system": "Answer in one word.", "prompt": r["context"], "completion": answer, "label": right})
+            rows.append(
+                {
+                    "system": "Answer in one word.",
+                    "prompt": r["context"],
+                    "completion": answer,
+                    "label": right,
+                }
+            )
     return rows
 
 
@@ -148,6 +158,9 @@ def test_kto_on_unpaired_rows_trains_resumes_merges_and_cards(layout, tiny_model
     assert [e["step"] for e in resumed] == [1, 2, 3] and resumed[:2] == first
 
     card = ModelCard.load(out / "README.md")
-    assert "unpaired rows, each answer labelled desirable or undesirable (12 desirable, 12 undesirable" in card.text
+    assert (
+        "unpaired rows, each answer labelled desirable or undesirable (12 desirable, 12 undesirable"
+        in card.text
+    )
     assert "each pair's answers" not in card.text and "on unpaired rows" in card.text
     assert merge.merge_command(out, tmp_path / "merged", dtype="fp32") < 1e-4

@@ -57,7 +57,13 @@ def encoded(tiny_model_dir, tmp_path, tok, ds: dict, rows: list[dict]) -> dict:
 def test_trl_text_row_tokens_and_what_kto_trains(tiny_model_dir, tmp_path, tok):
     from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
-    out = encoded(tiny_model_dir, tmp_path, tok, {"path": "org/x"}, [{"prompt": "Q:", "completion": " yes", "label": "False"}])
+    out = encoded(
+        tiny_model_dir,
+        tmp_path,
+        tok,
+        {"path": "org/x"},
+        [{"prompt": "Q:", "completion": " yes", "label": "False"}],
+    )
     assert out["status"] == [fmt.OK] and out["label"] == [False]  # the string "False" reads as false
     prompt = tok("Q:")["input_ids"]  # the tokenizer's BOS, as SFT and pair prompts have it
     answer = tok(" yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -74,9 +80,13 @@ def test_trl_conversational_row_uses_the_chat_template(tiny_model_dir, tmp_path,
     out = encoded(tiny_model_dir, tmp_path, tok, {"path": "org/x"}, rows)
     text = "<|begin_of_text|>" + TURN.format("system", "Be brief.") + TURN.format("user", "Up?") + ASSISTANT
     assert out["prompt_ids"] == [tok(text, add_special_tokens=False)["input_ids"]]  # one BOS: the template's
-    assert out["completion_ids"] == [tok("yes<|eot_id|>", add_special_tokens=False)["input_ids"]]  # no 2nd EOS
+    assert out["completion_ids"] == [
+        tok("yes<|eot_id|>", add_special_tokens=False)["input_ids"]
+    ]  # no 2nd EOS
     cfg = make_cfg(tiny_model_dir, tmp_path, [{"path": "org/x"}])
-    assert data.encode_prompt(cfg, cfg.datasets[0], rows[0], tok) == out["prompt_ids"][0]  # generation asks so
+    assert (
+        data.encode_prompt(cfg, cfg.datasets[0], rows[0], tok) == out["prompt_ids"][0]
+    )  # generation asks so
 
 
 @pytest.mark.parametrize(
@@ -85,8 +95,14 @@ def test_trl_conversational_row_uses_the_chat_template(tiny_model_dir, tmp_path,
         ("ultra", {"prompt": "Up?", "completion": "yes", "label": True, "system": "Be brief."}, "Up?"),
         ("argilla", {"instruction": "Up?", "completion": "yes", "label": True}, "Up?"),
         ("intel", {"question": "Up?", "completion": "yes", "label": True, "system": ""}, "Up?"),
-        ("argilla_chat", {"completion": [{"role": "user", "content": "Up?"},
-                                         {"role": "assistant", "content": "yes"}], "label": True}, "Up?"),  # fmt: skip
+        (
+            "argilla_chat",
+            {
+                "completion": [{"role": "user", "content": "Up?"}, {"role": "assistant", "content": "yes"}],
+                "label": True,
+            },
+            "Up?",
+        ),  # fmt: skip
     ],
 )
 def test_axolotl_llama3_kto_types_read_their_columns(kind, row, user, tiny_model_dir, tmp_path, tok):
@@ -100,7 +116,9 @@ def test_axolotl_llama3_kto_types_read_their_columns(kind, row, user, tiny_model
 def test_user_defined_kto_dict_and_generation_prompt(tiny_model_dir, tmp_path, tok):
     t = {"field_prompt": "q", "field_completion": "a", "field_label": "ok", "prompt_format": "Q: {prompt}\nA:",
          "completion_format": " {completion}!"}  # fmt: skip
-    out = encoded(tiny_model_dir, tmp_path, tok, {"path": "org/x", "type": t}, [{"q": "Up?", "a": "yes", "ok": False}])
+    out = encoded(
+        tiny_model_dir, tmp_path, tok, {"path": "org/x", "type": t}, [{"q": "Up?", "a": "yes", "ok": False}]
+    )
     assert out["prompt_ids"] == [tok("Q: Up?\nA:")["input_ids"]]
     assert out["completion_ids"] == [tok(" yes!", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
     cfg = make_cfg(tiny_model_dir, tmp_path, [{"path": "org/x", "type": t}])
@@ -136,17 +154,26 @@ def test_pairs_and_unpaired_files_mix_lengths_dedup_split_and_cache(tiny_model_d
     dpo = make_cfg(tiny_model_dir, tmp_path, [{"path": str(pairs)}], rl="dpo")
     kto = make_cfg(tiny_model_dir, tmp_path, [{"path": str(pairs)}])
     assert data.fingerprint(dpo, tok) != data.fingerprint(kto, tok)  # pairs vs rows: never the same cache
-    cut = data.prepare(make_cfg(tiny_model_dir, tmp_path, ds, excess_length_strategy="truncate", max_prompt_len=4), tok)
+    cut = data.prepare(
+        make_cfg(tiny_model_dir, tmp_path, ds, excess_length_strategy="truncate", max_prompt_len=4), tok
+    )
     assert cut.stats["truncated"] == 1 and cut.stats["prompt_truncated"] == 8  # the pairs' "Q:" fits
     assert all(len(p) <= 4 and p[0] == tok.bos_token_id for p in cut.train["prompt_ids"])
-    assert max(len(p) + len(c) for p, c in zip(cut.train["prompt_ids"], cut.train["completion_ids"], strict=True)) <= 64
+    assert (
+        max(
+            len(p) + len(c) for p, c in zip(cut.train["prompt_ids"], cut.train["completion_ids"], strict=True)
+        )
+        <= 64
+    )
     data.preprocess_command(cfg, inspect=2)
     assert "row 0:" in capsys.readouterr().out
 
 
 def test_test_datasets_hold_out_and_dedupe_against_training(tiny_model_dir, tmp_path, tok):
     rows = write_jsonl(tmp_path / "rows.jsonl", trl_rows(8))
-    test = write_jsonl(tmp_path / "test.jsonl", trl_rows(8)[:3] + [{"prompt": "X", "completion": " y", "label": True}])
+    test = write_jsonl(
+        tmp_path / "test.jsonl", trl_rows(8)[:3] + [{"prompt": "X", "completion": " y", "label": True}]
+    )
     cfg = make_cfg(tiny_model_dir, tmp_path, [{"path": str(rows)}], test_datasets=[{"path": str(test)}],
                    dataset_exact_deduplication=True)  # fmt: skip
     prepared = data.prepare(cfg, tok)
@@ -173,7 +200,9 @@ def test_test_datasets_hold_out_and_dedupe_against_training(tiny_model_dir, tmp_
                 "pairs; rl: kto reads unpaired rows"),
     ],
 )  # fmt: skip
-def test_bad_unpaired_data_is_one_line_exit_2_and_nothing_written(rows, rl, expected, tiny_model_dir, tmp_path):
+def test_bad_unpaired_data_is_one_line_exit_2_and_nothing_written(
+    rows, rl, expected, tiny_model_dir, tmp_path
+):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     cfg = {"base_model": str(tiny_model_dir), "adapter": "lora", "rl": rl, "datasets": [{"path": str(path)}],
            "dataset_prepared_path": str(tmp_path / "prepared"), "output_dir": str(tmp_path / "out")}  # fmt: skip
@@ -189,7 +218,12 @@ def test_bad_unpaired_data_is_one_line_exit_2_and_nothing_written(rows, rl, expe
 
 def test_unpaired_types_are_refused_for_pair_methods_and_sft():
     def problems(**extra):
-        raw = {"base_model": "org/m", "adapter": "lora", "datasets": [{"path": "org/d", "type": "chatml.ultra"}], **extra}
+        raw = {
+            "base_model": "org/m",
+            "adapter": "lora",
+            "datasets": [{"path": "org/d", "type": "chatml.ultra"}],
+            **extra,
+        }
         with pytest.raises(config.ConfigError) as exc:
             config.validate(raw)
         return [p.split(": ", 1)[1] for p in exc.value.problems]
@@ -205,7 +239,10 @@ def test_unpaired_types_are_refused_for_pair_methods_and_sft():
            "datasets": [{"path": "org/d", "type": {"field_completion": "a", "completion_fmt": "{a}"}}]}  # fmt: skip
     with pytest.raises(config.ConfigError) as exc:
         config.validate(raw)
-    assert "datasets[0].type.completion_fmt: unknown key (did you mean completion_format?)" in exc.value.problems[0]
+    assert (
+        "datasets[0].type.completion_fmt: unknown key (did you mean completion_format?)"
+        in exc.value.problems[0]
+    )
 
 
 def test_a_named_type_the_tokenizer_cannot_honour_is_one_line(tiny_model_dir, tmp_path, tok):

@@ -225,7 +225,9 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
                     if cfg.preference
                     else "set rl: kto to train on them"
                 )
-                problems.append(((key, i, "type"), f"unpaired rows (a completion and a true/false label): {text}"))
+                problems.append(
+                    ((key, i, "type"), f"unpaired rows (a completion and a true/false label): {text}")
+                )
             elif unpaired:
                 continue
             elif not cfg.preference and (pref_type or chat_pairs):

@@ -27,7 +27,9 @@ from finetune.data import encode, report, sources, unpaired, unpaired_format
 from finetune.data import preference_format as preference
 from finetune.errors import UserError
 
-PREFERENCE_FORMAT_VERSION = 2  # bump when the token layout of preference tables changes (2: kto's unpaired rows)
+PREFERENCE_FORMAT_VERSION = (
+    2  # bump when the token layout of preference tables changes (2: kto's unpaired rows)
+)
 COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 

@@ -83,7 +83,9 @@ def render_pair(spec: PairSpec, row: dict, tokenizer) -> tuple[str, str, str]:
     return prompt, answers[0], answers[1]
 
 
-def chat_answer(spec: ChatSpec, tokenizer, messages: list[dict], prompt: str, answer: dict, field: str) -> str:
+def chat_answer(
+    spec: ChatSpec, tokenizer, messages: list[dict], prompt: str, answer: dict, field: str
+) -> str:
     """What the template adds after `prompt` once `answer` is appended: its content and end-of-turn token
     ("" for a blank answer). Shared with unpaired KTO rows (unpaired_format.py)."""
     if not answer["content"].strip():
@@ -150,9 +152,7 @@ def encode_pairs(spec: PairSpec, tokenizer, records: list[dict]) -> dict[str, li
     chat = spec.chat is not None
     prompt_ids = token_ids(tokenizer, prompts, add_special_tokens=not chat)
     enders = _turn_enders(spec, tokenizer)
-    chosen_ids = [
-        ended(a, enders, tokenizer) for a in token_ids(tokenizer, chosen, add_special_tokens=False)
-    ]
+    chosen_ids = [ended(a, enders, tokenizer) for a in token_ids(tokenizer, chosen, add_special_tokens=False)]
     rejected_ids = [
         ended(a, enders, tokenizer) for a in token_ids(tokenizer, rejected, add_special_tokens=False)
     ]

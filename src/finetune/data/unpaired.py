@@ -133,7 +133,9 @@ def check_classes(stats: dict) -> None:
     desirable, undesirable = stats["desirable"], stats["undesirable"]
     if desirable and undesirable:
         return
-    kind, missing = ("desirable", "undesirable (label false)") if desirable else ("undesirable", "desirable (label true)")
+    kind, missing = (
+        ("desirable", "undesirable (label false)") if desirable else ("undesirable", "desirable (label true)")
+    )
     raise UserError(
         f"datasets: rl: kto needs desirable and undesirable rows, but all {report.count(desirable + undesirable, 'training rows')} are "
         f"{kind}: add {missing} rows, or train on pairs (each pair gives one of each)"
@@ -160,7 +162,9 @@ def examples(dataset, tokenizer, n: int) -> None:
     for i in range(min(n, len(dataset))):
         row = dataset[i]
         p, c, label = (row[k] for k in COLUMNS)
-        console.rule(f"row {i}: prompt {len(p)} tokens, answer {len(c)}, {'desirable' if label else 'undesirable'}")
+        console.rule(
+            f"row {i}: prompt {len(p)} tokens, answer {len(c)}, {'desirable' if label else 'undesirable'}"
+        )
         console.print(f"[dim]{escape(tokenizer.decode(p, skip_special_tokens=False))}[/dim]")
         colour = "green" if label else "red"
         console.print(f"[{colour}]⟦{escape(tokenizer.decode(c, skip_special_tokens=False))}⟧[/{colour}]")

@@ -81,7 +81,9 @@ def unpaired_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Unpa
         from finetune.data.tokenizer import resolve_chat_template
 
         template, strategy = ds.type.split(".")
-        resolve_chat_template(template, None, tokenizer, f"{where}.type")  # one line if the tokenizer lacks it
+        resolve_chat_template(
+            template, None, tokenizer, f"{where}.type"
+        )  # one line if the tokenizer lacks it
         chat = chat_spec(cfg, ds.model_copy(update={"chat_template": template}), where, tokenizer)
         if strategy == "argilla_chat":
             return UnpairedSpec(text=None, chat=replace(chat, field_messages="completion"), history_in_completion=True)  # fmt: skip
@@ -144,7 +146,12 @@ def render_row(spec: UnpairedSpec, row: dict, tokenizer) -> tuple[str, str, bool
     prompt, messages = render_prompt(spec, row, tokenizer)
     if messages is None:
         t = spec.text
-        return prompt, t.completion_format.format(completion=text_value(row, t.field_completion)), label, False
+        return (
+            prompt,
+            t.completion_format.format(completion=text_value(row, t.field_completion)),
+            label,
+            False,
+        )
     answer = pairs.answer_message(spec.chat, row, spec.field_completion)
     completion = pairs.chat_answer(spec.chat, tokenizer, messages, prompt, answer, spec.field_completion)
     return prompt, completion, label, True

@@ -28,7 +28,9 @@ def example_prompt(run: Run) -> str | None:
     if unpaired_format.is_chat(ds):  # chat_template, or rl: kto's chatml.* / llama3.* types
         return None
     if isinstance(ds.type, UnpairedType):  # KTO: the question in the unpaired rows' prompt format
-        return unpaired_format.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
+        return unpaired_format.format_prompt(
+            cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None
+        )
     if isinstance(ds.type, PreferenceType):  # DPO: the question in the pairs' prompt format
         return preference.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer=None).spec
