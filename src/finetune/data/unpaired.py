@@ -36,7 +36,9 @@ def refusal(cfg: Config, where: str, label: str) -> str:
 
 
 def encode_batch(spec, tokenizer, batch: dict) -> dict:
-    rows = [{k: v[j] for k, v in batch.items()} for j in range(len(next(iter(batch.values()), [])))]
+    from finetune.data.encode import rows_in
+
+    rows = [{k: v[j] for k, v in batch.items()} for j in range(rows_in(batch))]
     return fmt.encode_rows(spec, tokenizer, rows)
 
 
