@@ -41,6 +41,7 @@ ACCEPTED = {
     "llama-3__lora-1b-deduplicate-dpo.yml",  # rl: dpo, chat_template preference rows (issue 8)
     "mimo__mimo-7b-qlora.yaml",
     "mistral__dpo__mistral-dpo-qlora.yml",  # rl: dpo on a 4-bit base (issue 8)
+    "llama-3__qlora-1b-kto.yaml",  # rl: kto on axolotl's unpaired llama3.ultra rows (issue 20)
     # CutCrossEntropyPlugin (+ cut_cross_entropy: true), computed as Liger's fused linear cross-entropy
     "arcee__afm-4.5b-qlora.yaml",
     "gemma3n__gemma-3n-e2b-qlora.yml",
@@ -95,9 +96,8 @@ def test_refusals_name_the_unsupported_feature():
         except config.ConfigError as exc:
             problems[path.name] = "\n".join(exc.problems)
     assert "qat: not supported by finetune yet" in problems["llama-3__3b-qat-fsdp2.yaml"]
-    # rl: kto trains on preference pairs; axolotl's prompt-strategy types for unpaired KTO rows are not read
-    kto = problems["llama-3__qlora-1b-kto.yaml"]
-    assert "datasets[0].type: 'llama3.ultra' is not supported" in kto and "rl: " not in kto
+    # axolotl's unpaired KTO types are read for rl: kto only
+    assert "llama-3__qlora-1b-kto.yaml" not in problems
     assert "adapter: full fine-tuning is not supported" in problems["llama-3__fft-8b.yaml"]
 
 

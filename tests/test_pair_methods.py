@@ -1,5 +1,6 @@
-"""rl: kto / orpo / simpo through `finetune train` on the preference pairs finetune reads: each trains a few steps
-on the tiny model, logs its metrics, resumes from a checkpoint, merges and cards. Mechanics, not quality."""
+"""rl: kto / orpo / simpo through `finetune train` on the preference pairs finetune reads (and KTO on unpaired rows):
+each trains a few steps on the tiny model, logs its metrics, resumes from a checkpoint, merges and cards.
+Mechanics, not quality."""
 
 from __future__ import annotations
 
@@ -59,18 +60,28 @@ def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path):
 
     card = ModelCard.load(out / "README.md")
     assert {rl, "trl"} <= set(card.data.tags) and CARD[rl] in card.text
+    if rl == "kto":  # the pairs were split by the data stage, and the card says so
+        assert (
+            "each pair's answers as a desirable and an undesirable row (24 desirable, 24 undesirable"
+            in card.text
+        )
     assert merge.merge_command(out, tmp_path / "merged", dtype="fp32") < 1e-4
     assert CARD[rl] + " merged in" in (tmp_path / "merged" / "README.md").read_text()
 
 
 def test_kto_rows_are_unpaired_and_the_reference_is_the_base():
     from datasets import Dataset
+    from datasets.table import InMemoryTable
 
+    from finetune.data import unpaired
     from finetune.train import pair_methods
 
     pairs = Dataset.from_dict({"prompt_ids": [[1, 2], [1, 3]], "chosen_ids": [[4, 0], [5, 0]],
                                "rejected_ids": [[6, 0], [7, 0]]})  # fmt: skip
-    rows = pair_methods.unpaired(pairs, seed=0)
+    totals = {"pairs_split": 0, "rows_kept": 2}
+    table = unpaired.from_pairs(pairs.data.table, totals)  # the data stage splits pairs for rl: kto
+    assert totals == {"pairs_split": 2, "rows_kept": 4}
+    rows = pair_methods.unpaired(Dataset(InMemoryTable(table)), seed=0)  # the trainer shuffles them once
     got = sorted((r["prompt_ids"], r["completion_ids"], r["label"]) for r in rows)
     assert got == [
         ([1, 2], [4, 0], True),
@@ -103,3 +114,53 @@ def test_method_keys_are_read_and_refused_elsewhere(tiny_model_dir, tmp_path):
         "orpo_alpha: only used by rl: orpo: set rl: orpo or remove it",
         "simpo_gamma: only used by rl: simpo: set rl: simpo or remove it",
     ]
+
+
+def unpaired_rows(layout: str) -> list[dict]:
+    """Sentiment rows with one answer each, right (desirable) or wrong (undesirable), in turn."""
+    rows = []
+    for i, r in enumerate(sentiment_rows(24)):
+        right = i % 2 == 0
+        answer = r["target"] if right else LABELS[(LABELS.index(r["target"]) + 1) % 3]
+        if layout == "trl":  # TRL's standard unpaired format, plain text
+            rows.append({"prompt": r["context"], "completion": f" {answer}", "label": right})
+        else:  # axolotl's llama3.ultra: prompt, completion, label, optional system
+            rows.append(
+                {
+                    "system": "Answer in one word.",
+                    "prompt": r["context"],
+                    "completion": answer,
+                    "label": right,
+                }
+            )
+    return rows
+
+
+@pytest.mark.parametrize("layout", ["trl", "llama3.ultra"])
+def test_kto_on_unpaired_rows_trains_resumes_merges_and_cards(layout, tiny_model_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from finetune.outputs import merge
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in unpaired_rows(layout)))
+    entry = {"path": str(data)} if layout == "trl" else {"path": str(data), "type": layout}
+    cfg = pair_cfg(tiny_model_dir, tmp_path, "kto", datasets=[entry])
+    out = one_thread_run(cfg)
+    first = [e for e in history(out) if "kl" in e]
+    assert [e["step"] for e in first] == [1, 2]
+    results = json.loads((out / "all_results.json").read_text())["data"]
+    assert (results["desirable"], results["undesirable"], results["unpaired_rows"]) == (12, 12, 24)
+    assert results.get("pairs_split", 0) == 0
+
+    one_thread_run(cfg.model_copy(update={"max_steps": 3}), resume=True)
+    resumed = [e for e in history(out) if "kl" in e]
+    assert [e["step"] for e in resumed] == [1, 2, 3] and resumed[:2] == first
+
+    card = ModelCard.load(out / "README.md")
+    assert (
+        "unpaired rows, each answer labelled desirable or undesirable (12 desirable, 12 undesirable"
+        in card.text
+    )
+    assert "each pair's answers" not in card.text and "on unpaired rows" in card.text
+    assert merge.merge_command(out, tmp_path / "merged", dtype="fp32") < 1e-4

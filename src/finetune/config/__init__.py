@@ -36,11 +36,13 @@ from finetune.config.checks import (  # noqa: F401 - re-exported
 from finetune.config.cross_checks import cross_checks
 from finetune.config.datasets import (  # noqa: F401 - re-exported
     DATASET_TYPES,
+    KTO_TYPES,
     PREFERENCE_TYPE_KEYS,
     DatasetConfig,
     DatasetType,
     DatasetTypeValue,
     PreferenceType,
+    UnpairedType,
 )
 from finetune.config.output import (  # noqa: F401 - re-exported
     REDACTED,
@@ -133,6 +135,8 @@ def validate(
                     if len(loc) == 1
                     else PreferenceType
                     if "pref" in err["loc"]
+                    else UnpairedType
+                    if "kto" in err["loc"]
                     else DatasetType
                     if "type" in loc[:-1]
                     else DatasetConfig

@@ -4,7 +4,7 @@ config.validate places at the key to change. Each message says what to set inste
 from __future__ import annotations
 
 from finetune.config.checks import ATTENTION_FLAGS, PLUGINS
-from finetune.config.datasets import DatasetType, PreferenceType
+from finetune.config.datasets import KTO_TYPES, DatasetType, PreferenceType, UnpairedType
 from finetune.config.fsdp import fsdp_settings
 from finetune.config.fsdp import requested as fsdp_requested
 from finetune.config.keys_hub import hub_checks
@@ -217,7 +217,20 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
         for i, ds in enumerate(getattr(cfg, key) or []):
             pref_type = isinstance(ds.type, PreferenceType)
             chat_pairs = ds.field_chosen is not None or ds.field_rejected is not None
-            if not cfg.preference and (pref_type or chat_pairs):
+            unpaired = isinstance(ds.type, UnpairedType) or ds.type in KTO_TYPES
+            if unpaired and cfg.rl != "kto":
+                method = "reward_model: true" if cfg.reward_model else f"rl: {cfg.rl}"
+                text = (
+                    f"{method} needs chosen/rejected pairs; rl: kto reads unpaired rows"
+                    if cfg.preference
+                    else "set rl: kto to train on them"
+                )
+                problems.append(
+                    ((key, i, "type"), f"unpaired rows (a completion and a true/false label): {text}")
+                )
+            elif unpaired:
+                continue
+            elif not cfg.preference and (pref_type or chat_pairs):
                 field = "type" if pref_type else "field_chosen" if ds.field_chosen else "field_rejected"
                 loc = (key, i, field)
                 problems.append((loc, "preference data: set rl: dpo or reward_model: true to train on it"))

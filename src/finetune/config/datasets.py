@@ -71,7 +71,29 @@ class PreferenceType(StrictModel):
     rejected_format: str = Field("{rejected}", description="Template of the worse answer, with {rejected}.")
 
 
+class UnpairedType(StrictModel):
+    """axolotl's user-defined KTO format (rl: kto): one completion and a boolean label per row."""
+
+    field_prompt: str = Field("prompt", description="Column holding the prompt.")
+    field_system: str = Field(
+        "system", description="Column holding an optional per-row system text (`{system}` in prompt_format)."
+    )
+    field_completion: str = Field("completion", description="Column holding the answer.")
+    field_label: str = Field(
+        "label", description="Column holding the answer's label: true (desirable) or false (undesirable)."
+    )
+    prompt_format: str = Field(
+        "{prompt}", description="Prompt template with {prompt} (and {system}); the answer follows it as is."
+    )
+    completion_format: str = Field("{completion}", description="Template of the answer, with {completion}.")
+
+
 PREFERENCE_TYPE_KEYS = frozenset(PreferenceType.model_fields) - {"field_system"}
+UNPAIRED_TYPE_KEYS = frozenset({"field_completion", "field_label", "completion_format"})
+# axolotl's KTO strategies (prompt_strategies/kto): rows with a completion and a label, laid out by the named
+# chat template. argilla: instruction; intel: question; prompt_pairs, ultra: prompt (each with an optional
+# system); argilla_chat: a `completion` conversation whose last turn is the answer.
+KTO_TYPES = tuple(f"{t}.{s}" for t in ("chatml", "llama3") for s in ("argilla", "argilla_chat", "intel", "prompt_pairs", "ultra"))  # fmt: skip
 DATASET_TYPES = ("alpaca", "chat_template", "completion", "input_output")
 # axolotl's `alpaca:<style>`: alpaca's fields and system prompt in another turn layout (formats.ALPACA_TURNS)
 ALPACA_TYPES = ("alpaca:chat", "alpaca:chatml", "alpaca:phi")
@@ -84,14 +106,20 @@ TYPE_ALIASES = {
 
 
 def type_tag(v) -> str:
-    """Which `type:` model a value is: `pref` (chosen/rejected columns), `dict` (custom prompt) or `str`."""
+    """Which `type:` model a value is: `kto` (completion/label columns), `pref` (chosen/rejected columns), `dict`
+    (custom prompt) or `str`."""
+    if isinstance(v, UnpairedType) or (isinstance(v, dict) and UNPAIRED_TYPE_KEYS & set(v)):
+        return "kto"
     if isinstance(v, PreferenceType) or (isinstance(v, dict) and PREFERENCE_TYPE_KEYS & set(v)):
         return "pref"
     return "dict" if isinstance(v, dict | DatasetType) else "str"
 
 
 DatasetTypeValue = Annotated[
-    Annotated[str, Tag("str")] | Annotated[DatasetType, Tag("dict")] | Annotated[PreferenceType, Tag("pref")],
+    Annotated[str, Tag("str")]
+    | Annotated[DatasetType, Tag("dict")]
+    | Annotated[PreferenceType, Tag("pref")]
+    | Annotated[UnpairedType, Tag("kto")],
     Discriminator(type_tag),
 ]
 
@@ -102,7 +130,7 @@ class DatasetConfig(StrictModel):
     path: str = Field(description="Local file or folder (JSONL/JSON/CSV/Parquet), or a hub dataset id.")
     type: DatasetTypeValue = Field(
         "alpaca",
-        description="Prompt format: alpaca, alpaca:chat / alpaca:chatml / alpaca:phi (alpaca's fields in another turn layout, as axolotl writes them), chat_template, completion, input_output (axolotl's template-free rows: `segments`, a list of {text, label}; the texts are joined as they are, no BOS/EOS added, and segments with label true are trained), or a custom dict.",
+        description="Prompt format: alpaca, alpaca:chat / alpaca:chatml / alpaca:phi (alpaca's fields in another turn layout, as axolotl writes them), chat_template, completion, input_output (axolotl's template-free rows: `segments`, a list of {text, label}; the texts are joined as they are, no BOS/EOS added, and segments with label true are trained), or a custom dict. rl: kto also reads axolotl's unpaired types chatml.* / llama3.* argilla, argilla_chat, intel, prompt_pairs, ultra.",
     )
     ds_type: Literal["json", "csv", "parquet", "arrow", "text"] | None = Field(
         None, description="File format when the extension does not tell."
@@ -164,8 +192,8 @@ class DatasetConfig(StrictModel):
                 "field_messages: conversations, message_property_mappings: {role: from, content: value} and "
                 "roles: {user: [human], assistant: [gpt]}"
             )
-        if v not in DATASET_TYPES + ALPACA_TYPES:
+        if v not in DATASET_TYPES + ALPACA_TYPES + KTO_TYPES:
             raise ValueError(
-                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES + ALPACA_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data)"
+                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES + ALPACA_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data; rl: kto also reads chatml.* / llama3.* argilla, argilla_chat, intel, prompt_pairs, ultra, and field_completion/field_label dicts)"
             )
         return v

@@ -195,7 +195,7 @@ class PreferenceKeys(StrictModel):
     # --- preference training (reward models, DPO): see preference.py and rl.py
     rl: str | None = Field(
         None,
-        description="Train with TRL instead of SFT. On preference pairs: `dpo` (DPOTrainer; the reference model is the base with the adapter switched off, so no second copy is loaded; ~2x an SFT step), `kto` (KTOTrainer: each pair becomes a desirable and an undesirable row; reference as for DPO), `orpo` (ORPO: SFT loss + odds-ratio penalty, no reference model), `simpo` (TRL's CPO with loss_type simpo: length-normalized margin, no reference model). Online: `grpo` (GRPOTrainer: samples trl.num_generations completions per prompt of the SFT-format datasets, scores them with trl.reward_funcs, and pushes the policy toward the better ones; a step costs num_generations generations of max_completion_length tokens).",
+        description="Train with TRL instead of SFT. On preference pairs: `dpo` (DPOTrainer; the reference model is the base with the adapter switched off, so no second copy is loaded; ~2x an SFT step), `kto` (KTOTrainer: unpaired rows with a true/false label, and each pair as a desirable and an undesirable row; reference as for DPO), `orpo` (ORPO: SFT loss + odds-ratio penalty, no reference model), `simpo` (TRL's CPO with loss_type simpo: length-normalized margin, no reference model). Online: `grpo` (GRPOTrainer: samples trl.num_generations completions per prompt of the SFT-format datasets, scores them with trl.reward_funcs, and pushes the policy toward the better ones; a step costs num_generations generations of max_completion_length tokens).",
     )
     trl: TrlConfig | None = Field(
         None,

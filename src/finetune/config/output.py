@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from finetune.config.datasets import DatasetConfig, DatasetType, PreferenceType
+from finetune.config.datasets import DatasetConfig, DatasetType, PreferenceType, UnpairedType
 from finetune.config.schema import Config
 from finetune.config.trl_keys import TrlConfig
 
@@ -48,6 +48,7 @@ def reference_markdown() -> str:
         ("`datasets[]` entries", DatasetConfig),
         ("Custom `type:` dict", DatasetType),
         ("Preference `type:` dict (rl: dpo / kto / orpo / simpo, reward_model)", PreferenceType),
+        ("Unpaired `type:` dict (rl: kto: one completion and a true/false label a row)", UnpairedType),
         ("`trl:` block (rl: grpo)", TrlConfig),
     ):
         out += [f"#### {title}", "", "| key | default | what it does |", "|---|---|---|"]

@@ -88,7 +88,7 @@ def format_loc(loc: tuple) -> str:
 
 
 TYPE_TAGS = re.compile(
-    r"^(str|pref|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$"
+    r"^(str|pref|kto|int|float|bool|dict|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|tagged-union\[.*\]|constrained-.*)$"
 )
 
 

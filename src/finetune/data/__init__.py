@@ -276,7 +276,10 @@ def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> s
     """The prompt text the model is trained to answer; chat formats end with the assistant header."""
     if cfg.preference:
         from finetune.data import preference_format as preference
+        from finetune.data import unpaired_format
 
+        if unpaired_format.own_layout(ds_cfg, row):  # rl: kto's named types, dicts, TRL message lists
+            return unpaired_format.format_prompt(cfg, ds_cfg, row, tokenizer)
         return preference.format_prompt(cfg, ds_cfg, row, tokenizer)
     prompt, _ = render(cfg, ds_cfg, row, tokenizer)
     if isinstance(prompt, str):
@@ -288,8 +291,10 @@ def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> s
 def encode_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> list[int]:
     """The prompt's token ids exactly as in training (one BOS: the tokenizer's, or the chat template's)."""
     text = format_prompt(cfg, ds_cfg, row, tokenizer)
+    from finetune.data import unpaired_format
+
     chat = (
-        isinstance(ds_cfg.type, str) and ds_cfg.type == "chat_template"
+        unpaired_format.is_chat(ds_cfg, row)  # chat_template, or rl: kto's chatml.* / llama3.* types
         if cfg.preference
         else isinstance(formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec, chat_format.ChatSpec)
     )

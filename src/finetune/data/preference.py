@@ -1,6 +1,7 @@
-"""The data stage for preference training: datasets -> (prompt_ids, chosen_ids, rejected_ids) tables.
+"""The data stage for preference training: datasets -> (prompt_ids, chosen_ids, rejected_ids) tables, or for
+rl: kto (prompt_ids, completion_ids, label) tables (unpaired.py: unpaired rows, and pairs split in two).
 
-`data.prepare` dispatches here for rl: dpo and reward_model, so preference data is loaded (sources.py), cached
+`data.prepare` dispatches here for rl: dpo, kto, orpo, simpo and reward_model, so preference data is loaded (sources.py), cached
 by fingerprint, split (val_set_size / test_datasets) and deduplicated exactly like SFT data, and a bad row is
 reported by file and line. Rows are rendered and tokenized by preference.py. Length rules, in this order:
 
@@ -22,23 +23,29 @@ from contextlib import nullcontext
 import numpy as np
 
 from finetune.config import Config
-from finetune.data import encode, report, sources
+from finetune.data import encode, report, sources, unpaired, unpaired_format
 from finetune.data import preference_format as preference
 from finetune.errors import UserError
 
-PREFERENCE_FORMAT_VERSION = 1  # bump when the token layout of preference tables changes
+PREFERENCE_FORMAT_VERSION = (
+    2  # bump when the token layout of preference tables changes (2: kto's unpaired rows)
+)
 COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 def fingerprint_settings(cfg: Config) -> dict:
-    """What preference tables depend on beyond SFT's settings (data.fingerprint_inputs adds it)."""
-    return {"version": PREFERENCE_FORMAT_VERSION, "max_prompt_len": cfg.max_prompt_len}
+    """What preference tables depend on beyond SFT's settings (data.fingerprint_inputs adds it): rl: kto
+    keeps unpaired rows (unpaired.py), every other method pairs."""
+    rows = "unpaired" if cfg.rl == "kto" else "pairs"
+    return {"version": PREFERENCE_FORMAT_VERSION, "max_prompt_len": cfg.max_prompt_len, "rows": rows}
 
 
 def build(cfg: Config, tokenizer, show_progress: bool = True):
     """(train table, eval table or None, stats), in memory; raises UserError on the first bad row."""
     from finetune.data import no_datasets_bars
 
+    kto = cfg.rl == "kto"  # unpaired rows (unpaired.py), else pairs
+    dedup, counts = (unpaired.deduplicate, unpaired.token_counts) if kto else (deduplicate, token_counts)
     with no_datasets_bars():
         train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, show_progress)
         test = (
@@ -47,23 +54,27 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
             else None
         )
     if cfg.dataset_exact_deduplication:
-        train, stats["duplicates"] = deduplicate(train)
+        train, stats["duplicates"] = dedup(train)
         stats["rows_kept"] -= stats["duplicates"]
     if not train.num_rows:
-        raise UserError(f"datasets: no preference pairs left to train on ({removals(stats)})")
+        what = "rows" if kto else "preference pairs"
+        raise UserError(f"datasets: no {what} left to train on ({removals(stats)})")
     if test is not None:
         eval_, test_stats = test
         if cfg.dataset_exact_deduplication:
-            eval_, test_stats["duplicates"] = deduplicate(eval_, against=train)
+            eval_, test_stats["duplicates"] = dedup(eval_, against=train)
             test_stats["rows_kept"] -= test_stats["duplicates"]
         train, _ = encode.split(train, 0, cfg.seed, cfg.shuffle_merged_datasets)
         stats["test_datasets"] = test_stats
     else:
         train, eval_ = encode.split(train, cfg.val_set_size, cfg.seed, cfg.shuffle_merged_datasets)
-    stats["tokens"], stats["trained_tokens"] = token_counts(train)
+    if kto:
+        stats["desirable"], stats["undesirable"] = unpaired.label_counts(train)
+        unpaired.check_classes(stats)
+    stats["tokens"], stats["trained_tokens"] = counts(train)
     stats["train_rows"] = train.num_rows
     stats["eval_rows"] = eval_.num_rows if eval_ is not None else 0
-    stats["eval_tokens"] = token_counts(eval_)[0]
+    stats["eval_tokens"] = counts(eval_)[0]
     stats["sequence_len"], stats["excess_length_strategy"] = cfg.sequence_len, cfg.excess_length_strategy
     stats["max_prompt_len"] = cfg.max_prompt_len
     return train, eval_, stats
@@ -75,29 +86,39 @@ COUNTERS = ("rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answ
 def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bool):
     import pyarrow as pa
 
-    tables, totals = [], dict.fromkeys((*COUNTERS, "duplicates", "prompt_truncated"), 0)
+    kto = cfg.rl == "kto"
+    extra = ("unpaired_rows", "pairs_split") if kto else ()
+    tables, totals = [], dict.fromkeys((*COUNTERS, "duplicates", "prompt_truncated", *extra), 0)
     progress = report.progress() if show_progress else None
     with progress or nullcontext():
         for i, ds in enumerate(entries):
             where = f"{key}[{i}]"
-            spec = preference.pair_spec(cfg, ds, where, tokenizer)
+            specs = {}  # built on first use: an entry's files are pairs or unpaired rows (its columns tell)
             for src in sources.load_sources(ds, where):
+                rows = unpaired_format.reads_unpaired(ds, src.dataset.column_names)
+                if rows and not kto:
+                    raise UserError(unpaired.refusal(cfg, where, src.label))
+                if rows not in specs:
+                    specs[rows] = (
+                        unpaired_format.unpaired_spec(cfg, ds, where, tokenizer)
+                        if rows
+                        else preference.pair_spec(cfg, ds, where, tokenizer)
+                    )
+                work, fit = (unpaired.encode_batch, unpaired.fit) if rows else (_encode_batch, _fit)
                 name = f"tokenizing {os.path.basename(src.label)}"
                 task = progress.add_task(name, total=len(src.dataset)) if progress else None
                 start = 0  # index of the batch's first row, for naming a bad row's line
                 batches = encode.map_batches(
-                    _encode_batch,
-                    (spec, tokenizer),
-                    src.dataset,
-                    cfg.dataset_processes or os.cpu_count() or 1,
+                    work, (specs[rows], tokenizer), src.dataset, cfg.dataset_processes or os.cpu_count() or 1
                 )
                 for n, out in batches:
-                    tables.append(_fit(out, src, start, cfg, tokenizer.bos_token_id, totals))
+                    kept = fit(out, src, start, cfg, tokenizer.bos_token_id, totals)
+                    tables.append(unpaired.from_pairs(kept, totals) if kto and not rows else kept)
                     start += n
                     if progress:
                         progress.advance(task, n)
     if not tables:
-        return _empty(), totals
+        return (unpaired.table() if kto else _empty()), totals
     return pa.concat_tables(tables), totals
 
 
@@ -124,7 +145,7 @@ def _fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict)
             continue
         p, c, r = out["prompt_ids"][i], out["chosen_ids"][i], out["rejected_ids"][i]
         if cfg.max_prompt_len and len(p) > cfg.max_prompt_len:
-            p = _keep_end(p, cfg.max_prompt_len, bos)
+            p = preference.keep_end(p, cfg.max_prompt_len, bos)
             totals["prompt_truncated"] += 1
         room = cfg.sequence_len - len(p)
         if max(len(c), len(r)) > room:
@@ -137,13 +158,6 @@ def _fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict)
             kept[name].append(ids)
         totals["rows_kept"] += 1
     return pa.table({c: pa.array(kept[c], pa.list_(pa.int32())) for c in COLUMNS})
-
-
-def _keep_end(ids: list[int], n: int, bos: int | None) -> list[int]:
-    """The last n tokens; a leading BOS stays in front (the model never saw a prompt without it)."""
-    if bos is not None and ids[0] == bos and n > 1:
-        return [bos, *ids[len(ids) - n + 1 :]]
-    return ids[-n:]
 
 
 def _empty():
@@ -197,14 +211,21 @@ def removals(stats: dict) -> str:
 
 
 def summary(stats: dict, folder, reused: bool) -> None:
-    """data.prepare's report for preference tables: the SFT report in pairs, with pair-specific removals."""
-    report.summary(stats, folder, reused, unit="pairs", trained="in answers", describe=removals)
+    """data.prepare's report for preference tables: the SFT report in pairs (rl: kto: rows, and how many of
+    each kind), with pair-specific removals."""
+    kto = "desirable" in stats
+    unit = "rows" if kto else "pairs"
+    report.summary(stats, folder, reused, unit=unit, trained="in answers", describe=removals)
+    if kto:
+        report.new_console().print(f"data: {unpaired.describe(stats)}")
 
 
 def examples(dataset, tokenizer, n: int) -> None:
     """`preprocess --inspect N`: each pair decoded, the prompt dim, chosen in green, rejected in red."""
     from rich.markup import escape
 
+    if "completion_ids" in dataset.column_names:  # rl: kto
+        return unpaired.examples(dataset, tokenizer, n)
     console = report.new_console()
     console.print("[bold]examples[/bold] (prompt dim; [green]⟦chosen⟧[/green]; [red]⟦rejected⟧[/red])")
     for i in range(min(n, len(dataset))):

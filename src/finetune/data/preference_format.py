@@ -76,20 +76,27 @@ def render_pair(spec: PairSpec, row: dict, tokenizer) -> tuple[str, str, str]:
         return prompt, chosen, rejected
     messages = prompt_messages(spec.chat, row)
     prompt = render_chat(spec.chat, tokenizer, messages, add_generation_prompt=True)
-    answers = []
-    for field in (spec.field_chosen, spec.field_rejected):
-        answer = _answer_message(spec.chat, row, field)
-        if not answer["content"].strip():
-            answers.append("")
-            continue
-        full = render_chat(spec.chat, tokenizer, [*messages, answer])
-        if not full.startswith(prompt):
-            raise RowError(
-                f"field '{field}': the chat template renders the conversation differently once the answer is added, so the prompt cannot be split from the answer"
-            )
-        # the answer runs up to its end-of-turn token; newlines after it are the template's layout
-        answers.append(full[len(prompt) :].rstrip())
+    answers = [
+        chat_answer(spec.chat, tokenizer, messages, prompt, answer_message(spec.chat, row, field), field)
+        for field in (spec.field_chosen, spec.field_rejected)
+    ]
     return prompt, answers[0], answers[1]
+
+
+def chat_answer(
+    spec: ChatSpec, tokenizer, messages: list[dict], prompt: str, answer: dict, field: str
+) -> str:
+    """What the template adds after `prompt` once `answer` is appended: its content and end-of-turn token
+    ("" for a blank answer). Shared with unpaired KTO rows (unpaired_format.py)."""
+    if not answer["content"].strip():
+        return ""
+    full = render_chat(spec, tokenizer, [*messages, answer])
+    if not full.startswith(prompt):
+        raise RowError(
+            f"field '{field}': the chat template renders the conversation differently once the answer is added, so the prompt cannot be split from the answer"
+        )
+    # the answer runs up to its end-of-turn token; newlines after it are the template's layout
+    return full[len(prompt) :].rstrip()
 
 
 def prompt_messages(spec: ChatSpec, row: dict) -> list[dict]:
@@ -104,7 +111,7 @@ def prompt_messages(spec: ChatSpec, row: dict) -> list[dict]:
     return messages
 
 
-def _answer_message(spec: ChatSpec, row: dict, field: str) -> dict:
+def answer_message(spec: ChatSpec, row: dict, field: str) -> dict:
     value = row.get(field)
     if value is None:
         raise RowError(f"missing field '{field}'")
@@ -145,11 +152,9 @@ def encode_pairs(spec: PairSpec, tokenizer, records: list[dict]) -> dict[str, li
     chat = spec.chat is not None
     prompt_ids = token_ids(tokenizer, prompts, add_special_tokens=not chat)
     enders = _turn_enders(spec, tokenizer)
-    chosen_ids = [
-        _ended(a, enders, tokenizer) for a in token_ids(tokenizer, chosen, add_special_tokens=False)
-    ]
+    chosen_ids = [ended(a, enders, tokenizer) for a in token_ids(tokenizer, chosen, add_special_tokens=False)]
     rejected_ids = [
-        _ended(a, enders, tokenizer) for a in token_ids(tokenizer, rejected, add_special_tokens=False)
+        ended(a, enders, tokenizer) for a in token_ids(tokenizer, rejected, add_special_tokens=False)
     ]
     for i in range(n):
         if status[i] != OK:
@@ -164,13 +169,24 @@ def encode_pairs(spec: PairSpec, tokenizer, records: list[dict]) -> dict[str, li
 
 
 def _turn_enders(spec: PairSpec, tokenizer) -> set[int]:
+    return turn_enders(spec.chat, tokenizer)
+
+
+def turn_enders(chat: ChatSpec | None, tokenizer) -> set[int]:
     """Token ids that already end an answer: EOS, and for chat templates their end-of-turn tokens."""
     vocab = tokenizer.get_vocab()
-    names = [tokenizer.eos_token, *(spec.chat.eot_tokens if spec.chat else ())]
+    names = [tokenizer.eos_token, *(chat.eot_tokens if chat else ())]
     return {vocab[t] for t in names if t and t in vocab}
 
 
-def _ended(ids: list[int], enders: set[int], tokenizer) -> list[int]:
+def keep_end(ids: list[int], n: int, bos: int | None) -> list[int]:
+    """max_prompt_len: the last n tokens; a leading BOS stays in front (the model never saw a prompt without it)."""
+    if bos is not None and ids[0] == bos and n > 1:
+        return [bos, *ids[len(ids) - n + 1 :]]
+    return ids[-n:]
+
+
+def ended(ids: list[int], enders: set[int], tokenizer) -> list[int]:
     """EOS appended unless the answer already ends with it (or with its chat turn's end token)."""
     eos = tokenizer.eos_token_id
     if eos is None or (ids and ids[-1] in enders):

@@ -2,8 +2,9 @@
 
     finetune train examples/dpo.yaml --set rl=orpo     # the DPO example's pairs, another objective
 
-- `kto` (KTOTrainer): each pair becomes two unpaired rows, the chosen answer desirable (label true) and the
-  rejected one undesirable (label false); the reference is the base with the adapter switched off, as for DPO
+- `kto` (KTOTrainer): unpaired rows (a completion and a true/false label: TRL's and axolotl's KTO formats,
+  data/unpaired.py), and pairs, each split by the data stage into two rows, the chosen answer desirable
+  (label true) and the rejected one undesirable (label false); the reference is the base with the adapter switched off, as for DPO
   (TRL's frozen copy of a fresh adapter is dropped). TRL's KTO loss estimates its KL term from each batch's
   completions shifted by one, which needs batches in a fixed order: the rows are shuffled once with the seed
   here and read sequentially.
@@ -12,8 +13,9 @@
 - `simpo` (TRL's experimental CPOTrainer with loss_type simpo): length-normalized log-probability margin with
   target margin simpo_gamma, beta 2.0 by default (the SimPO paper's); cpo_alpha (default 0) adds an SFT term.
 
-The pairs go in tokenized (the data stage's prompt_ids/chosen_ids/rejected_ids, EOS included): TRL's own
-tokenization is skipped, so the token layout is the one DPO and the reward model train on.
+The rows go in tokenized (the data stage's prompt_ids/chosen_ids/rejected_ids, for KTO prompt_ids/
+completion_ids/label, EOS included): TRL's own tokenization is skipped, so the token layout is the one DPO and
+the reward model train on.
 """
 
 from __future__ import annotations
@@ -68,19 +70,15 @@ def arguments(cfg: Config, args):
 
 
 def unpaired(table, seed: int):
-    """KTO rows from pairs: (prompt_ids, chosen_ids) desirable, (prompt_ids, rejected_ids) undesirable, shuffled."""
+    """KTO's rows as the data stage made them (prompt_ids, completion_ids, label: unpaired rows, and pairs
+    split into a desirable and an undesirable row), shuffled once with the seed: the rows of a split pair
+    are not neighbours, so the KL term (each batch's completions shifted by one) pairs unrelated rows."""
     if table is None:
         return None
-    import datasets
+    from finetune.data import no_datasets_bars
 
-    prompts, completions, labels = [], [], []
-    for row in table:
-        for key, label in (("chosen_ids", True), ("rejected_ids", False)):
-            prompts.append(row["prompt_ids"])
-            completions.append(row[key])
-            labels.append(label)
-    rows = datasets.Dataset.from_dict({"prompt_ids": prompts, "completion_ids": completions, "label": labels})
-    return rows.shuffle(seed=seed).flatten_indices()
+    with no_datasets_bars():
+        return table.shuffle(seed=seed).flatten_indices()
 
 
 def pair_columns(table):

@@ -163,7 +163,8 @@ def _description(run: Run, merged: Merged | None) -> str:
     if cfg.preference:  # reward model or DPO: what it is, and how it was trained, said its own way
         first = card_preference.what_it_is(run, _method(run), base, merged)
         return (
-            f"{first} It was trained with {tool} ({card_preference.how_trained(cfg)}) on preference pairs from "
+            f"{first} It was trained with {tool} ({card_preference.how_trained(cfg, fact(run, 'data'))}) on "
+            f"{card_preference.what_data(cfg, fact(run, 'data'))} from "
             f"{data} for {length}{done}, with sequences of up to {cfg.sequence_len} tokens."
         )
     return (

@@ -70,8 +70,33 @@ def what_it_is(run: Run, method: str, base: str, merged: Merged | None) -> str:
     return f"**{name}** is a reward model: a one-output score head and a {method} adapter on {base}."
 
 
-def how_trained(cfg: Config) -> str:
-    """What went into training, for the sentence after the first."""
+def what_data(cfg: Config, data: dict | None = None) -> str:
+    """What the card says the run trained on: KTO runs on unpaired rows only say so (the data summary's counts)."""
+    data = data or {}
+    if cfg.rl == "kto" and data.get("unpaired_rows"):
+        return "unpaired rows (a completion and a desirable/undesirable label)"
+    return "preference pairs"
+
+
+def _kto_rows(data: dict | None) -> str:
+    """How KTO's rows came about: unpaired rows read as such, pairs split, or both (data stage counts)."""
+    data = data or {}
+    rows, pairs = data.get("unpaired_rows", 0), data.get("pairs_split", 0)
+    counts = (
+        f" ({data['desirable']:,} desirable, {data['undesirable']:,} undesirable training rows)"
+        if "desirable" in data
+        else ""
+    )
+    split = "each pair's answers as a desirable and an undesirable row"
+    if rows and pairs:
+        return f"unpaired rows, and {split}{counts}"
+    if rows:
+        return f"unpaired rows, each answer labelled desirable or undesirable{counts}"
+    return f"{split}{counts}"
+
+
+def how_trained(cfg: Config, data: dict | None = None) -> str:
+    """What went into training, for the sentence after the first (`data`: the run's data summary)."""
     if cfg.reward_model:
         return (
             "reward model: Bradley-Terry loss, the chosen answer of each pair scored above the rejected one"
@@ -83,7 +108,7 @@ def how_trained(cfg: Config) -> str:
             "for the KL term is the base model with the adapter switched off"
         )
     if cfg.rl == "kto":
-        return f"KTO, beta {cfg.rl_beta_or_default:g}; each pair's answers as a desirable and an undesirable row; the reference is the base model with the adapter switched off"
+        return f"KTO, beta {cfg.rl_beta_or_default:g}; {_kto_rows(data)}; the reference is the base model with the adapter switched off"
     if cfg.rl == "orpo":
         return f"ORPO, odds-ratio weight {cfg.orpo_alpha or 0.1:g} on top of the SFT loss; no reference model"
     if cfg.rl == "simpo":

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from finetune.config import PreferenceType
-from finetune.data import formats
+from finetune.config import PreferenceType, UnpairedType
+from finetune.data import formats, unpaired_format
 from finetune.data import preference_format as preference
 from finetune.outputs.card import preference as card_preference
 
@@ -25,8 +25,12 @@ def example_prompt(run: Run) -> str | None:
     """The example question in the first dataset's training format; None for chat templates."""
     cfg = run.cfg
     ds = cfg.datasets[0]
-    if isinstance(ds.type, str) and ds.type == "chat_template":
+    if unpaired_format.is_chat(ds):  # chat_template, or rl: kto's chatml.* / llama3.* types
         return None
+    if isinstance(ds.type, UnpairedType):  # KTO: the question in the unpaired rows' prompt format
+        return unpaired_format.format_prompt(
+            cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None
+        )
     if isinstance(ds.type, PreferenceType):  # DPO: the question in the pairs' prompt format
         return preference.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer=None).spec
