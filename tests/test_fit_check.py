@@ -82,6 +82,8 @@ def test_no_fit_check_runs_and_records_the_prediction(tiny_model_dir, tmp_path, 
     results = json.loads((out / "all_results.json").read_text())
     predicted, measured = results["predicted_peak_cpu_memory_mb"], results["peak_cpu_memory_mb"]
     assert 0.5 < predicted / measured < 2  # the same measure (process RSS), in the same unit
+    # 0.3 GiB is tight: the heap is kept compact, so RSS follows the prediction (model.compute.cpu_heap)
+    assert results["cpu_heap"] == "compact" and "RAM is tight" in proc.stderr
     card = (out / "README.md").read_text()
     assert "predicted peak CPU memory" in card and "peak CPU memory (MiB)" in card
 
@@ -107,3 +109,18 @@ def test_auto_with_batch_size_is_refused(tiny_model_dir, tmp_path):
     raw = raw_config(tiny_model_dir, tmp_path / "out", micro_batch_size="auto", batch_size=8)
     with pytest.raises(config.ConfigError, match="batch_size: needs a number for micro_batch_size"):
         config.validate(raw)
+
+
+def test_tight_ram_is_judged_by_the_fast_heaps_worst_case(tiny_model_dir, tmp_path):
+    """The fast heap's RSS was measured at up to CPU_FAST_HEAP_FACTOR x the planned tensors: the compact heap
+    is chosen exactly when that could exceed the machine's RAM."""
+    from finetune import plan
+    from finetune.train.fit_check import tight_ram
+
+    cfg = config.validate(raw_config(tiny_model_dir, tmp_path / "out"))
+    est = plan.estimate(cfg, plan.cpu_device(1000.0))
+    runtime = est.parts["runtime"]
+    worst = runtime + (est.peak_gib - runtime) * plan.devices.CPU_FAST_HEAP_FACTOR
+    assert not tight_ram(est)
+    assert tight_ram(plan.estimate(cfg, plan.cpu_device(worst * 0.99)))
+    assert not tight_ram(plan.estimate(cfg, plan.cpu_device(worst * 1.01)))

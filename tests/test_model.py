@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,44 @@ def test_adapter_init_follows_the_seed(tiny_model_dir):
     first, again, other = lora_a(1), lora_a(1), lora_a(2)
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert any(not torch.equal(first[n], other[n]) for n in first)
+
+
+HEAP_PROBE = """
+import ctypes, sys, torch
+from finetune.model import compute
+
+class MallInfo2(ctypes.Structure):  # glibc >= 2.33, malloc.h
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] != "default":
+    assert compute.cpu_heap(compact=sys.argv[1] == "compact")
+blocks = [torch.ones(4 << 20) for _ in range(10)]  # 10 live activations of 16 MiB
+mapped = libc.mallinfo2().hblkhd
+del blocks
+print(mapped >> 20, libc.mallinfo2().fordblks >> 20)  # MiB in their own mmaps; MiB freed but kept in the heap
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="glibc heap behaviour: Linux only")
+def test_cpu_heap_fast_keeps_activations_in_the_heap_and_compact_gives_them_back():
+    """glibc's default (threshold 128 KiB until a block is freed) maps each 16 MiB activation on its own and
+    unmaps it when freed: fresh pages to fault in next step. The fast heap serves them from the heap and keeps
+    the freed space; the compact heap maps them (returned to the OS at once)."""
+    import subprocess
+    import sys
+
+    def probe(mode: str) -> tuple[int, int]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True,
+                             env=env, check=True)  # fmt: skip
+        mapped, kept = out.stdout.split()
+        return int(mapped), int(kept)
+
+    assert probe("default")[0] >= 160  # what the fast heap is for (fails if glibc's defaults change)
+    mapped, kept = probe("fast")
+    assert mapped < 16 and kept >= 160
+    mapped, kept = probe("compact")
+    assert mapped >= 160 and kept < 16

@@ -18,6 +18,7 @@ from finetune import hub
 from finetune.config import Config
 from finetune.config.trl_keys import grpo_settings
 from finetune.errors import UserError
+from finetune.model import compute
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
 from finetune.train import checkpoints, distributed, grpo, tracking
@@ -57,6 +58,8 @@ def run(
     predicted: dict = {}
     if not smoke:  # before anything is loaded or written: does it fit? (micro_batch_size: auto resolved)
         cfg, predicted = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
+    # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
+    compute.cpu_heap(compact=predicted.get("cpu_heap") == "compact")
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     if is_main:

@@ -53,4 +53,17 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
         notes.append(report.refusal(plan).replace("; --no-fit-check runs anyway", ""))
     if device.is_gpu:  # the same measure as peak_gpu_memory_mb (torch.cuda.max_memory_allocated)
         return cfg, {"predicted_peak_gpu_memory_mb": round(plan.allocated_gib * 1024, 1)}
-    return cfg, {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1)}
+    facts = {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1), "cpu_heap": "fast"}
+    if tight_ram(plan):
+        facts["cpu_heap"] = "compact"
+        notes.append(
+            f"RAM is tight ({plan.peak_gib:.1f} GiB predicted of {device.memory_gib:.1f} GiB): freed tensors go "
+            "back to the OS at once (compact heap), so RSS follows the prediction; steps are slower"
+        )
+    return cfg, facts
+
+
+def tight_ram(plan) -> bool:
+    """Would the fast heap's slack (model.compute.cpu_heap) risk the machine's RAM? Its peak RSS was measured
+    at up to devices.CPU_FAST_HEAP_FACTOR x the plan's tensors (beyond the runtime)."""
+    return plan.fast_heap_worst_gib > plan.device.memory_gib
