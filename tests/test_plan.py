@@ -105,6 +105,31 @@ def test_parts_follow_the_settings(tmp_path, rows):
     assert fsdp.parts["base_weights"] == sharded.parts["base_weights"]  # FSDP2 shards as ZeRO-3 does
 
 
+def test_cpu_step_is_flops_plus_activation_traffic_plus_a_cost_per_layer(tmp_path, rows, monkeypatch):
+    """The CPU speed model (fitted on benchmarks/plan_accuracy.py's grid): a narrow model's step is mostly its
+    per-layer cost and element-wise traffic, not FLOPs; checkpointing replays the forward's traffic."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu = devices.Device("cpu", 64.0, 1.0, False)
+    smol = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}  # fmt: skip
+    for dims in (smol, {**smol, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "num_hidden_layers": 2}):  # fmt: skip
+        base = model_folder(tmp_path / str(dims["hidden_size"]), dims)
+        plain = estimate(cfg_for(base, rows, bf16=False, sequence_len=256, micro_batch_size=4), cpu)
+        step = plain.speed["step_seconds"]
+        assert plain.speed["tokens_per_second"] == pytest.approx(4 * 256 / sum(step.values()), rel=1e-3)
+        assert step["per_layer_overhead"] == pytest.approx(
+            dims["num_hidden_layers"] * devices.CPU_LAYER_SECONDS
+        )
+        gc = estimate(cfg_for(base, rows, bf16=False, sequence_len=256, micro_batch_size=4,
+                              gradient_checkpointing=True), cpu)  # fmt: skip
+        assert gc.speed["step_seconds"]["activation_traffic"] == pytest.approx(
+            step["activation_traffic"] * 4 / 3, rel=1e-3
+        )
+        if dims["hidden_size"] < 512:  # one thread (model.compute.cpu_threads): traffic not shared
+            assert step["flops"] < step["per_layer_overhead"] + step["activation_traffic"]
+
+
 # ---------------------------------------------------------------- shapes
 
 

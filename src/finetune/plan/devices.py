@@ -51,14 +51,23 @@ GPU_ALLOCATOR_SLACK = 0.05  # reserved but unallocated (fragmentation) as a shar
 GPU_EFFICIENCY = {16: 0.276, 4: 0.215, 8: 0.15}
 
 # --- CPU: process RSS beyond the tensors
-# FITTED by `benchmarks/plan_accuracy.py --report` (least squares RSS = runtime + (1 + slack) x tensors; geometric
-#   mean of the efficiency) over its 14 configs on the 2-core Xeon, 2026-12-03, while other jobs held the machine
-#   at load 5-11: the efficiencies are pessimistic for a quiet machine (see BENCHMARKS.md "Planning accuracy").
+# FITTED by `benchmarks/plan_accuracy.py --report` (least squares RSS = runtime + (1 + slack) x tensors) over its
+#   14 configs on the 2-core Xeon, 2026-12-03, with the compact heap (model.compute.cpu_heap); a quiet rerun the
+#   same day refitted 0.589 / 0.055 (BENCHMARKS.md "Planning accuracy").
 CPU_RUNTIME_GIB = 0.584  # python + torch + transformers + datasets + the tokenizer, resident before training
-CPU_ALLOCATOR_SLACK = (
-    0.061  # RSS above the live tensors, as a share of them (measured with MALLOC_MMAP_THRESHOLD_=1 MiB)
-)
-CPU_EFFICIENCY = {32: 0.038, 4: 0.040}  # share of the nominal fp32 FMA peak of the threads used, by base bits
+CPU_ALLOCATOR_SLACK = 0.061  # RSS above the live tensors, as a share of them (compact heap: 1 MiB threshold)
+# FITTED bound: with finetune's fast heap (model.compute.cpu_heap), peak RSS less the runtime was up to 3.21x
+#   the plan's tensors on the same grid (small-b8-s1024-gc; 1.0-1.8x for most); a run whose runtime + this x
+#   tensors exceeds RAM gets the compact heap (train/fit_check.tight_ram)
+CPU_FAST_HEAP_FACTOR = 3.3
+# FITTED (speed) by `benchmarks/plan_accuracy.py --report` (least squares on the step time's relative error)
+#   over the 13 grid configs with a plain-model base, on the 2-core Xeon, 2026-12-03, quiet (load < 2), with
+#   finetune's own allocator settings: step = FLOPs / (efficiency x peak) + traffic x seconds/GiB + layers x
+#   seconds/layer (plan/speed.cpu_step). Worst error 16% (BENCHMARKS.md "Planning accuracy").
+CPU_EFFICIENCY = 0.79  # share of the nominal fp32 FMA peak of the threads used (matmul-bound part)
+CPU_TRAFFIC_SECONDS_PER_GIB = 0.66  # element-wise work per GiB of activations + logits a step writes
+CPU_LAYER_SECONDS = 0.0033  # fixed cost of a decoder layer per step, forward + backward (op dispatch)
+CPU_FIT_THREADS = 2  # the traffic constant was measured with this many threads
 
 
 def cpu_device(memory_gib: float | None = None, threads: int | None = None) -> Device:

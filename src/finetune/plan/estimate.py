@@ -33,6 +33,12 @@ class Plan:
         return self.peak_gib <= self.device.memory_gib
 
     @property
+    def fast_heap_worst_gib(self) -> float:
+        """CPU: the most `finetune train`'s fast heap was measured to hold for this plan's tensors."""
+        runtime = self.parts.get("runtime", 0.0)
+        return runtime + (self.peak_gib - runtime) * devices.CPU_FAST_HEAP_FACTOR
+
+    @property
     def margin_gib(self) -> float:
         return self.device.memory_gib - self.peak_gib
 
@@ -48,6 +54,7 @@ class Plan:
             "device_memory_gib": r(self.device.memory_gib),
             "margin_gib": r(self.margin_gib),
             "fits": self.fits,
+            **({} if self.device.is_gpu else {"fast_heap_worst_gib": r(self.fast_heap_worst_gib)}),
             "parts": {k: r(v) for k, v in self.parts.items()},
             "moments": {k: r(v) for k, v in self.moments.items()},
             "params": self.params,
@@ -101,6 +108,14 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
             parts["checkpoint_pages"] = shape.linear_params * shape.checkpoint_bytes / GIB
         parts["runtime"] = devices.CPU_RUNTIME_GIB
         parts["allocator_slack"] = devices.CPU_ALLOCATOR_SLACK * allocated / GIB
+    if not device.is_gpu:
+        runtime = parts["runtime"]
+        fast = runtime + (sum(parts.values()) - runtime) * devices.CPU_FAST_HEAP_FACTOR
+        heap = "compact" if fast > device.memory_gib else "fast"
+        notes.append(
+            f"CPU: this is the peak with a compact heap; `finetune train`'s faster heap can hold up to {fast:.1f} "
+            f"GiB, so train keeps the heap compact when that exceeds RAM (here it would use the {heap} heap)"
+        )
     if cfg.peft_use_dora:
         notes.append("DoRA: its weight-norm activations are not modelled; expect more than this")
     return Plan(

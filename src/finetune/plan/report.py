@@ -110,7 +110,15 @@ def print_plan(plan: Plan) -> None:
     sp = plan.speed
     line = (
         f"speed: ~{sp['tokens_per_second']:,.0f} tokens/s ({sp['flops_per_token'] / 1e9:.3g} GFLOP a token at "
-        f"{sp['efficiency']:.0%} of {dev.peak_tflops:.4g} TFLOP/s)"
+        f"{sp['efficiency']:.0%} of {dev.peak_tflops:.4g} TFLOP/s"
+        + (
+            ", + activation traffic and a cost per layer: a step "
+            + " + ".join(f"{v:.2g}" for v in sp["step_seconds"].values())
+            + " s"
+            if sp.get("step_seconds")
+            else ""
+        )
+        + ")"
     )
     if sp.get("optimizer_steps"):
         line += f"; {sp['optimizer_steps']:,} optimizer steps"

@@ -32,20 +32,51 @@ def flops_per_token(shape: Shape, s: Setting, n_lora: int) -> float:
 
 def efficiency(device: Device, s: Setting) -> float:
     if not device.is_gpu:
-        return devices.CPU_EFFICIENCY[4 if s.bits == 4 else 32]
+        return devices.CPU_EFFICIENCY
     return devices.GPU_EFFICIENCY.get(s.bits if s.bits in (4, 8) else 16, devices.GPU_EFFICIENCY[16])
 
 
 def speed(cfg: Config, shape: Shape, s: Setting, device: Device, n_lora: int) -> dict:
     per_token = flops_per_token(shape, s, n_lora)
-    peak = device.peak_tflops
-    if not device.is_gpu and shape.hidden < SMALL_HIDDEN and "OMP_NUM_THREADS" not in os.environ:
-        # finetune trains a narrow model on one thread (model.compute.cpu_threads)
-        peak /= os.cpu_count() or 1
-    tps = peak * 1e12 * efficiency(device, s) / per_token * s.gpus
-    out = {"flops_per_token": per_token, "tokens_per_second": tps, "efficiency": efficiency(device, s)}
-    out.update(run_length(cfg, s, tps))
+    if device.is_gpu:
+        tps = device.peak_tflops * 1e12 * efficiency(device, s) / per_token * s.gpus
+        out = {"flops_per_token": per_token, "tokens_per_second": tps, "efficiency": efficiency(device, s)}
+    else:
+        out = cpu_step(cfg, shape, s, device, per_token)
+    out.update(run_length(cfg, s, out["tokens_per_second"]))
     return out
+
+
+def cpu_step(cfg: Config, shape: Shape, s: Setting, device: Device, per_token: float) -> dict:
+    """A CPU step is not only FLOPs: t = FLOPs / (efficiency x peak) + activation traffic x seconds per GiB
+    (the memory-bound element-wise work: norms, activations, softmax over the vocabulary) + a fixed cost per
+    layer (op dispatch, which dominates a narrow model). Each term's constant is fitted (devices.py)."""
+    import dataclasses
+
+    from finetune.plan import memory
+
+    cores = os.cpu_count() or 1
+    threads = cores
+    if shape.hidden < SMALL_HIDDEN and "OMP_NUM_THREADS" not in os.environ:
+        threads = 1  # finetune trains a narrow model on one thread (model.compute.cpu_threads)
+    peak = device.peak_tflops * threads / cores
+    flop_s = s.tokens * per_token / (peak * 1e12 * devices.CPU_EFFICIENCY)
+    # what the step writes and reads again: every layer's activations and the logits, once more for the
+    # recomputed forward with checkpointing; element-wise kernels are fitted at 2 threads
+    kept = memory.activation_parts(cfg, shape, dataclasses.replace(s, checkpointing=False))
+    traffic_gib = (
+        (kept["activations"] + kept["logits_and_loss"]) / devices.GIB * (4 / 3 if s.checkpointing else 1)
+    )
+    traffic_s = traffic_gib * devices.CPU_TRAFFIC_SECONDS_PER_GIB * devices.CPU_FIT_THREADS / threads
+    overhead_s = shape.layers * devices.CPU_LAYER_SECONDS
+    step = flop_s + traffic_s + overhead_s
+    return {
+        "flops_per_token": per_token,
+        "tokens_per_second": s.tokens / step,
+        "efficiency": devices.CPU_EFFICIENCY,
+        "step_seconds": {"flops": round(flop_s, 4), "activation_traffic": round(traffic_s, 4),
+                         "per_layer_overhead": round(overhead_s, 4)},
+    }  # fmt: skip
 
 
 def dataset_size(cfg: Config) -> tuple[int, float] | None:
