@@ -57,8 +57,9 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
     if tight_ram(plan):
         facts["cpu_heap"] = "compact"
         notes.append(
-            f"RAM is tight ({plan.peak_gib:.1f} GiB predicted of {device.memory_gib:.1f} GiB): freed tensors go "
-            "back to the OS at once (compact heap), so RSS follows the prediction; steps are slower"
+            f"RAM is tight for the fast heap (up to {plan.fast_heap_worst_gib:.1f} GiB of "
+            f"{device.memory_gib:.1f} GiB): freed tensors go back to the OS at once (compact heap), so RSS "
+            f"follows the prediction ({plan.peak_gib:.1f} GiB); steps are slower"
         )
     return cfg, facts
 
