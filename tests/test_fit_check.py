@@ -124,3 +124,28 @@ def test_tight_ram_is_judged_by_the_fast_heaps_worst_case(tiny_model_dir, tmp_pa
     assert not tight_ram(est)
     assert tight_ram(plan.estimate(cfg, plan.cpu_device(worst * 0.99)))
     assert not tight_ram(plan.estimate(cfg, plan.cpu_device(worst * 1.01)))
+
+
+def test_heap_is_chosen_for_the_longest_batch_the_data_makes(tiny_model_dir, tmp_path):
+    """Rows far shorter than sequence_len: the fast heap's worst case is judged for micro_batch_size x the
+    longest row, so a RAM that is tight only for full-length batches keeps the fast heap."""
+    import datasets
+
+    from finetune import plan
+    from finetune.train.fit_check import cpu_heap, longest_row
+
+    cfg = config.validate(raw_config(tiny_model_dir, tmp_path / "out", sequence_len=4096, micro_batch_size=8))
+    rows = datasets.Dataset.from_dict({"input_ids": [[1] * 30, [1] * 64, [1] * 12]})
+    assert longest_row(rows) == 64 and longest_row(rows.select([0, 2])) == 64  # the table's, a safe side
+    full = plan.estimate(cfg, plan.cpu_device(1000.0))
+    short = plan.estimate(cfg.model_copy(update={"sequence_len": 64}), plan.cpu_device(1000.0))
+    memory = (full.fast_heap_worst_gib + short.fast_heap_worst_gib) / 2  # tight for 4096-token rows only
+    predicted = {"predicted_peak_cpu_memory_mb": 1.0}
+    assert cpu_heap(cfg, rows, memory, predicted, []) == "fast" and predicted["cpu_heap"] == "fast"
+    long_rows = datasets.Dataset.from_dict({"input_ids": [[1] * 4096]})
+    notes: list[str] = []
+    assert cpu_heap(cfg, long_rows, memory, predicted, notes) == "compact" and "RAM is tight" in notes[0]
+    packed = cfg.model_copy(
+        update={"sample_packing": True}
+    )  # packed batches fill the budget whatever the rows
+    assert cpu_heap(packed, rows, memory, {"predicted_peak_cpu_memory_mb": 1.0}, []) == "compact"

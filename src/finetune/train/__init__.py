@@ -58,8 +58,6 @@ def run(
     predicted: dict = {}
     if not smoke:  # before anything is loaded or written: does it fit? (micro_batch_size: auto resolved)
         cfg, predicted = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
-    # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
-    compute.cpu_heap(compact=predicted.get("cpu_heap") == "compact")
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     if is_main:
@@ -90,6 +88,9 @@ def run(
         train_set, eval_set = smoke_rows(cfg, train_set, eval_set, notes)
     say_notes()
     console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
+    # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
+    heap = fit_check_module.cpu_heap(cfg, train_set, memory_gib, predicted, notes)
+    compute.cpu_heap(compact=heap == "compact")
 
     # --- model: base + adapter, and the Trainer's arguments
     from finetune import model as model_module

@@ -53,18 +53,51 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
         notes.append(report.refusal(plan).replace("; --no-fit-check runs anyway", ""))
     if device.is_gpu:  # the same measure as peak_gpu_memory_mb (torch.cuda.max_memory_allocated)
         return cfg, {"predicted_peak_gpu_memory_mb": round(plan.allocated_gib * 1024, 1)}
-    facts = {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1), "cpu_heap": "fast"}
-    if tight_ram(plan):
-        facts["cpu_heap"] = "compact"
+    return cfg, {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1)}
+
+
+def cpu_heap(cfg: Config, train_set, memory_gib: float | None, predicted: dict, notes: list[str]) -> str:
+    """Once the data is known, the CPU heap this run trains with (model.compute.cpu_heap): "fast", or
+    "compact" when the fast heap's worst case for the longest batch this data can make could exceed the RAM.
+
+    The check above sizes batches at sequence_len (the plan's contract: any data of this config fits); here a
+    padded batch is micro_batch_size x the longest row (short rows are the common case: fpb's are ~100 tokens
+    under a sequence_len of 512), so a run is not slowed down for a batch it cannot see. Packed batches keep
+    the full budget. Recorded in `predicted` (all_results.json)."""
+    from finetune import plan as planner
+    from finetune.plan import report
+
+    if "predicted_peak_cpu_memory_mb" not in predicted:  # a GPU, a smoke run, or a base the plan cannot read
+        return "fast"
+    longest = longest_row(train_set)
+    sized = cfg
+    if longest and not cfg.sample_packing and longest < cfg.sequence_len:
+        sized = cfg.model_copy(update={"sequence_len": longest})
+    plan = report.make_plan(sized, planner.cpu_device(memory_gib), 1)
+    predicted["predicted_peak_cpu_memory_mb_for_data"] = round(plan.peak_gib * 1024, 1)
+    heap = "compact" if tight_ram(plan) else "fast"
+    predicted["cpu_heap"] = heap
+    if heap == "compact":
         notes.append(
             f"RAM is tight for the fast heap (up to {plan.fast_heap_worst_gib:.1f} GiB of "
-            f"{device.memory_gib:.1f} GiB): freed tensors go back to the OS at once (compact heap), so RSS "
+            f"{plan.device.memory_gib:.1f} GiB): freed tensors go back to the OS at once (compact heap), so RSS "
             f"follows the prediction ({plan.peak_gib:.1f} GiB); steps are slower"
         )
-    return cfg, facts
+    return heap
 
 
 def tight_ram(plan) -> bool:
     """Would the fast heap's slack (model.compute.cpu_heap) risk the machine's RAM? Its peak RSS was measured
     at up to devices.CPU_FAST_HEAP_FACTOR x the plan's tensors (beyond the runtime)."""
     return plan.fast_heap_worst_gib > plan.device.memory_gib
+
+
+def longest_row(table) -> int | None:
+    """The longest input_ids row of a tokenized table (Arrow list lengths, no Python loop over rows), over the
+    whole table a selected view comes from (at worst longer: a safe side); None for tables of another layout
+    (preference pairs, prompts)."""
+    if table is None or "input_ids" not in getattr(table, "column_names", ()) or not len(table):
+        return None
+    import pyarrow.compute as pc
+
+    return int(pc.max(pc.list_value_length(table.data.column("input_ids"))).as_py())
