@@ -114,7 +114,8 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
         heap = "compact" if fast > device.memory_gib else "fast"
         notes.append(
             f"CPU: this is the peak with a compact heap; `finetune train`'s faster heap can hold up to {fast:.1f} "
-            f"GiB, so train keeps the heap compact when that exceeds RAM (here it would use the {heap} heap)"
+            f"GiB, so train keeps the heap compact when that exceeds RAM (for full-length rows: the {heap} heap; "
+            "train judges again with the data's longest row)"
         )
     if cfg.peft_use_dora:
         notes.append("DoRA: its weight-norm activations are not modelled; expect more than this")
