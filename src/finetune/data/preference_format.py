@@ -37,22 +37,24 @@ class PairSpec:
     field_rejected: str = "rejected"
 
 
+def check_templates(t, where: str, keys: dict[str, tuple[str, ...]]) -> None:
+    """Each `key` of a custom type must format with its `names`; a bad one is a UserError naming its path."""
+    for key, names in keys.items():
+        try:
+            getattr(t, key).format(**dict.fromkeys(names, ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            allowed = " and ".join(f"{{{n}}}" for n in names)
+            raise UserError(
+                f"{where}.type.{key}: bad template {getattr(t, key)!r} ({exc.__class__.__name__}: {exc}); use {allowed}, and double literal braces"
+            ) from None
+
+
 def pair_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> PairSpec:
     """The PairSpec of one dataset entry; a bad template raises UserError naming its key path."""
     if isinstance(ds.type, PreferenceType):
         t = ds.type
-        for key, names in (
-            ("prompt_format", ("prompt", "system")),
-            ("chosen_format", ("chosen",)),
-            ("rejected_format", ("rejected",)),
-        ):
-            try:
-                getattr(t, key).format(**dict.fromkeys(names, ""))
-            except (KeyError, IndexError, ValueError) as exc:
-                allowed = " and ".join(f"{{{n}}}" for n in names)
-                raise UserError(
-                    f"{where}.type.{key}: bad template {getattr(t, key)!r} ({exc.__class__.__name__}: {exc}); use {allowed}, and double literal braces"
-                ) from None
+        check_templates(t, where, {"prompt_format": ("prompt", "system"), "chosen_format": ("chosen",),
+                                   "rejected_format": ("rejected",)})  # fmt: skip
         return PairSpec(text=t, field_chosen=t.field_chosen, field_rejected=t.field_rejected)
     return PairSpec(
         text=None,

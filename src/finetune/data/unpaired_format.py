@@ -68,14 +68,9 @@ def unpaired_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Unpa
     """The UnpairedSpec of one dataset entry; a bad template raises UserError naming its key path."""
     if isinstance(ds.type, UnpairedType):
         t = ds.type
-        for key, names in (("prompt_format", ("prompt", "system")), ("completion_format", ("completion",))):
-            try:
-                getattr(t, key).format(**dict.fromkeys(names, ""))
-            except (KeyError, IndexError, ValueError) as exc:
-                allowed = " and ".join(f"{{{n}}}" for n in names)
-                raise UserError(
-                    f"{where}.type.{key}: bad template {getattr(t, key)!r} ({exc.__class__.__name__}: {exc}); use {allowed}, and double literal braces"
-                ) from None
+        pairs.check_templates(
+            t, where, {"prompt_format": ("prompt", "system"), "completion_format": ("completion",)}
+        )
         return UnpairedSpec(text=t, chat=None, field_completion=t.field_completion, field_label=t.field_label)
     if ds.type in KTO_TYPES:  # axolotl's named types: the template their prefix names
         from finetune.data.tokenizer import resolve_chat_template
