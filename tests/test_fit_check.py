@@ -140,12 +140,13 @@ def test_heap_is_chosen_for_the_longest_batch_the_data_makes(tiny_model_dir, tmp
     full = plan.estimate(cfg, plan.cpu_device(1000.0))
     short = plan.estimate(cfg.model_copy(update={"sequence_len": 64}), plan.cpu_device(1000.0))
     memory = (full.fast_heap_worst_gib + short.fast_heap_worst_gib) / 2  # tight for 4096-token rows only
-    predicted = {"predicted_peak_cpu_memory_mb": 1.0}
-    assert cpu_heap(cfg, rows, memory, predicted, []) == "fast" and predicted["cpu_heap"] == "fast"
+    checked = plan.estimate(cfg, plan.cpu_device(memory))  # the fit check's plan: full-length rows
+    predicted: dict = {}
+    assert cpu_heap(cfg, rows, checked, predicted, []) == "fast" and predicted["cpu_heap"] == "fast"
     long_rows = datasets.Dataset.from_dict({"input_ids": [[1] * 4096]})
     notes: list[str] = []
-    assert cpu_heap(cfg, long_rows, memory, predicted, notes) == "compact" and "RAM is tight" in notes[0]
-    packed = cfg.model_copy(
-        update={"sample_packing": True}
-    )  # packed batches fill the budget whatever the rows
-    assert cpu_heap(packed, rows, memory, {"predicted_peak_cpu_memory_mb": 1.0}, []) == "compact"
+    assert cpu_heap(cfg, long_rows, checked, predicted, notes) == "compact" and "RAM is tight" in notes[0]
+    # packed batches fill the budget whatever the rows
+    packed = cfg.model_copy(update={"sample_packing": True})
+    assert cpu_heap(packed, rows, checked, {}, []) == "compact"
+    assert cpu_heap(cfg, long_rows, None, {}, []) == "fast"  # no plan (smoke run, unreadable base): fast

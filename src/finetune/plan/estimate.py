@@ -27,6 +27,7 @@ class Plan:
     speed: dict
     notes: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
+    shape: Shape | None = None  # what it was computed from: a re-plan of the same base need not read it again
 
     @property
     def fits(self) -> bool:
@@ -108,18 +109,9 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
             parts["checkpoint_pages"] = shape.linear_params * shape.checkpoint_bytes / GIB
         parts["runtime"] = devices.CPU_RUNTIME_GIB
         parts["allocator_slack"] = devices.CPU_ALLOCATOR_SLACK * allocated / GIB
-    if not device.is_gpu:
-        runtime = parts["runtime"]
-        fast = runtime + (sum(parts.values()) - runtime) * devices.CPU_FAST_HEAP_FACTOR
-        heap = "compact" if fast > device.memory_gib else "fast"
-        notes.append(
-            f"CPU: this is the peak with a compact heap; `finetune train`'s faster heap can hold up to {fast:.1f} "
-            f"GiB, so train keeps the heap compact when that exceeds RAM (for full-length rows: the {heap} heap; "
-            "train judges again with the data's longest row)"
-        )
     if cfg.peft_use_dora:
         notes.append("DoRA: its weight-norm activations are not modelled; expect more than this")
-    return Plan(
+    plan = Plan(
         base_model=cfg.base_model,
         device=device,
         gpus=s.gpus,
@@ -131,7 +123,17 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
         params={"total": shape.total_params, "trainable": n_lora + n_full, "shapes_from": shape.source},
         speed=speed.speed(cfg, shape, s, device, n_lora),
         notes=notes + shape.notes,
+        shape=shape,
     )
+    if not device.is_gpu:
+        fast = plan.fast_heap_worst_gib
+        heap = "compact" if fast > device.memory_gib else "fast"
+        plan.notes.append(
+            f"CPU: this is the peak with a compact heap; `finetune train`'s faster heap can hold up to {fast:.1f} "
+            f"GiB, so train keeps the heap compact when that exceeds RAM (for full-length rows: the {heap} heap; "
+            "train judges again with the data's longest row)"
+        )
+    return plan
 
 
 def loading_bytes(cfg: Config, shape: Shape, s: setting.Setting) -> float:

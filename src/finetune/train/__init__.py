@@ -56,8 +56,9 @@ def run(
     if offline:
         notes.append(offline)
     predicted: dict = {}
+    checked = None  # the fit check's plan
     if not smoke:  # before anything is loaded or written: does it fit? (micro_batch_size: auto resolved)
-        cfg, predicted = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
+        cfg, predicted, checked = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     if is_main:
@@ -89,7 +90,7 @@ def run(
     say_notes()
     console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
     # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
-    heap = fit_check_module.cpu_heap(cfg, train_set, memory_gib, predicted, notes)
+    heap = fit_check_module.cpu_heap(cfg, train_set, checked, predicted, notes)
     compute.cpu_heap(compact=heap == "compact")
 
     # --- model: base + adapter, and the Trainer's arguments

@@ -29,7 +29,8 @@ def this_device(memory_gib: float | None):
 
 
 def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, notes: list[str]):
-    """(cfg with micro_batch_size resolved, facts for all_results.json). Raises UserError when it won't fit."""
+    """(cfg with micro_batch_size resolved, facts for all_results.json, the plan or None when there is none).
+    Raises UserError when it won't fit."""
     from finetune.plan import report
 
     gpus = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,7 +41,7 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
         if cfg.micro_batch_size == "auto":
             raise
         notes.append(f"fit check skipped: {exc.problems[0]}")
-        return cfg, {}
+        return cfg, {}, None
     if cfg.micro_batch_size == "auto":
         cfg = cfg.model_copy(update={"micro_batch_size": plan.micro_batch})
         notes.append(
@@ -52,28 +53,28 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
     if not plan.fits:
         notes.append(report.refusal(plan).replace("; --no-fit-check runs anyway", ""))
     if device.is_gpu:  # the same measure as peak_gpu_memory_mb (torch.cuda.max_memory_allocated)
-        return cfg, {"predicted_peak_gpu_memory_mb": round(plan.allocated_gib * 1024, 1)}
-    return cfg, {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1)}
+        return cfg, {"predicted_peak_gpu_memory_mb": round(plan.allocated_gib * 1024, 1)}, plan
+    return cfg, {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1)}, plan
 
 
-def cpu_heap(cfg: Config, train_set, memory_gib: float | None, predicted: dict, notes: list[str]) -> str:
+def cpu_heap(cfg: Config, train_set, checked, predicted: dict, notes: list[str]) -> str:
     """Once the data is known, the CPU heap this run trains with (model.compute.cpu_heap): "fast", or
     "compact" when the fast heap's worst case for the longest batch this data can make could exceed the RAM.
 
     The check above sizes batches at sequence_len (the plan's contract: any data of this config fits); here a
     padded batch is micro_batch_size x the longest row (short rows are the common case: fpb's are ~100 tokens
     under a sequence_len of 512), so a run is not slowed down for a batch it cannot see. Packed batches keep
-    the full budget. Recorded in `predicted` (all_results.json)."""
-    from finetune import plan as planner
-    from finetune.plan import report
+    the full budget. `checked`: check()'s plan (its device and shapes); recorded in `predicted`
+    (all_results.json)."""
+    from finetune.plan import estimate
 
-    if "predicted_peak_cpu_memory_mb" not in predicted:  # a GPU, a smoke run, or a base the plan cannot read
+    if checked is None or checked.device.is_gpu:  # a smoke run, a base the plan cannot read, or a GPU
         return "fast"
     longest = longest_row(train_set)
     sized = cfg
     if longest and not cfg.sample_packing and longest < cfg.sequence_len:
         sized = cfg.model_copy(update={"sequence_len": longest})
-    plan = report.make_plan(sized, planner.cpu_device(memory_gib), 1)
+    plan = estimate(sized, checked.device, 1, checked.shape)
     predicted["predicted_peak_cpu_memory_mb_for_data"] = round(plan.peak_gib * 1024, 1)
     heap = "compact" if tight_ram(plan) else "fast"
     predicted["cpu_heap"] = heap
