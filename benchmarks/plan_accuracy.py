@@ -197,6 +197,14 @@ def fit(rows: list[tuple[str, dict, dict, dict]]) -> None:
           f"CPU_TRAFFIC_SECONDS_PER_GIB = {coef[1]:.3f}, CPU_LAYER_SECONDS = {coef[2]:.4f}")  # fmt: skip
 
 
+def versus(predicted: dict, measured: dict, key: str, fmt: str) -> tuple[list[str], float]:
+    """Table cells predicted | measured | error for one figure, and the error (0 when not measured)."""
+    if not measured:
+        return [fmt.format(predicted[key]), "-", "-"], 0.0
+    error = predicted[key] / measured[key] - 1
+    return [fmt.format(predicted[key]), fmt.format(measured[key]), f"{error:+.0%}"], error
+
+
 def report(measured: dict, workdir: Path) -> None:
     print("Memory against the compact heap (what `finetune train` keeps when RAM is tight); tokens/s and the fast "
           "heap's RSS from the default run.\n")  # fmt: skip
@@ -213,22 +221,11 @@ def report(measured: dict, workdir: Path) -> None:
             continue
         p = predict(name, workdir)
         rows.append((name, p, compact, fast))
-        cells = [f"{p['peak_rss_gib']:.2f} GiB"]
-        if compact:
-            em = p["peak_rss_gib"] / compact["peak_rss_gib"] - 1
-            worst_mem = max(worst_mem, abs(em))
-            cells += [f"{compact['peak_rss_gib']:.2f} GiB", f"{em:+.0%}"]
-        else:
-            cells += ["-", "-"]
-        cells.append(f"{fast['peak_rss_gib']:.2f} GiB" if fast else "-")
-        cells.append(f"{p['tokens_per_second']:,.0f}")
-        if fast:
-            et = p["tokens_per_second"] / fast["tokens_per_second"] - 1
-            worst_tps = max(worst_tps, abs(et))
-            cells += [f"{fast['tokens_per_second']:,.0f}", f"{et:+.0%}"]
-        else:
-            cells += ["-", "-"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        mem_cells, em = versus(p, compact, "peak_rss_gib", "{:.2f} GiB")
+        tps_cells, et = versus(p, fast, "tokens_per_second", "{:,.0f}")
+        worst_mem, worst_tps = max(worst_mem, abs(em)), max(worst_tps, abs(et))
+        fast_rss = "{:.2f} GiB".format(fast["peak_rss_gib"]) if fast else "-"
+        print(f"| {name} | " + " | ".join([*mem_cells, fast_rss, *tps_cells]) + " |")
     print(f"\nworst |error|: memory {worst_mem:.0%} (target 15%), tokens/s {worst_tps:.0%} (target 30%)")
     if len(rows) >= 3:
         fit(rows)
