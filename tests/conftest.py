@@ -131,6 +131,41 @@ def sentiment_rows(n: int = 48, seed: int = 0) -> list[dict]:
     return rows
 
 
+SENTIMENT_FORMAT = {
+    "field_instruction": "context",
+    "field_output": "target",
+    "format": "{instruction}",
+    "no_input_format": "{instruction}",
+}
+
+
+def sentiment_config(tmp_path: Path, base_model: str, rows: int, **over) -> dict:
+    """A LoRA run on `rows` sentiment rows (written to tmp_path), as the real-model tests train SmolLM2."""
+    import json
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(rows)))
+    return {
+        "base_model": base_model, "adapter": "lora", "lora_r": 16, "lora_alpha": 32,
+        "lora_target_linear": True, "datasets": [{"path": str(data), "type": SENTIMENT_FORMAT}],
+        "dataset_prepared_path": str(tmp_path / "prepared"), "sequence_len": 256,
+        "output_dir": str(tmp_path / "out"), "micro_batch_size": 8, "max_steps": 2,
+        "learning_rate": 5e-4, "logging_steps": 1, "seed": 42, **over,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_run(smollm2_gguf, tmp_path_factory):
+    """(config, run folder) of 2 LoRA steps on the real SmolLM2 with its GGUF file as the base, trained once
+    per session (~30 s) for the tests that read such a run (GGUF base: card, eval, merge; export)."""
+    from finetune import config, train
+
+    cfg = config.validate(
+        sentiment_config(tmp_path_factory.mktemp("smollm2-run"), str(smollm2_gguf), rows=16)
+    )
+    return cfg, train.run(cfg)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
     """A finished QLoRA run on the tiny model: FinLoRA's `[INST]` custom format over sentiment rows, 20 steps,

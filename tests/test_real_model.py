@@ -13,40 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, sentiment_rows
+from conftest import ROOT, sentiment_config
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-FORMAT = {
-    "field_instruction": "context",
-    "field_output": "target",
-    "format": "{instruction}",
-    "no_input_format": "{instruction}",
-}
 
-
-def sentiment_config(tmp_path: Path, base_model: str, rows: int, **over) -> dict:
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(rows)))
-    return {
-        "base_model": base_model, "adapter": "lora", "lora_r": 16, "lora_alpha": 32,
-        "lora_target_linear": True, "datasets": [{"path": str(data), "type": FORMAT}],
-        "dataset_prepared_path": str(tmp_path / "prepared"), "sequence_len": 256,
-        "output_dir": str(tmp_path / "out"), "micro_batch_size": 8, "max_steps": 2,
-        "learning_rate": 5e-4, "logging_steps": 1, "seed": 42, **over,
-    }  # fmt: skip
-
-
-def test_gguf_base_trains_cards_and_merges_to_an_ordinary_folder(smollm2_gguf, tmp_path):
+def test_gguf_base_trains_cards_and_merges_to_an_ordinary_folder(smollm2_gguf, smollm2_gguf_run, tmp_path):
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from finetune import config, train
     from finetune.outputs import merge
 
-    cfg = config.validate(sentiment_config(tmp_path, str(smollm2_gguf), rows=8, max_steps=1))
-    out = train.run(cfg)
+    cfg, out = smollm2_gguf_run
     adapter = load_file(out / "adapter_model.safetensors")
     assert any("q_proj.lora_B" in k for k in adapter) and any(t.abs().sum() > 0 for t in adapter.values())
     results = json.loads((out / "all_results.json").read_text())
@@ -107,3 +86,27 @@ def test_finetune_adapter_equals_the_hand_written_hf_script_bit_for_bit(smollm2_
     assert set(ours) == set(theirs) and len(ours) == 420  # 30 layers x 7 linear layers x (A, B)
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) == 0.0
     assert json.loads((tmp_path / "script.json").read_text())["steps"] == 2
+
+
+def test_a_gguf_bases_config_is_parsed_once_per_process(smollm2_gguf, tmp_path, monkeypatch):
+    """transformers parses the whole file for a GGUF base's config (seconds for SmolLM2's 49k-token vocabulary);
+    export reads it three times, merge twice. Parsed once, and each caller gets its own copy."""
+    from transformers import AutoConfig
+
+    from finetune import config
+    from finetune.model import base
+
+    monkeypatch.setattr(base, "_GGUF_CONFIGS", {})
+    parsed = []
+    real = AutoConfig.from_pretrained
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: parsed.append(a) or real(*a, **k))
+    raw = sentiment_config(tmp_path, str(smollm2_gguf), rows=4)
+    overridden = base.load_model_config(
+        config.validate({**raw, "overrides_of_model_config": {"attention_dropout": 0.25}})
+    )
+    plain = base.load_model_config(config.validate(raw))
+    assert len(parsed) == 1
+    assert (
+        overridden.attention_dropout == 0.25 and plain.attention_dropout == 0.0
+    )  # no leak through the cache
+    assert plain.num_hidden_layers == 30

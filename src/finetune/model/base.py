@@ -4,6 +4,7 @@ loading (hub, local folder, GGUF file) and the CPU 4-bit workaround; used by tra
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from finetune import hub
 from finetune.config import Config
@@ -64,17 +65,9 @@ def load_model_config(cfg: Config):
     train, merge, generate and eval all read it here, so the model they build is the same one. An override of
     a setting the config does not have would change nothing (a typo, or another architecture's key): refused.
     """
-    from transformers import AutoConfig
-
     source = cfg.base_model_config or cfg.base_source[0]
     try:
-        model_config = AutoConfig.from_pretrained(
-            source,
-            revision=cfg.revision_of_model,
-            trust_remote_code=cfg.trust_remote_code,
-            **cfg.gguf_kwargs(source),
-            **hub.loader_kwargs(),
-        )
+        model_config = _auto_config(cfg, source)
     except (OSError, ValueError) as exc:
         raise UserError(
             f"base_model: cannot load a model config from {source!r} ({str(exc).splitlines()[0]})"
@@ -86,6 +79,38 @@ def load_model_config(cfg: Config):
                 f"({type(model_config).__name__}), so it would change nothing"
             )
         setattr(model_config, key, value)
+    return model_config
+
+
+# A local GGUF file's model config, by (file, mtime, size, trust_remote_code): transformers parses the whole file
+# for it (a 135M model's 49k-token vocabulary: seconds), and export reads it three times, merge twice.
+_GGUF_CONFIGS: dict[tuple, object] = {}
+
+
+def _auto_config(cfg: Config, source: str):
+    """AutoConfig.from_pretrained for the base; a local GGUF file's is parsed once per process (a copy each call,
+    so overrides applied by one caller do not leak into the next)."""
+    import copy
+
+    from transformers import AutoConfig
+
+    gguf = cfg.gguf_kwargs(source)
+    path = Path(source).expanduser() / gguf["gguf_file"] if gguf else None
+    key = None
+    if path is not None and path.is_file():
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, cfg.trust_remote_code)
+        if key in _GGUF_CONFIGS:
+            return copy.deepcopy(_GGUF_CONFIGS[key])
+    model_config = AutoConfig.from_pretrained(
+        source,
+        revision=cfg.revision_of_model,
+        trust_remote_code=cfg.trust_remote_code,
+        **gguf,
+        **hub.loader_kwargs(),
+    )
+    if key is not None:
+        _GGUF_CONFIGS[key] = copy.deepcopy(model_config)
     return model_config
 
 
