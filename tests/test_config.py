@@ -484,3 +484,10 @@ def test_hub_keys_need_a_repo_and_default_to_private(write_config, data_file):
     assert problems(path, ["hub_model_id=me/run", "hub_strategy=hourly"]) == [
         f"{path}: --set hub_strategy: must be 'end', 'every_save', 'checkpoint' or 'all_checkpoints' (got 'hourly')"
     ]
+
+
+def test_a_bare_no_is_the_no_strategy(write_config, good_text):
+    """YAML reads `no` as false; for the strategy keys it can only mean "no"."""
+    cfg = config.load(write_config(good_text + "save_strategy: no\n"), ["eval_strategy=no"])
+    assert cfg.save_strategy == "no" and cfg.eval_strategy == "no"
+    assert problems(write_config(good_text + "save_strategy: true\n"))  # true is still no strategy

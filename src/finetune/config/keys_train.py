@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 
 from finetune.config.checks import DPO_LOSSES, OPTIMIZERS, SCHEDULERS
 from finetune.config.datasets import StrictModel
@@ -99,6 +99,13 @@ class TrainingKeys(StrictModel):
         None, description="Override when checkpoints are saved."
     )
     save_total_limit: Positive | None = Field(None, description="Keep at most this many checkpoints.")
+
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _bare_no(cls, value):
+        """YAML 1.1 reads a bare `no` as false (`save_strategy: no`, `--set save_strategy=no`): the "no" strategy."""
+        return "no" if value is False else value
+
     seed: int = Field(42, description="Seed for data order, LoRA init and dropout.")
     early_stopping_patience: Positive | None = Field(
         None, description="Stop after N evaluations without improvement."
