@@ -21,6 +21,17 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+def test_atomic_dir_gives_the_folder_normal_permissions(tmp_path):
+    """mkdtemp makes 0700; a merged model or export must be readable as any folder the user makes."""
+    old = os.umask(0o022)
+    try:
+        with files.atomic_dir(tmp_path / "merged") as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755
+
+
 def test_atomic_dir_leaves_nothing_on_failure_and_refuses_non_empty(tmp_path):
     final = tmp_path / "out"
     with pytest.raises(RuntimeError):

@@ -56,6 +56,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise UserError(f"{final}: already exists and is not empty (pass --overwrite to replace it)")
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the final folder gets the usual permissions
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old")
