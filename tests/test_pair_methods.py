@@ -40,7 +40,7 @@ def history(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("rl", ["kto", "orpo", "simpo"])
-def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path):
+def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path, capsys):
     from huggingface_hub import ModelCard
     from safetensors.torch import load_file
 
@@ -48,6 +48,9 @@ def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path):
 
     cfg = pair_cfg(tiny_model_dir, tmp_path, rl)
     out = one_thread_run(cfg)
+    printed = capsys.readouterr().err  # TRL's trainer batches the pairs, not the SFT plan
+    assert f"batching: {'unpaired rows (KTO)' if rl == 'kto' else 'preference pairs'}" in printed
+    assert "random rows a batch" not in printed
     first = [e for e in history(out) if METRICS[rl] in e]
     assert [e["step"] for e in first] == [1, 2]
     weights = load_file(out / "adapter_model.safetensors")

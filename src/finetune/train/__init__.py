@@ -21,8 +21,9 @@ from finetune.errors import UserError
 from finetune.model import compute
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
-from finetune.train import checkpoints, distributed, grpo, tracking
+from finetune.train import checkpoints, distributed, tracking
 from finetune.train import fit_check as fit_check_module
+from finetune.train.assemble import build_trainer
 from finetune.train.smoke import smoke_config, smoke_rows
 
 
@@ -119,15 +120,16 @@ def run(
     )
     notes += loaded.notes
     say_notes()
-    console.print(f"batching: {plan.summary}")
-    console.print(
-        f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)"
-        + trainer_args.packing_note(cfg, len(train_set), sched)
-    )
 
     # --- train (config.yml first, so an interrupted run can be understood and carded)
     trainer, stop, throughput = build_trainer(
         cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), plan
+    )
+    batching_now = trainer.batching_facts()["batching"]  # DPO, KTO, GRPO, reward: TRL's trainer batches
+    console.print(f"batching: {plan.summary if batching_now == plan.strategy else batching_now}")
+    console.print(
+        f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)"
+        + trainer_args.packing_note(cfg, len(train_set), sched)
     )
     checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
     if trainer.is_world_process_zero():
@@ -170,78 +172,6 @@ def run(
     distributed.finish()
     hub_push.raise_if_failed(hub_failure, cfg, output_dir)  # exit 2 after a failed push; the run is complete
     return output_dir
-
-
-# ---------------------------------------------------------------- the Trainer
-
-
-def build_trainer(
-    cfg: Config, args, model, tokenizer, train_set, eval_set, console, extra_callbacks: list, plan
-):
-    """The Trainer with the batching plan (batching.py) and finetune's callbacks (metrics file, signals,
-    progress, W&B).
-
-    Returns (trainer, the signal watcher, the token counter): `run` reads those two after training.
-    """
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_callback import PrinterCallback
-
-    from finetune.config import resolved_dict
-    from finetune.model import speedups
-    from finetune.train import callbacks as cb
-    from finetune.train import eval_metrics
-    from finetune.train.trainer import FinetuneTrainer
-
-    stop, throughput = cb.StopOnSignal(), cb.Throughput()
-    callbacks = [
-        cb.LossBeforeEval(),
-        cb.MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
-        stop,
-        throughput,
-        cb.RichProgress(console),
-    ]
-    if cfg.early_stopping_patience and args.eval_strategy != "no":
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    if cfg.loss_watchdog_threshold is not None:
-        callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
-    if cfg.use_wandb:
-        callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
-    if cfg.hub_model_id:
-        from finetune.train.hub_push import HubPush
-
-        callbacks.append(HubPush(cfg, console))
-    if cfg.online_rl:  # rl: grpo: TRL's GRPOTrainer, same arguments and callbacks (grpo.py)
-        trainer = grpo.build_trainer(
-            cfg, args, model, tokenizer, train_set, callbacks + extra_callbacks, console
-        )
-        trainer.remove_callback(PrinterCallback)
-    elif cfg.preference:  # rl: dpo, reward_model (preference.py); kto / orpo / simpo (pair_methods.py)
-        from finetune.train import pair_methods
-        from finetune.train import preference as rl
-
-        builder = pair_methods if cfg.rl in ("kto", "orpo", "simpo") else rl
-        trainer = builder.build_trainer(
-            cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
-        )
-        trainer.remove_callback(PrinterCallback)
-    else:
-        trainer = FinetuneTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=plan.train_collator,
-            batch_plan=plan,
-            offload=speedups.offload_applies(cfg),
-            processing_class=tokenizer,
-            callbacks=callbacks + extra_callbacks,
-            # token accuracy (+ eval_metrics: scores)
-            **eval_metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
-        )
-        trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
-    if cfg.loraplus_lr_ratio is not None:
-        trainer.loraplus = (cfg.loraplus_lr_ratio, cfg.loraplus_lr_embedding)
-    return trainer, stop, throughput
 
 
 def early_stop_reason(trainer, cfg: Config) -> str:
