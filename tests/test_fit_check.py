@@ -120,10 +120,14 @@ def test_tight_ram_is_judged_by_the_fast_heaps_worst_case(tiny_model_dir, tmp_pa
     cfg = config.validate(raw_config(tiny_model_dir, tmp_path / "out"))
     est = plan.estimate(cfg, plan.cpu_device(1000.0))
     runtime = est.parts["runtime"]
-    worst = runtime + (est.peak_gib - runtime) * plan.devices.CPU_FAST_HEAP_FACTOR
+    worst = runtime + (est.compact_peak_gib - runtime) * plan.devices.CPU_FAST_HEAP_FACTOR
     assert not tight_ram(est)
-    assert tight_ram(plan.estimate(cfg, plan.cpu_device(worst * 0.99)))
+    tight = plan.estimate(cfg, plan.cpu_device(worst * 0.99))
+    assert tight_ram(tight) and tight.cpu_heap == "compact"
     assert not tight_ram(plan.estimate(cfg, plan.cpu_device(worst * 1.01)))
+    # the plan predicts the heap train keeps: the fast one holds freed activations beyond the compact peak
+    assert est.cpu_heap == "fast" and est.peak_gib > est.compact_peak_gib == tight.peak_gib
+    assert "fast_heap_kept" not in tight.parts
 
 
 def test_heap_is_chosen_for_the_longest_batch_the_data_makes(tiny_model_dir, tmp_path):

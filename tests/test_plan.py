@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from finetune import config
-from finetune.plan import devices, estimate, fixes, shapes
+from finetune.plan import devices, estimate, fixes, memory, setting, shapes
 from finetune.plan.report import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +128,18 @@ def test_cpu_step_is_flops_plus_activation_traffic_plus_a_cost_per_layer(tmp_pat
         )
         if dims["hidden_size"] < 512:  # one thread (model.compute.cpu_threads): traffic not shared
             assert step["flops"] < step["per_layer_overhead"] + step["activation_traffic"]
+        # the fast heap (the default with RAM to spare) keeps freed activations: a share of the step's traffic,
+        # the same traffic the step time counts
+        cfg = cfg_for(base, rows, bf16=False, sequence_len=256, micro_batch_size=4)
+        traffic_gib = (
+            memory.step_traffic_bytes(cfg, plain.shape, setting.setting(cfg, False, 4, 1)) / devices.GIB
+        )
+        assert plain.cpu_heap == "fast"
+        assert plain.parts["fast_heap_kept"] == pytest.approx(
+            devices.CPU_FAST_HEAP_KEPT * traffic_gib, rel=1e-3
+        )
+        assert gc.parts["fast_heap_kept"] == pytest.approx(plain.parts["fast_heap_kept"] * 4 / 3, rel=1e-3)
+        assert plain.compact_peak_gib == pytest.approx(plain.peak_gib - plain.parts["fast_heap_kept"])
 
 
 # ---------------------------------------------------------------- shapes

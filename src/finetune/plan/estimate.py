@@ -34,10 +34,22 @@ class Plan:
         return self.peak_gib <= self.device.memory_gib
 
     @property
+    def compact_peak_gib(self) -> float:
+        """CPU: the peak with the compact heap (RSS follows the live tensors)."""
+        return self.peak_gib - self.parts.get("fast_heap_kept", 0.0)
+
+    @property
+    def cpu_heap(self) -> str | None:
+        """CPU: the heap `finetune train` keeps for this plan (model.compute.cpu_heap); None on a GPU."""
+        if self.device.is_gpu:
+            return None
+        return "fast" if "fast_heap_kept" in self.parts else "compact"
+
+    @property
     def fast_heap_worst_gib(self) -> float:
         """CPU: the most `finetune train`'s fast heap was measured to hold for this plan's tensors."""
         runtime = self.parts.get("runtime", 0.0)
-        return runtime + (self.peak_gib - runtime) * devices.CPU_FAST_HEAP_FACTOR
+        return runtime + (self.compact_peak_gib - runtime) * devices.CPU_FAST_HEAP_FACTOR
 
     @property
     def margin_gib(self) -> float:
@@ -55,7 +67,15 @@ class Plan:
             "device_memory_gib": r(self.device.memory_gib),
             "margin_gib": r(self.margin_gib),
             "fits": self.fits,
-            **({} if self.device.is_gpu else {"fast_heap_worst_gib": r(self.fast_heap_worst_gib)}),
+            **(
+                {}
+                if self.device.is_gpu
+                else {
+                    "cpu_heap": self.cpu_heap,
+                    "compact_peak_gib": r(self.compact_peak_gib),
+                    "fast_heap_worst_gib": r(self.fast_heap_worst_gib),
+                }
+            ),
             "parts": {k: r(v) for k, v in self.parts.items()},
             "moments": {k: r(v) for k, v in self.moments.items()},
             "params": self.params,
@@ -126,12 +146,16 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
         shape=shape,
     )
     if not device.is_gpu:
-        fast = plan.fast_heap_worst_gib
-        heap = "compact" if fast > device.memory_gib else "fast"
+        worst = plan.fast_heap_worst_gib
+        if worst <= device.memory_gib:  # train's fast heap (fit_check.tight_ram: the same test)
+            kept = devices.CPU_FAST_HEAP_KEPT * memory.step_traffic_bytes(cfg, shape, s) / GIB
+            plan.parts["fast_heap_kept"] = kept
+            plan.peak_gib += kept
+        heap = plan.cpu_heap
         plan.notes.append(
-            f"CPU: this is the peak with a compact heap; `finetune train`'s faster heap can hold up to {fast:.1f} "
-            f"GiB, so train keeps the heap compact when that exceeds RAM (for full-length rows: the {heap} heap; "
-            "train judges again with the data's longest row)"
+            f"CPU: the {heap} heap (`finetune train`'s faster heap keeps freed activations for reuse, and can "
+            f"hold up to {worst:.1f} GiB; it keeps the heap compact, {plan.compact_peak_gib:.1f} GiB, when that "
+            "exceeds RAM; train judges again with the data's longest row)"
         )
     return plan
 

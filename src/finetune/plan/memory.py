@@ -81,3 +81,13 @@ def activation_parts(cfg, shape: Shape, s: Setting) -> dict[str, float]:
         kept = per_layer * shape.layers + final_norm
         layer = grads
     return {"activations": kept, "logits_and_loss": logits_bytes(shape, s), "layer_backward": layer}
+
+
+def step_traffic_bytes(cfg, shape: Shape, s: Setting) -> float:
+    """What a training step writes and frees: every layer's activations and the logits, once more for the
+    recomputed forward with gradient checkpointing. Drives the CPU step's memory-bound time (speed.cpu_step)
+    and what the fast heap keeps (estimate: fast_heap_kept)."""
+    import dataclasses
+
+    kept = activation_parts(cfg, shape, dataclasses.replace(s, checkpointing=False))
+    return (kept["activations"] + kept["logits_and_loss"]) * (4 / 3 if s.checkpointing else 1)

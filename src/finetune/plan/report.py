@@ -26,6 +26,7 @@ LABELS = {
     "allocator_slack": "allocator slack",
     "runtime": "Python + libraries (RSS)",
     "checkpoint_pages": "checkpoint pages read for quantizing (mmap)",
+    "fast_heap_kept": "freed activations the fast heap keeps",
 }
 
 

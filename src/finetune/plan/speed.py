@@ -51,8 +51,6 @@ def cpu_step(cfg: Config, shape: Shape, s: Setting, device: Device, per_token: f
     """A CPU step is not only FLOPs: t = FLOPs / (efficiency x peak) + activation traffic x seconds per GiB
     (the memory-bound element-wise work: norms, activations, softmax over the vocabulary) + a fixed cost per
     layer (op dispatch, which dominates a narrow model). Each term's constant is fitted (devices.py)."""
-    import dataclasses
-
     from finetune.plan import memory
 
     cores = os.cpu_count() or 1
@@ -61,12 +59,8 @@ def cpu_step(cfg: Config, shape: Shape, s: Setting, device: Device, per_token: f
         threads = 1  # finetune trains a narrow model on one thread (model.compute.cpu_threads)
     peak = device.peak_tflops * threads / cores
     flop_s = s.tokens * per_token / (peak * 1e12 * devices.CPU_EFFICIENCY)
-    # what the step writes and reads again: every layer's activations and the logits, once more for the
-    # recomputed forward with checkpointing; element-wise kernels are fitted at 2 threads
-    kept = memory.activation_parts(cfg, shape, dataclasses.replace(s, checkpointing=False))
-    traffic_gib = (
-        (kept["activations"] + kept["logits_and_loss"]) / devices.GIB * (4 / 3 if s.checkpointing else 1)
-    )
+    # element-wise kernels over what the step writes and reads again; fitted at 2 threads
+    traffic_gib = memory.step_traffic_bytes(cfg, shape, s) / devices.GIB
     traffic_s = traffic_gib * devices.CPU_TRAFFIC_SECONDS_PER_GIB * devices.CPU_FIT_THREADS / threads
     overhead_s = shape.layers * devices.CPU_LAYER_SECONDS
     step = flop_s + traffic_s + overhead_s
