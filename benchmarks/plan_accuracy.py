@@ -6,7 +6,9 @@
 
 Each config runs twice, as `finetune train` runs it: with its fast heap (the default: model.compute.cpu_heap),
 which gives the tokens/s, and with RAM made tight (--memory), where train keeps the heap compact so RSS follows
-the live tensors: the peak the plan predicts (and guards when it matters).
+the live tensors; each peak against the plan for that heap (the fast heap's plan adds the freed activations it
+keeps). On a machine with a CUDA GPU each config runs once there instead, and the table is the plan's allocated
+peak and tokens/s for that GPU against torch.cuda.max_memory_allocated (measured-gpu.json).
 
 Every config runs the real `finetune train --no-fit-check` in its own process for a few optimizer steps on rows
 that fill sequence_len exactly (long texts cut into full chunks: completion format, min_sample_len =
@@ -146,6 +148,13 @@ def measure(name: str, workdir: Path, heap: str = "fast") -> dict:
     )
     tokens = steps[-1]["num_input_tokens_seen"] - steps[-2]["num_input_tokens_seen"]
     seconds = times[len(times) // 2]
+    if heap == "gpu":  # torch.cuda.max_memory_allocated, the measure of the plan's allocated_peak_gib
+        return {
+            "peak_gpu_gib": results["peak_gpu_memory_mb"] / 1024,
+            "tokens_per_second": tokens / seconds,
+            "predicted_in_run_gib": results.get("predicted_peak_gpu_memory_mb", 0) / 1024,
+            "wall_s": round(time.time() - start, 1),
+        }
     if results.get("cpu_heap") != heap:
         return {"error": f"ran with the {results.get('cpu_heap')} heap, not {heap}"}
     return {
@@ -244,6 +253,25 @@ def report(measured: dict, workdir: Path) -> None:
         fit(rows)
 
 
+def report_gpu(measured: dict, workdir: Path) -> None:
+    """On a lent GPU: the plan's allocated peak (torch.cuda.max_memory_allocated) and tokens/s for this GPU."""
+    from finetune import config, plan
+
+    device = plan.devices.detect()
+    print(f"{device.name}: predicted vs measured torch.cuda.max_memory_allocated and tokens/s\n")
+    print("| config | predicted allocated | measured | error | predicted tokens/s | measured | error |")
+    print("|---|---|---|---|---|---|---|")
+    for name in GRID:
+        m = (measured.get(name) or {}).get("gpu")
+        if not m or "error" in m:
+            continue
+        p = plan.estimate(config.validate(config_for(name, workdir)), device)
+        predicted = {"peak_gpu_gib": p.allocated_gib, "tokens_per_second": p.speed["tokens_per_second"]}
+        mem_cells, _ = versus(predicted, m, "peak_gpu_gib", "{:.2f} GiB")
+        tps_cells, _ = versus(predicted, m, "tokens_per_second", "{:,.0f}")
+        print(f"| {name} | " + " | ".join([*mem_cells, *tps_cells]) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-plan-bench"))
@@ -252,7 +280,10 @@ def main() -> None:
     parser.add_argument("--again", action="store_true", help="measure configs measured.json already has")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    saved = args.workdir / "measured.json"
+    import torch
+
+    on_gpu = torch.cuda.is_available()  # then each config runs once on the GPU (no heaps there)
+    saved = args.workdir / ("measured-gpu.json" if on_gpu else "measured.json")
     measured = json.loads(saved.read_text()) if saved.exists() else {}
     if not args.report:
         write_rows(args.workdir / "rows.jsonl")
@@ -262,14 +293,14 @@ def main() -> None:
         for name in GRID:
             if args.only and args.only not in name:
                 continue
-            for heap in ("fast", "compact"):
+            for heap in ("gpu",) if on_gpu else ("fast", "compact"):
                 done = measured.get(name, {}).get(heap)
                 if done and "error" not in done and not args.again:
                     continue
                 measured.setdefault(name, {})[heap] = measure(name, args.workdir, heap)
                 print(name, heap, json.dumps(measured[name][heap]), flush=True)
                 saved.write_text(json.dumps(measured, indent=1))
-    report(measured, args.workdir)
+    (report_gpu if on_gpu else report)(measured, args.workdir)
 
 
 if __name__ == "__main__":
