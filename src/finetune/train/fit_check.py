@@ -89,8 +89,9 @@ def cpu_heap(cfg: Config, train_set, checked, predicted: dict, notes: list[str])
 
 def tight_ram(plan) -> bool:
     """Would the fast heap's slack (model.compute.cpu_heap) risk the machine's RAM? Its peak RSS was measured
-    at up to devices.CPU_FAST_HEAP_FACTOR x the plan's tensors (beyond the runtime)."""
-    return plan.fast_heap_worst_gib > plan.device.memory_gib
+    at up to devices.CPU_FAST_HEAP_FACTOR x the plan's tensors (beyond the runtime); the plan made the same
+    judgement when it chose its heap (plan.estimate)."""
+    return plan.cpu_heap == "compact"
 
 
 def longest_row(table) -> int | None:
