@@ -58,6 +58,15 @@ ACCEPTED = {
     "llama-2__qlora-fsdp.yml",
     "llama-3__qlora-fsdp-405b.yaml",
     "qwen3__qlora-fsdp.yaml",
+    # full fine-tuning: no adapter (issue 31)
+    "LiquidAI__lfm2-350m-fft.yaml",
+    "llama-3__fft-8b.yaml",
+    "qat_nvfp4__Math-Gemma3-12B_baseline.yml",
+    "qat_nvfp4__Math-Gemma3-27B_baseline.yml",
+    "qat_nvfp4__Math-Qwen2.5-72B_baseline.yml",
+    # unfrozen_parameters: with no adapter (ZeRO-3), and beside QLoRA (issue 31)
+    "mistral__bigstral__bigstral-ds-zero3.yaml",
+    "gemma3__gemma-3-4b-qlora.yml",
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 
@@ -76,7 +85,7 @@ def test_each_example_is_accepted_or_refused_one_line_per_problem(monkeypatch):
         except config.ConfigError as exc:  # anything else is a crash and fails the test with its traceback
             refused[path.name] = exc.problems
             continue
-        assert cfg.adapter in ("lora", "qlora")
+        assert cfg.adapter in ("lora", "qlora", None)  # None: full fine-tuning
         accepted.add(path.name)
     assert len(accepted) + len(refused) == len(example_paths()) > 100
     for name, problems in refused.items():
@@ -98,7 +107,8 @@ def test_refusals_name_the_unsupported_feature():
     assert "qat: not supported by finetune yet" in problems["llama-3__3b-qat-fsdp2.yaml"]
     # axolotl's unpaired KTO types are read for rl: kto only
     assert "llama-3__qlora-1b-kto.yaml" not in problems
-    assert "adapter: full fine-tuning is not supported" in problems["llama-3__fft-8b.yaml"]
+    assert "llama-3__fft-8b.yaml" not in problems  # full fine-tuning (issue 31)
+    assert "qat: not supported by finetune yet" in problems["qat_nvfp4__Math-Gemma3-12B_qat.yml"]
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED)[:3])

@@ -147,10 +147,13 @@ def test_cross_key_checks_name_the_key_to_change(write_config, good_text):
     ]
 
 
-def test_full_finetune_is_refused_with_one_line(write_config, data_file):
+def test_no_adapter_is_full_finetuning_and_a_4bit_base_is_refused_with_one_line(write_config, data_file):
     path = write_config({"base_model": "org/m", "datasets": [{"path": str(data_file)}]})
+    assert config.load(path).adapter is None  # axolotl's default: every weight trains
+    path = write_config({"base_model": "org/m", "load_in_4bit": True, "datasets": [{"path": str(data_file)}]})
     assert problems(path) == [
-        f"{path}: adapter: full fine-tuning is not supported: set adapter: lora or qlora"
+        f"{path}:2: load_in_4bit: full fine-tuning (no adapter) updates every weight, and 4-bit weights cannot "
+        "be updated: set load_in_4bit: false, or train an adapter (adapter: qlora)"
     ]
 
 

@@ -53,7 +53,8 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     cfg = _load(config, set_)
     datasets = ", ".join(d.path for d in cfg.datasets)
     quant = "4-bit" if cfg.quantized_4bit else "8-bit" if cfg.load_in_8bit else "16/32-bit"
-    print(f"{config}: OK — {cfg.base_model} ({quant}, {cfg.adapter} r={cfg.lora_r}) on {datasets}")
+    method = f"{cfg.adapter} r={cfg.lora_r}" if cfg.adapter else "full fine-tune"
+    print(f"{config}: OK — {cfg.base_model} ({quant}, {method}) on {datasets}")
 
 
 @app.command("tiny-model")

@@ -100,6 +100,7 @@ def validate(
         data[key] = value
     _preference_defaults(data, problems, where)
     _batch_size(data, problems, where)
+    _tokens_dict(data, problems, where)
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
             data[key] = [config_yaml.drop_nulls(entry) for entry in data[key]]
@@ -199,6 +200,25 @@ def _batch_size(data: dict, problems: list[str], where) -> None:
     else:
         del data["batch_size"]
         data["gradient_accumulation_steps"] = size // micro
+
+
+def _tokens_dict(data: dict, problems: list[str], where) -> None:
+    """axolotl's old `tokens:` mapping (bos_token/eos_token/pad_token/unk_token) is read as special_tokens, so
+    the saved config says special_tokens; `tokens:` as a list (new tokens for the vocabulary) is unchanged."""
+    tokens = data.get("tokens")
+    if not isinstance(tokens, dict):
+        return
+    special = data.get("special_tokens") or {}
+    if not isinstance(special, dict):
+        return  # pydantic reports special_tokens' type
+    clash = [k for k in tokens if k in special and special[k] != tokens[k]]
+    if clash:
+        problems.append(
+            f"{where(('tokens',))}tokens: {clash[0]} is also set in special_tokens with another value: set it once"
+        )
+        return
+    data["special_tokens"] = {**special, **tokens}
+    del data["tokens"]
 
 
 def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -35,7 +35,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "lisa_n_layers": (),
     "lisa_step_interval": (),
     "lisa_layers_attribute": (),
-    "unfrozen_parameters": (),
     "full_finetune": (),
     "diffusion": (),
     "ebft": (),

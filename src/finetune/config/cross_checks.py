@@ -7,6 +7,7 @@ from finetune.config.checks import ATTENTION_FLAGS, PLUGINS
 from finetune.config.datasets import KTO_TYPES, DatasetType, PreferenceType, UnpairedType
 from finetune.config.fsdp import fsdp_settings
 from finetune.config.fsdp import requested as fsdp_requested
+from finetune.config.full_checks import full_checks
 from finetune.config.keys_hub import hub_checks
 from finetune.config.schema import Config
 
@@ -16,8 +17,6 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
     problems = []
     if cfg.load_in_4bit and cfg.load_in_8bit:
         problems.append((("load_in_8bit",), "cannot be combined with load_in_4bit: choose one"))
-    if cfg.adapter is None:
-        problems.append((("adapter",), "full fine-tuning is not supported: set adapter: lora or qlora"))
     if cfg.adapter == "qlora" and cfg.load_in_8bit:
         problems.append((("load_in_8bit",), "qlora trains on a 4-bit base: set load_in_4bit: true instead"))
     if cfg.evals_per_epoch and cfg.eval_steps:
@@ -50,7 +49,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 "choose one of liger_cross_entropy and liger_fused_linear_cross_entropy",
             )
         )
-    problems += gguf_checks(cfg)
+    problems += gguf_checks(cfg) + full_checks(cfg)
     problems += hub_checks(cfg)
     problems += fsdp_settings(cfg)[1]
     if fsdp_requested(cfg):

@@ -133,7 +133,12 @@ class ModelKeys(StrictModel):
 
     # --- adapter
     adapter: Literal["lora", "qlora"] | None = Field(
-        None, description="lora or qlora (qlora implies load_in_4bit)."
+        None,
+        description="lora or qlora (qlora implies load_in_4bit). Absent or null: full fine-tuning, as in axolotl: every weight of a 16/32-bit base trains (supervised fine-tuning only), which needs memory for the weights' gradients and optimizer states (about 4x the model in fp32 AdamW, before activations), and the run saves a whole model instead of an adapter.",
+    )
+    unfrozen_parameters: list[str] | None = Field(
+        None,
+        description="axolotl's patterns over parameter names (`lm_head.weight`, `model.layers.0.mlp.down_proj.weight`; a `.` is a literal dot, matched from the name's start): with no adapter only the matching parameters train; with an adapter they train beside it and are saved in unfrozen_parameters.safetensors next to it. A pattern that matches nothing is refused at train start.",
     )
     lora_r: Positive = Field(8, description="LoRA rank: adapter size and capacity grow with it.")
     lora_alpha: float = Field(16, description="LoRA scaling numerator (scale = alpha / r).")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.config import Config
-from finetune.model import adapter
+from finetune.model import adapter, unfrozen
 from finetune.model.base import (  # noqa: F401 - the stage's public names
     disable_cpu_bf16_repack,
     load_base,
@@ -28,7 +28,7 @@ from finetune.model.compute import Precision, attn_implementation, cpu_threads, 
 
 @dataclass
 class LoadedModel:
-    model: Any  # peft.PeftModel
+    model: Any  # peft.PeftModel, or the base itself for full fine-tuning (no adapter)
     quantization: str  # "4-bit", "8-bit" or "16-bit"/"32-bit"
     trainable_params: int
     total_params: int
@@ -75,8 +75,9 @@ def fit_vocabulary(model, tokenizer, new_tokens: int, notes: list[str]) -> list[
 
 
 def load(cfg: Config, tokenizer, new_tokens: int) -> LoadedModel:
-    """Base model + LoRA adapter, in the precision and quantization the config asks for. `new_tokens`: how many
-    tokens the config added to the base tokenizer (data.tokenizer.count_new_tokens); their rows are trained."""
+    """Base model + LoRA adapter (no adapter: the base itself, trained in full), in the precision and quantization
+    the config asks for. `new_tokens`: how many tokens the config added to the base tokenizer
+    (data.tokenizer.count_new_tokens); their rows are trained."""
     notes: list[str] = []
     prec = precision(cfg)
     attn = attn_implementation(cfg, notes)
@@ -84,8 +85,17 @@ def load(cfg: Config, tokenizer, new_tokens: int) -> LoadedModel:
     cpu_threads(model, notes)
     quantization = quantization_of(model)
     kbit = quantization in ("4-bit", "8-bit")
+    if cfg.adapter is None:  # full fine-tuning: every weight (or unfrozen_parameters) trains
+        fit_vocabulary(model, tokenizer, new_tokens, [])
+        model = unfrozen.prepare_full(cfg, model, adapter.gradient_checkpointing_kwargs(cfg), notes)
+        params = list(model.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
+        return LoadedModel(model, quantization, trainable, total, attn, notes)
     trained_embeddings = fit_vocabulary(model, tokenizer, new_tokens, notes)
     model = adapter.wrap(cfg, model, kbit, trained_embeddings, notes)
+    if cfg.unfrozen_parameters:  # base weights that train beside the adapter
+        unfrozen.unfreeze(cfg, model, peft=True, notes=notes)
     disable_cpu_bf16_repack(model)
     trainable, total = model.get_nb_trainable_parameters()  # a 4-bit weight counts in full
     return LoadedModel(

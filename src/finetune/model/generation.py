@@ -11,8 +11,11 @@ def attach_adapter(base, tokenizer, adapter_dir):
     `finetune generate` / `finetune eval`, so they load exactly what merge folds in."""
     from peft import PeftModel
 
+    from finetune.model import unfrozen
+
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
+    unfrozen.apply_to_base(base, adapter_dir)  # base weights trained beside the adapter (unfrozen_parameters)
     return PeftModel.from_pretrained(base, adapter_dir)
 
 

@@ -197,6 +197,11 @@ def merge_command(
     if dtype not in DTYPES:
         raise UserError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype!r})")
     run = run_dir.read_run(output_dir)
+    if run.cfg.adapter is None:
+        raise UserError(
+            f"{output_dir}: a full fine-tune (no adapter): nothing to merge, the folder holds the whole model "
+            "(load it with from_pretrained, or finetune export / push it as it is)"
+        )
     if run.adapter_dir is None:
         raise UserError(f"{output_dir}: no adapter_config.json here or in a checkpoint-* folder")
     offline = hub.offline_if_unreachable(run.cfg.hub_ids)

@@ -31,7 +31,8 @@ import yaml
 from finetune.config import trl_keys
 from finetune.errors import UserError
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# unfrozen_parameters.safetensors: base weights trained beside the adapter (model/unfrozen.py)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "unfrozen_parameters.safetensors")
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 MODEL_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 TOKENIZER_FILES = (

@@ -109,7 +109,8 @@ def run(
         loaded = model_module.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
     share = 100 * loaded.trainable_params / max(1, loaded.total_params)
     console.print(
-        f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter}: {loaded.trainable_params:,} trainable "
+        f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter or 'full fine-tune'}: "
+        f"{loaded.trainable_params:,} trainable "
         f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
     from finetune.train import batching

@@ -31,9 +31,11 @@ def problem(ckpt: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))["global_step"]
     except (ValueError, KeyError, UnicodeDecodeError):
         return "trainer_state.json is cut off"
-    weights = [ckpt / n for n in ("adapter_model.safetensors", "model.safetensors") if (ckpt / n).is_file()]
+    names = ("adapter_model.safetensors", "model.safetensors", "unfrozen_parameters.safetensors")
+    weights = [ckpt / n for n in names if (ckpt / n).is_file()]
+    weights += sorted(ckpt.glob("model-*-of-*.safetensors"))  # a full fine-tune's shards
     if not weights:
-        return "no adapter weights"
+        return "no model or adapter weights"
     from safetensors import safe_open
 
     for path in weights:

@@ -89,7 +89,10 @@ def full_adapter_state(model) -> dict:
     from torch.distributed.tensor import DTensor
 
     local = model.state_dict()
-    kept = {id(v) for v in get_peft_model_state_dict(model, state_dict=local).values()}
+    if not hasattr(model, "peft_config"):  # full fine-tuning: the whole model is what is saved
+        kept = {id(v) for v in local.values()}
+    else:
+        kept = {id(v) for v in get_peft_model_state_dict(model, state_dict=local).values()}
     return {
         name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
         for name, value in local.items()

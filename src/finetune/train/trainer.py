@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from finetune.model import speedups
+from finetune.model import speedups, unfrozen
 from finetune.train import fsdp
 
 
@@ -90,7 +90,10 @@ class FinetuneTrainer(LoraPlus, Trainer):
         """Under FSDP the adapter is gathered whole and saved by the main process (checkpoints too: the
         Trainer saves its sharded model and optimizer state beside it for resuming)."""
         if not self.is_fsdp_enabled:
-            return super().save_model(output_dir, _internal_call)
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save and hasattr(self.model, "peft_config"):  # unfrozen_parameters
+                unfrozen.save(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+            return
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
         state = fsdp.full_adapter_state(model)  # every process: the gathers are collectives
@@ -98,6 +101,13 @@ class FinetuneTrainer(LoraPlus, Trainer):
             model.save_pretrained(output_dir, state_dict=state)
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The Trainer loads a peft checkpoint's adapter; the weights that train beside it come back here."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.model if model is None else model
+        if hasattr(target, "peft_config"):
+            unfrozen.load_into_peft(target, resume_from_checkpoint)
 
     # ---------------------------------------------------------------- dataloaders
 

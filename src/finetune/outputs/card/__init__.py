@@ -57,6 +57,8 @@ class Merged:
 
 
 def _method(run: Run) -> str:
+    if run.cfg.adapter is None:  # no adapter: the weights themselves trained
+        return "full fine-tune"
     name = "QLoRA" if run.cfg.quantized_4bit else "LoRA"
     return f"{name} (DoRA)" if run.adapter.get("use_dora", run.cfg.peft_use_dora) else name
 
@@ -82,11 +84,13 @@ def metadata(run: Run, merged: Merged | None = None):
 
     cfg = run.cfg
     base_id = hub_base(run)
-    tags = ["finetune", "qlora" if cfg.quantized_4bit else "lora", training_kind(cfg)]
+    full = cfg.adapter is None
+    method_tag = "full-finetune" if full else "qlora" if cfg.quantized_4bit else "lora"
+    tags = ["finetune", method_tag, training_kind(cfg)]
     if run.adapter.get("use_dora", cfg.peft_use_dora):
         tags.insert(2, "dora")
     if base_id:
-        tags.append(f"base_model:{'finetune' if merged else 'adapter'}:{base_id}")
+        tags.append(f"base_model:{'finetune' if merged or full else 'adapter'}:{base_id}")
     if merged:
         tags.append("merged")
     if cfg.preference or cfg.online_rl:
@@ -105,7 +109,7 @@ def metadata(run: Run, merged: Merged | None = None):
     hub_data = [p for p in _datasets(cfg) if is_hub_id(p)]
     return ModelCardData(
         base_model=base_id,
-        library_name="transformers" if merged else "peft",
+        library_name="transformers" if merged or full else "peft",
         pipeline_tag=task,
         license=cfg.license,
         tags=tags,
@@ -152,6 +156,9 @@ def _description(run: Run, merged: Merged | None) -> str:
             f"**{cfg.run_name}** is {base} with a {_method(run)} adapter merged into {how}, "
             f"saved in {merged.dtype}."
         )
+    elif cfg.adapter is None:
+        which = "the weights unfrozen_parameters matches" if cfg.unfrozen_parameters else "every weight"
+        first = f"**{cfg.run_name}** is a full fine-tune of {base} ({which} trained, saved as a whole model)."
     else:
         first = f"**{cfg.run_name}** is a {_method(run)} adapter for {base}."
     if cfg.online_rl:  # GRPO: prompts and rewards, not answers

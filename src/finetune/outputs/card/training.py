@@ -162,6 +162,10 @@ def hyperparameters(run: Run) -> dict:
     hp["max_sequence_length"] = cfg.sequence_len
     if cfg.gradient_checkpointing:
         hp["gradient_checkpointing"] = cfg.gradient_checkpointing
+    if cfg.unfrozen_parameters:
+        hp["unfrozen_parameters"] = ", ".join(cfg.unfrozen_parameters)
+    if cfg.adapter is None:  # full fine-tuning: no LoRA settings to report
+        return hp
     hp["lora_r"] = ad.get("r", cfg.lora_r)
     hp["lora_alpha"] = ad.get("lora_alpha", cfg.lora_alpha)
     hp["lora_dropout"] = ad.get("lora_dropout", cfg.lora_dropout)

@@ -46,11 +46,14 @@ def example_prompt(run: Run) -> str | None:
 def usage_snippet(run: Run, merged: Merged | None = None) -> str:
     """Python that loads what this card describes and generates one answer; empty without an adapter."""
     cfg = run.cfg
-    if merged is None and run.adapter_dir is None:
+    full = cfg.adapter is None and (run.output_dir / "config.json").is_file()  # a full fine-tune's model
+    if merged is None and run.adapter_dir is None and not full:
         return ""
     where = (
         str(merged.out)
         if merged
+        else cfg.output_dir
+        if full
         else (
             cfg.output_dir
             if run.adapter_dir == run.output_dir
@@ -60,14 +63,15 @@ def usage_snippet(run: Run, merged: Merged | None = None) -> str:
     if cfg.reward_model:
         return card_preference.reward_usage(run, merged, where)
     lines = ["import torch"]
-    if merged:
+    if merged or full:
+        dtype = _DTYPES.get(merged.dtype, "bfloat16") if merged else "bfloat16"
         lines += [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
             f'model_dir = "{where}"  # this folder, or its repo id on the hub',
             "tokenizer = AutoTokenizer.from_pretrained(model_dir)",
             "model = AutoModelForCausalLM.from_pretrained(",
-            f'    model_dir, dtype=torch.{_DTYPES.get(merged.dtype, "bfloat16")}, device_map="auto"',
+            f'    model_dir, dtype=torch.{dtype}, device_map="auto"',
             ")",
         ]
     else:

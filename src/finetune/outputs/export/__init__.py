@@ -112,7 +112,10 @@ def export_command(
         raise UserError(
             f"{output_dir}: a reward model scores text and does not generate; GGUF export is for generation"
         )
-    if run.adapter_dir is None:
+    full = run.cfg.adapter is None  # a full fine-tune's folder is the model: nothing to merge
+    if full and not (output_dir / "config.json").is_file():
+        raise UserError(f"{output_dir}: a full fine-tune with no saved model here (interrupted?)")
+    if run.adapter_dir is None and not full:
         raise UserError(f"{output_dir}: no adapter_config.json here or in a checkpoint-* folder")
     gguf_file.architecture(merge.base_config(run))  # refused before anything is merged
     if out.resolve() == output_dir.resolve() or output_dir.resolve().is_relative_to(out.resolve()):
@@ -123,8 +126,9 @@ def export_command(
         raise UserError(f"--out {out}: exists and is not a folder")
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        merged_dir = tmp / "merged"
-        merge.merge_command(output_dir, merged_dir, dtype="fp32", dequantize=dequantize, announce=False)
+        merged_dir = output_dir if full else tmp / "merged"
+        if not full:
+            merge.merge_command(output_dir, merged_dir, dtype="fp32", dequantize=dequantize, announce=False)
         tokenizer = AutoTokenizer.from_pretrained(merged_dir)
         model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
         template = _template(run, tokenizer)
@@ -140,7 +144,8 @@ def export_command(
         reference = merge.logits(model, prompts)
         stops = _stops(run, tokenizer, model)
         del model
-        shutil.rmtree(merged_dir)
+        if not full:
+            shutil.rmtree(merged_dir)
         gc.collect()
         diff = check(gguf_path, count, tokenizer, prompts, reference, quant)
         atomic_write_text(tmp / "Modelfile", prompt_template.modelfile(gguf_path.name, template, stops))
