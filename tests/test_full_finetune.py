@@ -232,3 +232,30 @@ def test_unfrozen_pattern_matching_nothing_or_4bit_weights_is_one_line(tiny_mode
     with pytest.raises(UserError, match=r"matches \d+ quantized weight\(s\)"):
         train.run(make_cfg(tiny_model_dir, tmp_path / "b", tmp_path / "p", **over))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before writing
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_counts_full_gradients_and_optimizer_states_and_fixes_say_zero3_or_8bit(tmp_path):
+    from finetune.plan import devices
+    from finetune.plan.estimate import estimate
+    from finetune.plan.report import make_plan
+    from test_plan import LLAMA, model_folder
+
+    base = model_folder(tmp_path, LLAMA["8b"])
+    raw = raw_cfg(base, tmp_path / "o", tmp_path, bf16=True, gradient_checkpointing=True, micro_batch_size=1,
+                  optimizer="adamw_torch_fused", sequence_len=2048)  # fmt: skip
+    full = config.validate(raw)
+    lora = config.validate({**raw, "adapter": "lora", "lora_target_linear": True})
+    h100 = devices.gpu_device("h100-80gb")
+    parts, lora_parts = estimate(full, h100).parts, estimate(lora, h100).parts
+    assert parts["weight_gradients"] == pytest.approx(lora_parts["base_weights"])  # bf16, one per weight
+    assert parts["optimizer_states"] == pytest.approx(8 * 8.03e9 / 2**30, rel=0.01)  # AdamW: 2 fp32 moments
+    assert "adapter" not in parts
+    plan = make_plan(full, devices.gpu_device("rtx4090"))  # a full-FT 8B on one 24 GB GPU
+    assert not plan.fits and plan.fixes
+    assert all("load_in_4bit" not in f for f in plan.fixes)  # 4-bit weights could not train
+    assert any("zero3" in f for f in plan.fixes)
+    assert make_plan(full, h100).fixes[0].startswith("optimizer: adamw_bnb_8bit")
+    assert estimate(lora, devices.gpu_device("rtx4090")).fits  # the same run with LoRA fits

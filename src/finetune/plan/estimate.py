@@ -100,16 +100,22 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
             else auto_micro_batch(cfg, device, gpus, shape)
         )
     s = setting.setting(cfg, device.is_gpu, micro_batch, gpus, shape.saved_bits)
-    n_lora = setting.adapter_params(cfg, shape)
-    n_full = setting.trained_in_full(cfg, shape)
+    full = cfg.adapter is None  # full fine-tuning: every weight has a gradient and optimizer states
+    n_lora = 0 if full else setting.adapter_params(cfg, shape)
+    n_full = shape.total_params if full else setting.trained_in_full(cfg, shape)
     shard = lambda stage: s.gpus if s.zero >= stage else 1  # noqa: E731 - ZeRO stage >= n shards this part
     fixed = {
         "base_weights": setting.weight_bytes(shape, s) / shard(3),
         "adapter": 4 * n_lora / shard(3),  # peft keeps the adapter in fp32 (autocast_adapter_dtype)
         "adapter_gradients": 4 * n_lora / shard(2),
         "optimizer_states": s.optimizer_bytes * (n_lora + n_full) / shard(1),
-        "modules_to_save": 8 * n_full,  # an fp32 trainable copy and its gradient
+        "modules_to_save": 0 if full else 8 * n_full,  # an fp32 trainable copy and its gradient
     }
+    if (
+        full
+    ):  # the weights' gradients, in the weights' dtype (unfrozen_parameters counted as all: an upper bound)
+        fixed = {k: v for k, v in fixed.items() if not k.startswith(("adapter", "modules_to_save"))}
+        fixed["weight_gradients"] = setting.weight_bytes(shape, s) / shard(2)
     acts = memory.activation_parts(cfg, shape, s)
     moment = "logits_and_loss" if acts["logits_and_loss"] >= acts["layer_backward"] else "layer_backward"
     training = {**fixed, "activations": acts["activations"], moment: acts[moment]}

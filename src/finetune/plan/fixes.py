@@ -43,7 +43,10 @@ def candidates(cfg: Config, device: Device, gpus: int, shape: Shape, micro: int)
     if device.is_gpu and not (cfg.liger_fused_linear_cross_entropy or cfg.cut_cross_entropy_on):
         update = {"liger_fused_linear_cross_entropy": True}
         yield "liger_fused_linear_cross_entropy: true", base.model_copy(update=update), gpus
-    if not (cfg.quantized_4bit or cfg.load_in_8bit):
+    full = cfg.adapter is None  # full fine-tuning: a 4-bit base could not train; 8-bit optimizer states can
+    if full and not cfg.optimizer.endswith("8bit"):
+        yield "optimizer: adamw_bnb_8bit", base.model_copy(update={"optimizer": "adamw_bnb_8bit"}), gpus
+    if not (full or cfg.quantized_4bit or cfg.load_in_8bit):
         yield "load_in_4bit: true", base.model_copy(update={"load_in_4bit": True}), gpus
     if device.is_gpu:
         for more in (2 * gpus, 4 * gpus, 8 * gpus):
@@ -81,7 +84,7 @@ def _combined(cfg: Config, plan: Plan, shape: Shape) -> str:
         steps.append(("gradient_checkpointing: true", {"gradient_checkpointing": True}))
     if plan.device.is_gpu and not (cfg.liger_fused_linear_cross_entropy or cfg.cut_cross_entropy_on):
         steps.append(("liger_fused_linear_cross_entropy: true", {"liger_fused_linear_cross_entropy": True}))
-    if not (cfg.quantized_4bit or cfg.load_in_8bit):
+    if not (cfg.adapter is None or cfg.quantized_4bit or cfg.load_in_8bit):
         steps.append(("load_in_4bit: true", {"load_in_4bit": True}))
     keys, update = [], {}
     after = plan

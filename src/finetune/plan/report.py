@@ -18,6 +18,7 @@ LABELS = {
     "adapter_gradients": "their gradients",
     "optimizer_states": "optimizer states",
     "modules_to_save": "modules_to_save / new embeddings",
+    "weight_gradients": "weight gradients (full fine-tuning)",
     "activations": "activations kept for backward",
     "logits_and_loss": "logits and loss (fp32)",
     "layer_backward": "one layer's backward",
