@@ -122,7 +122,7 @@ def test_full_fine_tune_trains_every_weight_and_saves_a_loadable_model(full_run,
     )
 
 
-def test_full_fine_tune_is_read_by_generate_eval_push_and_refused_by_merge(full_run, tmp_path):
+def test_full_fine_tune_is_read_by_generate_push_export_and_refused_by_merge(full_run, tmp_path):
     from finetune.inference import generate
     from finetune.outputs import merge, push_files
 
@@ -134,6 +134,10 @@ def test_full_fine_tune_is_read_by_generate_eval_push_and_refused_by_merge(full_
     assert len(exc.value.problems) == 1 and not (tmp_path / "merged").exists()
     names = {u.path_in_repo for u in push_files.run_uploads(out)}
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "config.yml"} <= names
+    from finetune.outputs import export  # the folder is exported as it is, no merge, and checked
+
+    assert export.export_command(out, tmp_path / "gguf", quant="f32") < 1e-4
+    assert {p.name for p in (tmp_path / "gguf").iterdir()} == {"out.gguf", "Modelfile"}
 
 
 def test_full_fine_tune_resumes_equal_to_uninterrupted(full_run, tiny_model_dir, tmp_path, capsys):
@@ -259,3 +263,39 @@ def test_plan_counts_full_gradients_and_optimizer_states_and_fixes_say_zero3_or_
     assert any("zero3" in f for f in plan.fixes)
     assert make_plan(full, h100).fixes[0].startswith("optimizer: adamw_bnb_8bit")
     assert estimate(lora, devices.gpu_device("rtx4090")).fits  # the same run with LoRA fits
+
+
+# ---------------------------------------------------------------- real configs' shapes on the tiny model
+
+# llama-3__fft-8b.yaml's training keys (packing, checkpointing, paged 8-bit AdamW, cosine warm-up, evals)
+FFT_8B = {
+    "val_set_size": 0.1, "sample_packing": True, "gradient_accumulation_steps": 2, "micro_batch_size": 2,
+    "num_epochs": 1, "max_steps": None, "optimizer": "paged_adamw_8bit", "lr_scheduler": "cosine",
+    "learning_rate": 2e-5, "bf16": "auto", "gradient_checkpointing": True,
+    "gradient_checkpointing_kwargs": {"use_reentrant": False}, "warmup_ratio": 0.1, "evals_per_epoch": 2,
+    "saves_per_epoch": 1, "weight_decay": 0.0, "special_tokens": {"pad_token": "</s>"},
+}  # fmt: skip
+# mistral__bigstral__bigstral-ds-zero3.yaml's shape: head, embeddings and some layers' MLP unfrozen, a new token
+BIGSTRAL = {
+    "unfrozen_parameters": ["^lm_head.weight$", "^model.embed_tokens.weight$", "model.layers.[1-9]+.mlp"],
+    "special_tokens": {"eos_token": "</s>"}, "tokens": ["<|im_start|>"], "optimizer": "adamw_bnb_8bit",
+    "gradient_checkpointing": True, "learning_rate": 1e-3,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", ["fft-8b", "bigstral"])
+def test_real_config_shapes_train_on_the_tiny_model(shape, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    train.run(make_cfg(tiny_model_dir, out, tmp_path / "prep", **(FFT_8B if shape == "fft-8b" else BIGSTRAL)))
+    before, after = state_of(tiny_model_dir), state_of(out)
+    changed = {k for k in before if not torch.equal(before[k], after.get(k, before[k]))}
+    if shape == "fft-8b":
+        assert changed == set(before)  # every weight trained
+        assert json.loads((out / "all_results.json").read_text())["eval_loss"] > 0
+    else:
+        matched = {"lm_head.weight", "model.embed_tokens.weight"} | {
+            k for k in before if k.startswith("model.layers.1.mlp.")
+        }
+        grown = {k for k in after if after[k].shape != before[k].shape}
+        assert grown == {"lm_head.weight", "model.embed_tokens.weight"}  # the new token's row
+        assert changed - grown == matched - grown  # exactly the matched ones changed
