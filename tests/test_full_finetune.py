@@ -65,6 +65,7 @@ def test_no_adapter_is_full_fine_tuning_and_quantized_bases_are_refused(tiny_mod
         "load_in_8bit": {"load_in_8bit": True},
         "rl": {"rl": "dpo"},
         "loraplus_lr_ratio": {"loraplus_lr_ratio": 16},
+        "fp16": {"fp16": True},
     }
     for key, over in cases.items():
         with pytest.raises(config.ConfigError) as exc:

@@ -59,6 +59,15 @@ def full_checks(cfg: Config) -> list[tuple[tuple, str]]:
             problems.append(
                 ((key,), "trains an adapter here (full fine-tuning is supervised only): set adapter: lora")
             )
+        if cfg.fp16 or cfg.float16:
+            key = "fp16" if cfg.fp16 else "float16"
+            problems.append(
+                (
+                    (key,),
+                    "full fine-tuning would hold and update the weights in fp16 (the Trainer's fp16 loss scaler "
+                    "refuses fp16 weights, and fp16 steps lose small updates): use bf16: true, or an adapter",
+                )
+            )
         if cfg.lora_model_dir:
             problems.append(
                 (("lora_model_dir",), "an adapter to continue, but no adapter: is set: set adapter: lora")
