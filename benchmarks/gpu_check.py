@@ -173,10 +173,16 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-gpu-check"))
     parser.add_argument("--only", default="", help="run only the checks whose name contains this")
     parser.add_argument("--dry-run", action="store_true", help="list the checks and validate their configs")
+    parser.add_argument(
+        "--model-8b",
+        type=Path,
+        help="local folder of real Llama-3.1-8B weights for the 8B rows (default: random weights of its shape, "
+        "built on the GPU: a lent machine reaches nothing outside it)",
+    )
     args = parser.parse_args()
     deadline = time.time() + args.budget
     args.workdir.mkdir(parents=True, exist_ok=True)
-    ctx = gpu_checks.Context(args.workdir, gpus=0 if args.dry_run else gpus(), dry_run=args.dry_run)
+    ctx = gpu_checks.Context(args.workdir, 0 if args.dry_run else gpus(), args.dry_run, args.model_8b)
     gpu_checks.prepare(ctx)
     if args.dry_run:
         validated = dry_run(ctx)

@@ -16,13 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gpu_checks_scripts import (  # noqa: E402 - the checks that run gpu_qlora.py and plan_accuracy.py
+    PLAN_ACCURACY_ONLY,
+    plan_accuracy,
+    plan_bench,
+    verify_accuracy,
+    verify_bench,
+)
+
 FINETUNE = [sys.executable, "-m", "finetune.cli"]
 SENTIMENT = {"field_instruction": "context", "field_output": "target", "format": "{instruction}",
              "no_input_format": "{instruction}"}  # fmt: skip
-# BENCHMARKS.md, "GPU: QLoRA and LoRA on Llama 3.x shapes (H100)", 2026-11-23: what the 8B rows compare with
-BENCHMARKS_8B = {"qlora": "4,676 tokens/s, 16.4 GiB", "lora": "8,627 tokens/s, 48.0 GiB"}
-PLAN_ACCURACY_ONLY = "tiny-b8"  # one grid config (4-bit, checkpointing): the budget holds one
-BENCH_STEPS = ["--steps", "10", "--skip", "3"]
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Context:
     workdir: Path
     gpus: int
     dry_run: bool
+    model_8b: Path | None = None  # real Llama-3.1-8B weights in a local folder; None: random weights
 
     @property
     def tiny(self) -> Path:
@@ -199,32 +205,46 @@ def verify_flash(ctx: Context, outputs: list[str]) -> str:
     return f"{trained_on_gpu(ctx, 'flash-varlen')}; padding {res.get('padding_fraction')}"
 
 
-def fsdp_needs_two(ctx: Context) -> str | None:
-    if ctx.gpus < 2:
-        return (f"{ctx.gpus} GPU: FSDP2 needs 2 processes on 2 GPUs (NCCL refuses two ranks on one GPU, and one "
-                "process trains without FSDP: train/fsdp.trainer_arguments)")  # fmt: skip
-    return None
+def no_gpu(ctx: Context) -> str | None:
+    return None if ctx.gpus else "no CUDA GPU (nvidia-smi lists none)"
 
 
 def plan_fsdp(ctx: Context):
+    """Two ranks on two GPUs (`--num-processes 2`); on one GPU a single FSDP2 rank through fsdp_one_rank.py
+    (finetune trains one process without FSDP, and NCCL refuses two ranks on one GPU)."""
     fsdp = {"fsdp_version": 2, "fsdp_config": {"state_dict_type": "FULL_STATE_DICT"}}
     path = write(ctx, "fsdp", max_steps=4, save_strategy="steps", save_steps=2, **fsdp)
-    two = ["--num-processes", "2"]
+    if ctx.gpus >= 2:
+        launch, extra = FINETUNE, ["--num-processes", "2"]
+    else:
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "1",
+            "--master-port",
+            "29611",
+        ]
+        launch, extra = [*torchrun, str(ROOT / "benchmarks" / "fsdp_one_rank.py")], []
     return [(path, []), (path, ["max_steps=6"])], [
-        train(path, *two),
-        ([*FINETUNE, "train", str(path), "--resume", "--set", "max_steps=6", *two], 0),
+        ([*launch, "train", str(path), "--overwrite", *extra], 0),
+        ([*launch, "train", str(path), "--resume", "--set", "max_steps=6", *extra], 0),
     ]
 
 
 def verify_fsdp(ctx: Context, outputs: list[str]) -> str:
     res = results(ctx, "fsdp")
-    assert res.get("distributed_type") == "fsdp" and res.get("world_size") == 2, res.get("distributed_type")
+    ranks = min(ctx.gpus, 2)
+    assert res.get("distributed_type") == "fsdp", f"distributed_type {res.get('distributed_type')}, not fsdp"
+    assert res.get("world_size") == ranks, f"world_size {res.get('world_size')}, not {ranks}"
     state = json.loads((out(ctx, "fsdp") / "trainer_state.json").read_text())
     steps = [e["step"] for e in state["log_history"] if "loss" in e]
     assert steps == [1, 2, 3, 4, 5, 6], f"logged steps {steps}"
     checkpoints = sorted(out(ctx, "fsdp").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert checkpoints, "no checkpoint folder"
     files = sorted(p.name for p in checkpoints[-1].iterdir())
+    assert not any(name.startswith("pytorch_model_fsdp_") for name in files), f"sharded checkpoint: {files}"
     return f"steps 1-6 logged, resumed at step 4; {checkpoints[-1].name}: {', '.join(files[:8])}"
 
 
@@ -248,65 +268,6 @@ def verify_grpo(ctx: Context, outputs: list[str]) -> str:
     return f"mean reward by step: {', '.join(f'{r:.2f}' for r in rewards)}"
 
 
-def plan_accuracy(ctx: Context):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import plan_accuracy as pa
-    import yaml
-
-    work = ctx.workdir / "plan-accuracy" / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    pa.write_rows(work / "rows.jsonl")
-    configs = []
-    for name in (n for n in pa.GRID if PLAN_ACCURACY_ONLY in n):
-        path = work / f"{name}.yaml"  # the file plan_accuracy.measure writes, written here to validate it
-        path.write_text(yaml.safe_dump(pa.config_for(name, work)))
-        configs.append((path, []))
-    argv = [sys.executable, str(ROOT / "benchmarks" / "plan_accuracy.py"), "--only", PLAN_ACCURACY_ONLY,
-            "--workdir", str(work), "--again"]  # fmt: skip
-    return configs, [(argv, 0)]
-
-
-def verify_accuracy(ctx: Context, outputs: list[str]) -> str:
-    measured = json.loads((ctx.workdir / "plan-accuracy" / "work" / "measured-gpu.json").read_text())
-    rows = [ln for ln in outputs[0].splitlines() if ln.startswith(f"| {PLAN_ACCURACY_ONLY}")]
-    assert rows and all("error" not in v.get("gpu", {}) for v in measured.values()), json.dumps(measured)[
-        :200
-    ]
-    return rows[0].replace("|", " ").strip()
-
-
-def plan_bench(mode: str, *extra: str):
-    def plan(ctx: Context):
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        import gpu_qlora
-        import yaml
-
-        work = ctx.workdir / "bench"
-        argv = ["--shape", "8b", "--mode", mode, *BENCH_STEPS, *extra, "--workdir", str(work)]
-        args = gpu_qlora.parser().parse_args(argv)
-        work.mkdir(parents=True, exist_ok=True)
-        if ctx.dry_run:  # the config gpu_qlora.py will write, validated against a config.json-only model
-            gpu_qlora.write_model("8b", work / "llama-8b-random", weights=False)
-            gpu_qlora.write_rows(work / "rows.jsonl", 8)
-        path = work / f"check-{gpu_qlora.run_name(args)}.yaml"
-        path.write_text(yaml.safe_dump(gpu_qlora.build_config(args)))
-        configs = [(path, [])] if ctx.dry_run else []
-        return configs, [([sys.executable, str(ROOT / "benchmarks" / "gpu_qlora.py"), *argv], 0)]
-
-    return plan
-
-
-def verify_bench(mode: str):
-    def verify(ctx: Context, outputs: list[str]) -> str:
-        line = next(ln for ln in reversed(outputs[0].splitlines()) if ln.startswith("{"))
-        r = json.loads(line)
-        return (f"{r['tokens_per_s_steady']:,.0f} tokens/s, peak {r['peak_gpu_mem_gib']} GiB (plan "
-                f"{r['predicted_peak_gpu_mem_gib']} GiB, {r['predicted_tokens_per_s']:,.0f} tokens/s), MFU {r['mfu']}; "
-                f"BENCHMARKS.md (H100): {BENCHMARKS_8B[mode]}")  # fmt: skip
-
-    return verify
-
-
 def no_liger(ctx: Context) -> str | None:
     return None if importlib.util.find_spec("liger_kernel") else "liger-kernel is not installed"
 
@@ -324,8 +285,8 @@ CHECKS = [
     Check("flash-varlen", "sample_packing + flash_attention: packed rows, flash-attention varlen", 90, 20,
           single("flash-varlen", sample_packing=True, flash_attention=True), verify_flash, flash_missing),
     Check("grpo", "rl: grpo (examples/grpo.yaml on the tiny model), 3 steps", 120, 30, plan_grpo, verify_grpo),
-    Check("fsdp", "FSDP2, FULL_STATE_DICT checkpoints, --resume (2 processes)", 180, 60,
-          plan_fsdp, verify_fsdp, fsdp_needs_two),
+    Check("fsdp", "FSDP2, FULL_STATE_DICT checkpoints, --resume (one rank per GPU, at most 2)", 180, 60,
+          plan_fsdp, verify_fsdp, no_gpu),
     Check("8b-qlora", "Llama-3.1-8B shape, QLoRA, checkpointing (gpu_qlora.py; writes the model)", 170, 120,
           plan_bench("qlora"), verify_bench("qlora")),
     Check("8b-lora", "Llama-3.1-8B shape, bf16 LoRA, no checkpointing (gpu_qlora.py)", 110, 70,

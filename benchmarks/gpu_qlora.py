@@ -9,7 +9,8 @@ For a lent GPU machine (CUDA needed). The script writes a randomly initialised L
 dimensions to --workdir (once per shape), rows that fill the whole sequence (so every batch is full, as a
 packed batch is), and a config with LoRA r=16 on all linear layers; then it runs the real `finetune train`
 on it and prints real tokens/s over the steady-state steps (the first --skip steps are warm-up), peak GPU
-memory and MFU, each beside `finetune plan`'s prediction for the same config. MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
+memory and MFU, each beside `finetune plan`'s prediction for the same config. `--base-model PATH` trains a local
+folder of real weights of the shape instead (downloaded beforehand; nothing is fetched here). MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
 (forward + input gradients; no weight gradients) plus causal attention, without recomputation.
 """
 
@@ -94,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
         "--liger", action="store_true", help="Liger kernels: RoPE, RMSNorm, SwiGLU, fused linear CE"
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-bench"))
+    parser.add_argument(
+        "--base-model",
+        type=Path,
+        help="a local HF folder of real weights of this shape (e.g. Llama-3.1-8B, downloaded beforehand); "
+        "default: random weights built from the shape's config on the GPU (nothing is downloaded)",
+    )
     return parser
 
 
@@ -104,7 +111,7 @@ def run_name(args) -> str:
 
 def build_config(args) -> dict:
     """The config this benchmark trains (gpu_check.py --dry-run validates the same dict)."""
-    model_dir = args.workdir / f"llama-{args.shape}-random"
+    model_dir = args.base_model or args.workdir / f"llama-{args.shape}-random"
     config = {
         "base_model": str(model_dir),
         "load_in_4bit": args.mode == "qlora",
@@ -155,7 +162,8 @@ def main() -> None:
     import yaml
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    write_model(args.shape, args.workdir / f"llama-{args.shape}-random")
+    if args.base_model is None:
+        write_model(args.shape, args.workdir / f"llama-{args.shape}-random")
     write_rows(args.workdir / "rows.jsonl", args.micro_batch * args.steps + 8)
     run = run_name(args)
     out = args.workdir / run

@@ -38,6 +38,23 @@ def test_dry_run_lists_every_check_and_validates_each_config(tmp_path):
     # the 8B rows validate the very config gpu_qlora.py trains, and plan_accuracy.py's own config
     assert "check-8b-qlora-none-gctrue-p1.yaml" in proc.stdout and "tiny-b8-s512-4bit-gc.yaml" in proc.stdout
     assert "examples/grpo.yaml --set base_model=" in proc.stdout
+    # one lent GPU: FSDP2 as a single rank (finetune alone trains one process without FSDP), saved, resumed
+    fsdp = [ln for ln in proc.stdout.splitlines() if "fsdp_one_rank.py train" in ln]
+    assert len(fsdp) == 2 and "--overwrite" in fsdp[0] and "--resume --set max_steps=6" in fsdp[1]
+
+
+def test_the_8b_rows_train_a_local_folder_when_given_one(tmp_path):
+    """No 8B weights are reachable from a lent machine: by default the rows build random ones of the shape;
+    --model-8b PATH hands a local folder of real weights to gpu_qlora.py (and its config)."""
+    import yaml
+
+    real = tmp_path / "Llama-3.1-8B"
+    for model_8b, expected in ((None, tmp_path / "bench" / "llama-8b-random"), (real, real)):
+        ctx = gpu_checks.Context(tmp_path, gpus=1, dry_run=False, model_8b=model_8b)
+        configs, [(argv, _)] = gpu_checks.plan_bench("qlora")(ctx)
+        assert ("--base-model" in argv) == (model_8b is not None)
+        written = yaml.safe_load(next((tmp_path / "bench").glob("check-8b-qlora-*.yaml")).read_text())
+        assert written["base_model"] == str(expected) and written["load_in_4bit"] is True
 
 
 def test_dry_run_names_the_check_whose_config_finetune_refuses(tmp_path):
