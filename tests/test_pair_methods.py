@@ -97,10 +97,12 @@ def test_kto_rows_are_unpaired_and_shuffled_once():
     assert cols[1]["rejected_input_ids"] == [1, 3, 7, 0] and cols[1]["prompt_input_ids"] == [1, 3]
 
 
-def test_kto_reference_is_the_base_with_the_adapter_off_and_no_copy(tiny_model_dir, tmp_path):
-    """The trainer finetune builds for rl: kto scores its reference with the adapter switched off: the base's own
-    log-probabilities, whatever the adapter has learnt, and no frozen copy of the adapter is kept (TRL adds a
-    "ref" adapter for a peft model; pair_methods drops it, as preference.py does for DPO)."""
+@pytest.mark.parametrize("rl", ["kto", "dpo"])
+def test_reference_is_the_base_with_the_adapter_off_and_no_copy(rl, tiny_model_dir, tmp_path):
+    """The trainer finetune builds for rl: kto (pair_methods) and rl: dpo (preference.py) scores its reference
+    with the adapter switched off: the base's own log-probabilities, whatever the adapter has learnt, and no
+    frozen copy of the adapter is kept (TRL adds a "ref" adapter for a peft model; reference_without_copy drops
+    it). ORPO and SimPO have no reference model."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -108,15 +110,16 @@ def test_kto_reference_is_the_base_with_the_adapter_off_and_no_copy(tiny_model_d
     from finetune import model as model_module
     from finetune.data.tokenizer import count_new_tokens, load_tokenizer
     from finetune.train import arguments as trainer_args
-    from finetune.train import pair_methods
+    from finetune.train import pair_methods, preference
 
-    cfg = pair_cfg(tiny_model_dir, tmp_path, "kto")
+    cfg = pair_cfg(tiny_model_dir, tmp_path, rl)
     tokenizer = load_tokenizer(cfg)
     prepared = data.prepare(cfg, tokenizer)
     loaded = model_module.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
     prec = model_module.precision(cfg)
     args, _ = trainer_args.training_arguments(cfg, prec, len(prepared.train), False, cfg.output_dir, [])
-    trainer = pair_methods.build_trainer(cfg, args, loaded.model, tokenizer, prepared.train, None, [])
+    build = pair_methods.build_trainer if rl == "kto" else preference.build_trainer
+    trainer = build(cfg, args, loaded.model, tokenizer, prepared.train, None, [])
     assert trainer.ref_model is None and sorted(trainer.model.peft_config) == ["default"]  # no copy
 
     torch.manual_seed(0)
@@ -125,7 +128,10 @@ def test_kto_reference_is_the_base_with_the_adapter_off_and_no_copy(tiny_model_d
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     batch = next(iter(trainer.get_train_dataloader()))
-    reference, _ = trainer.compute_ref_log_probs(trainer.model, batch)
+    scored = trainer.compute_ref_log_probs(
+        trainer.model, batch
+    )  # KTO: (rows, KL rows); DPO: (chosen, rejected)
+    reference = scored[0] if rl == "kto" else torch.cat(scored)
 
     def completion_logps(model) -> torch.Tensor:
         with torch.no_grad():
