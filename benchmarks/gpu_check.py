@@ -3,13 +3,13 @@
     python benchmarks/gpu_check.py --report gpu_check.md       # on the GPU: about 8 minutes on one H100
     python benchmarks/gpu_check.py --dry-run                   # anywhere (CPU): what it would run, configs validated
 
-Through the device tool (nothing outside the machine is reachable there: the models are built from config.json
-with random weights, as gpu_qlora.py does), with the report coming back under $OUT:
+Nothing outside a lent GPU machine may be reachable: the models are built from config.json with random weights,
+as gpu_qlora.py does (--model-8b PATH: a local folder of real Llama-3.1-8B weights for the 8B rows). Where the
+report has to come back from that machine, write it under the folder that is copied back, and allow the command
+about 9 minutes (--budget plus start-up).
 
-    run(command="python benchmarks/gpu_check.py --report $OUT/gpu_check.md", timeout_s=560)
-
-NOT YET RUN ON A GPU: written on 2026-12-07 when no GPU was lent; only `--dry-run` has run (on CPU, in
-tests/test_gpu_check.py). Expect the first GPU run to find wrong guesses in the checks themselves.
+NOT YET RUN ON A GPU: written on 2026-12-07 when no GPU was lent; only `--dry-run`, the harness and the one-GPU
+FSDP2 commands have run (on CPU, in tests/test_gpu_check.py). Expect the first GPU run to find wrong guesses in the checks themselves.
 
 Each check runs real `finetune` commands (or the existing benchmark scripts: gpu_qlora.py for the 8B
 tokens/s rows of BENCHMARKS.md, plan_accuracy.py for its GPU mode) as subprocesses, each with its own timeout,

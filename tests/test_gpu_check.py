@@ -110,3 +110,38 @@ def test_a_check_that_would_start_past_the_budget_is_skipped(tmp_path):
     assert gpu_check.run_check(check, ctx, time.time() + 10, report) == "skipped"
     assert "global budget: 10 s left, the check needs about 50 s" in (tmp_path / "report.md").read_text()
     assert not (tmp_path / "late" / "log.txt").exists()
+
+
+@pytest.mark.slow
+def test_the_one_gpu_fsdp_check_trains_one_fsdp2_rank_and_resumes_on_cpu_too(tmp_path):
+    """The fsdp check on a one-GPU machine: fsdp_one_rank.py under torchrun makes a single FSDP2 rank (finetune
+    alone trains one process without FSDP). Its commands run here on CPU (checkpoints sharded there: the
+    FULL_STATE_DICT file is the GPU run's to see): FSDP engaged, the run resumed from its step-4 checkpoint."""
+    import json
+
+    import yaml
+
+    from test_distributed import free_port
+
+    ctx = gpu_checks.Context(tmp_path, gpus=1, dry_run=False)
+    gpu_checks.prepare(ctx)
+    configs, commands = gpu_checks.plan_fsdp(ctx)
+    path = configs[0][0]
+    cfg = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**cfg, "bf16": False, "micro_batch_size": 2}))  # CPU: fp32, small batches
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith(("RANK", "LOCAL_", "WORLD_", "MASTER_"))}
+    outputs = []
+    for argv, expected in commands:
+        assert "fsdp_one_rank.py" in " ".join(argv)
+        argv = [str(free_port()) if a == "29611" else a for a in argv]
+        code, output = gpu_check.run_command(argv, 600, tmp_path / "log.txt", env)
+        assert code == expected, output[-3000:]
+        outputs.append(output)
+    out = gpu_checks.out(ctx, "fsdp")
+    results = json.loads((out / "all_results.json").read_text())
+    assert (results["distributed_type"], results["world_size"]) == ("fsdp", 1)
+    assert "one process, nothing to shard" not in outputs[0]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert "checkpoint-4" in outputs[1]  # resumed from the first run's last checkpoint
