@@ -1,9 +1,11 @@
 """Send a run to the Hugging Face hub in one commit: `finetune push`, and the `hub_*` keys during training.
 
 What is sent is push_files.py's allow-list. The calls are huggingface_hub's public ones: `create_repo`
-(exist_ok; private unless asked otherwise), `create_branch` for a revision other than main, and one
-`create_commit`, so a repo never holds half a push. The token is huggingface_hub's own lookup (HF_TOKEN, else
-the `hf auth login` file); finetune never reads it except to make sure no uploaded file contains it.
+(exist_ok; private unless asked otherwise), `create_branch` for a revision other than main, `list_repo_files`
+when the push holds a folder that replaces the hub's (push_files.replaced_folders), and one `create_commit`
+(the stale files' deletions with the new files), so a repo never holds half a push. The token is
+huggingface_hub's own lookup (HF_TOKEN, else the `hf auth login` file); finetune never reads it except to make
+sure no uploaded file contains it.
 
 Every way the hub can fail becomes one line (PushFailed, a UserError: exit 2): no token, offline mode, the
 endpoint unreachable (probed first, so no minute of retries), 401, 403, 404, another HTTP status, or the
@@ -53,11 +55,21 @@ def http_problem(exc, repo_id: str, revision: str | None) -> str:
     return f"{repo_id}: the hub refused the push ({status}): {detail[0] if detail else type(exc).__name__}"
 
 
+def stale_files(api, repo_id: str, revision: str | None, files: list[Upload]) -> list[str]:
+    """The hub's files in the folders this push replaces that it does not send again: deleted in its commit."""
+    folders = push_files.replaced_folders(files)
+    if not folders:
+        return []
+    sent = {f.path_in_repo for f in files}
+    on_hub = api.list_repo_files(repo_id, revision=revision, repo_type="model")
+    return sorted(p for p in on_hub if p.startswith(folders) and p not in sent)
+
+
 def push(
     repo_id: str, files: list[Upload], *, private: bool = True, revision: str | None = None, message: str
 ) -> str:
     """Create the repo if needed and commit `files` to it (on `revision`); the repo's URL. Raises PushFailed."""
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     token = get_token()  # only to search the files for it (push_files.check_no_secrets)
@@ -83,7 +95,10 @@ def push(
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision and revision != "main":
             api.create_branch(url.repo_id, branch=revision, exist_ok=True)
-        api.create_commit(url.repo_id, operations=operations, commit_message=message, revision=revision)
+        deletions = [CommitOperationDelete(p) for p in stale_files(api, url.repo_id, revision, files)]
+        api.create_commit(
+            url.repo_id, operations=deletions + operations, commit_message=message, revision=revision
+        )
     except HfHubHTTPError as exc:
         raise PushFailed(http_problem(exc, repo_id, revision)) from None
     except OfflineModeIsEnabled:
