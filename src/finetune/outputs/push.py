@@ -9,7 +9,9 @@ sure no uploaded file contains it.
 
 Every way the hub can fail becomes one line (PushFailed, a UserError: exit 2): no token, offline mode, the
 endpoint unreachable (probed first, so no minute of retries), 401, 403, 404, another HTTP status, or the
-connection dropping half-way.
+connection dropping half-way. Behind a proxy (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; hub.proxy_for) there is no
+probe, since a direct connection says nothing there: the client's own error on the first request becomes the
+line, naming the endpoint and the proxy (never its credentials).
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ def http_problem(exc, repo_id: str, revision: str | None) -> str:
     return f"{repo_id}: the hub refused the push ({status}): {detail[0] if detail else type(exc).__name__}"
 
 
+def proxy_problem(exc, repo_id: str, endpoint: str, proxy: str | None, first: bool) -> str | None:
+    """The line for a push that failed at the proxy: it could not be reached (or reach the hub) on the first
+    request, or it asked for credentials. None where the proxy is not the likely cause."""
+    if proxy is None:
+        return None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 407:
+        return (
+            f"{repo_id}: the proxy {proxy} asks for credentials (407 Proxy Authentication Required): put them "
+            "in HTTPS_PROXY / HTTP_PROXY (http://user:password@host:port): nothing was pushed"
+        )
+    if first and (status is None or status in (502, 503, 504)):
+        why = type(exc).__name__ if status is None else f"{status} from the proxy"
+        return (
+            f"{repo_id}: cannot reach the hub at {endpoint} through the proxy {proxy} ({why}): check the proxy "
+            "and HTTPS_PROXY / HTTP_PROXY / NO_PROXY: nothing was pushed"
+        )
+    return None
+
+
 def stale_files(api, repo_id: str, revision: str | None, files: list[Upload]) -> list[str]:
     """The hub's files in the folders this push replaces that it does not send again: deleted in its commit."""
     folders = push_files.replaced_folders(files)
@@ -83,7 +105,8 @@ def push(
             f"{repo_id}: offline mode (HF_HUB_OFFLINE or no network at start): nothing was pushed"
         )
     api = HfApi()
-    if not hub.reachable(endpoint=api.endpoint):
+    proxy = hub.proxy_for(api.endpoint)  # behind a proxy a direct probe fails: the client's errors decide
+    if proxy is None and not hub.reachable(endpoint=api.endpoint):
         raise PushFailed(
             f"{repo_id}: cannot reach the hub at {api.endpoint} (no network?): nothing was pushed"
         )
@@ -91,6 +114,7 @@ def push(
         CommitOperationAdd(f.path_in_repo, f.source if isinstance(f.source, bytes) else str(f.source))
         for f in files
     ]
+    url = None  # set once the hub has answered
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision and revision != "main":
@@ -100,12 +124,16 @@ def push(
             url.repo_id, operations=deletions + operations, commit_message=message, revision=revision
         )
     except HfHubHTTPError as exc:
-        raise PushFailed(http_problem(exc, repo_id, revision)) from None
+        raise PushFailed(
+            proxy_problem(exc, repo_id, api.endpoint, proxy, url is None)
+            or http_problem(exc, repo_id, revision)
+        ) from None
     except OfflineModeIsEnabled:
         raise PushFailed(f"{repo_id}: offline mode (HF_HUB_OFFLINE): nothing was pushed") from None
     except network_errors() as exc:
         raise PushFailed(
-            f"{repo_id}: the connection to {api.endpoint} failed while pushing ({type(exc).__name__}): "
+            proxy_problem(exc, repo_id, api.endpoint, proxy, url is None)
+            or f"{repo_id}: the connection to {api.endpoint} failed while pushing ({type(exc).__name__}): "
             "nothing was committed"
         ) from None
     return str(url) + (f"/tree/{revision}" if revision else "")
