@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,8 @@ class Studio:
                 "--port", str(self.port)] + (["--token", token] if token else [])  # fmt: skip
         self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         self.banner = self.proc.stderr.readline()  # "finetune studio: ROOT at URL"
+        self.log: list[str] = []  # the rest of its stderr, drained so a full pipe never blocks it
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(200):
             try:
@@ -76,7 +79,6 @@ class Studio:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
-        self.proc.stderr.close()
 
 
 def status_of(rows: list[dict], name: str) -> str | None:

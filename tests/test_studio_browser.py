@@ -93,7 +93,7 @@ def test_studio_in_a_browser(browser_page, tmp_path, tiny_model_dir):
             "document.querySelector('#status').textContent === 'finished'", timeout=300_000
         )
         assert page.inner_text("#step").startswith("120")
-        assert "resuming from" in page.inner_text("#run-jobs")
+        assert "resuming from" in page.text_content("#run-jobs")
         page.wait_for_selector("#card h3")  # the card, rendered
         page.screenshot(path=str(shots / "run-finished.png"), full_page=True)
 
@@ -105,26 +105,33 @@ def test_studio_in_a_browser(browser_page, tmp_path, tiny_model_dir):
         page.wait_for_selector("#problems li.ok")
         page.fill("#run-name-input", "second")
         page.click("#start")
-        page.wait_for_url(re.compile(r"name=outputs/second"))
+        page.wait_for_url(re.compile(r"name=outputs(/|%2F)second"))
         wait_for(lambda: run_status(studio, "outputs/second") == "finished", timeout=300)
         page.goto(studio.url)
         page.check("input[data-name='outputs/quickstart']")
         page.check("input[data-name='outputs/second']")
         page.click("#compare")
         page.wait_for_url(re.compile(r"/compare"))
-        assert page.locator("#compare-chart path.curve").count() == 2
+        assert page.locator("#compare-chart > path.curve").count() == 2  # drawn, not nested
         diff = page.inner_text("#diff")
         assert "lora_r" in diff and "output_dir" in diff and "learning_rate" not in diff
         page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
-        # --- the playground: a streamed answer
+        # --- the playground: the base and both runs, one prompt, streamed answers (the tiny runs may end their
+        # turn at once: they learnt the short answers' end of turn; the random base rambles on)
         page.goto(studio.url + "/playground")
+        page.check("#with-base")
         page.select_option("#run-a", "outputs/quickstart")
+        page.select_option("#run-b", "outputs/second")
         page.fill("#max-new", "12")
         page.fill("#prompt", "What is liquidity?")
         page.click("#send")
-        page.wait_for_selector("#answer-0[data-done='1']", timeout=300_000)
-        assert page.inner_text("#answer-0").strip()
+        page.wait_for_selector("#answer-2[data-done='1']", timeout=300_000)
+        assert page.inner_text("#answers h3 >> nth=0").startswith("base")
+        assert page.inner_text("#answer-0").strip() and page.get_attribute("#answer-0", "data-chunks")
+        for i in (1, 2):
+            streamed = page.get_attribute(f"#answer-{i}", "data-chunks")
+            assert streamed or "ended its turn" in page.inner_text(f"#answer-{i}")
         page.screenshot(path=str(shots / "playground.png"), full_page=True)
 
         # --- export GGUF from the run page

@@ -67,7 +67,8 @@ def create_app(
 
     def run_folder(request: Request) -> Path:
         folder = security.inside(root, request.query_params.get("name", ""))
-        if not folder.is_dir():
+        queued = jobs.for_run(folder.relative_to(root).as_posix())  # a queued run has no folder yet
+        if not folder.is_dir() and not queued:
             raise security.Refused(404, f"no run {request.query_params.get('name')!r} under the root")
         return folder
 
@@ -93,6 +94,15 @@ def create_app(
             "progress": detail.progress(row, entries),
             "curves": detail.curves(entries),
             "jobs": [{**j.as_json(), "log": jobs.log(j, 4000)} for j in run_jobs],
+            "files": files_of(folder),  # live too: the card and results appear when training or an eval ends
+        }
+
+    def files_of(folder: Path) -> dict:
+        return {
+            "config": detail.text_file(folder, "config.yml"),
+            "card": pages.markdown(detail.text_file(folder, "README.md")),
+            "evals": detail.eval_results(folder),
+            "predictions": detail.prediction_files(folder),
         }
 
     async def guarded(handler, request: Request):
@@ -118,14 +128,7 @@ def create_app(
 
     async def run_page(request):
         folder = run_folder(request)
-        name = folder.relative_to(root).as_posix()
-        info = {
-            "name": name,
-            "config": detail.text_file(folder, "config.yml"),
-            "card": pages.markdown(detail.text_file(folder, "README.md")),
-            "evals": detail.eval_results(folder),
-            "predictions": detail.prediction_files(folder),
-        }
+        info = {"name": folder.relative_to(root).as_posix()}
         return page("run", run=info, state=await asyncio.to_thread(run_state, folder))
 
     async def new_page(request):

@@ -43,13 +43,15 @@ def curves(entries: list[dict]) -> dict[str, list[list[float]]]:
 
 def progress(row: runs.RunRow, entries: list[dict]) -> dict:
     """Step of total, ETA (from the pace of the recent logged steps), tokens/s and the latest loss."""
+    # the heartbeat is written every few seconds, metrics.jsonl at every logged step: the later of the two
+    step = max(row.step or 0, entries[-1]["step"] if entries else 0)
     timed = [e for e in entries if "time" in e and "loss" in e]
     eta = tokens_per_second = None
     if len(timed) >= 2:
         first, last = timed[max(0, len(timed) - 6)], timed[-1]
         steps = last["step"] - first["step"]
         if steps > 0 and row.total:
-            eta = (last["time"] - first["time"]) / steps * max(0, row.total - (row.step or 0))
+            eta = (last["time"] - first["time"]) / steps * max(0, row.total - step)
     for e in reversed(entries):
         for key in ("train_tokens_per_second", "tokens_per_second"):
             if isinstance(e.get(key), int | float):
@@ -57,7 +59,6 @@ def progress(row: runs.RunRow, entries: list[dict]) -> dict:
                 break
         if tokens_per_second is not None:
             break
-    step = row.step if row.step is not None else (entries[-1]["step"] if entries else 0)
     return {
         "status": row.status,
         "reason": row.reason,

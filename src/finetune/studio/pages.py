@@ -78,11 +78,14 @@ def render(name: str, token: str, **data) -> str:
 
 def markdown(text: str) -> str:
     """The model card as HTML: headings, paragraphs, lists, tables and code blocks (escaped; no raw HTML)."""
-    out, table, code, para = [], [], None, []
+    out, table, code, para, items = [], [], None, [], []
     if text.startswith("---") and (end := text.find("\n---", 3)) != -1:
         text = text[end + 4 :]  # the card's YAML metadata: for the hub, not for reading
 
     def flush():
+        if items:
+            out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+            items.clear()
         if para:
             out.append(f"<p>{_inline(' '.join(para))}</p>")
             para.clear()
@@ -112,8 +115,9 @@ def markdown(text: str) -> str:
         elif line.lstrip().startswith("|"):
             table.append(line)
         elif m := re.match(r"^\s*[-*]\s+(.*)", line):
-            flush()
-            out.append(f"<li>{_inline(m.group(1))}</li>")
+            if para or table:
+                flush()
+            items.append(_inline(m.group(1)))
         elif not line.strip():
             flush()
         else:

@@ -46,7 +46,7 @@ function chart(svg, series) {
   series.forEach((s, i) => {
     if (!s.points.length) return;
     const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-    out += `<path class="curve" data-name="${esc(s.name)}" d="${d}" fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width=1.6/>`;
+    out += `<path class="curve" data-name="${esc(s.name)}" d="${d}" fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="1.6"/>`;
     out += `<text x=${W - R - 150} y=${T + 12 + 12 * i} font-size=11 fill="${COLORS[i % COLORS.length]}">${esc(s.name)}</text>`;
   });
   svg.innerHTML = out;
@@ -82,8 +82,19 @@ function runPage() {
   const run = DATA.run;
   const q = "?name=" + encodeURIComponent(run.name);
   $("run-name").textContent = run.name;
-  $("config").textContent = run.config;
-  $("card").innerHTML = run.card || "<i>no card yet (written when training ends)</i>";
+  const shown = {};  // the files' parts as last drawn: redrawn only when they change (a choice made there stays)
+  const drawFiles = (f) => {
+    const changed = (key) => { const text = JSON.stringify(f[key]); if (shown[key] === text) return false; shown[key] = text; return true; };
+    if (changed("config")) $("config").textContent = f.config || "(not written yet)";
+    if (changed("card")) $("card").innerHTML = f.card || "<i>no card yet (written when training ends)</i>";
+    if (changed("evals")) drawEvals(f.evals);
+    if (changed("predictions")) {
+      const chosen = $("pred-file").value;
+      $("pred-file").innerHTML = f.predictions.map((n) => `<option>${esc(n)}</option>`).join("");
+      if (f.predictions.includes(chosen)) $("pred-file").value = chosen;
+      showPredictions();
+    }
+  };
   const draw = (s) => {
     const p = s.progress;
     $("status").textContent = s.row.status + (s.row.reason ? ` (${s.row.reason})` : "");
@@ -96,9 +107,8 @@ function runPage() {
     chart($("loss-chart"), [{ name: "train loss", points: c.loss || [] }, { name: "eval loss", points: c.eval_loss || [] }]);
     chart($("lr-chart"), [{ name: "learning rate", points: c.learning_rate || [] }]);
     $("run-jobs").innerHTML = s.jobs.slice().reverse().map((j) => `<details ${j.status === "running" || j.kind === "push" ? "open" : ""}><summary><code>${esc(j.command)}</code> — <b class="job-status">${esc(j.status)}</b></summary><pre>${esc(j.log)}</pre></details>`).join("");
+    drawFiles(s.files);
   };
-  draw(DATA.state);
-  live("/api/events" + q, draw);
   const act = async (name, body) => {
     const out = await post(`/api/action/${name}${q}`, body);
     if (out.error) alert(out.error);
@@ -114,12 +124,11 @@ function runPage() {
     setTimeout(() => { if (confirm(`The dry run lists the files (see Jobs). Push them to ${repo} now?`)) act("push", { repo, confirm: true }); }, 4000);
   };
   // eval results: per-class F1 and confusion matrix
-  $("evals").innerHTML = Object.entries(run.evals).map(([data, byModel]) => Object.entries(byModel).map(([who, e]) => {
+  const drawEvals = (evals) => { $("evals").innerHTML = Object.entries(evals).map(([data, byModel]) => Object.entries(byModel).map(([who, e]) => {
     let h = `<h3>${esc(data)} — ${esc(who)}</h3><p>${["accuracy", "macro_f1", "weighted_f1", "exact_match", "numeric_match"].filter((k) => k in e).map((k) => `${k} <b>${num(e[k], 3)}</b>`).join(", ")} (${e.examples} rows)</p>`;
     if (e.per_class) h += `<table class=grid><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>${Object.entries(e.per_class).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${num(v.precision, 3)}</td><td>${num(v.recall, 3)}</td><td>${num(v.f1, 3)}</td><td>${v.support ?? ""}</td></tr>`).join("")}</table>`;
     return h;
-  }).join("")).join("") || "<i>none yet: Eval on a file</i>";
-  $("pred-file").innerHTML = run.predictions.map((f) => `<option>${esc(f)}</option>`).join("");
+  }).join("")).join("") || "<i>none yet: Eval on a file</i>"; };
   const showPredictions = async () => {
     if (!$("pred-file").value) return;
     const { rows, confusion: c } = await (await fetch(`/api/predictions${q}&file=${encodeURIComponent($("pred-file").value)}`)).json();
@@ -127,7 +136,8 @@ function runPage() {
     $("predictions").innerHTML = matrix + `<table class=grid><tr><th>line</th><th>input</th><th>target</th><th>prediction</th></tr>${rows.map((r) => `<tr class="${r.correct ? "" : "wrong"}"><td>${r.line}</td><td>${esc(String(r.input).slice(0, 300))}</td><td>${esc(r.target)}</td><td>${esc(r.prediction)}</td></tr>`).join("")}</table>`;
   };
   $("pred-file").onchange = showPredictions;
-  showPredictions();
+  draw(DATA.state);
+  live("/api/events" + q, draw);
 }
 
 // ---------------------------------------------------------------- New run
@@ -150,11 +160,16 @@ function newPage() {
     bad = new Map((out.problems || []).filter((p) => p.line).map((p) => [p.line, p.message]));
     $("problems").innerHTML = (out.problems || []).map((p) => `<li data-line="${p.line}">${esc(p.message)}</li>`).join("") || (out.ok ? "<li class=ok style='color:#080'>OK</li>" : "");
     drawGutter();
-    if (out.ok) { clearTimeout(planTimer); planTimer = setTimeout(plan, 200); }
+    clearTimeout(planTimer);
+    if (out.ok) planTimer = setTimeout(plan, 200);
+    else { asked++; $("plan").innerHTML = "<i>the plan shows once the messages are fixed</i>"; }
   };
+  let asked = 0;  // a plan answer for an older text is dropped
   const plan = async () => {
+    const mine = ++asked;
     $("plan").innerHTML = "<i>planning…</i>";
     const p = await post("/api/plan", { text: yaml.value, device: $("device").value, gpus: $("gpus").value });
+    if (mine !== asked) return;
     if (p.error) { $("plan").innerHTML = `<p class=nofit>${esc(p.error)}</p>`; return; }
     const sp = p.speed || {};
     $("plan").innerHTML = `<p class="${p.fits ? "fits" : "nofit"}" id=plan-verdict>${p.fits ? "fits" : "does not fit"}: ${p.peak_memory_gib.toFixed(2)} of ${p.device_memory_gib.toFixed(1)} GiB on ${esc(p.device)}</p>
@@ -209,13 +224,16 @@ function playgroundPage() {
     const settings = { prompt: $("prompt").value, system: $("system").value, max_new_tokens: +$("max-new").value, temperature: +$("temperature").value };
     for (const [i, t] of targets.entries()) {  // one model answers at a time: the server runs one generation
       const r = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json", "X-Studio-Token": TOKEN }, body: JSON.stringify({ ...settings, run: t.run, base: t.base }) });
-      const reader = r.body.getReader(), dec = new TextDecoder();
+      const reader = r.body.getReader(), dec = new TextDecoder(), box = $(`answer-${i}`);
+      let chunks = 0;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        $(`answer-${i}`).textContent += dec.decode(value, { stream: true });
+        box.textContent += dec.decode(value, { stream: true });
+        box.dataset.chunks = String(++chunks);
       }
-      $(`answer-${i}`).dataset.done = "1";
+      if (!box.textContent) { box.dataset.empty = "1"; box.innerHTML = "<i>(it ended its turn at once: no text)</i>"; }
+      box.dataset.done = "1";
     }
   };
 }
