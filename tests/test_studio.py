@@ -145,7 +145,8 @@ def test_a_run_started_by_the_studio_outlives_it_and_is_found_again(root):
         studio.post(f"/api/action/stop?name={name}", {}, studio.page_token())
         wait_for(lambda: status_of(studio.json("/api/runs")["runs"], name) == "interrupted", timeout=120)
         assert run_dir.checkpoints(root / name)
-        assert studio.json(f"/api/run?name={name}")["jobs"][0]["status"] == "stopped"
+        # the job ends once the training process has written its checkpoint and exited (just after the row)
+        wait_for(lambda: studio.json(f"/api/run?name={name}")["jobs"][0]["status"] == "stopped", timeout=120)
     finally:
         studio.kill()
         state = runs.read_json(root / name / "status.json")
