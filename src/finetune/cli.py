@@ -378,6 +378,27 @@ def eval_(
     )  # fmt: skip
 
 
+@app.command()
+def studio(
+    root: Annotated[Path, typer.Option(help="Folder whose runs the Studio shows and starts.")] = Path("."),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (off loopback a token is required).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    token: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            help="Token for requests (default: a new one, printed with the URL).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """A local web page: runs and their live progress, a config editor with the plan, new runs, a playground.
+    Everything it starts is a `finetune` command in its own process (needs the studio extra)."""
+    from finetune import studio as studio_module
+
+    studio_module.serve(root, host=host, port=port, token=token)
+
+
 def main() -> None:
     if any(arg.startswith(("--local_rank", "--local-rank")) for arg in sys.argv[1:]):
         # the deepspeed launcher's; LOCAL_RANK says the same. Imported only then: finetune.train imports the
