@@ -203,15 +203,11 @@ def _template_for(raw_over: dict, tiny_model_dir: Path):
 
 
 def _ollama(template: prompt_template.PromptTemplate, question: str, system: str = "", history=()) -> str:
-    """What Ollama sends the model: the TEMPLATE with .Prompt/.System, .Messages with the SYSTEM default first."""
+    """What Ollama's chat endpoint sends the model for this conversation, the Modelfile's SYSTEM the default."""
     messages = [*history, {"role": "user", "content": question}]
     if system:
         messages = [{"role": "system", "content": system}, *messages]
-    messages = prompt_template.with_default_system(messages, template.system)
-    return gotemplate.render(
-        template.go, Prompt=question, System=system or template.system,
-        Messages=[{"Role": m["role"], "Content": m["content"]} for m in messages],
-    )  # fmt: skip
+    return gotemplate.ollama(template.go, messages, template.system)
 
 
 @pytest.mark.parametrize(
@@ -316,6 +312,22 @@ def test_gotemplate_subset_renderer():
     assert gotemplate.render(tpl, Messages=msgs) == "[user:a][model:b]"
     with pytest.raises(ValueError, match="unsupported"):
         gotemplate.render("{{ .Prompt | trim }}", Prompt="x")
+    # Ollama's Execute: a `.Prompt` template runs once per turn, the last one cut after {{ .Response }}; one
+    # without {{ .Response }} gets it appended; messages of one role in a row are one; .Messages runs once
+    chat = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    assert gotemplate.ollama("{{ if .System }}<{{ .System }}>{{ end }}Q:{{ .Prompt }} A:{{ .Response }}!", chat, "S") == (
+        "<S>Q:a A:b!Q:c A:"
+    )  # fmt: skip
+    assert gotemplate.ollama("Q:{{ .Prompt }} A:", chat) == "Q:a A:bQ:c A:"
+    assert gotemplate.ollama("{{ .Prompt }}|", [chat[0], {"role": "user", "content": "d"}]) == "a\n\nd|"
+    assert (
+        gotemplate.ollama(tpl + "{{ if .System }}!{{ end }}", chat, "S")
+        == "[system:S][user:a][model:b][user:c]!"
+    )
 
 
 # ---------------------------------------------------------------- the real SmolLM2 fine-tune
