@@ -355,7 +355,10 @@ def test_export_real_smollm2_finetune(smollm2_gguf_run, tmp_path):
     assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"  # as training split text (see vocab)
     assert "output.weight" not in info["names"]  # tied embeddings: llama.cpp reuses token_embd
     modelfile = (out / "Modelfile").read_text()
-    assert 'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}"""' in modelfile
+    assert (
+        'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}{{ .Response }}<|im_end|>"""'
+        in modelfile
+    )
     assert 'PARAMETER stop "<|im_end|>"' in modelfile  # SmolLM2's EOS, which training appended to answers
 
 
@@ -452,12 +455,24 @@ def test_export_qlora_run_with_dequantize_and_its_modelfile(trained_run, tmp_pat
     export.export_command(trained_run, out, quant="q8_0", name="inst", dequantize=True)
     text = (out / "Modelfile").read_text()
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-    assert template == "{{ if .System }}{{ .System }}{{ end }}[INST] {{ .Prompt }} [/INST]"
     run = run_dir.read_run(trained_run)
     tokenizer = AutoTokenizer.from_pretrained(trained_run)
-    for row in sentiment_rows(3):
+    eos = tokenizer.eos_token
+    assert (
+        template == "{{ if .System }}{{ .System }}{{ end }}[INST] {{ .Prompt }} [/INST]{{ .Response }}" + eos
+    )
+    rows = sentiment_rows(3)
+    for row in rows:
         trained = data.format_prompt(run.cfg, run.cfg.datasets[0], row, tokenizer)
-        assert gotemplate.render(template, Prompt=row["context"], System="") == trained
+        assert gotemplate.ollama(template, [{"role": "user", "content": row["context"]}]) == trained
+    chat = [
+        {"role": r, "content": row[k]}
+        for row in rows
+        for r, k in (("user", "context"), ("assistant", "target"))
+    ]
+    assert gotemplate.ollama(template, chat[:-1]) == "".join(
+        data.format_prompt(run.cfg, run.cfg.datasets[0], row, tokenizer) + row["target"] + eos for row in rows
+    ).removesuffix(rows[-1]["target"] + eos)  # earlier answers end with EOS, as each trained row did
     info = fields(out / "inst.gguf")
     assert bool(
         info["fields"]["tokenizer.ggml.add_bos_token"].parts[-1][0]
