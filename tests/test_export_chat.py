@@ -1,13 +1,18 @@
 """The export chats as trained: Ollama renders a multi-turn conversation (system prompt, earlier questions and
-answers, the new question) as training laid it out, for every format family finetune exports."""
+answers, the new question) as training laid it out, for every format family finetune exports, and a pushed GGUF
+folder carries the `template`, `system` and `params` files the hub's Ollama integration reads in place of the
+Modelfile (outputs/ollama_hub.py)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 import gotemplate
 from conftest import FINLORA_INST, INST_FORMAT
-from test_export import _template_for
+from finetune.outputs.export import prompt_template
+from test_export import _bare_run, _template_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +82,10 @@ def _as_trained(cfg, ds, tokenizer, template, turns: list[tuple[str, str]]) -> s
 def test_ollama_renders_multi_turn_chats_as_training(tiny_model_dir, tmp_path, family):
     """Ollama renders a conversation (its system prompt, earlier questions and answers, the new question) as
     training laid it out — earlier answers with the EOS every trained answer ended with — for every format
-    family; so does the GGUF's own chat template (text formats)."""
+    family; so does the GGUF's own chat template (text formats), and the hub's Ollama files pushed with the
+    export agree with its Modelfile."""
+    from finetune.outputs import push_files
+
     ds_type, over = EXPORTED_FORMATS[family]
     cfg, tokenizer, template, _ = _template_for(
         {"datasets": [{"path": "a/b", "type": ds_type}], **over}, tiny_model_dir
@@ -92,3 +100,46 @@ def test_ollama_renders_multi_turn_chats_as_training(tiny_model_dir, tmp_path, f
                 tokenizer.apply_chat_template(messages, chat_template=template.jinja, tokenize=False)
                 == trained
             )
+
+    # the same prompt from the pushed repo: `template`, `system` and `params` written from the Modelfile
+    stops = [tokenizer.eos_token, "<|end|>"]
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "m.gguf").write_bytes(b"GGUF")
+    (folder / "Modelfile").write_text(prompt_template.modelfile("m.gguf", template, stops))
+    run = _bare_run(tmp_path, tiny_model_dir)
+    (run / "README.md").write_text("card")
+    pushed = {u.path_in_repo: u.read() for u in push_files.run_uploads(run, gguf=folder)}
+    assert pushed["template"].decode() == template.go
+    assert pushed.get("system", b"").decode() == template.system
+    assert json.loads(pushed["params"]) == {"stop": stops, "temperature": 0}
+    system = pushed.get("system", b"").decode()
+    for turns in CONVERSATIONS:
+        messages = [{"role": r, "content": c} for r, c in turns]
+        expected = gotemplate.ollama(template.go, messages, template.system)
+        assert gotemplate.ollama(pushed["template"].decode(), messages, system) == expected
+
+
+def test_hub_files_read_the_modelfile_as_ollama_does(tmp_path):
+    """Quoted values spanning lines, bare values, comments, the last TEMPLATE winning, typed PARAMETERs; an
+    unclosed quote is one line naming the file and line."""
+    from finetune.errors import UserError
+    from finetune.outputs import ollama_hub
+
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(
+        '# made by hand\nFROM ./m.gguf\nTEMPLATE old\ntemplate """{{ .Prompt }}\n\n  {{ .Response }}"""\n'
+        'SYSTEM "Say "hi" first."\nPARAMETER stop <|end|>\nPARAMETER stop "</s>"\nPARAMETER num_ctx 4096\n'
+        "PARAMETER temperature 0.7\nPARAMETER penalize_newline false\n"
+    )
+    files = ollama_hub.hub_files(modelfile)
+    assert files["template"] == b"{{ .Prompt }}\n\n  {{ .Response }}"
+    assert files["system"] == b'Say "hi" first.'
+    assert json.loads(files["params"]) == {
+        "stop": ["<|end|>", "</s>"], "num_ctx": 4096, "temperature": 0.7, "penalize_newline": False,
+    }  # fmt: skip
+    modelfile.write_text("FROM ./m.gguf\n")
+    assert ollama_hub.hub_files(modelfile) == {}  # nothing said: the hub reads the GGUF's own chat template
+    modelfile.write_text('FROM ./m.gguf\nTEMPLATE """{{ .Prompt }}\n')
+    with pytest.raises(UserError, match=r"Modelfile:2: the quoted value is never closed"):
+        ollama_hub.hub_files(modelfile)
