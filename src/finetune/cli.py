@@ -169,8 +169,9 @@ def train(
             master_port=master_port,
         )
     train_module.run(
-        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory
-    )
+        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory,
+        tune_cpu_heap=True,  # this process exists to train: its allocator may be set for it
+    )  # fmt: skip
 
 
 @app.command()
@@ -360,9 +361,12 @@ def eval_(
 
 
 def main() -> None:
-    from finetune.train.launch import without_local_rank
+    if any(arg.startswith(("--local_rank", "--local-rank")) for arg in sys.argv[1:]):
+        # the deepspeed launcher's; LOCAL_RANK says the same. Imported only then: finetune.train imports the
+        # config schema (pydantic models built at import), which `--help` and most commands never need
+        from finetune.train.launch import without_local_rank
 
-    sys.argv[1:] = without_local_rank(sys.argv[1:])  # the deepspeed launcher's; LOCAL_RANK says the same
+        sys.argv[1:] = without_local_rank(sys.argv[1:])
     try:
         app()
     except UserError as exc:
