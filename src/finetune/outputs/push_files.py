@@ -16,7 +16,9 @@ training_args.bin. A checkpoint folder (and `merged/`) replaces the one already 
 files that this push does not send in the same commit, so `last-checkpoint/` never piles up DeepSpeed's
 `global_stepN/` folders of earlier saves next to the newest. `--merged DIR` goes into
 `merged/` (transformers: `subfolder="merged"`); `--gguf DIR` puts its .gguf files and Modelfile at the top of
-the repo, where the hub finds them for llama.cpp (`-hf REPO:Q8_0`) and Ollama (`ollama run hf.co/REPO`).
+the repo, where the hub finds them for llama.cpp (`-hf REPO:Q8_0`) and Ollama (`ollama run hf.co/REPO`), with
+the Modelfile's TEMPLATE, SYSTEM and PARAMETERs as the `template`, `system` and `params` files the hub's Ollama
+integration reads (ollama_hub.py).
 
 Before anything is sent, every text file (and every file under 64 MiB) is searched for the token in use and for
 token-shaped strings (`hf_...`, `sk-...`, ...): one is refused with the file and line. The token itself comes
@@ -33,6 +35,7 @@ import yaml
 
 from finetune.config import trl_keys
 from finetune.errors import UserError
+from finetune.outputs import ollama_hub
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
@@ -177,6 +180,8 @@ def run_uploads(
         if not any(u.path_in_repo.endswith(".gguf") for u in extra):
             raise UserError(f"--gguf {gguf}: no .gguf file there: not a `finetune export --gguf` folder")
         files += extra
+        if (gguf / "Modelfile").is_file():  # what `ollama run hf.co/REPO` reads instead of a Modelfile
+            files += [Upload(n, data) for n, data in ollama_hub.hub_files(gguf / "Modelfile").items()]
     return files
 
 

@@ -65,8 +65,8 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
         )
     kind = answer_format.format_kind(ds)
     if kind == "input_output":
-        # the segments carry their own BOS, tokenized without special tokens
-        return prompt_template.PromptTemplate("{{ .Prompt }}", "", None, False)
+        # the segments carry their own BOS/EOS, tokenized without special tokens: past answers as generated
+        return prompt_template.PromptTemplate("{{ .Prompt }}{{ .Response }}", "", None, False)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     if isinstance(spec, chat.ChatSpec):
         jinja = spec.template or tokenizer.chat_template
@@ -79,7 +79,7 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
             )
 
         return prompt_template.chat_format(render, jinja, tokenizer.bos_token)
-    return prompt_template.text_format(spec, adds_bos)
+    return prompt_template.text_format(spec, adds_bos, tokenizer.eos_token)
 
 
 def _stops(run: run_dir.Run, tokenizer, model) -> list[str]:
