@@ -300,3 +300,28 @@ def test_real_config_shapes_train_on_the_tiny_model(shape, tiny_model_dir, tmp_p
         grown = {k for k in after if after[k].shape != before[k].shape}
         assert grown == {"lm_head.weight", "model.embed_tokens.weight"}  # the new token's row
         assert changed - grown == matched - grown  # exactly the matched ones changed
+
+
+def test_load_best_model_at_end_brings_back_the_best_unfrozen_weights(tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from finetune.model.unfrozen import UNFROZEN_FILE
+
+    class MoveAfterLastSave(TrainerCallback):
+        """After the last checkpoint is written, move the live unfrozen weights: only a reload undoes it."""
+
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if state.global_step == state.max_steps:
+                for name, param in model.named_parameters():
+                    if param.requires_grad and "lora_" not in name:
+                        param.data.add_(1.0)
+
+    over = {"adapter": "lora", "lora_target_modules": ["q_proj"], "unfrozen_parameters": PATTERNS,
+            "val_set_size": 8, "eval_steps": 1, "save_steps": 1, "load_best_model_at_end": True}  # fmt: skip
+    out = tmp_path / "out"
+    train.run(make_cfg(tiny_model_dir, out, tmp_path / "prep", **over), callbacks=[MoveAfterLastSave()])
+    best = Path(json.loads((out / "trainer_state.json").read_text())["best_model_checkpoint"])
+    final, kept = state_of(out, UNFROZEN_FILE), state_of(best, UNFROZEN_FILE)
+    assert final.keys() == kept.keys()
+    for key in kept:
+        torch.testing.assert_close(final[key], kept[key], rtol=0, atol=0)

@@ -109,6 +109,12 @@ class FinetuneTrainer(LoraPlus, Trainer):
         if hasattr(target, "peft_config"):
             unfrozen.load_into_peft(target, resume_from_checkpoint)
 
+    def _load_best_model(self) -> None:
+        """load_best_model_at_end: the Trainer reloads the best checkpoint's adapter; its unfrozen weights too."""
+        super()._load_best_model()
+        if hasattr(self.model, "peft_config"):
+            unfrozen.load_into_peft(self.model, self.state.best_model_checkpoint)
+
     # ---------------------------------------------------------------- dataloaders
 
     def get_train_dataloader(self) -> DataLoader:
