@@ -122,6 +122,10 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
         if cfg.dataset_exact_deduplication:  # a test row that is also a training row measures nothing
             eval_, test_stats["duplicates"] = encode.deduplicate(eval_, against=train)
             test_stats["rows_kept"] -= test_stats["duplicates"]
+        if not eval_.num_rows:  # an empty split would be saved as a folder datasets cannot read back
+            limits = {"sequence_len": cfg.sequence_len, "excess_length_strategy": cfg.excess_length_strategy}
+            why = report.removals({**test_stats, **limits, "min_sample_len": cfg.min_sample_len})
+            raise UserError(f"test_datasets: no rows left to evaluate on ({why})")
         train, _ = encode.split(train, 0, cfg.seed, cfg.shuffle_merged_datasets)
         stats["test_datasets"] = test_stats
     else:

@@ -60,6 +60,7 @@ def entry_stats(where: str, ds, sources, counts: dict, table) -> dict:
         "tokens": tokens,
         "trained_tokens": trained,
         "trained_tokens_before": trained if ds.weight == 1 else once if ds.weight > 1 else None,
+        "removed": {k: int(counts[k]) for k in COUNTERS[2:] if counts.get(k)},
     }
 
 
