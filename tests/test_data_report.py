@@ -10,10 +10,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from finetune import cli, config
-from finetune.data import contamination, report_files
+from finetune.data import contamination, report_files, row_text
 
 INST = {"field_instruction": "q", "field_output": "a", "format": "{instruction} ="}
 LABELS = ("positive", "negative", "neutral")
@@ -192,7 +193,7 @@ def test_near_duplicates_counted_on_planted_paraphrases(tiny_model_dir, tmp_path
     near = found.report["near_duplicates"]
     assert (near["rows"], near["within_source"], near["across_sources"]) == (12, 4, 8)
     # per row (a data preview's table): a paraphrase names the row it repeats
-    preview = analysis.rows(found, tok, 0, len(found.train.text))
+    preview = analysis.rows(found, tok, 0, len(found.train.length))
     flagged = [r for r in preview if r["near_duplicate_of"] is not None]
     assert len(flagged) == 12
     for r in flagged:  # rows are shuffled: the cluster's first row may be the original or the paraphrase
@@ -202,13 +203,11 @@ def test_near_duplicates_counted_on_planted_paraphrases(tiny_model_dir, tmp_path
 
 
 def test_minhash_and_ngrams_by_hand():
-    vocab, seen = {}, {}
-    texts = [contamination.normalise(t) for t in ("A  b c d e", "a b c d e", "a b c d f", "x y")]
-    words = contamination.to_words(texts, vocab, seen)
+    words = row_text.to_words(["A  b c\td e ", "a b c d e", "a b c d f", "x y"])
     assert contamination.exact_groups(words.text_ids).tolist() == [0, 0, 2, 3]
-    h, r = contamination.ngrams(words, 3)
+    h, r, at = contamination.ngrams(words, 3)
     assert r.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # no 3-gram spans two rows; "x y" has none
-    assert h[0] == h[3] and h[2] != h[8]
+    assert h[0] == h[3] and h[2] != h[8] and at.tolist() == [0, 1, 2, 5, 6, 7, 10, 11, 12]
     sig = contamination.signatures(words)
     assert (sig[0] == sig[1]).all() and not (sig[3] == contamination._M).all()
 
@@ -261,3 +260,36 @@ def test_test_datasets_with_no_rows_left_is_one_line(tiny_model_dir, tmp_path, p
     ):
         prepare(cfg, load_tokenizer(cfg))
     assert not list((tmp_path / "prepared").glob("*/dataset_dict.json"))  # nothing half-written
+
+
+def test_a_shared_template_is_not_a_leak_but_13_words_of_a_row_are():
+    template = "you are a careful assistant who reads the news and answers with one word only please"
+    rng = random.Random(9)
+    train = [f"{template} net sales {sentence(rng, 20)}" for _ in range(30)]
+    other = [f"{template} net sales {sentence(rng, 20)}" for _ in range(5)]
+    other.append(f"{template} {' '.join(train[3].split()[20:33])} and more")  # 13 words of a training row
+    found = contamination.overlap(*(row_text.to_words(t) for t in (train, other)))
+    assert (found["exact_rows"], found["ngram_rows"]) == (0, 1) and found["ngram"].tolist() == [0] * 5 + [1]
+
+
+def test_rows_decoded_from_token_bytes_match_the_tokenizer(tiny_model_dir):
+    """The byte-table decode (byte-level BPE) gives the tokenizer's own text, normalised; so does the
+    fallback through the Rust tokenizer."""
+    from finetune.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(
+        config.validate(
+            {"base_model": str(tiny_model_dir), "adapter": "lora", "datasets": [{"path": "org/data"}]}
+        )
+    )
+    texts = ["Héllo  WORLD\n\tçà et là — 3.5%", "", "  spaced   out  ", "naïve café ünïcode 日本語"]
+    rows_ = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+    values, offsets = np.concatenate(rows_), np.cumsum([0] + [len(r) for r in rows_])
+    flat, starts = row_text.normalise(*row_text.decode(tok, values, offsets))
+    expected = [" ".join(t.split()).lower() for t in tok.batch_decode(rows_, skip_special_tokens=True)]
+    ascii_lower = [
+        e if e.isascii() else "".join(c.lower() if c.isascii() else c for c in e) for e in expected
+    ]
+    assert [row_text.text(flat, starts, i) for i in range(len(texts))] == ascii_lower
+    slow = row_text.from_texts(tok.backend_tokenizer.decode_batch(rows_, skip_special_tokens=True))
+    assert (row_text.normalise(*slow)[0] == flat).all()

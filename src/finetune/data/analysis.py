@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.config import Config
-from finetune.data import contamination, encode, formats, sources
+from finetune.data import contamination, encode, formats, row_text, sources
 from finetune.data.rows import IGNORE
 from finetune.errors import UserError
 
@@ -38,9 +38,9 @@ class Split:
     source: np.ndarray  # entry index per row (-1: not from an entry)
     length: np.ndarray
     trained: np.ndarray
-    text: list[str]  # normalised full text
+    text: tuple[np.ndarray, np.ndarray]  # normalised full text: UTF-8 bytes (flat, row starts), row_text.py
     answer: list[str]  # the trained text, stripped
-    words: contamination.Words | None = None
+    words: row_text.Words
 
 
 @dataclass
@@ -65,20 +65,15 @@ def analyse(cfg: Config, tokenizer, folder: Path, against: list[str] | tuple = (
     train = _split("train", prepared.train.data.table, tokenizer)
     eval_ = _split("eval", prepared.eval.data.table, tokenizer) if prepared.eval is not None else None
     others = [_against_split(cfg, tokenizer, path) for path in against]
-    vocab: dict[str, int] = {}
-    seen: dict[str, int] = {}
-    for split in (train, eval_, *others):
-        if split is not None:
-            split.words = contamination.to_words(split.text, vocab, seen)
 
     exact_of = contamination.exact_groups(train.words.text_ids)
     firsts = np.flatnonzero(exact_of == np.arange(len(exact_of)))
     near_of = contamination.near_groups(contamination.signatures(train.words), firsts)
-    overlaps = {}
-    if eval_ is not None and len(eval_.text):
-        overlaps["eval"] = contamination.overlap(train.words, eval_.words)
+    overlaps, grams = {}, contamination.ngrams(train.words, contamination.NGRAM)
+    if eval_ is not None and len(eval_.length):
+        overlaps["eval"] = contamination.overlap(train.words, eval_.words, grams)
     for path, other in zip(against, others, strict=True):
-        overlaps[str(path)] = contamination.overlap(train.words, other.words)
+        overlaps[str(path)] = contamination.overlap(train.words, other.words, grams)
 
     entries = stats.get("sources") or []
     test_entries = (stats.get("test_datasets") or {}).get("sources") or []
@@ -120,7 +115,7 @@ def rows(analysis: Analysis, tokenizer, start: int = 0, limit: int = 50) -> list
     or an --against file's row; and the row's text."""
     train, keys = analysis.train, [s["key"] for s in analysis.report["sources"]]
     out = []
-    for i in range(start, min(start + limit, len(train.text))):
+    for i in range(start, min(start + limit, len(train.length))):
         out.append(
             {
                 "row": i,
@@ -133,7 +128,7 @@ def rows(analysis: Analysis, tokenizer, start: int = 0, limit: int = 50) -> list
                 "near_duplicate_of": int(analysis.near_of[i]) if analysis.near_of[i] != i else None,
                 "in_eval": bool(analysis.in_eval[i]) if len(analysis.in_eval) else False,
                 "in_against": [p for p, hit in analysis.in_against.items() if hit[i]],
-                "text": train.text[i],
+                "text": row_text.text(*train.text, i),
             }
         )
     return out
@@ -154,20 +149,16 @@ def _split(name: str, table, tokenizer) -> Split:
     counted = np.concatenate([[0], np.cumsum(keep)])
     trained = counted[labels.offsets.to_numpy()[1:]] - counted[labels.offsets.to_numpy()[:-1]]
     answers_flat, answer_ends = label_values[keep], np.cumsum(trained)
-    answer_ids = np.split(answers_flat, answer_ends[:-1]) if len(trained) else []
-    id_values = ids.values.to_numpy()
-    row_ids = np.split(id_values, offsets[1:-1]) if len(length) else []
-    decode = tokenizer.batch_decode
-    text = [
-        contamination.normalise(t) for t in decode([r.tolist() for r in row_ids], skip_special_tokens=True)
-    ]
-    answer = [a.strip() for a in decode([a.tolist() for a in answer_ids], skip_special_tokens=True)]
+    text = row_text.normalise(*row_text.decode(tokenizer, ids.values.to_numpy(), offsets))
+    answer_bytes, answer_starts = row_text.decode(tokenizer, answers_flat, np.concatenate([[0], answer_ends]))
+    answer = [row_text.text(answer_bytes, answer_starts, i).strip() for i in range(len(trained))]
     source = (
         table[SOURCE].to_numpy().astype(np.int64)
         if SOURCE in table.column_names
         else np.full(len(length), -1)
     )
-    return Split(name, source, length.astype(np.int64), trained.astype(np.int64), text, answer)
+    words = row_text.words(*text)
+    return Split(name, source, length.astype(np.int64), trained.astype(np.int64), text, answer, words)
 
 
 def _against_split(cfg: Config, tokenizer, path) -> Split:
@@ -195,7 +186,7 @@ def _against_split(cfg: Config, tokenizer, path) -> Split:
 
 def _totals(split: Split) -> dict:
     trained = int(split.trained.sum())
-    return {"rows": len(split.text), "tokens": int(split.length.sum()), "trained_tokens": trained,
+    return {"rows": len(split.length), "tokens": int(split.length.sum()), "trained_tokens": trained,
             "masked_tokens": int(split.length.sum()) - trained, "lengths": _lengths(split.length)}  # fmt: skip
 
 

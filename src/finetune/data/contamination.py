@@ -1,78 +1,45 @@
-"""Repeats and leaks in the data, on words of normalised text: exact duplicates, near-duplicates (MinHash),
-and overlap of other rows (the eval split, an `--against` file) with the training rows (exact and 13-gram).
+"""Repeats and leaks in the data, on words of normalised text (row_text.py): exact duplicates, near-duplicates
+(MinHash), and overlap of other rows (the eval split, an `--against` file) with the training rows (exact and
+13-gram).
 
-Text is normalised the same everywhere: lower case, whitespace runs collapsed to one space. Words are mapped
-to integer ids once per report, so every step after that is numpy over one flat array: 100k rows of ~200
-words take seconds, not minutes. MinHash is written here (32 hash functions of word 3-grams, 8 bands of 4) rather
-than taken from `datasketch`: the signatures of all rows are computed in a few vectorised passes, and stable
-hashes make the counts the same on every run.
+Every step is numpy over one flat array of word hashes: 100k rows of ~300 words take seconds. MinHash is
+written here (32 hash functions of word 3-grams, 8 bands of 4) rather than taken from `datasketch` (a new
+dependency, and a Python object per row): the signatures of all rows come from a few vectorised passes, and
+stable hashes make the counts the same on every run.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import numpy as np
+
+from finetune.data.row_text import Words, mix
 
 NGRAM = 13  # the contamination test's n-gram (GPT-3's, and the usual one since)
 SHINGLE = 3  # MinHash shingles: word 3-grams
 NEAR = 0.7  # estimated Jaccard similarity of shingles at or above which two rows are near-duplicates
 HASHES, BANDS = 32, 8  # MinHash functions, LSH bands (of HASHES // BANDS hashes each)
 STAR = 64  # an LSH bucket bigger than this links each row to its first row only (bounded work)
-_SPACE = re.compile(r"\s+")
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ODD = mix(np.arange(1, 2 * HASHES + 1, dtype=np.uint64)) | np.uint64(
+    1
+)  # per hash function: xor, odd multiplier
 
 
-def normalise(text: str) -> str:
-    """Lower case, whitespace runs as one space, no space at the ends."""
-    return _SPACE.sub(" ", text).strip().lower()
-
-
-@dataclass
-class Words:
-    """Rows as word ids: `ids` flat, row r is ids[starts[r]:starts[r + 1]]; `text_ids` numbers equal texts."""
-
-    ids: np.ndarray
-    starts: np.ndarray
-    text_ids: np.ndarray
-
-
-def to_words(texts: list[str], vocab: dict[str, int], seen: dict[str, int]) -> Words:
-    """Normalised texts as word ids; `vocab` (word -> id) and `seen` (text -> id) are shared between the
-    row sets of one report, so the same word or text gets the same id in all of them."""
-    split = [t.split(" ") if t else [] for t in texts]
-    lengths = np.fromiter((len(w) for w in split), np.int64, len(split))
-    flat = [vocab.setdefault(w, len(vocab)) for words in split for w in words]
-    text_ids = np.fromiter((seen.setdefault(t, len(seen)) for t in texts), np.int64, len(texts))
-    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Words(np.asarray(flat, np.uint64), starts, text_ids)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a stable, well-spread 64-bit hash of 64-bit integers."""
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint64(30))
-        x = x * np.uint64(0xBF58476D1CE4E5B9)
-        x = x ^ (x >> np.uint64(27))
-        x = x * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def ngrams(words: Words, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hash, row) of every n consecutive words inside a row; rows shorter than n have none."""
+def ngrams(words: Words, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hash, row, start) of every n consecutive words inside a row (start: the first word's index in
+    `words.ids`); rows shorter than n have none."""
     ids, starts = words.ids, words.starts
     rows = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
     if len(ids) < n:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    spread = _mix(ids + np.uint64(1))
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    spread = ids  # word hashes, well mixed already
     h = np.zeros(len(ids) - n + 1, np.uint64)
     with np.errstate(over="ignore"):
         for j in range(n):  # a polynomial over the spread word hashes, mixed once at the end
             h = h * np.uint64(1099511628211) + spread[j : len(ids) - n + 1 + j]
-    h = _mix(h)
+    h = mix(h)
     valid = rows[: len(h)] == rows[n - 1 :]  # the n words lie in one row
-    return h[valid], rows[: len(h)][valid]
+    return h[valid], rows[: len(h)][valid], np.flatnonzero(valid)
 
 
 # ---------------------------------------------------------------- duplicates
@@ -94,22 +61,20 @@ def count_repeats(first_of: np.ndarray, sources: np.ndarray) -> dict:
 def signatures(words: Words) -> np.ndarray:
     """MinHash signatures (rows × HASHES) of each row's word 3-grams (a shorter row: its words as one)."""
     n_rows = len(words.starts) - 1
-    h, rows = ngrams(words, SHINGLE)
+    h, rows, _ = ngrams(words, SHINGLE)
     short = np.flatnonzero(np.diff(words.starts) < SHINGLE)
-    if short.size:  # the whole short row as one shingle, so it still has a signature
-        spread = np.concatenate([_mix(words.ids + np.uint64(1)), np.zeros(1, np.uint64)])
-        with np.errstate(over="ignore"):
-            whole = np.add.reduceat(spread, words.starts[:-1])[short]  # an empty row: 0
-        h, rows = np.concatenate([h, _mix(whole)]), np.concatenate([rows, short])
+    if short.size:  # the whole short row as one shingle (its text id), so it still has a signature
+        h, rows = np.concatenate([h, words.text_ids[short]]), np.concatenate([rows, short])
     order = np.argsort(rows, kind="stable")
     h, rows = h[order], rows[order]
     sig = np.full((n_rows, HASHES), _M, np.uint64)
     if not len(h):
         return sig
     present, starts = np.unique(rows, return_index=True)
-    for k in range(HASHES):
-        v = _mix(h ^ _mix(np.full(1, k + 1, np.uint64))[0])
-        sig[present, k] = np.minimum.reduceat(v, starts)
+    with np.errstate(over="ignore"):
+        for k in range(HASHES):  # h is well mixed already: an xor and an odd multiply give the k-th hash
+            v = (h ^ _ODD[2 * k]) * _ODD[2 * k + 1]
+            sig[present, k] = np.minimum.reduceat(v ^ (v >> np.uint64(29)), starts)
     return sig
 
 
@@ -131,7 +96,7 @@ def near_groups(sig: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         band = sub[:, b * width : (b + 1) * width]
         key = band[:, 0]
         for j in range(1, width):
-            key = _mix(key ^ band[:, j])
+            key = mix(key ^ band[:, j])
         order = np.argsort(key, kind="stable")
         bounds = np.flatnonzero(np.diff(key[order])) + 1
         for bucket in np.split(order, bounds):
@@ -154,26 +119,33 @@ def near_groups(sig: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- overlap with the training rows
 
 
-def overlap(train: Words, other: Words) -> dict:
+def overlap(train: Words, other: Words, train_grams: tuple | None = None) -> dict:
     """How much of `other` (the eval split, an --against file) the training rows contain.
 
-    exact_rows: rows whose normalised text is a training row's. ngram_rows: rows sharing at least one word
-    13-gram with a training row, leaving out 13-grams found in more than max(5, 10%) of the training rows
-    (a prompt template or a system text every row carries is not a leak). Rows under 13 words take part in
-    the exact test only (`short_rows`).
+    exact_rows: rows whose normalised text is a training row's. ngram_rows: rows sharing a 13-gram of their
+    own words with a training row. A prompt template or system text many rows carry is not a leak: a 13-gram
+    found in more than max(10, 1%) of the training rows marks its words as template, and only 13-grams with
+    no template word count (so "...choose an answer from {a/b/c}. Input: Net sales" is not a hit because
+    two rows open with "Net sales"). Rows under 13 words take part in the exact test only (`short_rows`).
+    `train_grams`: ngrams(train, NGRAM), when the caller has them already.
     """
     n = len(other.text_ids)
-    exact = np.isin(other.text_ids, train.text_ids)
-    o_hash, o_rows = ngrams(other, NGRAM)
-    t_hash, t_rows = ngrams(train, NGRAM)
-    hit = np.isin(t_hash, o_hash)
-    shared = np.unique(np.stack([t_hash[hit], t_rows[hit].astype(np.uint64)]), axis=1) if hit.any() else None
+    exact = _member(other.text_ids, train.text_ids)
+    o_hash, o_rows, o_start = ngrams(other, NGRAM)
+    t_hash, t_rows, _ = train_grams if train_grams is not None else ngrams(train, NGRAM)
+    hit = _member(t_hash, o_hash)  # only the grams `other` has matter: count their training rows
     flagged = np.zeros(n, bool)
-    if shared is not None:
-        grams, in_rows = np.unique(shared[0], return_counts=True)
-        limit = max(5, 0.1 * (len(train.starts) - 1))
-        leaks = grams[in_rows <= limit]
-        flagged[np.unique(o_rows[np.isin(o_hash, leaks)])] = True
+    if hit.any():
+        pairs = np.unique(np.stack([t_hash[hit], t_rows[hit].astype(np.uint64)]), axis=1)
+        grams, in_rows = np.unique(pairs[0], return_counts=True)
+        template = grams[in_rows > max(10, 0.01 * (len(train.starts) - 1))]
+        covered = np.zeros(len(other.ids) + 1, np.int64)  # +1 where a template gram starts, -1 after it
+        at = o_start[_member(o_hash, template)]
+        np.add.at(covered, at, 1)
+        np.add.at(covered, at + NGRAM, -1)
+        is_template = np.concatenate([[0], np.cumsum(np.cumsum(covered)[:-1] > 0)])
+        clean = is_template[o_start + NGRAM] == is_template[o_start]  # no template word in the gram
+        flagged[np.unique(o_rows[clean & _member(o_hash, grams)])] = True
     short = np.diff(other.starts) < NGRAM
     return {
         "rows": n,
@@ -184,3 +156,12 @@ def overlap(train: Words, other: Words) -> dict:
         "exact": exact,  # per row (dropped from the JSON by the caller)
         "ngram": flagged,
     }
+
+
+def _member(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """np.isin for a large `values` and a smaller `pool`: a binary search each, no sort of `values`."""
+    pool = np.unique(pool)
+    if not len(pool):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(pool, values), len(pool) - 1)
+    return pool[at] == values
