@@ -59,11 +59,18 @@ def count_repeats(first_of: np.ndarray, sources: np.ndarray) -> dict:
 
 
 def signatures(words: Words) -> np.ndarray:
-    """MinHash signatures (rows × HASHES) of each row's word 3-grams (a shorter row: its words as one)."""
+    """MinHash signatures (rows × HASHES) of each row's word 3-grams, leaving out those found more than
+    max(10, 1%) of the rows' times: a prompt template or system text shared by many rows would otherwise make
+    rows that differ only in their question near-duplicates. A row with no 3-gram left: its text as one."""
     n_rows = len(words.starts) - 1
     h, rows, _ = ngrams(words, SHINGLE)
-    short = np.flatnonzero(np.diff(words.starts) < SHINGLE)
-    if short.size:  # the whole short row as one shingle (its text id), so it still has a signature
+    bucket = (h >> np.uint64(40)).astype(
+        np.int64
+    )  # counted in 2^24 buckets: a sort of every 3-gram costs more
+    keep = np.bincount(bucket, minlength=1 << 24)[bucket] <= max(10, 0.01 * n_rows)
+    h, rows = h[keep], rows[keep]
+    short = np.flatnonzero(np.bincount(rows, minlength=n_rows) == 0)
+    if short.size:  # the whole row as one shingle (its text id), so it still has a signature
         h, rows = np.concatenate([h, words.text_ids[short]]), np.concatenate([rows, short])
     order = np.argsort(rows, kind="stable")
     h, rows = h[order], rows[order]
