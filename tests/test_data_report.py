@@ -293,3 +293,16 @@ def test_rows_decoded_from_token_bytes_match_the_tokenizer(tiny_model_dir):
     assert [row_text.text(flat, starts, i) for i in range(len(texts))] == ascii_lower
     slow = row_text.from_texts(tok.backend_tokenizer.decode_batch(rows_, skip_special_tokens=True))
     assert (row_text.normalise(*slow)[0] == flat).all()
+
+
+def test_rows_sharing_a_long_template_are_not_near_duplicates_for_it():
+    rng = random.Random(11)
+    template = " ".join(f"t{i}" for i in range(100))  # a long instruction every row carries
+    texts = [
+        f"{template} question: {' '.join(f'w{rng.randrange(10**6)}' for _ in range(10))}" for _ in range(40)
+    ]
+    texts.append(texts[5].rsplit(" ", 1)[0] + " changed")  # a real near-duplicate: the question's last word
+    words = row_text.to_words(texts)
+    near_of = contamination.near_groups(contamination.signatures(words), np.arange(len(texts)))
+    assert contamination.count_repeats(near_of, np.zeros(len(texts), np.int64))["rows"] == 1
+    assert near_of[40] == 5
