@@ -90,8 +90,9 @@ def run(
         train_set, eval_set = smoke_rows(cfg, train_set, eval_set, notes)
     say_notes()
     console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
-    # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
-    heap = fit_check_module.cpu_heap(cfg, train_set, checked, predicted, notes)
+    # the fit judged again for this data's largest batch; on CPU: a step's activations keep their pages from
+    # step to step (fewer page faults), unless RAM is tight
+    heap = fit_check_module.judge(cfg, train_set, checked, fit_check, predicted, notes)
     compute.cpu_heap(compact=heap == "compact")
 
     # --- model: base + adapter, and the Trainer's arguments
