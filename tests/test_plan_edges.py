@@ -244,3 +244,15 @@ def test_every_constant_in_devices_names_its_source():
         if not any(tag in line for line in above for tag in tags):
             unsourced.append(name)
     assert not unsourced
+
+
+def test_the_test_files_the_plan_cites_exist():
+    """A docstring that says which test holds a formula must name a test file there is."""
+    import re
+
+    cited = {
+        (path.name, name)
+        for path in Path(memory.__file__).parent.glob("*.py")
+        for name in re.findall(r"tests/[\w/]+\.py", path.read_text())
+    }
+    assert cited and not [c for c in cited if not (ROOT / c[1]).exists()]
