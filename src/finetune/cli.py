@@ -180,8 +180,9 @@ def train(
             master_port=master_port,
         )
     train_module.run(
-        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory
-    )
+        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory,
+        tune_cpu_heap=True,  # this process exists to train: its allocator may be set for it
+    )  # fmt: skip
 
 
 @app.command()

@@ -28,7 +28,7 @@ class Config(HubKeys, PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     hub.)
     """
 
-    # The config file's folder (set by config.load): where `trl.reward_funcs` modules are imported from.
+    # The config file's folder (set by config.load): where `trl.reward_funcs` modules are found (and, by train only, imported).
     _config_dir: str | None = PrivateAttr(None)
 
     # Single-key checks (config_checks.py); pydantic reports them at the key.

@@ -8,7 +8,7 @@ gigabytes), `training_args.bin` (a pickle), the data cache, W&B folders, and wha
   (config.json, generation_config.json, model*.safetensors and its index);
 - the tokenizer files; the card (README.md, whose front matter names `base_model` when the base is a hub id);
 - config.yml (saved with secrets redacted), loss.png, the results (all/train/eval_results.json,
-  trainer_state.json).
+  trainer_state.json), and the reward modules config.yml names (GRPO's `rewards.py`, copied there by training).
 
 Checkpoints only when asked (`--checkpoints`, or `hub_strategy: checkpoint|all_checkpoints`), each into its own
 folder, with the optimizer state needed to resume and without training_args.bin. `--merged DIR` goes into
@@ -26,6 +26,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from finetune.config import trl_keys
 from finetune.errors import UserError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -78,7 +81,29 @@ def model_files(folder: Path, prefix: str = "", card: bool = True) -> list[Uploa
     names = set(ADAPTER_FILES + MODEL_FILES + TOKENIZER_FILES + RUN_FILES)
     if not card:
         names.discard("README.md")
-    return _top_level(folder, prefix, lambda n: n in names or bool(MODEL_SHARD.match(n)))
+    files = _top_level(folder, prefix, lambda n: n in names or bool(MODEL_SHARD.match(n)))
+    return files + reward_modules(folder, prefix)
+
+
+def reward_modules(folder: Path, prefix: str = "") -> list[Upload]:
+    """The reward modules (GRPO's `module.function`) that the folder's config.yml names and that training copied
+    beside it: the run trains again from its own folder. Found by reading the YAML, never by importing."""
+    try:
+        raw = yaml.safe_load((folder / "config.yml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    trl = raw.get("trl") if isinstance(raw, dict) else None
+    names = trl.get("reward_funcs") if isinstance(trl, dict) else None
+    out = []
+    for name in names if isinstance(names, list) else []:
+        if not isinstance(name, str) or name in trl_keys.BUILTIN_REWARDS:
+            continue
+        try:
+            path = trl_keys.reward_file(name, folder)
+        except ValueError:
+            continue
+        out.append(Upload(prefix + path.relative_to(folder.resolve()).as_posix(), path))
+    return out
 
 
 def checkpoint_files(checkpoint: Path, prefix: str) -> list[Upload]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from finetune import config as config_module
-from finetune.config import Config
+from finetune.config import Config, trl_keys
 from finetune.config import datasets as config_datasets
 from finetune.errors import UserError
 
@@ -37,11 +37,12 @@ class Run:
 
 
 def load_saved_config(path: Path) -> Config:
-    """config.yml of a run; it was validated when saved, so paths that are gone (another machine) are fine."""
+    """config.yml of a run; it was validated when saved, so paths that are gone (another machine) are fine, and
+    so is a reward module that is missing or changed (reading a run never needs, nor runs, its code)."""
     try:
         return config_module.load(path)
     except config_module.ConfigError as exc:
-        if not all("not found" in p for p in exc.problems):
+        if not all("not found" in p or "trl.reward_funcs[" in p for p in exc.problems):
             raise
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # valid when written; only file checks failed
 
@@ -55,6 +56,8 @@ def load_saved_config(path: Path) -> Config:
     for key in ("datasets", "test_datasets"):
         if raw.get(key):
             raw[key] = [dataset(e) for e in raw[key]]
+    if isinstance(raw.get("trl"), dict):
+        raw["trl"] = trl_keys.TrlConfig(**raw["trl"])
     return Config.model_construct(**raw)
 
 
