@@ -99,6 +99,12 @@ def test_data_batch_bounds_the_batches_train_cuts(tiny_model_dir, tmp_path):
     cfg = tiny_cfg(tiny_model_dir, rows, tmp_path, sequence_len=256, micro_batch_size=8)
     # padded batches of 8 random rows: the one holding the longest row is 8 x the longest, by hand
     assert setting.data_batch(cfg, False, 8, stats) == (8, 120)
+    # pad_to_sequence_len pads every row to sequence_len on a GPU (train.batching ignores it on a CPU)
+    full = cfg.model_copy(update={"pad_to_sequence_len": True})
+    assert (
+        setting.data_batch(full, True, 8, stats) == (8, 256)
+        and setting.data_batch(full, False, 8, stats)[1] == 120
+    )
     packed = cfg.model_copy(update={"sample_packing": True})
     rows_, length = setting.data_batch(packed, False, 8, stats)
     sampler = TokenBatchSampler(lengths, 8 * 256, packed=False, seed=0)

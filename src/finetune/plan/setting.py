@@ -123,14 +123,17 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: 
 
 def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tuple[int, int]:
     """(rows, padded length) of the largest micro-batch the data makes, as train.batching cuts it: padded
-    batches of micro_batch_size rows hold at most that many rows of the longest; token-budget batches
+    batches of micro_batch_size rows hold at most that many rows of the longest (of sequence_len on a GPU with
+    pad_to_sequence_len); token-budget batches
     (sample_packing on CPU or without flash attention) hold at most budget // longest rows of the longest, or
     budget tokens of shorter rows (counted as budget / longest rows of the longest: the same tokens, and an upper
     bound of rows x T^2); packed rows (flash attention on a GPU) are one row of up to the budget."""
     rows, tokens, longest = lengths["rows"], lengths["tokens"], max(1, lengths["longest"])
     budget = micro_batch * cfg.sequence_len
-    if not cfg.sample_packing:
-        return min(micro_batch, rows), longest
+    if (
+        not cfg.sample_packing
+    ):  # a GPU pads every row to sequence_len with pad_to_sequence_len (CPU ignores it)
+        return min(micro_batch, rows), cfg.sequence_len if on_gpu and cfg.pad_to_sequence_len else longest
     if on_gpu and cfg.requested_attention.startswith("flash") and find_spec("flash_attn") is not None:
         return 1, min(budget, tokens)
     return min(rows * longest, budget) / longest, longest  # rows of shorter rows may fill the budget
