@@ -1,5 +1,6 @@
-"""The prepared training set's lengths in brief — rows, tokens and the longest row — which is all `finetune plan`
-and train's fit check need to size the largest micro-batch this data makes (the plan stage never sees a row).
+"""The prepared training set's lengths — rows, tokens, the longest row and every row's length (token-budget batches
+are cut from them: data.batch_cuts) — which is all `finetune plan` and train's fit check need to size the largest
+micro-batch this data makes (the plan stage never sees a row).
 
 The numbers come from the fingerprinted cache `prepare` writes (built first when absent, exactly as `finetune
 preprocess` and `finetune train` build it), read as Arrow list lengths: no Python loop over rows.
@@ -11,7 +12,7 @@ from finetune.config import Config
 
 
 def length_stats(cfg: Config, tokenizer=None, table=None) -> dict | None:
-    """{"rows", "tokens", "longest"} of the training set: of `table` (a tokenized datasets table already in
+    """{"rows", "tokens", "longest", "lengths" (every row's, numpy)} of the training set: of `table` (a tokenized datasets table already in
     hand), else of this config's prepared data (the cache, prepared first when absent; `tokenizer` loaded from
     the config when not given). None for data of another layout: preference pairs and GRPO prompts."""
     if table is None:
@@ -31,4 +32,5 @@ def length_stats(cfg: Config, tokenizer=None, table=None) -> dict | None:
         "rows": len(table),
         "tokens": int(pc.sum(lengths).as_py()),
         "longest": int(pc.max(lengths).as_py()),
+        "lengths": lengths.to_numpy(zero_copy_only=False),  # token-budget batches are cut from them
     }

@@ -121,13 +121,13 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: 
     )
 
 
-def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tuple[int, int]:
+def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tuple[float, int]:
     """(rows, padded length) of the largest micro-batch the data makes, as train.batching cuts it: padded
     batches of micro_batch_size rows hold at most that many rows of the longest (of sequence_len on a GPU with
-    pad_to_sequence_len); token-budget batches
-    (sample_packing on CPU or without flash attention) hold at most budget // longest rows of the longest, or
-    budget tokens of shorter rows (counted as budget / longest rows of the longest: the same tokens, and an upper
-    bound of rows x T^2); packed rows (flash attention on a GPU) are one row of up to the budget."""
+    pad_to_sequence_len); token-budget batches (sample_packing on CPU or without flash attention) are cut from
+    the sorted lengths where train's sampler cuts them (data.batch_cuts: least padding, not the fullest batch),
+    the one with most padded tokens counts — without the lengths, the budget's worth of the longest rows (an
+    upper bound); packed rows (flash attention on a GPU) are one row of up to the budget."""
     rows, tokens, longest = lengths["rows"], lengths["tokens"], max(1, lengths["longest"])
     budget = micro_batch * cfg.sequence_len
     if (
@@ -136,7 +136,19 @@ def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tu
         return min(micro_batch, rows), cfg.sequence_len if on_gpu and cfg.pad_to_sequence_len else longest
     if on_gpu and cfg.requested_attention.startswith("flash") and find_spec("flash_attn") is not None:
         return 1, min(budget, tokens)
-    return min(rows * longest, budget) / longest, longest  # rows of shorter rows may fill the budget
+    if lengths.get("lengths") is None:
+        return min(rows * longest, budget) / longest, longest  # rows of shorter rows may fill the budget
+    import numpy as np
+
+    from finetune.data.batch_cuts import cut_points
+
+    found = lengths.setdefault("largest_by_budget", {})  # the fixes and auto re-plan with the same lengths
+    if budget not in found:
+        ordered = np.sort(np.asarray(lengths["lengths"]))
+        cuts = cut_points(ordered, budget)
+        batches = [(b - a, int(ordered[b - 1])) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        found[budget] = max(batches, key=lambda batch: (batch[0] * batch[1], batch[1]))
+    return found[budget]
 
 
 def adapted(cfg: Config, shape: Shape) -> list[Linear]:
