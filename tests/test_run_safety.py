@@ -183,3 +183,73 @@ def test_reward_functions_are_checked_without_running_them(tmp_path, source, nam
             ValueError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")
         ):
             check_reward(name, tmp_path)
+
+
+MODELING = """
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+Path({marker!r}).write_text("imported")
+
+
+class CustomForCausalLM(LlamaForCausalLM):
+    pass
+"""
+
+
+@pytest.fixture()
+def remote_code_run(grpo_example_run, tiny_model_dir, tmp_path):
+    """A copy of the run whose config.yml sets trust_remote_code: true, over a base (the tiny model's weights)
+    whose config.json maps AutoModelForCausalLM to a modeling file of its own that leaves a marker."""
+    base = tmp_path / "custom-base"
+    shutil.copytree(tiny_model_dir, base)
+    marker = tmp_path / "MARKER"
+    (base / "modeling_custom.py").write_text(MODELING.format(marker=str(marker)))
+    model_config = json.loads((base / "config.json").read_text())
+    model_config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (base / "config.json").write_text(json.dumps(model_config))
+    run = tmp_path / "downloaded-run"
+    shutil.copytree(grpo_example_run, run)
+    saved = yaml.safe_load((run / "config.yml").read_text())
+    saved.update(base_model=str(base), trust_remote_code=True)
+    (run / "config.yml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    return run, marker
+
+
+def test_a_run_saved_with_trust_remote_code_loads_its_base_only_with_the_users_flag(
+    remote_code_run, tmp_path
+):
+    run, marker = remote_code_run
+    data = ROOT / "examples" / "sentiment_test.jsonl"
+    commands = [
+        ("merge", run, "--out", tmp_path / "merged"),
+        ("export", run, "--gguf", "--out", tmp_path / "gguf"),
+        ("eval", run, "--data", data, "--limit", "2"),
+        ("generate", run, "Is the market up?"),
+    ]
+    script = (
+        "import json\nfrom typer.testing import CliRunner\nfrom finetune.cli import app\n"
+        f"for args in {[[str(a) for a in c] for c in commands]!r}:\n"
+        "    r = CliRunner().invoke(app, args)\n"
+        "    print(json.dumps([args[0], r.exit_code, str(r.exception)]))\n"
+    )  # one fresh process for the four: no torch start-up each
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = (
+        f"{run / 'config.yml'}: trust_remote_code: true — loading this run's base runs the base's own code; "
+        "pass --trust-remote-code if you trust it"
+    )
+    refused = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
+    assert refused == [[c[0], 1, expected] for c in commands]  # CliRunner: a UserError (exit 2 under main)
+    one = finetune("generate", run, "Is the market up?", cwd=ROOT)  # and as the user sees it
+    assert one.returncode == 2 and one.stderr.strip() == expected
+    assert finetune("card", run, cwd=ROOT).returncode == 0  # reading alone loads no model: no flag needed
+    assert not marker.exists()
+    allowed = finetune(
+        "merge", run, "--out", tmp_path / "merged", "--dtype", "fp32", "--trust-remote-code", cwd=ROOT
+    )
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert marker.read_text() == "imported"  # the flag is what lets the base's code run
