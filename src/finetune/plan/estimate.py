@@ -100,7 +100,10 @@ class Plan:
         if self.batch is None:
             return "the worst case: every row at sequence_len"
         rows, length = self.batch
-        return f"this data's largest micro-batch: {rows:.3g} rows x {length:,} tokens"
+        rows_text = (
+            f"{rows:,}" if float(rows).is_integer() else f"{rows:,.1f}"
+        )  # a budget's worth: fractional
+        return f"this data's largest micro-batch: {rows_text} rows x {length:,} tokens"
 
 
 def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = None,
