@@ -100,9 +100,8 @@ class Plan:
         if self.batch is None:
             return "the worst case: every row at sequence_len"
         rows, length = self.batch
-        rows_text = (
-            f"{rows:,}" if float(rows).is_integer() else f"{rows:,.1f}"
-        )  # a budget's worth: fractional
+        # a budget's worth of the longest rows need not be a whole number of them
+        rows_text = f"{rows:,}" if float(rows).is_integer() else f"{rows:,.1f}"
         return f"this data's largest micro-batch: {rows_text} rows x {length:,} tokens"
 
 
