@@ -138,16 +138,27 @@ def plan(
         ),
     ] = None,
     num_gpus: Annotated[
-        int, typer.Option(help="GPUs the run shares (DeepSpeed ZeRO shards across them).")
+        int,
+        typer.Option(
+            help="GPUs the run shares (DeepSpeed ZeRO shards across them); on cpu: processes sharing its RAM."
+        ),
     ] = 1,
     memory: MemoryOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="The same figures as one JSON object.")] = False,
+    data: Annotated[
+        bool,
+        typer.Option(
+            help="Size the peak for this data's largest micro-batch (prepares and caches the data as "
+            "preprocess does); --no-data: every row at sequence_len, without reading the data."
+        ),
+    ] = True,
 ) -> None:
     """Predict peak memory by part, speed and run length from the config and the base's config.json (no weights
-    are read); exit 1 when it does not fit, with the smallest fixes."""
+    are read) and, when the data files are here, their lengths; exit 1 when it does not fit, with the smallest
+    fixes."""
     from finetune.plan import report
 
-    result = report.plan_command(_load(config, set_), device, num_gpus, memory, json_)
+    result = report.plan_command(_load(config, set_), device, num_gpus, memory, json_, use_data=data)
     if not result.fits:
         raise typer.Exit(1)
 

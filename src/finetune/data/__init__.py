@@ -22,6 +22,7 @@ from typing import Any
 from finetune.config import Config, DatasetConfig
 from finetune.data import chat as chat_format
 from finetune.data import encode, formats, report, sources
+from finetune.data.lengths import length_stats  # noqa: F401 - the plan and the fit check read it here
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_json
 
