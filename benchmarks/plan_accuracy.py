@@ -3,6 +3,7 @@
     python benchmarks/plan_accuracy.py                    # the whole grid (~30 min on 2 busy cores; measured configs are kept)
     python benchmarks/plan_accuracy.py --only smol-b4     # configs whose name contains this
     python benchmarks/plan_accuracy.py --report           # the table again from the saved measurements
+    python benchmarks/plan_accuracy.py --holdout          # configs outside the fit: real data, dropout, eager
 
 Each config runs twice, as `finetune train` runs it: with its fast heap (the default: model.compute.cpu_heap),
 which gives the tokens/s, and with RAM made tight (--memory), where train keeps the heap compact so RSS follows
@@ -54,6 +55,94 @@ GRID = {
     "smol-b1-s1024-4bit-gc": ("smol", 1, 1024, True, True, False, 5),
     "smolgguf-b2-s128": ("smolgguf", 2, 128, False, False, False, 5),
 }  # fmt: skip
+
+
+# Out of sample: configs the constants were not fitted on, as a new user writes them — the real model's own data
+# (examples/sentiment_train.jsonl, the rows examples/sentiment.yaml trains SmolLM2 on: FinLoRA's tweet-length
+# sentiment rows, far below sequence_len), lora_dropout, eager attention, sample_packing. Each
+# trains one whole epoch of 32 rows (so the data's largest micro-batch is among its few steps) with the
+# default heap, on one thread (OMP_NUM_THREADS=1: the machine is shared; memory does not depend on it), and
+# its peak RSS is measured by /usr/bin/time -v around `finetune train`; the prediction is `finetune plan --json`
+# for the same config (peak_memory_gib, sized for this data; worst_case_peak_memory_gib beside it).
+# name: (model, rows, micro_batch_size, sequence_len, extra config keys)
+HOLDOUT = {
+    "smol-sent-b8-s512-gc": ("smol", "sent", 8, 512, {"gradient_checkpointing": True}),
+    "smol-sent-b8-s256-packed-dropout": ("smol", "sent160", 8, 256, {"sample_packing": True, "lora_dropout": 0.1}),
+    "smol-sent-b4-s1024-dropout": ("smol", "sent", 4, 1024, {"lora_dropout": 0.05}),
+    "smol-sent-b8-s512-eager": ("smol", "sent", 8, 512, {"attn_implementation": "eager"}),
+    "smol-full-b2-s512-eager": ("smol", "full", 2, 512, {"eager_attention": True, "min_sample_len": 512,
+                                                          "max_steps": 3}),  # full rows: all batches alike
+    "smolgguf-sent-b8-s256-dropout": ("smolgguf", "sent", 8, 256, {"lora_dropout": 0.05}),
+    "small-sent-b16-s512-packed-dropout-gc": ("small", "sent160", 16, 512,
+        {"sample_packing": True, "lora_dropout": 0.1, "gradient_checkpointing": True}),
+}  # fmt: skip
+
+
+def holdout_config(name: str, workdir: Path) -> dict:
+    kind, rows, micro, seq, extra = HOLDOUT[name]
+    instruction = {"field_instruction": "context", "field_output": "target", "format": "{instruction}",
+                   "no_input_format": "{instruction}"}  # fmt: skip
+    if rows != "full":  # its first 32 rows (4 steps of 8), or 160 (token-budget batches: several full ones)
+        source = ROOT / "examples" / "sentiment_train.jsonl"
+        path = workdir / f"{rows}.jsonl"
+        n = 160 if rows.endswith("160") else 32
+        path.write_text("".join(source.read_text().splitlines(keepends=True)[:n]))
+        dataset = {"path": str(path), "type": instruction}
+    else:
+        dataset = {"path": str(workdir / "rows.jsonl"), "type": "completion", "field": "text"}
+    return {
+        "base_model": model_path(kind, workdir), "adapter": "lora", "lora_r": 16, "lora_alpha": 32,
+        "lora_target_linear": True, "datasets": [dataset], "sequence_len": seq, "micro_batch_size": micro,
+        "dataset_prepared_path": str(workdir / "prepared"), "gradient_accumulation_steps": 1, "num_epochs": 1,
+        "learning_rate": 1e-4, "logging_steps": 1, "save_strategy": "no", "seed": 42,
+        "output_dir": str(workdir / "runs" / name), **extra,
+    }  # fmt: skip
+
+
+def measure_holdout(name: str, workdir: Path) -> dict:
+    """`finetune plan --json`, then `/usr/bin/time -v finetune train` (one epoch, default heap)."""
+    import yaml
+
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(holdout_config(name, workdir)))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cli = [sys.executable, "-m", "finetune.cli"]
+    planned = subprocess.run([*cli, "plan", str(path), "--device", "cpu", "--json"], capture_output=True,
+                             text=True, env=env)  # fmt: skip
+    if planned.returncode not in (0, 1):
+        return {"error": planned.stderr[-2000:]}
+    plan = json.loads(planned.stdout)
+    start = time.time()
+    run = subprocess.run(["/usr/bin/time", "-v", *cli, "train", str(path), "--overwrite", "--no-fit-check"],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    if run.returncode != 0:
+        return {"error": run.stderr[-3000:]}
+    kib = int(next(x for x in run.stderr.splitlines() if "Maximum resident set size" in x).split(":")[1])
+    results = json.loads((workdir / "runs" / name / "all_results.json").read_text())
+    return {
+        "predicted_gib": plan["peak_memory_gib"], "worst_case_gib": plan["worst_case_peak_memory_gib"],
+        "sized_for": plan["sized_for"], "plan_heap": plan.get("cpu_heap"), "peak_rss_gib": kib / 2**20,
+        "vmhwm_gib": results["peak_cpu_memory_mb"] / 1024, "heap": results.get("cpu_heap"),
+        "steps": results.get("global_step"), "wall_s": round(time.time() - start, 1),
+        "load_avg": os.getloadavg()[0],
+    }  # fmt: skip
+
+
+def report_holdout(measured: dict) -> None:
+    print("| config | predicted for this data | measured peak RSS (time -v) | error | worst case "
+          "(every row at sequence_len) | worst / measured | heap |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    worst = 0.0
+    for name in HOLDOUT:
+        m = measured.get(name)
+        if not m or "error" in m:
+            continue
+        error = m["predicted_gib"] / m["peak_rss_gib"] - 1
+        worst = max(worst, abs(error))
+        print(f"| {name} | {m['predicted_gib']:.2f} GiB | {m['peak_rss_gib']:.2f} GiB | {error:+.0%} | "
+              f"{m['worst_case_gib']:.2f} GiB | {m['worst_case_gib'] / m['peak_rss_gib']:.2f}x | {m['heap']} |")  # fmt: skip
+    print(f"\nworst |error| out of sample: {worst:.0%} (target 15%)")
 
 
 def model_path(kind: str, workdir: Path) -> str:
@@ -282,8 +371,22 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--report", action="store_true", help="no runs: the table from measured.json")
     parser.add_argument("--again", action="store_true", help="measure configs measured.json already has")
+    parser.add_argument("--holdout", action="store_true", help="the out-of-sample configs (CPU)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.holdout:
+        saved = args.workdir / "measured-holdout.json"
+        measured = json.loads(saved.read_text()) if saved.exists() else {}
+        write_rows(args.workdir / "rows.jsonl")
+        for name in HOLDOUT:
+            if args.report or (args.only and args.only not in name):
+                continue
+            if measured.get(name) and "error" not in measured[name] and not args.again:
+                continue
+            measured[name] = measure_holdout(name, args.workdir)
+            print(name, json.dumps(measured[name])[:600], flush=True)
+            saved.write_text(json.dumps(measured, indent=1))
+        return report_holdout(measured)
     import torch
 
     on_gpu = torch.cuda.is_available()  # then each config runs once on the GPU (no heaps there)

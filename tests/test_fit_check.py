@@ -135,25 +135,32 @@ def test_heap_is_chosen_for_the_longest_batch_the_data_makes(tiny_model_dir, tmp
     longest row, so a RAM that is tight only for full-length batches keeps the fast heap."""
     import datasets
 
-    from finetune import plan
-    from finetune.train.fit_check import cpu_heap, longest_row
+    from finetune import data, plan
+    from finetune.train.fit_check import judge
 
     cfg = config.validate(raw_config(tiny_model_dir, tmp_path / "out", sequence_len=4096, micro_batch_size=8))
     rows = datasets.Dataset.from_dict({"input_ids": [[1] * 30, [1] * 64, [1] * 12]})
-    assert longest_row(rows) == 64 and longest_row(rows.select([0, 2])) == 64  # the table's, a safe side
+    # the lengths the judgement reads, counted by hand; a selection's own rows
+    stats, selected = data.length_stats(cfg, table=rows), data.length_stats(cfg, table=rows.select([0, 2]))
+    assert {k: stats[k] for k in ("rows", "tokens", "longest")} == {"rows": 3, "tokens": 106, "longest": 64}
+    assert list(stats["lengths"]) == [30, 64, 12] and list(selected["lengths"]) == [30, 12]
     full = plan.estimate(cfg, plan.cpu_device(1000.0))
-    short = plan.estimate(cfg.model_copy(update={"sequence_len": 64}), plan.cpu_device(1000.0))
+    short = plan.estimate(
+        cfg.model_copy(update={"sequence_len": 64, "micro_batch_size": 3}), plan.cpu_device(1000.0)
+    )
     memory = (full.fast_heap_worst_gib + short.fast_heap_worst_gib) / 2  # tight for 4096-token rows only
     checked = plan.estimate(cfg, plan.cpu_device(memory))  # the fit check's plan: full-length rows
     predicted: dict = {}
-    assert cpu_heap(cfg, rows, checked, predicted, []) == "fast" and predicted["cpu_heap"] == "fast"
-    long_rows = datasets.Dataset.from_dict({"input_ids": [[1] * 4096]})
+    assert judge(cfg, rows, checked, True, predicted, []) == "fast" and predicted["cpu_heap"] == "fast"
+    long_rows = datasets.Dataset.from_dict({"input_ids": [[1] * 4096] * 8})  # a full micro-batch of them
     notes: list[str] = []
-    assert cpu_heap(cfg, long_rows, checked, predicted, notes) == "compact" and "RAM is tight" in notes[0]
-    # packed batches fill the budget whatever the rows
+    assert judge(cfg, long_rows, checked, False, predicted, notes) == "compact"
+    assert any("RAM is tight" in n for n in notes)
+    # token-budget batches (sample_packing on CPU) fill micro_batch_size x sequence_len with short rows too
     packed = cfg.model_copy(update={"sample_packing": True})
-    assert cpu_heap(packed, rows, checked, {}, []) == "compact"
-    assert cpu_heap(cfg, long_rows, None, {}, []) == "fast"  # no plan (smoke run, unreadable base): fast
+    many = datasets.Dataset.from_dict({"input_ids": [[1] * 64] * 600})
+    assert judge(packed, many, checked, False, {}, []) == "compact"
+    assert judge(cfg, long_rows, None, True, {}, []) == "fast"  # no plan (smoke run, unreadable base): fast
 
 
 def test_only_the_cli_training_process_sets_the_cpu_heap(tiny_model_dir, tmp_path, monkeypatch, write_config):

@@ -95,6 +95,29 @@ def preprocess(
     data.preprocess_command(cfg, inspect=inspect)
 
 
+@app.command("data")
+def data_(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    against: Annotated[
+        Optional[list[Path]],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            "--against",
+            help="A file of rows (in datasets[0]'s format) to check the training rows against: exact rows and "
+            "13-gram overlap, the usual contamination test (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Every figure as one JSON object.")] = False,
+) -> None:
+    """What the prepared training and eval sets hold, with the tokenizer only (no model): per source rows kept
+    and dropped, tokens, lengths, labels; duplicates; overlap with the eval split and --against files.
+    Writes data_report.{json,md,png} next to the prepared data."""
+    from finetune.data import report_files
+
+    report_files.data_command(_load(config, set_), [str(p) for p in against or []], json_)
+
+
 MemoryOpt = Annotated[
     Optional[float],  # noqa: UP045 - typer needs Optional here
     typer.Option(
@@ -116,16 +139,27 @@ def plan(
         ),
     ] = None,
     num_gpus: Annotated[
-        int, typer.Option(help="GPUs the run shares (DeepSpeed ZeRO shards across them).")
+        int,
+        typer.Option(
+            help="GPUs the run shares (DeepSpeed ZeRO shards across them); on cpu: processes sharing its RAM."
+        ),
     ] = 1,
     memory: MemoryOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="The same figures as one JSON object.")] = False,
+    data: Annotated[
+        bool,
+        typer.Option(
+            help="Size the peak for this data's largest micro-batch (prepares and caches the data as "
+            "preprocess does); --no-data: every row at sequence_len, without reading the data."
+        ),
+    ] = True,
 ) -> None:
     """Predict peak memory by part, speed and run length from the config and the base's config.json (no weights
-    are read); exit 1 when it does not fit, with the smallest fixes."""
+    are read) and, when the data files are here, their lengths; exit 1 when it does not fit, with the smallest
+    fixes."""
     from finetune.plan import report
 
-    result = report.plan_command(_load(config, set_), device, num_gpus, memory, json_)
+    result = report.plan_command(_load(config, set_), device, num_gpus, memory, json_, use_data=data)
     if not result.fits:
         raise typer.Exit(1)
 

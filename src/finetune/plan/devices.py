@@ -1,7 +1,8 @@
 """The devices a plan can be made for: memory, peak dense bf16 matmul rate, and the fitted constants.
 
-Only the constants marked FITTED come from measurements (the rest are data sheets and what the runtime is
-known to hold); each says which measurement it came from.
+Every constant says where it came from: FITTED (a measurement on this project's benchmarks, named), DATA SHEET
+(the vendor's published figure) or ASSUMED (no measurement yet: a plan that uses one says so in its notes,
+`ASSUMED_NOTE`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ class Device:
     memory_gib: float  # what the device offers a process (nvidia-smi's total, or the machine's RAM)
     peak_tflops: float  # dense bf16 (GPU, fp32 accumulate) or fp32 FMA rate of the threads used (CPU)
     is_gpu: bool
+    note: str = ""  # what the plan should say about this device's figures (an unknown GPU's borrowed rate)
 
 
-# name: (total memory as nvidia-smi reports it in GiB, dense bf16 TFLOP/s with fp32 accumulation, data sheets)
+# name: (total memory in GiB, dense bf16 TFLOP/s with fp32 accumulation).
+#   TFLOP/s — DATA SHEET: NVIDIA's dense (not 2:4 sparse) bf16 tensor-core figures: H100 SXM and H200 (Hopper
+#   data sheets), A100 (A100 data sheet), L40S, L4 and A10G (their product briefs), RTX 4090 and 3090 (the Ada
+#   and Ampere GeForce white papers, fp32 accumulate).
+#   Memory — DATA SHEET converted: the marketed size in GiB less the ~0.5% nvidia-smi shows as reserved (an
+#   H100 80GB HBM3 lists 81,559 MiB = 79.6 GiB in public nvidia-smi output; not measured on a lent machine
+#   here). Only `--device NAME` uses it: detect() and train's fit check take the size the device reports.
 GPUS = {
     "h100-80gb": (79.6, 989.0),
     "h200": (139.8, 989.0),
@@ -38,17 +46,25 @@ GPUS = {
 DEVICE_NAMES = [*GPUS, "cpu"]
 
 # --- GPU: what torch.cuda.max_memory_allocated does not see
-CUDA_CONTEXT_GIB = (
-    0.5  # CUDA context + cuBLAS workspace of one process (typical for CUDA 12; not measured here)
+# ASSUMED: CUDA context + cuBLAS workspace of one process, the figure commonly seen with CUDA 12 (not measured
+#   here: BENCHMARKS.md records torch.cuda.max_memory_allocated only)
+CUDA_CONTEXT_GIB = 0.5
+# ASSUMED: reserved but unallocated memory (fragmentation) as a share of the allocated peak — not fitted, no GPU
+#   was lent while this was written. A GPU plan says so in its notes (ASSUMED_NOTE).
+GPU_ALLOCATOR_SLACK = 0.05
+ASSUMED_NOTE = (
+    "GPU: the CUDA context (0.5 GiB) and the allocator slack (5% of the allocated peak) are assumptions, not "
+    "measured (plan/devices.py); the allocated peak was measured on an H100 (BENCHMARKS.md)"
 )
-GPU_ALLOCATOR_SLACK = 0.05  # reserved but unallocated (fragmentation) as a share of the allocated peak: an
-#   assumption, not fitted — no GPU was lent while this was written, and BENCHMARKS.md records allocated only
 # FITTED: share of the dense bf16 peak a LoRA step reaches (model FLOPs incl. recomputation / time), from the
 #   H100 rows of BENCHMARKS.md (benchmarks/gpu_qlora.py, 2026-11-23): 8B bf16 LoRA 27.6% of the no-recompute
 #   MFU, 8B QLoRA 20.8% (no checkpointing) and 22.5% with recomputation counted; the 4-bit dequantization costs
 #   the QLoRA runs their own factor. The 1B runs (5.7% / 10.9%) are dominated by the 128k-vocab loss and are
 #   predicted ~2-3x too fast by this (see BENCHMARKS.md, "Planning accuracy").
+#   8-bit: ASSUMED (no 8-bit GPU run was measured: below the 4-bit figure, as LLM.int8's matmul is slower than
+#   bf16); a plan that uses it says so (ASSUMED_8BIT_NOTE).
 GPU_EFFICIENCY = {16: 0.276, 4: 0.215, 8: 0.15}
+ASSUMED_8BIT_NOTE = "GPU speed: the 8-bit efficiency (15% of peak) is an assumption, not measured"
 
 # --- CPU: process RSS beyond the tensors
 # FITTED by `benchmarks/plan_accuracy.py --report` (least squares RSS = runtime + (1 + slack) x tensors) over its
@@ -73,17 +89,24 @@ CPU_FAST_HEAP_KEPT = 0.43
 CPU_EFFICIENCY = 0.79  # share of the nominal fp32 FMA peak of the threads used (matmul-bound part)
 CPU_TRAFFIC_SECONDS_PER_GIB = 0.66  # element-wise work per GiB of activations + logits a step writes
 CPU_LAYER_SECONDS = 0.0033  # fixed cost of a decoder layer per step, forward + backward (op dispatch)
-CPU_FIT_THREADS = 2  # the traffic constant was measured with this many threads
+CPU_FIT_THREADS = 2  # the traffic constant was measured with this many threads (the 2-core Xeon above)
+# DATA SHEET: fp32 FLOP per cycle and core — two FMA units x 16 (AVX-512) or 8 (AVX2) lanes x 2 (Intel's
+#   optimization manual); 8 without either (SSE, two units x 4 lanes)
+FLOP_PER_CYCLE = {"avx512f": 64, "avx2": 32, None: 8}
+# ASSUMED: the clock when /proc/cpuinfo gives none (not Linux); only the CPU speed estimate uses it, and a plan
+#   that does says so (the device's note)
+CPU_GHZ_UNKNOWN = 2.0
 
 
 def cpu_device(memory_gib: float | None = None, threads: int | None = None) -> Device:
     """This machine's RAM and the nominal fp32 rate of `threads` cores (AVX-512: 64 FLOP/cycle, AVX2: 32)."""
     info = _read("/proc/cpuinfo")
     mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
-    ghz = float(mhz.group(1)) / 1000 if mhz else 2.0
-    per_cycle = 64 if "avx512f" in info else 32 if "avx2" in info else 8
+    ghz = float(mhz.group(1)) / 1000 if mhz else CPU_GHZ_UNKNOWN
+    note = "" if mhz else f"CPU: the clock is not in /proc/cpuinfo; speed assumes {CPU_GHZ_UNKNOWN} GHz"
+    per_cycle = next(n for flag, n in FLOP_PER_CYCLE.items() if flag is None or flag in info)
     threads = threads or os.cpu_count() or 1
-    return Device("cpu", memory_gib or _ram_gib(), threads * ghz * per_cycle / 1000, False)
+    return Device("cpu", memory_gib or _ram_gib(), threads * ghz * per_cycle / 1000, False, note)
 
 
 def gpu_device(name: str, memory_gib: float | None = None) -> Device:
@@ -109,7 +132,8 @@ def detect() -> Device:
 
 
 def from_name(gpu_name: str, memory_gib: float) -> Device:
-    """A GPU as CUDA names it ("NVIDIA H100 80GB HBM3") matched to the table; unknown ones get H100's rate."""
+    """A GPU as CUDA names it ("NVIDIA H100 80GB HBM3") matched to the table; an unknown one is planned with
+    H100's rate (speed only: its memory is its own), and its plan says so."""
     key = gpu_name.lower().replace(" ", "")
     for name in GPUS:
         if name.split("-")[0] in key and (name.count("-") == 0 or name.split("-")[1] in key):
@@ -117,7 +141,11 @@ def from_name(gpu_name: str, memory_gib: float) -> Device:
     for name in GPUS:
         if name.split("-")[0] in key:
             return Device(name, memory_gib, GPUS[name][1], True)
-    return Device(gpu_name, memory_gib, GPUS["h100-80gb"][1], True)
+    note = (
+        f"GPU {gpu_name!r} is not in plan/devices.py's table: its memory ({memory_gib:.1f} GiB) is its own, "
+        f"but speed is planned with H100's {GPUS['h100-80gb'][1]:.0f} TFLOP/s and efficiency (unmeasured here)"
+    )
+    return Device(gpu_name, memory_gib, GPUS["h100-80gb"][1], True, note)
 
 
 def _ram_gib() -> float:

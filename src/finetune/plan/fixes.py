@@ -8,13 +8,15 @@ changes the base's precision; more GPUs change the bill).
 
 from __future__ import annotations
 
+import functools
+
 from finetune.config import Config
 from finetune.plan.devices import Device
 from finetune.plan.estimate import Plan, estimate
 from finetune.plan.shapes import Shape
 
 
-def _micro_batch_fix(cfg: Config, device: Device, gpus: int, shape: Shape, micro: int):
+def _micro_batch_fix(cfg: Config, device: Device, gpus: int, shape: Shape, micro: int, estimate=estimate):
     accum = cfg.gradient_accumulation_steps
     size = micro // 2
     while size >= 1:
@@ -31,13 +33,13 @@ def _micro_batch_fix(cfg: Config, device: Device, gpus: int, shape: Shape, micro
     return None
 
 
-def candidates(cfg: Config, device: Device, gpus: int, shape: Shape, micro: int):
+def candidates(cfg: Config, device: Device, gpus: int, shape: Shape, micro: int, estimate=estimate):
     """(description, changed config, gpus) in the order of how little they change."""
     base = cfg.model_copy(update={"micro_batch_size": micro})
     if not cfg.gradient_checkpointing:
         yield "gradient_checkpointing: true", base.model_copy(update={"gradient_checkpointing": True}), gpus
     if micro > 1:
-        found = _micro_batch_fix(base, device, gpus, shape, micro)
+        found = _micro_batch_fix(base, device, gpus, shape, micro, estimate)
         if found:
             yield found[0], found[1], gpus
     if device.is_gpu and not (cfg.liger_fused_linear_cross_entropy or cfg.cut_cross_entropy_on):
@@ -62,8 +64,9 @@ def fixes(cfg: Config, plan: Plan, shape: Shape, limit: int = 3) -> list[str]:
     """Up to `limit` single changes that make the run fit, each with its predicted peak; if none alone does,
     checkpointing together with the smallest micro-batch (and 4-bit) as one combined change."""
     found = []
-    for text, changed, gpus in candidates(cfg, plan.device, plan.gpus, shape, plan.micro_batch):
-        after = estimate(changed, plan.device, gpus, shape)
+    again = _again(plan)
+    for text, changed, gpus in candidates(cfg, plan.device, plan.gpus, shape, plan.micro_batch, again):
+        after = again(changed, plan.device, gpus, shape)
         if after.fits:
             found.append(f"{text} (predicted peak {after.peak_gib:.1f} GiB)")
             if text.endswith(")") and "GPUs" in text:
@@ -73,6 +76,11 @@ def fixes(cfg: Config, plan: Plan, shape: Shape, limit: int = 3) -> list[str]:
     if found:
         return found
     return [_combined(cfg, plan, shape)]
+
+
+def _again(plan: Plan):
+    """`estimate` for a changed config with what sized `plan`: the data's lengths and the processes."""
+    return functools.partial(estimate, lengths=plan.lengths, processes=plan.processes)
 
 
 def _combined(cfg: Config, plan: Plan, shape: Shape) -> str:
@@ -96,7 +104,7 @@ def _combined(cfg: Config, plan: Plan, shape: Shape) -> str:
         while size >= 1:
             trial = cfg.model_copy(update={**update, "micro_batch_size": size,
                                            "gradient_accumulation_steps": accum * (micro // size)})  # fmt: skip
-            after = estimate(trial, plan.device, plan.gpus, shape)
+            after = _again(plan)(trial, plan.device, plan.gpus, shape)
             if after.fits:
                 if size != micro:
                     keys.append(f"micro_batch_size: {micro} -> {size}, gradient_accumulation_steps: "

@@ -10,7 +10,12 @@ Saved activations per token and layer follow what autograd keeps for a frozen ba
 layer keeps only its weight; LoRA's A keeps its input; SiLU, the gate product and sdpa keep their inputs and
 output; RMSNorm keeps its fp32 input). Under autocast each LoRA input is its own bf16 copy (peft casts the
 input to the adapter's fp32, autocast casts it back), and k-bit training holds the residual stream in fp32.
-tests/plan/test_gpu_cases.py holds this against the H100 peaks in BENCHMARKS.md.
+With lora_dropout each adapter keeps its own dropped input and what dropout needs for its backward (CUDA's fused
+kernel: a bool mask; CPU: the scaled noise, in the adapter's fp32). Eager attention keeps the fp32 softmax
+probabilities, batch x heads x T x T (and their compute-dtype copy under autocast), where sdpa keeps only a
+logsumexp. tests/test_plan.py and tests/test_plan_edges.py (dropout, eager) hold this against autograd's own
+count on CPU (saved_tensors_hooks), tests/test_plan.py against the H100 peaks in BENCHMARKS.md;
+benchmarks/plan_accuracy.py against measured peak RSS.
 """
 
 from __future__ import annotations
@@ -30,15 +35,22 @@ def layer_bytes_per_token(shape: Shape, s: Setting, names: set[str]) -> float:
         wrapped = [leaf for leaf in leaves if leaf in names]
         if not wrapped:
             return 0
+        if s.dropout:  # A's input (autocast's copy, else dropout's fp32 output) + the mask or the noise
+            return len(wrapped) * ((s.ab if s.autocast else 4) + (1 if s.on_gpu else 4)) * width
         if s.autocast and (x_bytes != s.ab or not s.kbit):
             return len(wrapped) * s.ab * width  # one autocast copy per adapter
         return x_bytes * width  # the input itself, shared
 
     sdpa = s.ab if s.autocast else base_out
-    attention = sdpa * (2 * q + 2 * kv) + 4 * shape.heads  # q, k, v and the output (+ logsumexp)
-    # o_proj's input is sdpa's output (already counted) unless each adapter makes its own copy
+    if s.eager:  # q and k, v repeated to every head; the fp32 probabilities (+ their autocast copy)
+        probs = (4 + (s.ab if sdpa != 4 else 0)) * shape.heads * s.length
+        attention = sdpa * 3 * q + probs
+    else:
+        attention = sdpa * (2 * q + 2 * kv) + 4 * shape.heads  # q, k, v and the output (+ logsumexp)
+    # o_proj's input is sdpa's output (already counted) unless each adapter makes its own copy; eager
+    # attention's output is kept by o_proj's adapter alone
     o_copies = s.autocast and (sdpa != s.ab or not s.kbit)
-    o_in = lora_inputs(("o_proj",), q, sdpa) if o_copies else 0
+    o_in = lora_inputs(("o_proj",), q, sdpa) if o_copies or s.dropout or s.eager else 0
     mlp = (2 if s.liger_glu else 3) * base_out * f  # gate (SiLU's input), SiLU's output, up
     return (
         2 * norm
@@ -73,6 +85,8 @@ def activation_parts(cfg, shape: Shape, s: Setting) -> dict[str, float]:
     names = {lin.leaf for lin in adapted(cfg, shape)}
     per_layer = layer_bytes_per_token(shape, s, names) * s.tokens
     grads = 2 * 4 * shape.intermediate * s.tokens  # a layer's backward: two fp32 intermediate-sized gradients
+    if s.eager:  # ... or the gradients of the probabilities and of the scores, batch x heads x T x T
+        grads = max(grads, 2 * 4 * shape.heads * s.length * s.tokens)
     final_norm = 4 * shape.hidden * s.tokens
     if s.checkpointing:
         kept = s.res * shape.hidden * s.tokens * shape.layers + final_norm  # each layer's input

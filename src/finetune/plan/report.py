@@ -3,7 +3,10 @@ a table (or one JSON object), and the one line a run that will not fit stops wit
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from pathlib import Path
 
 from finetune.config import Config
 from finetune.errors import UserError
@@ -12,6 +15,7 @@ from finetune.plan.devices import Device
 from finetune.plan.estimate import Plan, estimate
 from finetune.plan.shapes import shape_of
 
+WORST_NOTE = "sized for the worst case, every row at sequence_len: the data's lengths were not read"
 LABELS = {
     "base_weights": "base weights",
     "adapter": "LoRA parameters (fp32)",
@@ -44,10 +48,21 @@ def device_for(name: str | None, gpus: int, memory_gib: float | None) -> Device:
     return devices.gpu_device(name, memory_gib)
 
 
-def make_plan(cfg: Config, device: Device, gpus: int = 1) -> Plan:
-    """The plan with its fixes when it does not fit (the shapes are read once)."""
-    shape = shape_of(cfg)
-    plan = estimate(cfg, device, gpus, shape)
+def make_plan(cfg: Config, device: Device, gpus: int = 1, lengths: dict | None = None,
+              processes: int | None = None, shape=None) -> Plan:  # fmt: skip
+    """The plan with its fixes when it does not fit (the shapes are read once). With `lengths`
+    (data.length_stats) its peak is this data's, the worst case (every row at sequence_len) beside it."""
+    shape = shape or shape_of(cfg)
+    plan = estimate(cfg, device, gpus, shape, lengths=lengths, processes=processes)
+    worst = estimate(cfg, device, gpus, shape, plan.micro_batch, processes=processes)
+    plan.worst_case_peak_gib = worst.peak_gib
+    if lengths is None:
+        plan.notes.append(WORST_NOTE)
+    elif worst.peak_gib > plan.peak_gib * 1.01:
+        plan.notes.append(
+            f"sized for {plan.sized_for}; with every row at sequence_len the peak would be "
+            f"{worst.peak_gib:.2f} GiB"
+        )
     if cfg.micro_batch_size == "auto":
         plan.notes.append(
             f"micro_batch_size: auto -> {plan.micro_batch} (the largest power of two that fits)"
@@ -57,12 +72,37 @@ def make_plan(cfg: Config, device: Device, gpus: int = 1) -> Plan:
     return plan
 
 
-def plan_command(cfg: Config, device: str | None, gpus: int, memory_gib: float | None, as_json: bool) -> Plan:
+def data_lengths(cfg: Config) -> tuple[dict | None, str]:
+    """(data.length_stats of this config's training set, "") — prepared and cached as `finetune preprocess`
+    does, its summary on stderr — or (None, why not): data not on this machine, a base without a tokenizer
+    here (a folder with config.json alone: no torch is imported for it), pairs or prompts, unreadable data."""
+    if cfg.preference or cfg.online_rl:
+        return None, "preference pairs and prompts are sized at sequence_len"
+    missing = [ds.path for ds in cfg.datasets if not Path(ds.path).expanduser().exists()]
+    if missing:
+        return None, f"no local data at {missing[0]}"
+    source = Path(cfg.tokenizer_config or cfg.base_source[0]).expanduser()
+    if source.is_dir() and not cfg.base_is_gguf and not any(source.glob("tokenizer*")):
+        return None, f"no tokenizer in {source}"
+    from finetune import data
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the data summary; stdout is the plan (--json)
+            return data.length_stats(cfg), ""
+    except UserError as exc:
+        return None, f"the data could not be prepared: {exc.problems[0]}"
+
+
+def plan_command(cfg: Config, device: str | None, gpus: int, memory_gib: float | None, as_json: bool,
+                 use_data: bool = True) -> Plan:  # fmt: skip
     from finetune import hub
 
     base_ids = [i for i in cfg.hub_ids if i in (cfg.base_model, cfg.base_model_config, cfg.base_source[0])]
     offline = hub.offline_if_unreachable(base_ids)  # only config.json is fetched: one line, not retries
-    plan = make_plan(cfg, device_for(device, gpus, memory_gib), gpus)
+    lengths, why_not = data_lengths(cfg) if use_data else (None, "--no-data")
+    plan = make_plan(cfg, device_for(device, gpus, memory_gib), gpus, lengths)
+    if why_not:
+        plan.notes[plan.notes.index(WORST_NOTE)] = f"{WORST_NOTE} ({why_not})"
     if offline:
         plan.notes.append(offline)
     if as_json:
@@ -76,8 +116,9 @@ def refusal(plan: Plan) -> str:
     """The one line `train` stops with: the prediction and the smallest fix."""
     fix = plan.fixes[0] if plan.fixes else "a larger device"
     where = "RAM" if not plan.device.is_gpu else f"{plan.device.name} memory"
+    times = f" x {plan.processes} processes" if plan.processes > 1 else ""
     return (
-        f"predicted peak {plan.peak_gib:.1f} GiB does not fit {plan.device.memory_gib:.1f} GiB of {where} "
+        f"predicted peak {plan.peak_gib:.1f} GiB{times} does not fit {plan.device.memory_gib:.1f} GiB of {where} "
         f"(finetune plan shows the parts); smallest fix: {fix}; --no-fit-check runs anyway"
     )
 
@@ -105,9 +146,15 @@ def print_plan(plan: Plan) -> None:
             table.add_row(f"[dim]{LABELS[key]} (not at the peak)[/]", f"[dim]{value:.2f}[/]")
     verdict = "[green]fits[/]" if plan.fits else "[bold red]does not fit[/]"
     table.add_row("[bold]peak[/]", f"[bold]{plan.peak_gib:.2f}[/]")
+    if plan.worst_case_peak_gib is not None and plan.batch is not None:
+        table.add_row(
+            "[dim]peak with every row at sequence_len[/]", f"[dim]{plan.worst_case_peak_gib:.2f}[/]"
+        )
     console.print(table)
+    times = f" x {plan.processes} processes" if plan.processes > 1 else ""
     console.print(
-        f"{plan.peak_gib:.1f} GiB of {dev.memory_gib:.1f} GiB: {verdict} (margin {plan.margin_gib:+.1f} GiB)"
+        f"{plan.peak_gib:.1f} GiB{times} of {dev.memory_gib:.1f} GiB: {verdict} (margin {plan.margin_gib:+.1f} "
+        f"GiB), sized for {plan.sized_for}"
     )
     sp = plan.speed
     line = (

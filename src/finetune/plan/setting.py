@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
@@ -50,20 +51,39 @@ class Setting:
     double_quant: bool
     pairs: bool = False  # preference rows: chosen and rejected go through the model together
     lm_head: bool = True  # a reward model scores with a one-output head: no vocabulary logits
+    dropout: bool = False  # lora_dropout > 0: each adapter keeps its own dropped input and dropout's mask
+    eager: bool = False  # eager attention: batch x heads x T x T scores and probabilities
+    batch: tuple[float, int] | None = (
+        None  # the data's largest micro-batch (rows, padded length); None: worst
+    )
+
+    @property
+    def rows(self) -> float:
+        """Rows of the largest micro-batch: micro_batch_size (the worst case), or what the data makes (a token
+        budget's worth of the longest rows: not always a whole number)."""
+        return self.batch[0] if self.batch else self.micro_batch
+
+    @property
+    def length(self) -> int:
+        """Its padded length T: sequence_len (the worst case), or the data's."""
+        return self.batch[1] if self.batch else self.seq
 
     @property
     def tokens(self) -> int:
-        """Tokens of one micro-batch at its largest: micro_batch_size rows of sequence_len (or the packed
-        budget of the same size), which is what the peak is sized for; two sequences a row for pairs."""
-        return self.micro_batch * self.seq * (2 if self.pairs else 1)
+        """Tokens of one micro-batch at its largest, which is what the peak is sized for: micro_batch_size rows
+        of sequence_len (or the packed budget of the same size) when the data is not known, else the largest
+        batch this data makes (data_batch); two sequences a row for pairs."""
+        return round(self.rows * self.length) * (2 if self.pairs else 1)
 
     @property
     def kbit(self) -> bool:
         return self.bits in (4, 8)
 
 
-def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: int | None = None) -> Setting:
-    """`saved_bits`: a pre-quantized checkpoint's (4 or 8) loads as it was saved, whatever load_in_* say."""
+def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: int | None = None,
+            lengths: dict | None = None) -> Setting:  # fmt: skip
+    """`saved_bits`: a pre-quantized checkpoint's (4 or 8) loads as it was saved, whatever load_in_* say;
+    `lengths`: the prepared training set's rows, tokens and longest row (data.length_stats), or None."""
     if cfg.bf16 is True or (cfg.bf16 == "auto" and on_gpu and not (cfg.fp16 or cfg.float16)):
         compute = 2  # bf16 mixed precision: the base is held in bf16 and matmuls autocast to bf16
         autocast = True
@@ -95,7 +115,40 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: 
         double_quant=cfg.bnb_4bit_use_double_quant is not False,
         pairs=cfg.preference,
         lm_head=not cfg.reward_model,
+        dropout=cfg.lora_dropout > 0,
+        eager=cfg.requested_attention == "eager",
+        batch=data_batch(cfg, on_gpu, micro_batch, lengths) if lengths else None,
     )
+
+
+def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tuple[float, int]:
+    """(rows, padded length) of the largest micro-batch the data makes, as train.batching cuts it: padded
+    batches of micro_batch_size rows hold at most that many rows of the longest (of sequence_len on a GPU with
+    pad_to_sequence_len); token-budget batches (sample_packing on CPU or without flash attention) are cut from
+    the sorted lengths where train's sampler cuts them (data.batch_cuts: least padding, not the fullest batch),
+    the one with most padded tokens counts — without the lengths, the budget's worth of the longest rows (an
+    upper bound); packed rows (flash attention on a GPU) are one row of up to the budget."""
+    rows, tokens, longest = lengths["rows"], lengths["tokens"], max(1, lengths["longest"])
+    budget = micro_batch * cfg.sequence_len
+    if (
+        not cfg.sample_packing
+    ):  # a GPU pads every row to sequence_len with pad_to_sequence_len (CPU ignores it)
+        return min(micro_batch, rows), cfg.sequence_len if on_gpu and cfg.pad_to_sequence_len else longest
+    if on_gpu and cfg.requested_attention.startswith("flash") and find_spec("flash_attn") is not None:
+        return 1, min(budget, tokens)
+    if lengths.get("lengths") is None:
+        return min(rows * longest, budget) / longest, longest  # rows of shorter rows may fill the budget
+    import numpy as np
+
+    from finetune.data.batch_cuts import cut_points
+
+    found = lengths.setdefault("largest_by_budget", {})  # the fixes and auto re-plan with the same lengths
+    if budget not in found:
+        ordered = np.sort(np.asarray(lengths["lengths"]))
+        cuts = cut_points(ordered, budget)
+        batches = [(b - a, int(ordered[b - 1])) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        found[budget] = max(batches, key=lambda batch: (batch[0] * batch[1], batch[1]))
+    return found[budget]
 
 
 def adapted(cfg: Config, shape: Shape) -> list[Linear]:

@@ -23,7 +23,7 @@ def flops_per_token(shape: Shape, s: Setting, n_lora: int) -> float:
     layers' forward once more."""
     layer_linear = shape.linear_params
     head = shape.vocab * shape.hidden
-    attention = 2 * s.seq * shape.q_width * shape.layers  # QK^T and AV, causal half, per token
+    attention = 2 * s.length * shape.q_width * shape.layers  # QK^T and AV, causal half, per token
     forward = 2 * (layer_linear + head) + 2 * n_lora + attention
     backward = 2 * (layer_linear + head) + 4 * n_lora + 2 * attention
     recompute = 2 * layer_linear + 2 * n_lora + attention if s.checkpointing else 0

@@ -1,8 +1,10 @@
-"""Before anything is loaded: will this run fit the device it is on? `finetune plan`'s estimate, run first.
+"""Will this run fit the device it is on? `finetune plan`'s estimate, run twice: first before anything is
+loaded (the worst case, every row at sequence_len; micro_batch_size: auto is resolved from it), then once the
+data is prepared, for the largest micro-batch this data makes (data.length_stats), on a GPU as on a CPU.
 
-A run predicted not to fit stops with one line (the prediction and the smallest fix), exit 2, nothing
-written; `--no-fit-check` runs it anyway. `micro_batch_size: auto` becomes the largest power of two that fits.
-The prediction is kept for all_results.json and the card, beside the measured peak.
+A run predicted not to fit stops with one line (the prediction and the smallest fix), exit 2, nothing written
+to output_dir; `--no-fit-check` runs it anyway. On a CPU, N processes (--num-processes) share the machine's RAM:
+N x the peak must fit. The predictions are kept for all_results.json and the card, beside the measured peak.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ def this_device(memory_gib: float | None):
 
 def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, notes: list[str]):
     """(cfg with micro_batch_size resolved, facts for all_results.json, the plan or None when there is none).
-    Raises UserError when it won't fit."""
+
+    Before the data is read the plan is the worst case (every row at sequence_len). A run that could not fit
+    even with one-token rows stops here (UserError), before anything is loaded; one that does not fit only at
+    sequence_len is judged again with the data's largest micro-batch (`judge`), so a long sequence_len with
+    short rows is not refused. Pairs and prompts (no lengths to read) are judged here at sequence_len."""
     from finetune.plan import report
 
     gpus = int(os.environ.get("WORLD_SIZE", "1"))
     device = this_device(memory_gib)
+    processes = None if device.is_gpu else int(os.environ.get("LOCAL_WORLD_SIZE", str(gpus)))
     try:
-        plan = report.make_plan(cfg, device, gpus)
+        plan = report.make_plan(cfg, device, gpus, processes=processes)
     except UserError as exc:  # a base the planner cannot read: the loader will say more, or load it
         if cfg.micro_batch_size == "auto":
             raise
@@ -46,45 +53,65 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
         cfg = cfg.model_copy(update={"micro_batch_size": plan.micro_batch})
         notes.append(
             f"micro_batch_size: auto -> {plan.micro_batch} (the largest power of two predicted to fit "
-            f"{device.memory_gib:.1f} GiB: {plan.peak_gib:.1f} GiB)"
+            f"{device.memory_gib:.1f} GiB with every row at sequence_len: {plan.peak_gib:.1f} GiB)"
         )
-    if enabled and not smoke and not plan.fits:
-        raise UserError(report.refusal(plan))
-    if not plan.fits:
-        notes.append(report.refusal(plan).replace("; --no-fit-check runs anyway", ""))
-    if device.is_gpu:  # the same measure as peak_gpu_memory_mb (torch.cuda.max_memory_allocated)
-        return cfg, {"predicted_peak_gpu_memory_mb": round(plan.allocated_gib * 1024, 1)}, plan
-    return cfg, {"predicted_peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1)}, plan
+    if not plan.fits and (cfg.preference or cfg.online_rl):
+        verdict(plan, enabled and not smoke, notes)
+    elif not plan.fits:  # the smallest batch there can be: if that does not fit, no data will
+        tiny = {"rows": 1, "tokens": 1, "longest": 1}
+        floor = report.make_plan(cfg, device, gpus, tiny, processes, shape=plan.shape)
+        if not floor.fits:
+            verdict(plan, enabled and not smoke, notes)
+    return cfg, facts(plan), plan
 
 
-def cpu_heap(cfg: Config, train_set, checked, predicted: dict, notes: list[str]) -> str:
-    """Once the data is known, the CPU heap this run trains with (model.compute.cpu_heap): "fast", or
-    "compact" when the fast heap's worst case for the longest batch this data can make could exceed the RAM.
+def judge(cfg: Config, train_set, checked, enabled: bool, predicted: dict, notes: list[str]) -> str:
+    """Once the data is prepared: the fit judged again for the largest micro-batch this data makes (micro_batch_size
+    x the longest row, or the token budget; data.length_stats gives the lengths), on a GPU as on a CPU — stops
+    with UserError when it does not fit (`enabled`) — and on a CPU the heap it trains with
+    (model.compute.cpu_heap): "fast", or "compact" when the fast heap's worst case for that batch could exceed
+    the RAM. `checked`: check()'s plan (its device and shapes); recorded in `predicted` (all_results.json)."""
+    from finetune import data
+    from finetune.plan import report
 
-    The check above sizes batches at sequence_len (the plan's contract: any data of this config fits); here a
-    padded batch is micro_batch_size x the longest row (short rows are the common case: fpb's are ~100 tokens
-    under a sequence_len of 512), so a run is not slowed down for a batch it cannot see. Packed batches keep
-    the full budget. `checked`: check()'s plan (its device and shapes); recorded in `predicted`
-    (all_results.json)."""
-    from finetune.plan import estimate
-
-    if checked is None or checked.device.is_gpu:  # a smoke run, a base the plan cannot read, or a GPU
+    if checked is None:  # a smoke run, or a base the plan cannot read
         return "fast"
-    longest = longest_row(train_set)
-    sized = cfg
-    if longest and not cfg.sample_packing and longest < cfg.sequence_len:
-        sized = cfg.model_copy(update={"sequence_len": longest})
-    plan = estimate(sized, checked.device, 1, checked.shape)
-    predicted["predicted_peak_cpu_memory_mb_for_data"] = round(plan.peak_gib * 1024, 1)
+    lengths = data.length_stats(cfg, table=train_set)
+    if lengths is None:  # pairs, prompts: check() judged them at sequence_len
+        return "fast" if checked.device.is_gpu else ("compact" if tight_ram(checked) else "fast")
+    plan = report.make_plan(cfg, checked.device, checked.gpus, lengths, checked.processes, checked.shape)
+    predicted.update(facts(plan))
+    predicted.update(facts(checked, "worst_case_"))
+    if not plan.fits:
+        verdict(plan, enabled, notes)
+    if plan.device.is_gpu:
+        return "fast"
     heap = "compact" if tight_ram(plan) else "fast"
     predicted["cpu_heap"] = heap
     if heap == "compact":
         notes.append(
             f"RAM is tight for the fast heap (up to {plan.fast_heap_worst_gib:.1f} GiB of "
-            f"{plan.device.memory_gib:.1f} GiB): freed tensors go back to the OS at once (compact heap), so RSS "
-            f"follows the prediction ({plan.peak_gib:.1f} GiB); steps are slower"
+            f"{plan.device.memory_gib / plan.processes:.1f} GiB): freed tensors go back to the OS at once "
+            f"(compact heap), so RSS follows the prediction ({plan.peak_gib:.1f} GiB); steps are slower"
         )
     return heap
+
+
+def verdict(plan, refuse: bool, notes: list[str]) -> None:
+    """A plan that does not fit: one line and exit 2 (UserError) when the check is on, else a note."""
+    from finetune.plan import report
+
+    if refuse:
+        raise UserError(report.refusal(plan))
+    notes.append(report.refusal(plan).replace("; --no-fit-check runs anyway", ""))
+
+
+def facts(plan, prefix: str = "") -> dict:
+    """all_results.json's prediction, in the measure the run reports beside it: the allocator's on a GPU
+    (torch.cuda.max_memory_allocated), process RSS on a CPU."""
+    if plan.device.is_gpu:
+        return {f"predicted_{prefix}peak_gpu_memory_mb": round(plan.allocated_gib * 1024, 1)}
+    return {f"predicted_{prefix}peak_cpu_memory_mb": round(plan.peak_gib * 1024, 1)}
 
 
 def tight_ram(plan) -> bool:
@@ -92,14 +119,3 @@ def tight_ram(plan) -> bool:
     at up to devices.CPU_FAST_HEAP_FACTOR x the plan's tensors (beyond the runtime); the plan made the same
     judgement when it chose its heap (plan.estimate)."""
     return plan.cpu_heap == "compact"
-
-
-def longest_row(table) -> int | None:
-    """The longest input_ids row of a tokenized table (Arrow list lengths, no Python loop over rows), over the
-    whole table a selected view comes from (at worst longer: a safe side); None for tables of another layout
-    (preference pairs, prompts)."""
-    if table is None or "input_ids" not in getattr(table, "column_names", ()) or not len(table):
-        return None
-    import pyarrow.compute as pc
-
-    return int(pc.max(pc.list_value_length(table.data.column("input_ids"))).as_py())
