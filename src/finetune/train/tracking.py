@@ -69,26 +69,35 @@ def check_wandb_credentials(cfg: Config) -> None:
 
 # ---------------------------------------------------------------- MLflow, TensorBoard, Trackio (report_to)
 
-_PACKAGES = {  # report_to name -> (the module its HF callback imports, the config key that turned it on)
-    "mlflow": ("mlflow", "use_mlflow"),
-    "tensorboard": ("tensorboard", "use_tensorboard"),
-    "trackio": ("trackio", "use_trackio"),
+_PACKAGES = {  # report_to name -> (the module its HF callback imports, the config key that turned it on, install)
+    "mlflow": ("mlflow", "use_mlflow", "pip install 'finetune[tracking]'"),
+    "tensorboard": ("tensorboard", "use_tensorboard", "pip install 'finetune[tracking]'"),
+    "trackio": ("trackio", "use_trackio", "pip install trackio"),
 }
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQL stores: SQLAlchemy + alembic
 
 
 def check_trackers(cfg: Config) -> None:
     """A tracker whose package is missing stops the run now, in one line (the HF callback would raise a
-    RuntimeError only when the Trainer is built, after the model has loaded)."""
+    RuntimeError only when the Trainer is built, after the model has loaded; MLflow's SQL store only when
+    the run starts)."""
     import importlib.util
 
-    missing = [name for name in cfg.report_to if importlib.util.find_spec(_PACKAGES[name][0]) is None]
-    if missing:
-        raise UserError(
-            "; ".join(
-                f"{_PACKAGES[name][1]}: {name} is not installed (pip install 'finetune[tracking]')"
-                for name in missing
+    problems = [
+        f"{_PACKAGES[name][1]}: {name} is not installed ({_PACKAGES[name][2]})"
+        for name in cfg.report_to
+        if importlib.util.find_spec(_PACKAGES[name][0]) is None
+    ]
+    uri = cfg.mlflow_tracking_uri or ""
+    if cfg.mlflow_on and uri.split(":", 1)[0].split("+", 1)[0] in _DB_SCHEMES:
+        missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(
+                f"mlflow_tracking_uri: a database store needs {' and '.join(missing)} "
+                "(pip install 'finetune[tracking]')"
             )
-        )
+    if problems:
+        raise UserError(problems)
 
 
 def tracker_environment(cfg: Config) -> dict[str, str]:
