@@ -20,17 +20,23 @@ import pytest
 from conftest import ROOT, sentiment_rows
 
 TASKS_DIR = ROOT / "tests" / "lm_eval_tasks"
-MC, GEN = "finetune_sentiment_mc", "finetune_sentiment_gen"
+MC, GEN = "finetune_sentiment_mc", "finetune_capitals_gen"
 LABELS = ["negative", "neutral", "positive"]
-LIMIT = 6
+LIMIT = 8
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e '.[eval]'")
 
 
+CAPITALS = [("France", "Paris"), ("Australia", "Canberra"), ("Japan", "Tokyo"), ("Canada", "Ottawa"),
+            ("Italy", "Rome"), ("Turkey", "Ankara"), ("Germany", "Berlin"), ("Brazil", "Brasilia")]  # fmt: skip
+
+
 def write_task_data(folder: Path) -> None:
-    """The rows both local tasks read (relative to the working folder, as their YAMLs name the file)."""
+    """The rows the local tasks read (relative to the working folder, as their YAMLs name the files)."""
     rows = [{**r, "label": LABELS.index(r["target"])} for r in sentiment_rows(12, seed=5)]
     (folder / "lm_eval_sentiment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capitals = [{"country": country, "capital": capital} for country, capital in CAPITALS]
+    (folder / "lm_eval_capitals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in capitals))
 
 
 def lm_eval_command(model_dir: Path, cwd: Path) -> dict:
@@ -50,6 +56,7 @@ def lm_eval_command(model_dir: Path, cwd: Path) -> dict:
 @pytest.mark.real
 @pytest.mark.slow
 def test_eval_tasks_equal_lm_evals_own_command_on_the_merged_folder(smollm2_gguf_run, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
     from typer.testing import CliRunner
 
     from finetune.cli import app
@@ -70,23 +77,31 @@ def test_eval_tasks_equal_lm_evals_own_command_on_the_merged_folder(smollm2_gguf
     assert tuned.exit_code == 0, tuned.output
     saved = json.loads((run / "eval_results.json").read_text())["lm_eval"]
     assert set(saved) == {MC, GEN} and all(set(saved[t]) == {"base", "finetuned"} for t in saved)
+    assert set(saved[MC]["finetuned"]["metrics"]) == {"acc,none", "acc_norm,none", "brier_score,none"}
+    assert set(saved[GEN]["finetuned"]["metrics"]) == {"exact_match,none"}
 
     merged = tmp_path / "merged"
     merge.merge_command(run, merged, dtype="fp32")
     theirs = lm_eval_command(merged, work)
-    for task, metrics in ((MC, ("acc,none", "acc_norm,none")), (GEN, ("exact_match,none",))):
-        ours = saved[task]["finetuned"]
+    for task, ours in ((MC, saved[MC]["finetuned"]), (GEN, saved[GEN]["finetuned"])):
         assert ours["samples"] == LIMIT
-        for metric in metrics:
-            assert ours["metrics"][metric] == pytest.approx(theirs[task][metric], abs=1e-9), (task, metric)
+        for metric, value in ours["metrics"].items():
+            # merged vs base + adapter: logits within fp32 rounding, so accuracies are equal and the
+            # probabilities' Brier score agrees far below the card's 4 decimals
+            assert value == pytest.approx(theirs[task][metric], abs=1e-5), (task, metric)
+    assert 0 < saved[GEN]["finetuned"]["metrics"]["exact_match,none"] < 1  # the greedy answers were read
 
     # the card: base → run for every task and metric, and the run's figures in the model-index
     card = (run / "README.md").read_text()
-    for task, metric, label in ((MC, "acc,none", "acc"), (MC, "acc_norm,none", "acc_norm"),
+    for task, metric, label in ((MC, "acc,none", "acc"), (MC, "brier_score,none", "brier_score"),
                                 (GEN, "exact_match,none", "exact_match")):  # fmt: skip
         before, after = saved[task]["base"]["metrics"][metric], saved[task]["finetuned"]["metrics"][metric]
         assert f"| {task} | {label} | {LIMIT} | 0 | {before:.4f} → {after:.4f} |" in card
-    assert "source:\n      name: lm-evaluation-harness" in card and f"type: {MC}" in card
+    index = {(r.dataset_name, r.metric_type, r.metric_value, r.source_name)
+             for r in ModelCard.load(run / "README.md").data.eval_results}  # fmt: skip
+    for task, metric in ((MC, "acc"), (MC, "brier_score"), (GEN, "exact_match")):
+        value = saved[task]["finetuned"]["metrics"][f"{metric},none"]
+        assert (task, metric, value, "lm-evaluation-harness") in index
 
 
 def finetune_cli(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -88,7 +88,8 @@ def evaluate(model, tokenizer, tasks: list[str], manager, *, limit: int | None =
         model.train(training)
     results = {}
     for name, values in {**out.get("results", {}), **out.get("groups", {})}.items():
-        metrics = {k: v for k, v in values.items() if k != "alias" and "_stderr," not in k and _number(v)}
+        # lm-eval's metric keys are `metric,filter`; `alias` and `sample_len` (rows scored) are not metrics
+        metrics = {k: v for k, v in values.items() if "," in k and "_stderr," not in k and _number(v)}
         stderr = {k.replace("_stderr,", ","): v for k, v in values.items() if "_stderr," in k and _number(v)}
         samples = out.get("n-samples", {}).get(name, {})
         results[name] = {
