@@ -127,8 +127,9 @@ def test_lm_eval_tasks_score_the_model_when_training_ends(tiny_model_dir, tmp_pa
 
     write_task_data(tmp_path)
     monkeypatch.chdir(tmp_path)
-    raw = sentiment_config(tmp_path, str(tiny_model_dir), rows=8, lm_eval_tasks=[MC, GEN],
-                           lm_eval_include_path=str(TASKS_DIR), lm_eval_limit=3, lm_eval_batch_size=2)  # fmt: skip
+    raw = sentiment_config(tmp_path, str(tiny_model_dir), rows=8, adapter="qlora", load_in_4bit=True,  # 4-bit
+                           lm_eval_tasks=[MC, GEN], lm_eval_include_path=str(TASKS_DIR), lm_eval_limit=3,
+                           lm_eval_batch_size=2)  # fmt: skip
     out = Path(train.run(config.validate(raw)))
     saved = json.loads((out / "eval_results.json").read_text())["lm_eval"]
     for task, metric in ((MC, "acc,none"), (GEN, "exact_match,none")):
