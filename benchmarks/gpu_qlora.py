@@ -9,7 +9,8 @@ For a lent GPU machine (CUDA needed). The script writes a randomly initialised L
 dimensions to --workdir (once per shape), rows that fill the whole sequence (so every batch is full, as a
 packed batch is), and a config with LoRA r=16 on all linear layers; then it runs the real `finetune train`
 on it and prints real tokens/s over the steady-state steps (the first --skip steps are warm-up), peak GPU
-memory and MFU, each beside `finetune plan`'s prediction for the same config. MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
+memory and MFU, each beside `finetune plan`'s prediction for the same config. `--base-model PATH` trains a local
+folder of real weights of the shape instead (downloaded beforehand; nothing is fetched here). MFU counts the model FLOPs of LoRA training: 4N per token for the frozen matmuls
 (forward + input gradients; no weight gradients) plus causal attention, without recomputation.
 """
 
@@ -31,17 +32,23 @@ VOCAB = 128256
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def write_model(shape: str, folder: Path) -> None:
+def write_model(shape: str, folder: Path, weights: bool = True) -> None:
+    """A random model with the real shape (on the GPU), saved once; weights=False: config.json and the tokenizer
+    only, which is all `finetune validate` and `finetune plan` read (gpu_check.py --dry-run, on CPU)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finetune.model.tiny import build_tokenizer
 
-    if (folder / "config.json").exists():
+    if any(folder.glob("model*.safetensors")) or (not weights and (folder / "config.json").exists()):
         return
     config = LlamaConfig(
         vocab_size=VOCAB, max_position_embeddings=131072, rope_theta=500000.0, **SHAPES[shape]
     )
+    if not weights:
+        config.save_pretrained(folder)
+        build_tokenizer().save_pretrained(folder)
+        return
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -71,7 +78,7 @@ def linear_params(shape: str) -> int:
     return layers * per_layer + d * VOCAB  # + lm_head
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     parser.add_argument("--mode", choices=["qlora", "lora"], default="qlora")
@@ -88,19 +95,23 @@ def main() -> None:
         "--liger", action="store_true", help="Liger kernels: RoPE, RMSNorm, SwiGLU, fused linear CE"
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/finetune-bench"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--base-model",
+        type=Path,
+        help="a local HF folder of real weights of this shape (e.g. Llama-3.1-8B, downloaded beforehand); "
+        "default: random weights built from the shape's config on the GPU (nothing is downloaded)",
+    )
+    return parser
 
-    import torch
-    import yaml
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = args.workdir / f"llama-{args.shape}-random"
-    write_model(args.shape, model_dir)
-    rows = args.workdir / "rows.jsonl"
-    write_rows(rows, args.micro_batch * args.steps + 8)
+def run_name(args) -> str:
     run = f"{args.shape}-{args.mode}-{args.deepspeed}-gc{args.gradient_checkpointing}{'-liger' if args.liger else ''}"
-    run += f"{'-fsdp' if args.fsdp else ''}-p{args.processes}"
-    out = args.workdir / run
+    return run + f"{'-fsdp' if args.fsdp else ''}-p{args.processes}"
+
+
+def build_config(args) -> dict:
+    """The config this benchmark trains (gpu_check.py --dry-run validates the same dict)."""
+    model_dir = args.base_model or args.workdir / f"llama-{args.shape}-random"
     config = {
         "base_model": str(model_dir),
         "load_in_4bit": args.mode == "qlora",
@@ -108,7 +119,7 @@ def main() -> None:
         "lora_r": 16,
         "lora_alpha": 32,
         "lora_target_linear": True,
-        "datasets": [{"path": str(rows), "type": "completion", "field": "text"}],
+        "datasets": [{"path": str(args.workdir / "rows.jsonl"), "type": "completion", "field": "text"}],
         "sequence_len": args.seq,
         "excess_length_strategy": "truncate",
         "dataset_prepared_path": str(args.workdir / "prepared"),
@@ -123,7 +134,7 @@ def main() -> None:
         "attn_implementation": args.attn,
         "logging_steps": 1,
         "save_strategy": "no",
-        "output_dir": str(out),
+        "output_dir": str(args.workdir / run_name(args)),
     }
     if args.liger:
         config.update(
@@ -141,6 +152,22 @@ def main() -> None:
             fsdp_version=2,
             fsdp_config={"reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"},
         )
+    return config
+
+
+def main() -> None:
+    args = parser().parse_args()
+
+    import torch
+    import yaml
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.base_model is None:
+        write_model(args.shape, args.workdir / f"llama-{args.shape}-random")
+    write_rows(args.workdir / "rows.jsonl", args.micro_batch * args.steps + 8)
+    run = run_name(args)
+    out = args.workdir / run
+    config = build_config(args)
     cfg_path = args.workdir / f"{run}.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "finetune.cli", "train", str(cfg_path), "--overwrite"]

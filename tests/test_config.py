@@ -96,10 +96,25 @@ def test_unsupported_dataset_type_and_values(write_config, data_file):
     assert got[1].startswith(
         f"{path}:3: optimizer: 'adamw_torch_4bit' is not supported (supported: adamw_torch,"
     )
-    assert got[2].startswith(
-        f"{path}:6: datasets[0].type: 'alpaca:jeopardy' is not supported (supported: alpaca, chat_template, "
-        "completion, input_output, alpaca:chat, alpaca:chatml, alpaca:phi, or a custom dict"
+    assert (
+        got[2]
+        == f"{path}:6: datasets[0].type: unknown dataset type 'alpaca:jeopardy' (did you mean alpaca:phi or alpaca:chat?)"
     )
+
+
+@pytest.mark.parametrize(
+    "typo, hint",
+    [
+        ("alpacca", "did you mean alpaca or alpaca:phi?"),
+        ("llama3.ultr", "did you mean llama3.ultra"),
+        ("chat_templat", "did you mean chat_template"),
+        ("zzzz", "known: alpaca, chat_template, completion, input_output, ... or a field_* dict"),
+    ],
+)
+def test_an_unknown_dataset_type_names_the_nearest_types_in_a_short_line(write_config, data_file, typo, hint):
+    path = write_config({"datasets": [{"path": str(data_file), "type": typo}]})
+    (line,) = [p for p in problems(path) if "datasets[0].type" in p]
+    assert hint in line and len(line) - len(str(path)) < 160  # not the 450-character list of every type
 
 
 def test_sharegpt_type_says_how_to_port_it(write_config, data_file):

@@ -203,15 +203,11 @@ def _template_for(raw_over: dict, tiny_model_dir: Path):
 
 
 def _ollama(template: prompt_template.PromptTemplate, question: str, system: str = "", history=()) -> str:
-    """What Ollama sends the model: the TEMPLATE with .Prompt/.System, .Messages with the SYSTEM default first."""
+    """What Ollama's chat endpoint sends the model for this conversation, the Modelfile's SYSTEM the default."""
     messages = [*history, {"role": "user", "content": question}]
     if system:
         messages = [{"role": "system", "content": system}, *messages]
-    messages = prompt_template.with_default_system(messages, template.system)
-    return gotemplate.render(
-        template.go, Prompt=question, System=system or template.system,
-        Messages=[{"Role": m["role"], "Content": m["content"]} for m in messages],
-    )  # fmt: skip
+    return gotemplate.ollama(template.go, messages, template.system)
 
 
 @pytest.mark.parametrize(
@@ -316,6 +312,22 @@ def test_gotemplate_subset_renderer():
     assert gotemplate.render(tpl, Messages=msgs) == "[user:a][model:b]"
     with pytest.raises(ValueError, match="unsupported"):
         gotemplate.render("{{ .Prompt | trim }}", Prompt="x")
+    # Ollama's Execute: a `.Prompt` template runs once per turn, the last one cut after {{ .Response }}; one
+    # without {{ .Response }} gets it appended; messages of one role in a row are one; .Messages runs once
+    chat = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    assert gotemplate.ollama("{{ if .System }}<{{ .System }}>{{ end }}Q:{{ .Prompt }} A:{{ .Response }}!", chat, "S") == (
+        "<S>Q:a A:b!Q:c A:"
+    )  # fmt: skip
+    assert gotemplate.ollama("Q:{{ .Prompt }} A:", chat) == "Q:a A:bQ:c A:"
+    assert gotemplate.ollama("{{ .Prompt }}|", [chat[0], {"role": "user", "content": "d"}]) == "a\n\nd|"
+    assert (
+        gotemplate.ollama(tpl + "{{ if .System }}!{{ end }}", chat, "S")
+        == "[system:S][user:a][model:b][user:c]!"
+    )
 
 
 # ---------------------------------------------------------------- the real SmolLM2 fine-tune
@@ -343,7 +355,10 @@ def test_export_real_smollm2_finetune(smollm2_gguf_run, tmp_path):
     assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"  # as training split text (see vocab)
     assert "output.weight" not in info["names"]  # tied embeddings: llama.cpp reuses token_embd
     modelfile = (out / "Modelfile").read_text()
-    assert 'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}"""' in modelfile
+    assert (
+        'TEMPLATE """{{ if .System }}{{ .System }}{{ end }}{{ .Prompt }}{{ .Response }}<|im_end|>"""'
+        in modelfile
+    )
     assert 'PARAMETER stop "<|im_end|>"' in modelfile  # SmolLM2's EOS, which training appended to answers
 
 
@@ -440,12 +455,24 @@ def test_export_qlora_run_with_dequantize_and_its_modelfile(trained_run, tmp_pat
     export.export_command(trained_run, out, quant="q8_0", name="inst", dequantize=True)
     text = (out / "Modelfile").read_text()
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-    assert template == "{{ if .System }}{{ .System }}{{ end }}[INST] {{ .Prompt }} [/INST]"
     run = run_dir.read_run(trained_run)
     tokenizer = AutoTokenizer.from_pretrained(trained_run)
-    for row in sentiment_rows(3):
+    eos = tokenizer.eos_token
+    assert (
+        template == "{{ if .System }}{{ .System }}{{ end }}[INST] {{ .Prompt }} [/INST]{{ .Response }}" + eos
+    )
+    rows = sentiment_rows(3)
+    for row in rows:
         trained = data.format_prompt(run.cfg, run.cfg.datasets[0], row, tokenizer)
-        assert gotemplate.render(template, Prompt=row["context"], System="") == trained
+        assert gotemplate.ollama(template, [{"role": "user", "content": row["context"]}]) == trained
+    chat = [
+        {"role": r, "content": row[k]}
+        for row in rows
+        for r, k in (("user", "context"), ("assistant", "target"))
+    ]
+    assert gotemplate.ollama(template, chat[:-1]) == "".join(
+        data.format_prompt(run.cfg, run.cfg.datasets[0], row, tokenizer) + row["target"] + eos for row in rows
+    ).removesuffix(rows[-1]["target"] + eos)  # earlier answers end with EOS, as each trained row did
     info = fields(out / "inst.gguf")
     assert bool(
         info["fields"]["tokenizer.ggml.add_bos_token"].parts[-1][0]

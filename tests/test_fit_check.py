@@ -154,3 +154,22 @@ def test_heap_is_chosen_for_the_longest_batch_the_data_makes(tiny_model_dir, tmp
     packed = cfg.model_copy(update={"sample_packing": True})
     assert cpu_heap(packed, rows, checked, {}, []) == "compact"
     assert cpu_heap(cfg, long_rows, None, {}, []) == "fast"  # no plan (smoke run, unreadable base): fast
+
+
+def test_only_the_cli_training_process_sets_the_cpu_heap(tiny_model_dir, tmp_path, monkeypatch, write_config):
+    """mallopt changes a process for its lifetime: train.run called from a notebook or a test leaves glibc's
+    heap alone (all_results says `default`), and so does --smoke; `finetune train` asks for it
+    (tune_cpu_heap, test_no_fit_check_runs_and_records_the_prediction sees it compact through the CLI)."""
+    from finetune import train
+    from finetune.model import compute
+
+    calls = []
+    monkeypatch.setattr(compute, "cpu_heap", lambda compact=False: calls.append(compact) or True)
+    out = tmp_path / "out"
+    cfg = config.load(write_config(raw_config(tiny_model_dir, out, max_steps=1)))
+    train.run(cfg)
+    assert calls == [] and json.loads((out / "all_results.json").read_text())["cpu_heap"] == "default"
+    train.run(cfg, smoke=True, tune_cpu_heap=True)
+    assert calls == []
+    train.run(cfg, overwrite=True, tune_cpu_heap=True)
+    assert calls == [False] and json.loads((out / "all_results.json").read_text())["cpu_heap"] == "fast"

@@ -20,7 +20,7 @@ import pytest
 from conftest import one_thread_run
 from finetune import config
 from finetune.config.fsdp import fsdp_settings
-from test_distributed import adapter, card_hyperparameters, launch, losses, run_cfg
+from test_distributed import TIMEOUT, adapter, card_hyperparameters, free_port, launch, losses, run_cfg
 
 QA = str(Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl")
 FSDP = {"fsdp_version": 2, "fsdp_config": {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}}
@@ -70,20 +70,53 @@ def test_fsdp2_two_processes_match_one_and_the_adapter_loads_and_merges(
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
+def train_with_probe(cfg: Path, tmp: Path) -> list[dict]:
+    """`train.run` in 2 processes under torchrun (what `finetune train --num-processes 2` starts), with
+    fsdp_probe.py's callback: per process, what FSDP2 made of each parameter after the first step."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_", "WORLD_", "MASTER_"))}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    prefix = tmp / "probe"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+            str(free_port()), str(Path(__file__).with_name("fsdp_probe.py")), str(cfg), str(prefix)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=tmp, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        output = proc.communicate(timeout=TIMEOUT)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the probed FSDP run outlived {TIMEOUT} s")
+    assert proc.returncode == 0, output[-4000:]
+    return [json.loads(Path(f"{prefix}.{rank}.json").read_text()) for rank in (0, 1)]
+
+
 @pytest.mark.slow
 def test_qlora_fsdp2_shards_the_4bit_base_on_cpu_and_matches_one_process(
     tiny_model_dir, tmp_path, write_config
 ):
-    """bitsandbytes' 4-bit weights, stored in the training dtype, shard as DTensors on CPU too (found here:
-    each process holds half of every packed NF4 weight) and train to the one-process losses."""
+    """bitsandbytes' 4-bit weights, packed into the training dtype (bnb_4bit_quant_storage), shard as DTensors
+    on CPU too: each process holds half of every packed NF4 weight (and half of everything else), and the run
+    trains to the one-process losses. Stored in uint8 (the default without FSDP) they stay whole, plain tensors
+    in every process: seen here with quant_storage's FSDP branch removed."""
     reference = one_process_reference(tiny_model_dir, tmp_path / "reference", 4, adapter="qlora")
     cfg = write_config(run_cfg(tiny_model_dir, tmp_path, adapter="qlora", **FSDP))
-    launch([["train", str(cfg), "--num-processes", "2"]], tmp_path)
+    ranks = train_with_probe(cfg, tmp_path)
     out = tmp_path / "out"
     assert losses(out) == pytest.approx(losses(reference), abs=LOSS_TOL, rel=0)
     results = json.loads((out / "all_results.json").read_text())
     assert results["distributed_type"] == "fsdp"
     assert "quantization: bitsandbytes 4-bit" in (out / "README.md").read_text()
+
+    first, second = ranks
+    packed = {name: p for name, p in first.items() if p["layer"] == "Linear4bit"}
+    assert len(packed) == 2 * 7  # every linear layer of both decoder layers is 4-bit
+    norm_dtype = first["base_model.model.model.norm.weight"]["dtype"]
+    for name, p in first.items():  # every parameter, 4-bit ones included, is a DTensor split in two
+        assert p["dtensor"] and second[name]["dtensor"], name
+        assert (
+            p["local_numel"] + second[name]["local_numel"] == p["numel"] and p["local_numel"] < p["numel"]
+        ), name
+    for name, p in packed.items():  # NF4 packed two to a byte into the training dtype, not uint8
+        assert p["dtype"] == norm_dtype == "torch.float32", name
 
 
 def _train_until_sigterm(cfg: Path, tmp: Path, after_step: int) -> tuple[int, str]:
@@ -191,8 +224,8 @@ def test_fsdp_settings_without_an_fsdp2_meaning_are_one_line_each(keys, where, w
 
 
 def test_qlora_under_fsdp_stores_4bit_weights_in_the_training_dtype(tiny_model_dir):
-    """FSDP shards by dtype: the NF4 weights packed into the compute dtype shard like the rest (Answer.AI's
-    FSDP-QLoRA). On CPU bitsandbytes' 4-bit layers are not sharded here: see README (multi-GPU)."""
+    """FSDP shards by dtype: the NF4 weights packed into the training dtype shard like the rest (Answer.AI's
+    FSDP-QLoRA); the test above sees them sharded on CPU. Without FSDP they stay packed in uint8."""
     from finetune.model import quant_storage
 
     cfg = config.validate(

@@ -101,3 +101,40 @@ def test_train_pair_methods_overrides_match_trls_methods():
         )
     # the KL completions finetune adds for KTO are read by TRL under this name
     assert "KL_completion_ids" in inspect.getsource(KTOTrainer._prepare_dataset)
+
+
+def test_outputs_merge_forget_bnb_loading_steps_reaches_transformers_weight_conversions(
+    tiny_model_dir, tmp_path
+):
+    """outputs/merge.forget_bnb_loading_steps edits `model._weight_conversions`, the steps from_pretrained used,
+    which save_pretrained reverses (core_model_loading.revert_weight_conversion). A pre-quantized checkpoint
+    loads with a bitsandbytes deserialize step there; transformers 5.17-5.23 keep it through `dequantize()`
+    and the reversal then raises NotImplementedError (5.24 drops the attribute in dequantize itself: once the
+    lowest supported transformers does, the function can go)."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+    import transformers.core_model_loading as loading
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.integrations.bitsandbytes import Bnb4bitDeserialize, Bnb8bitDeserialize  # noqa: F401
+
+    from finetune.outputs.merge import forget_bnb_loading_steps
+
+    assert '"_weight_conversions"' in inspect.getsource(loading.revert_weight_conversion), (
+        "outputs/merge.forget_bnb_loading_steps: save_pretrained no longer reads model._weight_conversions"
+    )
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, quantization_config=four_bit, dtype=torch.float32
+    ).save_pretrained(tmp_path / "bnb-4bit")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "bnb-4bit", dtype=torch.float32)
+    steps = model._weight_conversions
+    assert any(isinstance(op, Bnb4bitDeserialize) for s in steps for op in getattr(s, "operations", ())), (
+        "outputs/merge.forget_bnb_loading_steps: a pre-quantized load no longer records Bnb4bitDeserialize steps"
+    )
+    model = model.dequantize(dtype=torch.float32)
+    model._weight_conversions = steps  # as transformers 5.17-5.23 leave it
+    with pytest.raises(NotImplementedError):
+        model.save_pretrained(tmp_path / "kept")
+    forget_bnb_loading_steps(model)
+    model.save_pretrained(tmp_path / "merged")  # the deserialize steps gone, the plain weights save
+    assert (tmp_path / "merged" / "model.safetensors").is_file()

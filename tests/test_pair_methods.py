@@ -72,7 +72,7 @@ def test_method_trains_resumes_merges_and_cards(rl, tiny_model_dir, tmp_path, ca
     assert CARD[rl] + " merged in" in (tmp_path / "merged" / "README.md").read_text()
 
 
-def test_kto_rows_are_unpaired_and_the_reference_is_the_base():
+def test_kto_rows_are_unpaired_and_shuffled_once():
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
@@ -95,6 +95,59 @@ def test_kto_rows_are_unpaired_and_the_reference_is_the_base():
     cols = pair_methods.pair_columns(pairs)
     assert cols[0]["chosen_input_ids"] == [1, 2, 4, 0] and cols[0]["chosen_labels"] == [-100, -100, 4, 0]
     assert cols[1]["rejected_input_ids"] == [1, 3, 7, 0] and cols[1]["prompt_input_ids"] == [1, 3]
+
+
+@pytest.mark.parametrize("rl", ["kto", "dpo"])
+def test_reference_is_the_base_with_the_adapter_off_and_no_copy(rl, tiny_model_dir, tmp_path):
+    """The trainer finetune builds for rl: kto (pair_methods) and rl: dpo (preference.py) scores its reference
+    with the adapter switched off: the base's own log-probabilities, whatever the adapter has learnt, and no
+    frozen copy of the adapter is kept (TRL adds a "ref" adapter for a peft model; reference_without_copy drops
+    it). ORPO and SimPO have no reference model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune import data
+    from finetune import model as model_module
+    from finetune.data.tokenizer import count_new_tokens, load_tokenizer
+    from finetune.train import arguments as trainer_args
+    from finetune.train import pair_methods, preference
+
+    cfg = pair_cfg(tiny_model_dir, tmp_path, rl)
+    tokenizer = load_tokenizer(cfg)
+    prepared = data.prepare(cfg, tokenizer)
+    loaded = model_module.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
+    prec = model_module.precision(cfg)
+    args, _ = trainer_args.training_arguments(cfg, prec, len(prepared.train), False, cfg.output_dir, [])
+    build = pair_methods.build_trainer if rl == "kto" else preference.build_trainer
+    trainer = build(cfg, args, loaded.model, tokenizer, prepared.train, None, [])
+    assert trainer.ref_model is None and sorted(trainer.model.peft_config) == ["default"]  # no copy
+
+    torch.manual_seed(0)
+    with torch.no_grad():  # the adapter as if trained: the policy is no longer the base
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    batch = next(iter(trainer.get_train_dataloader()))
+    scored = trainer.compute_ref_log_probs(
+        trainer.model, batch
+    )  # KTO: (rows, KL rows); DPO: (chosen, rejected)
+    reference = scored[0] if rl == "kto" else torch.cat(scored)
+
+    def completion_logps(model) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)[:, 1:]
+        logps = (
+            torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        )
+        return (logps * (labels != -100)).sum(-1)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    torch.testing.assert_close(reference.float(), completion_logps(base), rtol=0, atol=1e-4)
+    policy = completion_logps(trainer.model)
+    assert (policy - reference).abs().max() > 0.1  # the adapter is on for the policy, off for the reference
 
 
 def test_method_keys_are_read_and_refused_elsewhere(tiny_model_dir, tmp_path):

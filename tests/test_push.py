@@ -8,6 +8,7 @@ finer cases call push_command in this process, with huggingface_hub.constants.EN
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -141,13 +142,22 @@ def test_merged_into_a_subfolder_and_gguf_at_the_top(hub_env, run_copy, tmp_path
         (merged / name).write_text(name)
     (merged / ".env").write_text("secret")
     (gguf / "run.Q8_0.gguf").write_bytes(b"GGUF")
-    (gguf / "Modelfile").write_text("FROM ./run.Q8_0.gguf\n")
+    modelfile = (
+        'FROM ./run.Q8_0.gguf\nTEMPLATE """[INST] {{ .Prompt }} [/INST]{{ .Response }}</s>"""\n'
+        'SYSTEM """Rate news."""\nPARAMETER stop "</s>"\nPARAMETER temperature 0\n'
+    )
+    (gguf / "Modelfile").write_text(modelfile)
     (gguf / "notes.txt").write_text("x")
     push_command(run_copy, "me/all", merged=merged, gguf=gguf)
-    assert set(hub_env.commits[0].files) == RUN_FILES | {
+    pushed = hub_env.commits[0].files
+    assert set(pushed) == RUN_FILES | {
         "merged/config.json", "merged/generation_config.json", "merged/model.safetensors",
-        "merged/tokenizer.json", "merged/README.md", "run.Q8_0.gguf", "Modelfile",
+        "merged/tokenizer.json", "merged/README.md", "run.Q8_0.gguf", "Modelfile", "template", "system", "params",
     }  # fmt: skip
+    # what `ollama run hf.co/me/all` reads in place of the Modelfile (the hub's Ollama integration)
+    assert pushed["template"] == b"[INST] {{ .Prompt }} [/INST]{{ .Response }}</s>"
+    assert pushed["system"] == b"Rate news."
+    assert json.loads(pushed["params"]) == {"stop": ["</s>"], "temperature": 0}
     push_command(merged, "me/merged")  # a merged folder as a repo of its own (vLLM, TGI): at the top
     assert set(hub_env.commits[1].files) == {
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "README.md",

@@ -47,6 +47,15 @@ def _load(config: Path, overrides: list[str] | None):
     return config_module.load(config, overrides or [])
 
 
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Allow a base whose loading runs its own code (a run saved with trust_remote_code: true).",
+    ),
+]
+
+
 @app.command()
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check a config without loading any model: every problem is listed, one line each (exit 2)."""
@@ -169,8 +178,9 @@ def train(
             master_port=master_port,
         )
     train_module.run(
-        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory
-    )
+        cfg, overwrite=overwrite, resume=resume, smoke=smoke, fit_check=fit_check, memory_gib=memory,
+        tune_cpu_heap=True,  # this process exists to train: its allocator may be set for it
+    )  # fmt: skip
 
 
 @app.command()
@@ -182,13 +192,17 @@ def merge(
         bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Fold the adapter into a 16/32-bit copy of the base and save a standalone model (exit 1, nothing saved,
     when the saved model's logits differ from base + adapter by more than the dtype's rounding allows)."""
     from finetune.outputs import merge as merge_module
 
     try:
-        merge_module.merge_command(output_dir, out, dtype=dtype, dequantize=dequantize, overwrite=overwrite)
+        merge_module.merge_command(
+            output_dir, out, dtype=dtype, dequantize=dequantize, overwrite=overwrite,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     except merge_module.CheckFailed as exc:
         print(exc, file=sys.stderr)
         raise typer.Exit(1) from None
@@ -214,6 +228,7 @@ def export(
         bool, typer.Option(help="Merge into the NF4-dequantized base the adapter was trained against.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Merge the adapter and write one GGUF file plus an Ollama Modelfile in the run's prompt format, checked by
     reading it back (exit 1, nothing saved, when its logits stray beyond the quant type's rounding)."""
@@ -223,8 +238,9 @@ def export(
         raise UserError("finetune export: say which format: --gguf (the one there is)")
     try:
         export_module.export_command(
-            output_dir, out, quant=quant, name=name, overwrite=overwrite, dequantize=dequantize
-        )
+            output_dir, out, quant=quant, name=name, overwrite=overwrite, dequantize=dequantize,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     except export_module.CheckFailed as exc:
         print(exc, file=sys.stderr)
         raise typer.Exit(1) from None
@@ -294,6 +310,7 @@ def generate_(
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     chat: Annotated[bool, typer.Option("--chat", help="Interactive: ask question after question.")] = False,
     dataset: DatasetOpt = 0,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Answer a question with base + adapter (4-bit if trained so), prompted exactly as in training; streamed."""
     from finetune.inference import generate as generate_module
@@ -306,6 +323,7 @@ def generate_(
         temperature=temperature,
         chat_mode=chat,
         dataset_index=dataset,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -367,6 +385,7 @@ def eval_(
         ),
     ] = None,
     dataset: DatasetOpt = 0,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Score greedy answers on a JSONL file in the training format (--data), or run lm-evaluation-harness tasks on
     the run's model (--tasks); results into eval_results.json and the card (--base-only: the base's, for before → after)."""
@@ -379,7 +398,7 @@ def eval_(
 
         harness.run(
             output_dir, tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
-            batch_size=batch_size, base_only=base_only, out=out,
+            batch_size=batch_size, base_only=base_only, out=out, trust_remote_code=trust_remote_code,
         )  # fmt: skip
         return
     if include_path is not None or num_fewshot is not None:
@@ -389,14 +408,38 @@ def eval_(
     evaluate.run(
         output_dir, data, field_input=field_input, field_target=field_target, metric=metric, limit=limit,
         batch_size=batch_size, max_new_tokens=max_new_tokens, base_only=base_only, out=out, tolerance=tolerance,
-        dataset_index=dataset,
+        dataset_index=dataset, trust_remote_code=trust_remote_code,
     )  # fmt: skip
 
 
-def main() -> None:
-    from finetune.train.launch import without_local_rank
+@app.command()
+def studio(
+    root: Annotated[Path, typer.Option(help="Folder whose runs the Studio shows and starts.")] = Path("."),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (off loopback a token is required).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    token: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            help="Token for requests (default: a new one, printed with the URL).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """A local web page: runs and their live progress, a config editor with the plan, new runs, a playground.
+    Everything it starts is a `finetune` command in its own process (needs the studio extra)."""
+    from finetune import studio as studio_module
 
-    sys.argv[1:] = without_local_rank(sys.argv[1:])  # the deepspeed launcher's; LOCAL_RANK says the same
+    studio_module.serve(root, host=host, port=port, token=token)
+
+
+def main() -> None:
+    if any(arg.startswith(("--local_rank", "--local-rank")) for arg in sys.argv[1:]):
+        # the deepspeed launcher's; LOCAL_RANK says the same. Imported only then: finetune.train imports the
+        # config schema (pydantic models built at import), which `--help` and most commands never need
+        from finetune.train.launch import without_local_rank
+
+        sys.argv[1:] = without_local_rank(sys.argv[1:])
     try:
         app()
     except UserError as exc:

@@ -33,6 +33,23 @@ def reachable(timeout: float = PROBE_SECONDS, endpoint: str | None = None) -> bo
         return False
 
 
+def proxy_for(endpoint: str) -> str | None:
+    """The proxy that requests to `endpoint` go through, as the HTTP client reads the environment (HTTPS_PROXY
+    for https, HTTP_PROXY for http, ALL_PROXY for both, NO_PROXY excepted), shown without its credentials; None
+    for a direct connection. Behind a proxy a direct TCP probe says nothing: the push skips it and lets the
+    client's own errors decide (outputs/push.py)."""
+    from urllib.request import getproxies_environment, proxy_bypass_environment
+
+    proxies = getproxies_environment()
+    url = urlparse(endpoint)
+    proxy = proxies.get(url.scheme or "https") or proxies.get("all")
+    if not proxy or proxy_bypass_environment(url.hostname or "", proxies):
+        return None
+    shown = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    port = f":{shown.port}" if shown.port else ""
+    return f"{shown.scheme}://{shown.hostname}{port}"  # never user:password@
+
+
 def offline_if_unreachable(ids: list[str]) -> str | None:
     """Switch to offline mode when this config needs the hub and it cannot be reached: the note to print."""
     if is_offline() or os.environ.get("TRANSFORMERS_OFFLINE"):

@@ -210,6 +210,11 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError([f"{source}: config file not found"]) from None
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read config ({exc.__class__.__name__})"]) from None
+    return loads(text, source, overrides)
+
+
+def loads(text: str, source: str = "<config>", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """`load` of YAML text already in hand (the Studio's editor), messages naming `source` and its lines."""
     try:
         raw = yaml.safe_load(text) or {}
         lines = config_yaml.line_map(yaml.compose(text, Loader=yaml.SafeLoader))

@@ -7,6 +7,7 @@ schema reuses both (every model forbids unknown keys and is frozen; local paths 
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -192,8 +193,13 @@ class DatasetConfig(StrictModel):
                 "field_messages: conversations, message_property_mappings: {role: from, content: value} and "
                 "roles: {user: [human], assistant: [gpt]}"
             )
-        if v not in DATASET_TYPES + ALPACA_TYPES + KTO_TYPES:
-            raise ValueError(
-                f"'{v}' is not supported (supported: {', '.join(DATASET_TYPES + ALPACA_TYPES)}, or a custom dict with field_instruction/field_output/format, or field_prompt/field_chosen/field_rejected for preference data; rl: kto also reads chatml.* / llama3.* argilla, argilla_chat, intel, prompt_pairs, ultra, and field_completion/field_label dicts)"
-            )
+        known = DATASET_TYPES + ALPACA_TYPES + KTO_TYPES
+        if v not in known:
+            # the nearest names only: the whole list (with kto's ten) is a paragraph, not a line
+            close = difflib.get_close_matches(v, [*known, *TYPE_ALIASES], n=2, cutoff=0.6)
+            hint = (
+                f"did you mean {' or '.join(close)}?" if close
+                else f"known: {', '.join(DATASET_TYPES)}, ... or a field_* dict (README: dataset formats)"
+            )  # fmt: skip
+            raise ValueError(f"unknown dataset type '{v}' ({hint})")
         return v

@@ -58,7 +58,7 @@ class ModelKeys(StrictModel):
     )
     bnb_4bit_quant_storage: Literal["float32", "bfloat16", "float16", "uint8"] | None = Field(
         None,
-        description="Storage dtype of packed 4-bit weights (same NF4 values); default: the training dtype under DeepSpeed ZeRO-3, so it can shard them, else uint8.",
+        description="Storage dtype of packed 4-bit weights (same NF4 values); default: the training dtype under DeepSpeed ZeRO-3 or FSDP (so they shard like every other weight), else uint8.",
     )
     bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = Field(
         None, description="4-bit data type: nf4 (default, the QLoRA paper's) or fp4."

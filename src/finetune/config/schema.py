@@ -29,7 +29,7 @@ class Config(TrackingKeys, HubKeys, PreferenceKeys, TrainingKeys, DataKeys, Mode
     hub, then lm-eval and the trackers.)
     """
 
-    # The config file's folder (set by config.load): where `trl.reward_funcs` modules are imported from.
+    # The config file's folder (set by config.load): where `trl.reward_funcs` modules are found (and, by train only, imported).
     _config_dir: str | None = PrivateAttr(None)
 
     # Single-key checks (config_checks.py); pydantic reports them at the key.

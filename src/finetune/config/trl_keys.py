@@ -8,15 +8,17 @@
       reward_weights: [1.0, 0.5]
 
 axolotl's other `trl:` keys are known here and refused with one line unless they hold their "off" value, as
-the top-level keys in axolotl_keys.py are. Reward functions are resolved at `validate`: a built-in name, or a
-dotted path imported with the config file's folder first on sys.path (axolotl's `rewards.my_fn` convention).
-Importing a user's module runs its code, as axolotl does; it is the user's own file.
+the top-level keys in axolotl_keys.py are. A reward function is a built-in name, or `module.function` with the
+module a file next to the config (axolotl's `rewards.my_fn` convention: `rewards.py`; `pkg.mod.fn`:
+`pkg/mod.py`). Here it is checked *statically* (`ast`, never imported): the file exists and defines a function of
+that name that takes TRL's keyword arguments. A config is read by every command (card, merge, eval, push, the
+Studio...), often from a downloaded run folder: reading it must never run code from it. Only `finetune train`
+imports the module (train/rewards.py), and training copies it into output_dir so the run reads back anywhere.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
+import ast
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -90,7 +92,7 @@ class TrlConfig(StrictModel):
     )
     reward_funcs: list[str] | None = Field(
         None,
-        description=f"Reward functions, summed with reward_weights: built-in {', '.join(BUILTIN_REWARDS)}, or `module.function` imported from the config file's folder, called as TRL calls them: f(prompts, completions, completion_ids, reference=..., **columns) -> list of floats.",
+        description=f"Reward functions, summed with reward_weights: built-in {', '.join(BUILTIN_REWARDS)}, or `module.function` from a file next to the config (checked without running it; imported only by `finetune train`, which copies the file into output_dir), called as TRL calls them: f(prompts, completions, completion_ids, reference=..., **columns) -> list of floats.",
     )
     reward_weights: list[float] | None = Field(
         None, description="One weight per reward function; default 1 each."
@@ -123,39 +125,80 @@ class TrlConfig(StrictModel):
         return list(self.reward_funcs or ["label"])
 
 
-def import_reward(name: str, folder: str | Path | None):
-    """The reward function `name` (module.function, module path dotted) imported with `folder` first on
-    sys.path; raises ValueError with one line saying what is missing."""
+def reward_file(name: str, folder: str | Path | None) -> Path:
+    """The file of the user's reward `name` (module.function) under `folder`; raises ValueError in one line.
+
+    `a.b.fn` is `folder/a/b.py` (or the package `folder/a/b/__init__.py`), as an import with `folder` first on
+    sys.path would find it, without importing anything."""
     module_name, _, func_name = name.rpartition(".")
-    if not module_name:
+    if not module_name or not func_name or not all(p.isidentifier() for p in name.split(".")):
         raise ValueError(
             f"'{name}' is neither a built-in reward ({', '.join(BUILTIN_REWARDS)}) nor module.function"
         )
-    where = str(Path(folder or ".").resolve())
-    sys.path.insert(0, where)
+    base = Path(folder or ".").resolve().joinpath(*module_name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"no module '{module_name}' next to the config: {base.with_suffix('.py')} not found")
+
+
+def check_reward(name: str, folder: str | Path | None) -> Path:
+    """The file of the reward `name`, checked without running it: it parses, and defines `function` at the top
+    level taking keyword arguments (TRL calls `f(prompts=, completions=, completion_ids=, **columns)`, so a
+    function needs `**kwargs`). A name bound otherwise (an import, an assignment) is accepted as it is: only
+    training can call it. Raises ValueError with one line."""
+    path = reward_file(name, folder)
+    func_name = name.rpartition(".")[2]
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module '{module_name}' from {where} ({exc})") from None
-    except Exception as exc:  # the user's module failed while importing: say which and why, in one line
-        raise ValueError(f"importing '{module_name}' raised {type(exc).__name__}: {exc}") from None
-    finally:
-        sys.path.remove(where)
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ValueError(f"module '{module_name}' ({module.__file__}) has no function '{func_name}'")
-    return func
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} ({type(exc).__name__})") from None
+    bound = False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == func_name:
+            if node.args.kwarg is None:
+                raise ValueError(
+                    f"{path}:{node.lineno}: {func_name}() must accept **kwargs (TRL passes the dataset's "
+                    "columns and trainer_state as keywords)"
+                )
+            return path
+        if _binds(node, func_name):
+            bound = True
+    if bound:
+        return path
+    raise ValueError(f"{path} defines no function '{func_name}'")
+
+
+def _binds(node: ast.stmt, name: str) -> bool:
+    """Whether a top-level statement binds `name` other than by `def` (import, assignment, class)."""
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return any((a.asname or a.name.split(".")[0]) == name for a in node.names)
+    if isinstance(node, ast.ClassDef):
+        return node.name == name
+    targets = (
+        node.targets if isinstance(node, ast.Assign)
+        else [node.target] if isinstance(node, ast.AnnAssign | ast.AugAssign) else []
+    )  # fmt: skip
+    return any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t))
+
+
+def user_rewards(trl: TrlConfig | None) -> list[str]:
+    """The reward functions of `trl` that are the user's code (module.function), not built-in."""
+    return [n for n in (trl.reward_names if trl else []) if n not in BUILTIN_REWARDS]
 
 
 def reward_problems(trl: TrlConfig | None, folder: str | Path | None) -> list[tuple[tuple, str]]:
-    """Each reward function that cannot be found, and reward_weights that do not match them."""
+    """Each reward function that cannot be found (checked statically, never imported), and reward_weights that
+    do not match them."""
     trl = trl or TrlConfig()
     problems = []
     for i, name in enumerate(trl.reward_names):
         if name in BUILTIN_REWARDS:
             continue
         try:
-            import_reward(name, folder)
+            check_reward(name, folder)
         except ValueError as exc:
             problems.append((("trl", "reward_funcs", i), str(exc)))
     if trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_names):

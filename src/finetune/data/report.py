@@ -128,13 +128,20 @@ def examples(dataset, tokenizer, n: int) -> None:
 
 
 def _marked(ids: list[int], labels: list[int], tokenizer) -> str:
+    return "".join(
+        f"[green]⟦{escape(text)}⟧[/green]" if trained else f"[dim]{escape(text)}[/dim]"
+        for text, trained in segments(ids, labels, tokenizer)
+    )
+
+
+def segments(ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, bool]]:
+    """A row decoded in runs of masked and trained tokens: [(text, trained), ...] (also the Studio's preview)."""
     out, start = [], 0
     for j in range(1, len(ids) + 1):
         if j == len(ids) or (labels[j] != IGNORE) != (labels[start] != IGNORE):
-            text = escape(tokenizer.decode(ids[start:j], skip_special_tokens=False))
-            out.append(f"[green]⟦{text}⟧[/green]" if labels[start] != IGNORE else f"[dim]{text}[/dim]")
+            out.append((tokenizer.decode(ids[start:j], skip_special_tokens=False), labels[start] != IGNORE))
             start = j
-    return "".join(out)
+    return out
 
 
 def length_distribution(train, eval_, sequence_len: int) -> None:

@@ -220,6 +220,7 @@ def run(
     tolerance: float = 0.01,
     console=None,
     dataset_index: int = 0,
+    trust_remote_code: bool = False,
 ) -> dict:
     """`finetune eval`: generate, score, write results + predictions, refresh the card. Returns the entry."""
     from rich.console import Console
@@ -238,7 +239,10 @@ def run(
     if tolerance < 0:
         raise UserError(f"--tolerance: must be >= 0 (got {tolerance})")
     rows = read_rows(data, limit)
-    loaded = generate.load(path, base_only=base_only, say=console.print, dataset_index=dataset_index)
+    loaded = generate.load(
+        path, base_only=base_only, say=console.print, dataset_index=dataset_index,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
     items = examples(loaded, rows, data, field_input, field_target)
     targets = [e.target for e in items]
     new_tokens = max_new_tokens or answer_format.auto_max_new_tokens(loaded.tokenizer, targets)

@@ -60,8 +60,9 @@ def _precision(cfg: Config):
 
 
 def load(
-    path: str | Path, base_only: bool = False, say: Callable[[str], None] = print, dataset_index: int = 0
-) -> Loaded:
+    path: str | Path, base_only: bool = False, say: Callable[[str], None] = print, dataset_index: int = 0,
+    trust_remote_code: bool = False,
+) -> Loaded:  # fmt: skip
     """Base + adapter (or a merged model, or with base_only the base alone) and the run's tokenizer.
 
     `dataset_index` picks the `datasets:` entry whose format the prompts take (a run may mix formats).
@@ -75,7 +76,7 @@ def load(
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
     quiet.false_alarms()
     path = Path(path)
-    run = run_dir.read_run(path)
+    run = run_dir.read_run(path, trust_remote_code=trust_remote_code)
     count = len(run.cfg.datasets)
     if not 0 <= dataset_index < count:
         raise UserError(
@@ -288,6 +289,7 @@ def generate_command(
     chat_mode: bool = False,
     write: Callable[[str], None] | None = None,
     dataset_index: int = 0,
+    trust_remote_code: bool = False,
 ) -> str | None:
     """`finetune generate`: one streamed answer, or a chat session with --chat."""
     import sys
@@ -301,7 +303,10 @@ def generate_command(
         raise UserError("generate: give a question, or --chat for a conversation")
     if chat_mode and question:
         raise UserError("generate: --chat reads questions interactively; leave the question out")
-    loaded = load(path, say=lambda m: print(m, file=sys.stderr), dataset_index=dataset_index)
+    loaded = load(
+        path, say=lambda m: print(m, file=sys.stderr), dataset_index=dataset_index,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
     if chat_mode:
         chat(loaded, system, max_new_tokens, temperature, write=write)
         return None

@@ -36,6 +36,7 @@ def run(
     base_only: bool = False,
     out: str | Path | None = None,
     console=None,
+    trust_remote_code: bool = False,
 ) -> dict[str, dict]:
     """Evaluate, save under `lm_eval`, refresh the card; returns lm-eval's results by task."""
     from rich.console import Console
@@ -51,7 +52,7 @@ def run(
     if include_path is not None and not Path(include_path).is_dir():
         raise UserError(f"--include-path {include_path}: folder not found")
     manager = harness.task_manager(names, include_path, "--tasks")  # before the model loads: a typo is quick
-    loaded = generate.load(path, base_only=base_only, say=console.print)
+    loaded = generate.load(path, base_only=base_only, say=console.print, trust_remote_code=trust_remote_code)
     console.print(f"lm-eval: {', '.join(names)} on the {loaded.what} model, batches of {batch_size}")
     results = harness.evaluate(
         loaded.model,

@@ -182,6 +182,7 @@ def merge_command(
     overwrite: bool = False,
     max_shard_size: str = "5GB",
     announce: bool = True,
+    trust_remote_code: bool = False,
 ) -> float:
     """Merge output_dir's adapter into its base; save model, tokenizer, generation config and card in `out`.
 
@@ -196,7 +197,7 @@ def merge_command(
     output_dir, out = Path(output_dir), Path(out)
     if dtype not in DTYPES:
         raise UserError(f"--dtype: must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    run = run_dir.read_run(output_dir)
+    run = run_dir.read_run(output_dir, trust_remote_code=trust_remote_code)
     if run.adapter_dir is None:
         raise UserError(f"{output_dir}: no adapter_config.json here or in a checkpoint-* folder")
     offline = hub.offline_if_unreachable(run.cfg.hub_ids)

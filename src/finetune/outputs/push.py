@@ -1,13 +1,17 @@
 """Send a run to the Hugging Face hub in one commit: `finetune push`, and the `hub_*` keys during training.
 
 What is sent is push_files.py's allow-list. The calls are huggingface_hub's public ones: `create_repo`
-(exist_ok; private unless asked otherwise), `create_branch` for a revision other than main, and one
-`create_commit`, so a repo never holds half a push. The token is huggingface_hub's own lookup (HF_TOKEN, else
-the `hf auth login` file); finetune never reads it except to make sure no uploaded file contains it.
+(exist_ok; private unless asked otherwise), `create_branch` for a revision other than main, `list_repo_files`
+when the push holds a folder that replaces the hub's (push_files.replaced_folders), and one `create_commit`
+(the stale files' deletions with the new files), so a repo never holds half a push. The token is
+huggingface_hub's own lookup (HF_TOKEN, else the `hf auth login` file); finetune never reads it except to make
+sure no uploaded file contains it.
 
 Every way the hub can fail becomes one line (PushFailed, a UserError: exit 2): no token, offline mode, the
 endpoint unreachable (probed first, so no minute of retries), 401, 403, 404, another HTTP status, or the
-connection dropping half-way.
+connection dropping half-way. Behind a proxy (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; hub.proxy_for) there is no
+probe, since a direct connection says nothing there: the client's own error on the first request becomes the
+line, naming the endpoint and the proxy (never its credentials).
 """
 
 from __future__ import annotations
@@ -53,11 +57,41 @@ def http_problem(exc, repo_id: str, revision: str | None) -> str:
     return f"{repo_id}: the hub refused the push ({status}): {detail[0] if detail else type(exc).__name__}"
 
 
+def proxy_problem(exc, repo_id: str, endpoint: str, proxy: str | None, first: bool) -> str | None:
+    """The line for a push that failed at the proxy: it could not be reached (or reach the hub) on the first
+    request, or it asked for credentials. None where the proxy is not the likely cause."""
+    if proxy is None:
+        return None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status == 407:
+        return (
+            f"{repo_id}: the proxy {proxy} asks for credentials (407 Proxy Authentication Required): put them "
+            "in HTTPS_PROXY / HTTP_PROXY (http://user:password@host:port): nothing was pushed"
+        )
+    if first and (status is None or status in (502, 503, 504)):
+        why = type(exc).__name__ if status is None else f"{status} from the proxy"
+        return (
+            f"{repo_id}: cannot reach the hub at {endpoint} through the proxy {proxy} ({why}): check the proxy "
+            "and HTTPS_PROXY / HTTP_PROXY / NO_PROXY: nothing was pushed"
+        )
+    return None
+
+
+def stale_files(api, repo_id: str, revision: str | None, files: list[Upload]) -> list[str]:
+    """The hub's files in the folders this push replaces that it does not send again: deleted in its commit."""
+    folders = push_files.replaced_folders(files)
+    if not folders:
+        return []
+    sent = {f.path_in_repo for f in files}
+    on_hub = api.list_repo_files(repo_id, revision=revision, repo_type="model")
+    return sorted(p for p in on_hub if p.startswith(folders) and p not in sent)
+
+
 def push(
     repo_id: str, files: list[Upload], *, private: bool = True, revision: str | None = None, message: str
 ) -> str:
     """Create the repo if needed and commit `files` to it (on `revision`); the repo's URL. Raises PushFailed."""
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     token = get_token()  # only to search the files for it (push_files.check_no_secrets)
@@ -71,7 +105,8 @@ def push(
             f"{repo_id}: offline mode (HF_HUB_OFFLINE or no network at start): nothing was pushed"
         )
     api = HfApi()
-    if not hub.reachable(endpoint=api.endpoint):
+    proxy = hub.proxy_for(api.endpoint)  # behind a proxy a direct probe fails: the client's errors decide
+    if proxy is None and not hub.reachable(endpoint=api.endpoint):
         raise PushFailed(
             f"{repo_id}: cannot reach the hub at {api.endpoint} (no network?): nothing was pushed"
         )
@@ -79,18 +114,26 @@ def push(
         CommitOperationAdd(f.path_in_repo, f.source if isinstance(f.source, bytes) else str(f.source))
         for f in files
     ]
+    url = None  # set once the hub has answered
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision and revision != "main":
             api.create_branch(url.repo_id, branch=revision, exist_ok=True)
-        api.create_commit(url.repo_id, operations=operations, commit_message=message, revision=revision)
+        deletions = [CommitOperationDelete(p) for p in stale_files(api, url.repo_id, revision, files)]
+        api.create_commit(
+            url.repo_id, operations=deletions + operations, commit_message=message, revision=revision
+        )
     except HfHubHTTPError as exc:
-        raise PushFailed(http_problem(exc, repo_id, revision)) from None
+        raise PushFailed(
+            proxy_problem(exc, repo_id, api.endpoint, proxy, url is None)
+            or http_problem(exc, repo_id, revision)
+        ) from None
     except OfflineModeIsEnabled:
         raise PushFailed(f"{repo_id}: offline mode (HF_HUB_OFFLINE): nothing was pushed") from None
     except network_errors() as exc:
         raise PushFailed(
-            f"{repo_id}: the connection to {api.endpoint} failed while pushing ({type(exc).__name__}): "
+            proxy_problem(exc, repo_id, api.endpoint, proxy, url is None)
+            or f"{repo_id}: the connection to {api.endpoint} failed while pushing ({type(exc).__name__}): "
             "nothing was committed"
         ) from None
     return str(url) + (f"/tree/{revision}" if revision else "")

@@ -8,12 +8,17 @@ gigabytes), `training_args.bin` (a pickle), the data cache, W&B folders, and wha
   (config.json, generation_config.json, model*.safetensors and its index);
 - the tokenizer files; the card (README.md, whose front matter names `base_model` when the base is a hub id);
 - config.yml (saved with secrets redacted), loss.png, the results (all/train/eval_results.json,
-  trainer_state.json).
+  trainer_state.json), and the reward modules config.yml names (GRPO's `rewards.py`, copied there by training).
 
 Checkpoints only when asked (`--checkpoints`, or `hub_strategy: checkpoint|all_checkpoints`), each into its own
-folder, with the optimizer state needed to resume and without training_args.bin. `--merged DIR` goes into
+folder, with the state needed to resume (optimizer, scheduler, RNG; DeepSpeed's and FSDP's own folders) and without
+training_args.bin. A checkpoint folder (and `merged/`) replaces the one already on the hub: push.py deletes its
+files that this push does not send in the same commit, so `last-checkpoint/` never piles up DeepSpeed's
+`global_stepN/` folders of earlier saves next to the newest. `--merged DIR` goes into
 `merged/` (transformers: `subfolder="merged"`); `--gguf DIR` puts its .gguf files and Modelfile at the top of
-the repo, where the hub finds them for llama.cpp (`-hf REPO:Q8_0`) and Ollama (`ollama run hf.co/REPO`).
+the repo, where the hub finds them for llama.cpp (`-hf REPO:Q8_0`) and Ollama (`ollama run hf.co/REPO`), with
+the Modelfile's TEMPLATE, SYSTEM and PARAMETERs as the `template`, `system` and `params` files the hub's Ollama
+integration reads (ollama_hub.py).
 
 Before anything is sent, every text file (and every file under 64 MiB) is searched for the token in use and for
 token-shaped strings (`hf_...`, `sk-...`, ...): one is refused with the file and line. The token itself comes
@@ -26,7 +31,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from finetune.config import trl_keys
 from finetune.errors import UserError
+from finetune.outputs import ollama_hub
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
@@ -39,13 +48,18 @@ RUN_FILES = (
     "README.md", "config.yml", "loss.png",
     "all_results.json", "train_results.json", "eval_results.json", "trainer_state.json",
 )  # fmt: skip
-# What a checkpoint adds to resume from it (the Trainer's names; DeepSpeed's global_step*/ folders and `latest`)
+# What a checkpoint adds to resume from it: the Trainer's files (one rng_state_N.pth per process), DeepSpeed's
+# `latest` and global_stepN/ folder, FSDP's (accelerate's names): FULL_STATE_DICT's pytorch_model_fsdp.bin and
+# optimizer.bin (`_N` for a second model), SHARDED_STATE_DICT's pytorch_model_fsdp_N/ and optimizer_N/ folders
+# (one .distcp file per process and a .metadata)
 RESUME_FILES = re.compile(
-    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|zero_to_fp32\.py)$"
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|zero_to_fp32\.py"
+    r"|pytorch_model_fsdp(_\d+)?\.bin|optimizer(_\d+)?\.bin)$"
 )
-DEEPSPEED_STATE = re.compile(r"^global_step\d+$")
+STATE_FOLDERS = re.compile(r"^(global_step\d+|pytorch_model_fsdp_\d+|optimizer_\d+)$")
 GGUF_FILES = re.compile(r"^(.+\.gguf|Modelfile)$")
 CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+REPLACED = re.compile(r"^(checkpoint-\d+|last-checkpoint|merged)$")  # a push sends these folders whole
 
 # Token-shaped strings: Hugging Face, OpenAI-style, GitHub, W&B.
 SECRET_VALUE = re.compile(
@@ -78,20 +92,49 @@ def model_files(folder: Path, prefix: str = "", card: bool = True) -> list[Uploa
     names = set(ADAPTER_FILES + MODEL_FILES + TOKENIZER_FILES + RUN_FILES)
     if not card:
         names.discard("README.md")
-    return _top_level(folder, prefix, lambda n: n in names or bool(MODEL_SHARD.match(n)))
+    files = _top_level(folder, prefix, lambda n: n in names or bool(MODEL_SHARD.match(n)))
+    return files + reward_modules(folder, prefix)
+
+
+def reward_modules(folder: Path, prefix: str = "") -> list[Upload]:
+    """The reward modules (GRPO's `module.function`) that the folder's config.yml names and that training copied
+    beside it: the run trains again from its own folder. Found by reading the YAML, never by importing."""
+    try:
+        raw = yaml.safe_load((folder / "config.yml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    trl = raw.get("trl") if isinstance(raw, dict) else None
+    names = trl.get("reward_funcs") if isinstance(trl, dict) else None
+    out = []
+    for name in names if isinstance(names, list) else []:
+        if not isinstance(name, str) or name in trl_keys.BUILTIN_REWARDS:
+            continue
+        try:
+            path = trl_keys.reward_file(name, folder)
+        except ValueError:
+            continue
+        out.append(Upload(prefix + path.relative_to(folder.resolve()).as_posix(), path))
+    return out
 
 
 def checkpoint_files(checkpoint: Path, prefix: str) -> list[Upload]:
     """A checkpoint with what resuming needs; never training_args.bin, nor the adapter's stub README."""
     files = model_files(checkpoint, prefix, card=False)
     files += _top_level(checkpoint, prefix, lambda n: bool(RESUME_FILES.match(n)))
-    for state in sorted(p for p in checkpoint.iterdir() if p.is_dir() and DEEPSPEED_STATE.match(p.name)):
+    for state in sorted(p for p in checkpoint.iterdir() if p.is_dir() and STATE_FOLDERS.match(p.name)):
         files += [
             Upload(f"{prefix}{p.relative_to(checkpoint).as_posix()}", p)
             for p in sorted(state.rglob("*"))
             if p.is_file()
         ]
     return files
+
+
+def replaced_folders(files: list[Upload]) -> tuple[str, ...]:
+    """The folders of this push that replace the hub's (`last-checkpoint/`, ...): a file of theirs already on
+    the hub and not in this push is stale (an older save's global_stepN/, a shard of an older merge)."""
+    tops = {u.path_in_repo.split("/", 1)[0] for u in files if "/" in u.path_in_repo}
+    return tuple(sorted(f"{top}/" for top in tops if REPLACED.match(top)))
 
 
 def checkpoints_of(output_dir: Path) -> list[Path]:
@@ -137,6 +180,8 @@ def run_uploads(
         if not any(u.path_in_repo.endswith(".gguf") for u in extra):
             raise UserError(f"--gguf {gguf}: no .gguf file there: not a `finetune export --gguf` folder")
         files += extra
+        if (gguf / "Modelfile").is_file():  # what `ollama run hf.co/REPO` reads instead of a Modelfile
+            files += [Upload(n, data) for n, data in ollama_hub.hub_files(gguf / "Modelfile").items()]
     return files
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from finetune import config as config_module
-from finetune.config import Config
+from finetune.config import Config, trl_keys
 from finetune.config import datasets as config_datasets
 from finetune.errors import UserError
 
@@ -37,11 +37,12 @@ class Run:
 
 
 def load_saved_config(path: Path) -> Config:
-    """config.yml of a run; it was validated when saved, so paths that are gone (another machine) are fine."""
+    """config.yml of a run; it was validated when saved, so paths that are gone (another machine) are fine, and
+    so is a reward module that is missing or changed (reading a run never needs, nor runs, its code)."""
     try:
         return config_module.load(path)
     except config_module.ConfigError as exc:
-        if not all("not found" in p for p in exc.problems):
+        if not all("not found" in p or "trl.reward_funcs[" in p for p in exc.problems):
             raise
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # valid when written; only file checks failed
 
@@ -55,7 +56,23 @@ def load_saved_config(path: Path) -> Config:
     for key in ("datasets", "test_datasets"):
         if raw.get(key):
             raw[key] = [dataset(e) for e in raw[key]]
+    if isinstance(raw.get("trl"), dict):
+        raw["trl"] = trl_keys.TrlConfig(**raw["trl"])
     return Config.model_construct(**raw)
+
+
+def remote_code_allowed(cfg: Config, config_path: Path, allowed: bool | None) -> Config:
+    """trust_remote_code from a saved config.yml is not enough to run code when a run is read: a downloaded run
+    could turn it on, and loading its base would run the base's own Python. Training honours the key (the user
+    wrote the config); reading a run needs the user's --trust-remote-code as well."""
+    if not cfg.trust_remote_code:
+        return cfg
+    if allowed is False:
+        raise UserError(
+            f"{config_path}: trust_remote_code: true — loading this run's base runs the base's own code; "
+            "pass --trust-remote-code if you trust it"
+        )
+    return cfg if allowed else cfg.model_copy(update={"trust_remote_code": False})
 
 
 def _read_json(path: Path) -> dict:
@@ -81,12 +98,14 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
-def read_run(output_dir: str | Path) -> Run:
+def read_run(output_dir: str | Path, trust_remote_code: bool | None = None) -> Run:
+    """A run folder, read without running anything in it. `trust_remote_code`: None for readers that load no
+    model (card, push); for those that do (merge, export, eval, generate), the user's --trust-remote-code."""
     output_dir = Path(output_dir)
     config_path = output_dir / "config.yml"
     if not config_path.is_file():
         raise UserError(f"{output_dir}: no config.yml here — not a finetune output_dir")
-    cfg = load_saved_config(config_path)
+    cfg = remote_code_allowed(load_saved_config(config_path), config_path, trust_remote_code)
     state = _read_json(output_dir / "trainer_state.json")
     for ckpt in reversed(checkpoints(output_dir)) if not state else []:
         if state := _read_json(ckpt / "trainer_state.json"):

@@ -1,7 +1,7 @@
 """What a finished run leaves in output_dir, each file written atomically (a reader never sees half a file).
 
 adapter_model.safetensors + adapter_config.json (loads with PeftModel.from_pretrained), the tokenizer,
-config.yml (resolved, redacted), trainer_state.json, train/eval/all_results.json, metrics.jsonl, loss.png.
+config.yml (resolved, redacted) with the reward modules it names (GRPO), trainer_state.json, train/eval/all_results.json, metrics.jsonl, loss.png.
 The model card (README.md) is written last from these files by `card.write_card`.
 """
 
@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from finetune import config as config_module
-from finetune.config import Config
+from finetune.config import Config, trl_keys
 from finetune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PACKAGES = (
@@ -72,7 +72,18 @@ def peak_memory() -> dict[str, float]:
 
 
 def write_config(cfg: Config, output_dir: str | Path) -> None:
-    atomic_write_text(Path(output_dir) / "config.yml", config_module.to_yaml(cfg, versions()))
+    """config.yml, and beside it each reward module it names (GRPO's `rewards.fn`: `rewards.py`, at the same
+    relative path as next to the training config), so the run folder is self-contained: its config reads back
+    anywhere, and `finetune train output_dir/config.yml` finds the very code that trained."""
+    output_dir = Path(output_dir)
+    if cfg.online_rl and cfg.config_dir:
+        source_dir = Path(cfg.config_dir)
+        for name in trl_keys.user_rewards(cfg.trl):
+            source = trl_keys.reward_file(name, source_dir)
+            target = output_dir.resolve() / source.relative_to(source_dir.resolve())
+            if target != source:
+                atomic_write_bytes(target, source.read_bytes())
+    atomic_write_text(output_dir / "config.yml", config_module.to_yaml(cfg, versions()))
 
 
 def save_model(trainer, output_dir: str | Path) -> None:

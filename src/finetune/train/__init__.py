@@ -29,10 +29,13 @@ from finetune.train.smoke import smoke_config, smoke_rows
 
 def run(
     cfg: Config, overwrite: bool = False, resume: bool = False, smoke: bool = False, callbacks=(),
-    fit_check: bool = True, memory_gib: float | None = None,
+    fit_check: bool = True, memory_gib: float | None = None, tune_cpu_heap: bool = False,
 ) -> Path:  # fmt: skip
     """Train one adapter as `cfg` says; returns output_dir. Ctrl-C/SIGTERM checkpoint and exit (128 + signal).
-    `fit_check`: stop first when the run is predicted not to fit the device (`memory_gib`: its size instead)."""
+    `fit_check`: stop first when the run is predicted not to fit the device (`memory_gib`: its size instead).
+    `tune_cpu_heap`: set glibc's allocator for this run (model.compute.cpu_heap). It changes the whole process
+    for its lifetime, so only `finetune train`'s own process asks for it (not a notebook or a test calling
+    run(), not --smoke); all_results.json says which heap ran (`cpu_heap`: fast, compact or default)."""
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -98,7 +101,8 @@ def run(
     console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
     # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
     heap = fit_check_module.cpu_heap(cfg, train_set, checked, predicted, notes)
-    compute.cpu_heap(compact=heap == "compact")
+    applied = tune_cpu_heap and not smoke and compute.cpu_heap(compact=heap == "compact")
+    predicted["cpu_heap"] = heap if applied else "default"  # default: glibc's, as the process had it
 
     # --- model: base + adapter, and the Trainer's arguments
     from finetune import model as model_module

@@ -34,6 +34,7 @@ def build_trainer(
         stop,
         throughput,
         cb.RichProgress(console),
+        cb.Heartbeat(Path(args.output_dir) / "status.json"),
     ]
     if cfg.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))

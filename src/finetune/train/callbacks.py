@@ -7,12 +7,14 @@
 - `RichProgress`: a progress bar with the latest losses and real tokens/s.
 - `Throughput`: real (non-pad) tokens trained in this session, for an honest tokens/s after a resume.
 - `WandbConfig`: the resolved (redacted) finetune config attached to the W&B run.
+- `Heartbeat`: output_dir/status.json (pid, step of total, time), so a reader (the Studio) knows a run is alive.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -204,3 +206,44 @@ class WandbConfig(TrainerCallback):
 
         if state.is_world_process_zero and wandb.run is not None:
             wandb.run.config.update({"finetune": self.resolved}, allow_val_change=True)
+
+
+class Heartbeat(TrainerCallback):
+    """output_dir/status.json, replaced atomically: this process's pid, step of total and the time, at the start,
+    at most every `every` seconds while training, and at the end. A reader that finds the pid alive knows the run
+    is still training (the Studio reattaches to it after a restart); a dead pid with state `running` is a run
+    that was killed. Only the main process writes."""
+
+    def __init__(self, path: str | Path, every: float = 2.0):
+        self.path = Path(path)
+        self.every = every
+        self.started = time.time()
+        self.last = 0.0
+
+    def _write(self, state, status: str) -> None:
+        from finetune.files import atomic_write_json
+
+        self.last = time.time()
+        atomic_write_json(
+            self.path,
+            {
+                "pid": os.getpid(),
+                "state": status,
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "started": round(self.started, 3),
+                "heartbeat": round(self.last, 3),
+            },
+        )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._write(state, "running")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and time.time() - self.last >= self.every:
+            self._write(state, "running")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._write(state, "ended")

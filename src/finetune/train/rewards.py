@@ -11,6 +11,11 @@ Built-in, comparing with the row's answer (`reference`) the way `finetune eval` 
 - `exact`: the normalized completion equals the normalized reference: 1, else 0.
 - `format`: the completion ended by itself (EOS / end-of-turn token) within max_completion_length: 1, else 0.
 
+A user's function (`module.function`, config/trl_keys.py finds and checks its file without running it) is
+imported here and only here, when training starts: by its file path, under a module name unique to that file, and
+executed afresh each time, so two configs' `rewards.py` never collide in sys.modules and an edited file is the
+one used. The config's folder is on sys.path while it runs, so it may import its own helpers.
+
 A function that raises stops training with one line naming the function and the row (found by calling it
 again one row at a time), not a traceback from inside TRL.
 """
@@ -18,10 +23,14 @@ again one row at a time), not a traceback from inside TRL.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
 
 from finetune import scoring
 from finetune.config import Config
-from finetune.config.trl_keys import BUILTIN_REWARDS, import_reward
+from finetune.config.trl_keys import BUILTIN_REWARDS, check_reward
 from finetune.errors import UserError
 
 
@@ -39,6 +48,31 @@ def reward_functions(cfg: Config, tokenizer, references: list[str], end_ids: set
                 raise UserError(f"trl.reward_funcs: {name}: {exc}") from None
         out.append(guarded(func, name))
     return out
+
+
+def import_reward(name: str, folder: str | Path | None):
+    """The user's reward `name` (module.function) from its file under `folder`, executed now (user code runs).
+
+    Raises ValueError with one line saying what is missing or what the module raised."""
+    path = check_reward(name, folder)
+    module_name, _, func_name = name.rpartition(".")
+    unique = f"finetune_reward_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{module_name.replace('.', '_')}"
+    spec = importlib.util.spec_from_file_location(unique, path)
+    module = importlib.util.module_from_spec(spec)
+    where = str(Path(folder or ".").resolve())
+    sys.modules[unique] = module  # pickling and dataclasses look a function's module up by name
+    sys.path.insert(0, where)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's module failed while importing: say which and why, in one line
+        sys.modules.pop(unique, None)
+        raise ValueError(f"importing {path} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(where)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"module '{module_name}' ({path}) has no function '{func_name}'")
+    return func
 
 
 def builtin(name: str, references: list[str], end_ids: set[int]):

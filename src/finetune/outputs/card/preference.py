@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from finetune.config import trl_keys
+
 if TYPE_CHECKING:
     from finetune.config import Config
     from finetune.outputs.card import Merged
@@ -103,9 +105,13 @@ def how_trained(cfg: Config, data: dict | None = None) -> str:
         )
     if cfg.rl == "grpo":
         names = ", ".join(cfg.trl.reward_names if cfg.trl else ["label"])
+        files = sorted(
+            {n.rpartition(".")[0].replace(".", "/") + ".py" for n in trl_keys.user_rewards(cfg.trl)}
+        )
+        shipped = f" (the code: {', '.join(f'`{f}`' for f in files)}, in this folder)" if files else ""
         return (
-            f"GRPO: completions sampled per prompt and scored by the reward functions {names}; the reference "
-            "for the KL term is the base model with the adapter switched off"
+            f"GRPO: completions sampled per prompt and scored by the reward functions {names}{shipped}; the "
+            "reference for the KL term is the base model with the adapter switched off"
         )
     if cfg.rl == "kto":
         return f"KTO, beta {cfg.rl_beta_or_default:g}; {_kto_rows(data)}; the reference is the base model with the adapter switched off"

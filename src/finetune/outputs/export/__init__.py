@@ -65,8 +65,8 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
         )
     kind = answer_format.format_kind(ds)
     if kind == "input_output":
-        # the segments carry their own BOS, tokenized without special tokens
-        return prompt_template.PromptTemplate("{{ .Prompt }}", "", None, False)
+        # the segments carry their own BOS/EOS, tokenized without special tokens: past answers as generated
+        return prompt_template.PromptTemplate("{{ .Prompt }}{{ .Response }}", "", None, False)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
     if isinstance(spec, chat.ChatSpec):
         jinja = spec.template or tokenizer.chat_template
@@ -79,7 +79,7 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
             )
 
         return prompt_template.chat_format(render, jinja, tokenizer.bos_token)
-    return prompt_template.text_format(spec, adds_bos)
+    return prompt_template.text_format(spec, adds_bos, tokenizer.eos_token)
 
 
 def _stops(run: run_dir.Run, tokenizer, model) -> list[str]:
@@ -98,6 +98,7 @@ def export_command(
     name: str | None = None,
     overwrite: bool = False,
     dequantize: bool = False,
+    trust_remote_code: bool = False,
 ) -> float:
     """Write OUT/NAME.gguf and OUT/Modelfile; returns the checked max |logit difference| (raises CheckFailed)."""
     import torch
@@ -107,7 +108,7 @@ def export_command(
     output_dir, out = Path(output_dir), Path(out)
     name = _name(name, output_dir)
     gguf_file.check_quant(quant, name)
-    run = run_dir.read_run(output_dir)
+    run = run_dir.read_run(output_dir, trust_remote_code=trust_remote_code)
     if run.cfg.reward_model:
         raise UserError(
             f"{output_dir}: a reward model scores text and does not generate; GGUF export is for generation"
@@ -124,7 +125,10 @@ def export_command(
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         merged_dir = tmp / "merged"
-        merge.merge_command(output_dir, merged_dir, dtype="fp32", dequantize=dequantize, announce=False)
+        merge.merge_command(
+            output_dir, merged_dir, dtype="fp32", dequantize=dequantize, announce=False,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(merged_dir)
         model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
         template = _template(run, tokenizer)

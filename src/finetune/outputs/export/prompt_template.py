@@ -3,13 +3,16 @@ text formats, a Jinja chat template for the GGUF itself (llama.cpp's chat endpoi
 
 A model answers well only when prompted as it was trained, so both are built from the run's own format:
 - custom formats (`[INST] {instruction} [/INST]`, `{instruction}`) and alpaca: the no-input template with the
-  question in place of {instruction}, the system format in front when there is a system prompt (the default one
-  becomes the Modelfile's SYSTEM);
-- completion and input_output: the text itself;
+  question in place of {instruction}, then the answer and EOS (as every trained row ended), the system format in
+  front when there is a system prompt (the default one becomes the Modelfile's SYSTEM);
+- completion: the text, its continuation and EOS; input_output: the texts as given (the segments carry their
+  own special tokens);
 - chat_template: the run's Jinja template is recognised as one of the families finetune names (chatml and
   qwen_25, llama3, gemma, phi_3), checked by rendering sample conversations through both; a template that
   matches none gets no TEMPLATE (Ollama then reads the GGUF's chat template itself), and says so.
 BOS is never part of a template: the GGUF's add_bos says whether training's prompts began with it.
+A multi-turn chat renders every past turn as training laid it out: text formats through Ollama's
+`.Prompt`/`.Response` turns (its template/template.go), chat formats through `.Messages`.
 """
 
 from __future__ import annotations
@@ -51,18 +54,29 @@ def _split(template: str, sentinel: str) -> tuple[str, str] | None:
     return before, after
 
 
-def text_format(spec: TextSpec, adds_bos: bool) -> PromptTemplate:
-    """custom / alpaca: what finetune generate sends for a question with no input (render_text's no-input path)."""
-    if spec.field_output is None:  # completion: the prompt is the text
-        return PromptTemplate("{{ .Prompt }}", "", None, adds_bos)
-    no_input = spec.no_input_format if spec.no_input_format is not None else spec.format
-    turn = _split(no_input.format(instruction=_I, input=""), _I)
-    system_turn = _split(spec.system_format.format(system=_S), _S) if spec.system_format else None
+def text_format(spec: TextSpec, adds_bos: bool, eos: str | None) -> PromptTemplate:
+    """custom / alpaca / completion: each turn as training laid out one row (render_text's no-input path), its
+    answer followed by EOS (appended to every trained answer), the system format once in front.
+
+    The Go template is Ollama's `.Prompt`/`.Response` kind: Ollama renders it once per past turn with that turn's
+    answer in `.Response`, then once for the new question with everything after `{{ .Response }}` cut, so earlier
+    answers reach the model as `answer + EOS`, as the GGUF's Jinja template renders them too."""
+    end = eos or ""
+    if spec.field_output is None:  # completion: the prompt is the text, the answer its continuation
+        turn: tuple[str, str] | None = ("", "")
+    else:
+        no_input = spec.no_input_format if spec.no_input_format is not None else spec.format
+        turn = _split(no_input.format(instruction=_I, input=""), _I)
+    system_turn = (
+        _split(spec.system_format.format(system=_S), _S)
+        if spec.system_format and spec.field_output is not None
+        else None
+    )
     if turn is None:
         return PromptTemplate(
             None, "", None, adds_bos, "note: the format does not hold {instruction} once: no TEMPLATE"
         )
-    go = _go_text(turn[0]) + "{{ .Prompt }}" + _go_text(turn[1])
+    go = _go_text(turn[0]) + "{{ .Prompt }}" + _go_text(turn[1]) + "{{ .Response }}" + _go_text(end)
     jinja_turn = _jinja_text(turn[0]) + "{{ message['content'] }}" + _jinja_text(turn[1])
     jinja_system = ""
     if system_turn is not None:
@@ -82,7 +96,8 @@ def text_format(spec: TextSpec, adds_bos: bool) -> PromptTemplate:
         )  # fmt: skip
     jinja = (
         jinja_system + "{%- for message in messages %}{%- if message['role'] == 'user' %}" + jinja_turn
-        + "{%- elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{%- endif %}{%- endfor %}"
+        + "{%- elif message['role'] == 'assistant' %}{{ message['content'] }}" + _jinja_text(end)
+        + "{%- endif %}{%- endfor %}"
     )  # fmt: skip
     return PromptTemplate(go, spec.system_prompt_no_input if system_turn else "", jinja, adds_bos)
 
