@@ -263,7 +263,11 @@ def test_interrupted_run_uses_newest_checkpoint(tmp_path, tiny_model_dir, capsys
     capsys.readouterr()
     out = tmp_path / "out"
     newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["config.yml", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "config.yml",
+        "metrics.jsonl",
+        "status.json",
+    ]
     text = Path(card.write_card(out)).read_text()
     assert f'adapter = "{out}/{newest.name}"' in text
     state = read(newest, "trainer_state.json")

@@ -94,6 +94,29 @@ def preprocess(
     data.preprocess_command(cfg, inspect=inspect)
 
 
+@app.command("data")
+def data_(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    against: Annotated[
+        Optional[list[Path]],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            "--against",
+            help="A file of rows (in datasets[0]'s format) to check the training rows against: exact rows and "
+            "13-gram overlap, the usual contamination test (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Every figure as one JSON object.")] = False,
+) -> None:
+    """What the prepared training and eval sets hold, with the tokenizer only (no model): per source rows kept
+    and dropped, tokens, lengths, labels; duplicates; overlap with the eval split and --against files.
+    Writes data_report.{json,md,png} next to the prepared data."""
+    from finetune.data import report_files
+
+    report_files.data_command(_load(config, set_), [str(p) for p in against or []], json_)
+
+
 MemoryOpt = Annotated[
     Optional[float],  # noqa: UP045 - typer needs Optional here
     typer.Option(

@@ -72,6 +72,14 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
                 problems.append(
                     ((key, i, "overlap_len"), f"must be less than sequence_len ({cfg.sequence_len})")
                 )
+            if ds.weight > 1 and cfg.dataset_exact_deduplication:
+                problems.append(
+                    (
+                        (key, i, "weight"),
+                        f"{ds.weight:g} repeats rows that dataset_exact_deduplication removes again: "
+                        "set one of them",
+                    )
+                )
     return problems + preference_checks(cfg)
 
 

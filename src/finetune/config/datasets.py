@@ -138,6 +138,11 @@ class DatasetConfig(StrictModel):
     )
     data_files: str | list[str] | None = Field(None, description="Files to read inside `path`.")
     split: str = Field("train", description="Split to read.")
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="How much of this entry to train on (axolotl's key): below 1 keeps a seeded random share of its rows (`seed`) before tokenization; above 1 repeats it, whole copies plus a seeded share for the fraction (2.5: every row twice, half of them a third time), which axolotl cannot. Exact row counts: round(weight × rows). Part of the cache fingerprint; `finetune data` and the training summary show each entry's rows and trained tokens before and after, and its share of the trained tokens.",
+    )
     name: str | None = Field(None, description="Dataset configuration name (hub datasets).")
     revision: str | None = Field(None, description="Hub dataset revision.")
     field: str | None = Field(None, description="`completion`: the column holding the raw text.")

@@ -25,7 +25,10 @@ from finetune.data import encode, formats, report, sources
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_json
 
-FORMAT_VERSION = 2  # bump when the token layout changes, so caches written by older code are not reused
+FORMAT_VERSION = 3  # bump when the token layout changes, so caches written by older code are not reused
+SOURCE = (
+    "source"  # SFT caches: the dataset entry each row came from (the data report's); training never sees it
+)
 STATS_FILE = "finetune_stats.json"
 # Config keys that change the prepared tokens (dataset entries and the tokenizer are hashed separately).
 TOKEN_KEYS = (
@@ -47,7 +50,7 @@ TOKEN_KEYS = (
 class PreparedData:
     """Tokenized data: columns input_ids, attention_mask, labels (-100 = not trained)."""
 
-    train: Any  # datasets.Dataset
+    train: Any  # datasets.Dataset (without the cache's `source` column: see load_prepared)
     eval: Any | None  # datasets.Dataset from val_set_size or test_datasets, else None
     stats: dict  # rows_in, rows_kept, dropped_too_long, truncated, empty_answer, duplicates, tokens, trained_tokens ...
     path: Path | None  # the cache folder (None when built in memory by a non-main process)
@@ -74,6 +77,7 @@ def prepare(cfg: Config, tokenizer, is_main: bool = True) -> PreparedData:
         return data
     train, eval_, stats = build(cfg, tokenizer, show_progress=is_main)
     if not is_main:
+        train, eval_ = (_without_source(t) for t in (train, eval_))
         return PreparedData(_dataset(train), _dataset(eval_) if eval_ is not None else None, stats, None)
     try:
         _save(folder, train, eval_, stats, inputs)
@@ -118,6 +122,10 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
         if cfg.dataset_exact_deduplication:  # a test row that is also a training row measures nothing
             eval_, test_stats["duplicates"] = encode.deduplicate(eval_, against=train)
             test_stats["rows_kept"] -= test_stats["duplicates"]
+        if not eval_.num_rows:  # an empty split would be saved as a folder datasets cannot read back
+            limits = {"sequence_len": cfg.sequence_len, "excess_length_strategy": cfg.excess_length_strategy}
+            why = report.removals({**test_stats, **limits, "min_sample_len": cfg.min_sample_len})
+            raise UserError(f"test_datasets: no rows left to evaluate on ({why})")
         train, _ = encode.split(train, 0, cfg.seed, cfg.shuffle_merged_datasets)
         stats["test_datasets"] = test_stats
     else:
@@ -146,18 +154,20 @@ def no_datasets_bars():
 
 
 def _encode_entries(cfg, entries, key, tokenizer, processes, bars):
+    """The entries' rows, tokenized and filtered, with a `source` column (the entry's index) + counts."""
+    import numpy as np
     import pyarrow as pa
 
-    tables, totals = [], dict.fromkeys(encode.COUNTERS, 0)
+    tables, totals, entries_out = [], dict.fromkeys(encode.COUNTERS, 0), []
     for i, ds in enumerate(entries):
         where = f"{key}[{i}]"
         fmt = formats.build_format(cfg, ds, where, tokenizer)
-        table, counts = encode.encode_sources(
-            sources.load_sources(ds, where), fmt, tokenizer, processes, bars
-        )
-        tables.append(table)
+        loaded = sources.load_sources(ds, where, cfg.seed)
+        table, counts = encode.encode_sources(loaded, fmt, tokenizer, processes, bars)
+        entries_out.append(encode.entry_stats(where, ds, loaded, counts, table))
+        tables.append(table.append_column(SOURCE, pa.array(np.full(table.num_rows, i, np.int16))))
         totals = {k: totals[k] + counts[k] for k in totals}
-    return pa.concat_tables(tables), totals
+    return pa.concat_tables(tables), {**totals, "sources": entries_out}
 
 
 # ---------------------------------------------------------------- the cache
@@ -239,16 +249,29 @@ def _save(folder: Path, train, eval_, stats: dict, inputs: dict) -> None:
         atomic_write_json(tmp / STATS_FILE, {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "stats": stats})
 
 
-def load_prepared(folder: str | os.PathLike) -> PreparedData:
-    """A prepared-data folder (written by `prepare`) as PreparedData."""
+def load_prepared(folder: str | os.PathLike, with_source: bool = False) -> PreparedData:
+    """A prepared-data folder (written by `prepare`) as PreparedData; the `source` column only when asked
+    (the data report): the model's inputs are input_ids, attention_mask and labels alone."""
     import datasets
 
     folder = Path(folder)
     saved = datasets.load_from_disk(str(folder))
     stats = json.loads((folder / STATS_FILE).read_text())["stats"]
-    if isinstance(saved, datasets.DatasetDict):
-        return PreparedData(saved["train"], saved["validation"], stats, folder)
-    return PreparedData(saved, None, stats, folder)
+    train, eval_ = (
+        (saved["train"], saved["validation"]) if isinstance(saved, datasets.DatasetDict) else (saved, None)
+    )
+    if not with_source:
+        train, eval_ = (_without_source(t) for t in (train, eval_))
+    return PreparedData(train, eval_, stats, folder)
+
+
+def _without_source(table):
+    """A table (Arrow or datasets) without the `source` column, when it has one."""
+    if table is None or SOURCE not in table.column_names:
+        return table
+    return (
+        table.remove_columns([SOURCE]) if hasattr(table, "remove_columns") else table.drop_columns([SOURCE])
+    )
 
 
 # ---------------------------------------------------------------- prompts for generation (issue 9)

@@ -42,6 +42,28 @@ def encode_sources(sources, fmt: formats.Format, tokenizer, processes: int, prog
     return (pa.concat_tables(tables) if tables else _empty()), counts
 
 
+def entry_stats(where: str, ds, sources, counts: dict, table) -> dict:
+    """One dataset entry's figures for the data report: rows and trained tokens before and after `weight`.
+
+    Before weighting: rows read from the files; trained tokens of one copy of every kept row when the weight
+    is 1 or more (the copies are identical), unknown below 1 (the rows left out were never tokenized).
+    """
+    tokens, trained = token_counts(table)
+    once = counts.get("trained_once")
+    return {
+        "key": where,
+        "path": ds.path,
+        "weight": ds.weight,
+        "rows_read": sum(src.rows_read if src.rows_read is not None else len(src.dataset) for src in sources),
+        "rows_weighted": sum(len(src.dataset) for src in sources),
+        "rows_kept": table.num_rows,
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "trained_tokens_before": trained if ds.weight == 1 else once if ds.weight > 1 else None,
+        "removed": {k: int(counts[k]) for k in COUNTERS[2:] if counts.get(k)},
+    }
+
+
 def _schema():
     import pyarrow as pa
 
@@ -167,6 +189,7 @@ def _filter(table, src, fmt: formats.Format):
 
         kept = pa.concat_tables([kept, chunks])
     counts = {
+        "trained_once": _trained_once(table, src, fmt, keep, to_split),
         "rows_in": len(status),
         "rows_kept": kept.num_rows,
         "dropped_too_long": int(too_long.sum() + cut_to_nothing.sum()),
@@ -178,6 +201,15 @@ def _filter(table, src, fmt: formats.Format):
         "chunks": chunks.num_rows if chunks is not None else 0,
     }
     return kept.add_column(1, "attention_mask", _ones_like(kept["input_ids"])), counts
+
+
+def _trained_once(table, src, fmt: formats.Format, keep, to_split) -> int:
+    """Trained tokens of the kept rows of the first whole copy (weight >= 1: positions < rows_read)."""
+    first = np.arange(len(keep)) < (src.rows_read if src.rows_read is not None else len(keep))
+    trained = int(table["trained"].to_numpy()[keep & first].sum())
+    if (to_split & first).any():
+        trained += token_counts(_chunks(table.filter(to_split & first), fmt))[1]
+    return trained
 
 
 def _chunks(table, fmt: formats.Format):

@@ -89,12 +89,15 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
     kto = cfg.rl == "kto"
     extra = ("unpaired_rows", "pairs_split") if kto else ()
     tables, totals = [], dict.fromkeys((*COUNTERS, "duplicates", "prompt_truncated", *extra), 0)
+    entries_out = []
     progress = report.progress() if show_progress else None
     with progress or nullcontext():
         for i, ds in enumerate(entries):
             where = f"{key}[{i}]"
             specs = {}  # built on first use: an entry's files are pairs or unpaired rows (its columns tell)
-            for src in sources.load_sources(ds, where):
+            first = len(tables)
+            loaded = sources.load_sources(ds, where, cfg.seed)
+            for src in loaded:
                 rows = unpaired_format.reads_unpaired(ds, src.dataset.column_names)
                 if rows and not kto:
                     raise UserError(unpaired.refusal(cfg, where, src.label))
@@ -117,9 +120,31 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
                     start += n
                     if progress:
                         progress.advance(task, n)
+            mine = tables[first:]
+            entry = pa.concat_tables(mine) if mine else (unpaired.table() if kto else _empty())
+            counts = unpaired.token_counts if kto else token_counts
+            entries_out.append(_entry_stats(where, ds, loaded, entry, counts))
+    totals["sources"] = entries_out
     if not tables:
         return (unpaired.table() if kto else _empty()), totals
     return pa.concat_tables(tables), totals
+
+
+def _entry_stats(where: str, ds, loaded, table, counts) -> dict:
+    """encode.entry_stats for pairs and unpaired rows: before weighting, tokens are known at weight 1 only."""
+    tokens, trained = counts(table)
+    read = sum(src.rows_read if src.rows_read is not None else len(src.dataset) for src in loaded)
+    return {
+        "key": where,
+        "path": ds.path,
+        "weight": ds.weight,
+        "rows_read": read,
+        "rows_weighted": sum(len(src.dataset) for src in loaded),
+        "rows_kept": table.num_rows,
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "trained_tokens_before": trained if ds.weight == 1 else None,
+    }
 
 
 def _encode_batch(spec, tokenizer, batch: dict) -> dict:

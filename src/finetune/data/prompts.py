@@ -38,13 +38,14 @@ def build(cfg: Config, tokenizer):
             f"trl.max_completion_length: {completion_length(cfg)} leaves no room for a prompt in "
             f"sequence_len {cfg.sequence_len}: raise sequence_len or lower it"
         )
-    bos = _bos_added_by(tokenizer)
+    bos, entries = _bos_added_by(tokenizer), []
     for i, ds in enumerate(cfg.datasets):
         where = f"datasets[{i}]"
         fmt = formats.build_format(cfg, ds, where, tokenizer)
         if isinstance(fmt.spec, formats.SegmentsSpec):
             raise UserError(f"{where}.type: input_output has no prompt/answer split for rl: grpo")
-        for src in sources.load_sources(ds, where):
+        loaded, before = sources.load_sources(ds, where, cfg.seed), len(columns["prompt"])
+        for src in loaded:
             prompts, references, rows = [], [], []
             for n, row in enumerate(src.dataset):
                 stats["rows_in"] += 1
@@ -68,6 +69,17 @@ def build(cfg: Config, tokenizer):
                 columns["prompt"].append(prompt)
                 columns["reference"].append(reference)
                 columns["source"].append(src.where(n))
+        entries.append(
+            {
+                "key": where,
+                "path": ds.path,
+                "weight": ds.weight,
+                "rows_read": sum(s.rows_read if s.rows_read is not None else len(s.dataset) for s in loaded),
+                "rows_weighted": sum(len(s.dataset) for s in loaded),
+                "rows_kept": len(columns["prompt"]) - before,
+            }
+        )
+    stats["sources"] = entries
     stats["rows_kept"] = stats["train_rows"] = len(columns["prompt"])
     stats["eval_rows"] = 0
     stats["sequence_len"], stats["max_completion_length"] = cfg.sequence_len, completion_length(cfg)

@@ -108,9 +108,40 @@ def summary(
         f"{count(stats['tokens'], 'train tokens')} ({stats['trained_tokens']:,} {trained}) — {how} at {folder}"
     )
     console.print(f"data: {describe(stats)}")
+    for line in source_lines(stats):
+        console.print(f"data: {escape(line)}")
     if "test_datasets" in stats:
         test = {**stats, **stats["test_datasets"]}
         console.print(f"data: test_datasets: {count(test['rows_in'], 'rows')} in; {describe(test)}")
+
+
+def source_lines(stats: dict, always: bool = False) -> list[str]:
+    """Per dataset entry: rows and trained tokens before -> after `weight`, and its share of the trained
+    tokens (of the prepared rows, before the eval split). Only when weights or several entries make it
+    worth a line each, unless `always`."""
+    entries = stats.get("sources") or []
+    if not always and len(entries) < 2 and all(e["weight"] == 1 for e in entries):
+        return []
+    total = sum(e.get("trained_tokens") or 0 for e in entries)
+    lines = []
+    for e in entries:
+        rows = f"{e['rows_read']:,} rows read"
+        if e["weight"] != 1:
+            rows += f" -> {e['rows_weighted']:,} weighted"
+        line = f"{e['key']} {e['path']} (weight {e['weight']:g}): {rows}, {e['rows_kept']:,} kept"
+        if "trained_tokens" in e:
+            before = e.get("trained_tokens_before")
+            if before is None:  # weight < 1: the rows left out were never tokenized
+                before_text = f"≈{e['trained_tokens'] / e['weight']:,.0f}"
+            else:
+                before_text = f"{before:,}"
+            tokens = f"{e['trained_tokens']:,} trained tokens"
+            if e["weight"] != 1:
+                tokens = f"trained tokens {before_text} -> {e['trained_tokens']:,}"
+            share = e["trained_tokens"] / total if total else 0
+            line += f"; {tokens} ({share:.0%} of all trained)"
+        lines.append(line)
+    return lines
 
 
 def examples(dataset, tokenizer, n: int) -> None:

@@ -37,9 +37,13 @@ class Source:
     loader: str  # json, csv, parquet, arrow, text, or hub
     dataset: Any
     path: Path | None = None
+    rows: Any = None  # after `weight`: the file's row index of each row of `dataset` (None: unweighted)
+    rows_read: int | None = None  # rows in the file before `weight` (None: unweighted)
 
     def where(self, row: int) -> str:
         """`file.jsonl:LINE` for line-based files, `file.csv: row N` (0-based row index) otherwise."""
+        if self.rows is not None:
+            row = int(self.rows[row])
         if self.path is not None and self.loader == "json" and not _is_json_array(self.path):
             return f"{self.label}:{_jsonl_line(self.path, row)}"
         return f"{self.label}: row {row}"
@@ -77,8 +81,46 @@ def local_files(ds: DatasetConfig, where: str) -> list[tuple[Path, str]] | None:
     return files
 
 
-def load_sources(ds: DatasetConfig, where: str) -> list[Source]:
-    """Every file of a dataset entry (or its hub split), loaded."""
+def load_sources(ds: DatasetConfig, where: str, seed: int = 0) -> list[Source]:
+    """Every file of a dataset entry (or its hub split), loaded, and weighted by `ds.weight` (`weighted`)."""
+    return weighted(_load(ds, where), ds.weight, seed, where)
+
+
+def weight_rows(n: int, weight: float, seed: int, where: str):
+    """The row indices an entry of n rows keeps under `weight`: round(weight × n) of them.
+
+    Below 1, a seeded random round(weight × n) rows; above 1, int(weight) whole copies, then a seeded random
+    round((weight - int(weight)) × n) rows. Each part is in file order. The generator is seeded by `seed`
+    and the entry's key path, so two entries with the same weight draw different rows, and a rerun the same.
+    """
+    import zlib
+
+    import numpy as np
+
+    rng = np.random.default_rng([seed, zlib.crc32(where.encode())])
+    whole = int(weight)
+    extra = round((weight - whole) * n)
+    part = np.sort(rng.choice(n, size=extra, replace=False)) if extra else np.zeros(0, np.int64)
+    return np.concatenate([np.tile(np.arange(n), whole), part]).astype(np.int64)
+
+
+def weighted(sources: list[Source], weight: float, seed: int, where: str) -> list[Source]:
+    """The entry's sources with `weight` applied over all their rows together (one draw per entry)."""
+    if weight == 1:
+        return sources
+    import numpy as np
+
+    sizes = [len(src.dataset) for src in sources]
+    picks = weight_rows(sum(sizes), weight, seed, where)
+    out, start = [], 0
+    for src, size in zip(sources, sizes, strict=True):
+        mine = picks[(picks >= start) & (picks < start + size)] - start  # copies first, then the share
+        out.append(Source(src.label, src.loader, src.dataset.select(mine), src.path, np.asarray(mine), size))
+        start += size
+    return out
+
+
+def _load(ds: DatasetConfig, where: str) -> list[Source]:
     import datasets
 
     files = local_files(ds, where)

@@ -99,6 +99,10 @@ def run(
         train_set, eval_set = smoke_rows(cfg, train_set, eval_set, notes)
     say_notes()
     console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
+    if is_main and not smoke:  # the data report (`finetune data`): three lines, a warning when eval rows leak
+        from finetune.data import report_files
+
+        report_files.show_for_training(report_files.for_training(cfg, tokenizer, prepared.path), console)
     # on CPU: a step's activations keep their pages from step to step (fewer page faults), unless RAM is tight
     heap = fit_check_module.cpu_heap(cfg, train_set, checked, predicted, notes)
     applied = tune_cpu_heap and not smoke and compute.cpu_heap(compact=heap == "compact")

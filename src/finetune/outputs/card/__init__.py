@@ -121,6 +121,16 @@ def _link(name: str, kind: str = "") -> str:
     return f"[{name}](https://huggingface.co/{kind}{name})" if is_hub_id(name) else f"`{name}`"
 
 
+def _data_phrase(cfg: Config) -> str:
+    """The datasets as links, each with its `weight` when it is not 1 (a share of the rows, or repeats)."""
+    if all(d.weight == 1 for d in cfg.datasets):
+        return ", ".join(_link(p, "datasets/") for p in _datasets(cfg))
+    return ", ".join(
+        _link(d.path, "datasets/") + (f" (weight {d.weight:g})" if d.weight != 1 else "")
+        for d in cfg.datasets
+    )
+
+
 def _base_phrase(run: Run) -> str:
     """The base as the card names it: a hub link, a local folder, or a GGUF file and its quantization."""
     cfg = run.cfg
@@ -137,7 +147,7 @@ def _base_phrase(run: Run) -> str:
 def _description(run: Run, merged: Merged | None) -> str:
     cfg, state = run.cfg, run.state
     base = _base_phrase(run)
-    data = ", ".join(_link(p, "datasets/") for p in _datasets(cfg))
+    data = _data_phrase(cfg)
     steps = state.get("global_step")
     length = (
         f"{cfg.max_steps} steps"
