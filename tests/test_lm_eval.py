@@ -90,6 +90,14 @@ def test_eval_tasks_equal_lm_evals_own_command_on_the_merged_folder(smollm2_gguf
             # probabilities' Brier score agrees far below the card's 4 decimals
             assert value == pytest.approx(theirs[task][metric], abs=1e-5), (task, metric)
     assert 0 < saved[GEN]["finetuned"]["metrics"]["exact_match,none"] < 1  # the greedy answers were read
+    # `finetune eval --tasks` on the merged folder itself: the same numbers again
+    on_merged = CliRunner().invoke(app, ["eval", str(merged), *args[2:]])
+    assert on_merged.exit_code == 0, on_merged.output
+    merged_saved = json.loads((merged / "eval_results.json").read_text())["lm_eval"]
+    for task in (MC, GEN):
+        assert merged_saved[task]["finetuned"]["model"] == "merged"
+        for metric, value in merged_saved[task]["finetuned"]["metrics"].items():
+            assert value == pytest.approx(theirs[task][metric], abs=1e-5), (task, metric)
 
     # the card: base → run for every task and metric, and the run's figures in the model-index
     card = (run / "README.md").read_text()
