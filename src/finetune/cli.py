@@ -366,8 +366,27 @@ def generate_(
 def eval_(
     output_dir: RunDirArg,
     data: Annotated[
-        Path, typer.Option(help="Rows to score: a JSONL, JSON (array) or CSV file.", show_default=False)
-    ],
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Rows to score: a JSONL, JSON (array) or CSV file.", show_default=False),
+    ] = None,
+    tasks: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Instead of --data: lm-evaluation-harness tasks, comma-separated (any task lm-eval knows, "
+            "your own with --include-path, or a task YAML file); needs `pip install 'finetune[eval]'`.",
+            show_default=False,
+        ),
+    ] = None,
+    include_path: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="--tasks: a folder of your own lm-eval task YAMLs.", show_default=False),
+    ] = None,
+    num_fewshot: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="--tasks: few-shot examples per prompt (default: each task's own).", show_default=False
+        ),
+    ] = None,
     field_input: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Column with the question (default: the training format's).", show_default=False),
@@ -383,9 +402,9 @@ def eval_(
     ] = "auto",
     limit: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="Score only the first N rows.", show_default=False),
+        typer.Option(help="Score only the first N rows (of each task with --tasks).", show_default=False),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts generated together (left padding).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated (or scored, --tasks) together.")] = 8,
     max_new_tokens: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(help="Longest answer (default: longest target + 16 tokens).", show_default=False),
@@ -403,7 +422,22 @@ def eval_(
     dataset: DatasetOpt = 0,
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
-    """Score greedy answers on a JSONL file in the training format; results into eval_results.json and the card."""
+    """Score greedy answers on a JSONL file in the training format (--data), or run lm-evaluation-harness tasks on
+    the run's model (--tasks); results into eval_results.json and the card (--base-only: the base's, for before → after)."""
+    if (data is None) == (tasks is None):
+        raise UserError(
+            "finetune eval: give --data FILE (your rows) or --tasks NAMES (lm-eval tasks), one of the two"
+        )
+    if tasks is not None:
+        from finetune.inference import harness
+
+        harness.run(
+            output_dir, tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
+            batch_size=batch_size, base_only=base_only, out=out, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        return
+    if include_path is not None or num_fewshot is not None:
+        raise UserError("--include-path and --num-fewshot go with --tasks (lm-eval), not --data")
     from finetune.inference import evaluate
 
     evaluate.run(

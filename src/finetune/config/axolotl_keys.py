@@ -126,17 +126,10 @@ UNSUPPORTED: dict[str, tuple] = {
     "save_only_model": (),
     "save_safetensors": (True,),
     "save_first_step": (),
-    # --- hub and trackers other than W&B
+    # --- hub, and trackers other than W&B, MLflow, TensorBoard and Trackio (config/keys_tracking.py)
     "push_to_hub": (),
-    "use_tensorboard": (),
-    "use_mlflow": (),
-    "mlflow_tracking_uri": (),
-    "mlflow_experiment_name": (),
     "use_comet": (),
     "comet_project_name": (),
-    "trackio_project_name": (),
-    "trackio_run_name": (),
-    "trackio_space_id": (),
     "torchdistx_path": (),
     # --- every other key of axolotl's schema (utils/schemas/*.py), accepted only when off
     "adam_beta3": (),
@@ -203,7 +196,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "gradio_title": (),
     "greater_is_better": (),
     "heads_k_stride": (),
-    "hf_mlflow_log_artifacts": (),
     "include_tkps": (),
     "large_head_attention": (),
     "layer_offloading": (),
@@ -212,7 +204,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "merge_lora": (),
     "merge_method": (),
     "metric_for_best_model": (),
-    "mlflow_run_name": (),
     "model_kwargs": (),
     "num_dataset_shards_to_save": (),
     "num_generation_samples": (),
@@ -277,7 +268,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "use_otel_metrics": (),
     "use_pose": (),
     "use_ray": (),
-    "use_trackio": (),
     "use_wandb": (),
     # --- cloud launchers (axolotl cloud configs)
     "provider": (),

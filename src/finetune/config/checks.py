@@ -47,7 +47,8 @@ ATTENTION_FLAGS = {
 }
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
-PLUGINS = (LIGER_PLUGIN, CCE_PLUGIN)
+LM_EVAL_PLUGIN = "axolotl.integrations.lm_eval.LMEvalPlugin"  # lm_eval_tasks is what takes effect
+PLUGINS = (LIGER_PLUGIN, CCE_PLUGIN, LM_EVAL_PLUGIN)
 RL_METHODS = ("dpo", "grpo", "kto", "orpo", "simpo")
 RL_LATER = ("ipo",)  # axolotl's other rl: values, refused (ipo is a DPO loss here)
 PAIR_METHODS = ("dpo", "kto", "orpo", "simpo")  # trained on the preference data finetune reads

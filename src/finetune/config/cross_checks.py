@@ -9,6 +9,7 @@ from finetune.config.fsdp import fsdp_settings
 from finetune.config.fsdp import requested as fsdp_requested
 from finetune.config.full_checks import full_checks
 from finetune.config.keys_hub import hub_checks
+from finetune.config.keys_tracking import tracking_checks
 from finetune.config.schema import Config
 
 
@@ -41,7 +42,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
         )
     for i, plugin in enumerate(cfg.plugins or []):
         if plugin not in PLUGINS:
-            problems.append((("plugins", i), f"{plugin} is not supported (only {' and '.join(PLUGINS)})"))
+            problems.append((("plugins", i), f"{plugin} is not supported (only {', '.join(PLUGINS)})"))
     if cfg.liger_cross_entropy and cfg.liger_fused_linear_cross_entropy:
         problems.append(
             (
@@ -51,6 +52,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
         )
     problems += gguf_checks(cfg) + full_checks(cfg)
     problems += hub_checks(cfg)
+    problems += tracking_checks(cfg)
     problems += fsdp_settings(cfg)[1]
     if fsdp_requested(cfg):
         if cfg.training_kind != "sft":

@@ -181,7 +181,7 @@ class TrainingKeys(StrictModel):
     # --- Liger kernels (GPU, `pip install liger-kernel`; skipped on CPU): fused Triton kernels, less memory
     plugins: list[str] | None = Field(
         None,
-        description="axolotl plugins: axolotl.integrations.liger.LigerPlugin (its liger_* keys below are what takes effect) and axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin (turns cut_cross_entropy on, as in axolotl).",
+        description="axolotl plugins: axolotl.integrations.liger.LigerPlugin (its liger_* keys below are what takes effect) axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin (turns cut_cross_entropy on, as in axolotl) and axolotl.integrations.lm_eval.LMEvalPlugin (accepted; its lm_eval_* keys below are what takes effect).",
     )
     cut_cross_entropy: bool | None = Field(
         None,

@@ -18,14 +18,15 @@ from finetune.config.checks import CCE_PLUGIN, PAIR_METHODS
 from finetune.config.datasets import looks_local
 from finetune.config.keys_hub import HubKeys
 from finetune.config.keys_model import DataKeys, ModelKeys, Positive  # noqa: F401 - Positive re-exported
+from finetune.config.keys_tracking import TrackingKeys
 from finetune.config.keys_train import PreferenceKeys, TrainingKeys
 
 
-class Config(HubKeys, PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
+class Config(TrackingKeys, HubKeys, PreferenceKeys, TrainingKeys, DataKeys, ModelKeys):
     """Every key a finetune run reads. Names follow axolotl so existing configs work unchanged.
 
     (pydantic orders inherited fields from the last base to the first: model, data, training, preference,
-    hub.)
+    hub, then lm-eval and the trackers.)
     """
 
     # The config file's folder (set by config.load): where `trl.reward_funcs` modules are found (and, by train only, imported).

@@ -21,7 +21,7 @@ from finetune.errors import UserError
 from finetune.model import compute
 from finetune.outputs import run_files as outputs
 from finetune.train import arguments as trainer_args
-from finetune.train import checkpoints, distributed, tracking
+from finetune.train import checkpoints, distributed, lm_eval_end, tracking
 from finetune.train import fit_check as fit_check_module
 from finetune.train.assemble import build_trainer
 from finetune.train.smoke import smoke_config, smoke_rows
@@ -65,8 +65,14 @@ def run(
         cfg, predicted, checked = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
+    lm_eval_tasks = None
     if is_main:
         tracking.check_wandb_credentials(cfg)
+        tracking.check_trackers(cfg)
+        lm_eval_tasks = lm_eval_end.check(cfg)  # an unknown task name stops the run before anything loads
+        if skipped := lm_eval_end.skip_reason(cfg, smoke):
+            notes.append(skipped)
+            lm_eval_tasks = None
     console.quiet = not is_main  # the other ranks would print the same lines again
 
     # --- where we start: a fresh folder, or the last complete checkpoint of this one
@@ -147,7 +153,8 @@ def run(
     from finetune.train import hub_push
 
     hub_failure = None
-    with _environ(tracking.wandb_environment(cfg, str(output_dir))):
+    trackers = {**tracking.wandb_environment(cfg, str(output_dir)), **tracking.tracker_environment(cfg)}
+    with _environ(trackers), tracking.mlflow_run(cfg, trainer.is_world_process_zero()) as mlflow_facts:
         try:
             result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
         except BaseException:  # e.g. a reward function's one-line error: give the signal handlers back
@@ -168,12 +175,14 @@ def run(
 
         # --- outputs: only the main process writes
         if trainer.is_world_process_zero():
-            facts = {**run_facts(trainer, prec, cfg), **predicted}
+            facts = {**run_facts(trainer, prec, cfg), **predicted, **(mlflow_facts or {})}
             tokens = throughput.session_tokens(trainer.state)
             train_res, all_res = outputs.results(
                 trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts
             )
             outputs.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
+            if lm_eval_tasks is not None:  # lm_eval_tasks: scored now, so the card carries the scores
+                lm_eval_end.run(cfg, lm_eval_tasks, trainer.model, tokenizer, output_dir, console)
             _write_card(output_dir)
             _finish_wandb(cfg, all_res)
             summary = outputs.summary_lines(output_dir, all_res)
@@ -217,6 +226,7 @@ def run_facts(trainer, prec, cfg: Config) -> dict:
 
     facts = {
         **gguf_base.facts(cfg),  # a GGUF base: its file and quantization
+        **({"trackio_project": trainer.args.project} if cfg.trackio_on else {}),  # the card names it
         **distributed.facts(trainer),  # distributed type, ZeRO stage, processes, global batch size
         "mixed_precision": "bf16" if prec.bf16 else "fp16" if prec.fp16 else "no",
         # models/tiny looks like a hub id from another folder: the card (run_dir.hub_base) reads this

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from finetune.config import Config
 from finetune.config.fsdp import requested as fsdp_requested
 from finetune.model import Precision
-from finetune.train import distributed, fsdp
+from finetune.train import distributed, fsdp, tracking
 
 BNB_OPTIMIZERS = {
     "adamw_bnb_8bit": "AdamW8bit",
@@ -247,8 +247,7 @@ def training_arguments(
         **_ddp(cfg, notes),
         **fsdp.trainer_arguments(cfg, distributed.world_size(), on_gpu, notes),
         "ddp_timeout": cfg.ddp_timeout,
-        "report_to": ["wandb"] if cfg.use_wandb else "none",
-        "run_name": cfg.run_name,
+        **tracking.trainer_arguments(cfg),  # report_to (W&B, MLflow, TensorBoard, Trackio) and run_name
         # tokens/s counts real tokens only: padding is work, not progress
         "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,  # progress is drawn by finetune's rich callback

@@ -19,8 +19,9 @@ import yaml
 from finetune import config as config_module
 from finetune.config import Config
 from finetune.files import atomic_write_text
-from finetune.outputs import eval_results
+from finetune.outputs import eval_results, lm_eval_results
 from finetune.outputs.card import preference as card_preference
+from finetune.outputs.card.tracking import tracking_section
 from finetune.outputs.card.training import (
     eval_metrics,
     fmt,
@@ -106,6 +107,7 @@ def metadata(run: Run, merged: Merged | None = None):
             )
         )  # fmt: skip
     results += [EvalResult(**entry) for entry in eval_results.model_index(run)]  # `finetune eval` scores
+    results += [EvalResult(**entry) for entry in lm_eval_results.model_index(run.results)]  # and lm-eval's
     hub_data = [p for p in _datasets(cfg) if is_hub_id(p)]
     return ModelCardData(
         base_model=base_id,
@@ -213,7 +215,7 @@ def body(run: Run, merged: Merged | None = None) -> str:
             f"Check after saving: max |logit difference| vs base + adapter = {merged.max_logit_diff:.3g}.",
             "",
         ]
-    generation = eval_results.card_section(run)
+    generation = eval_results.card_section(run) + lm_eval_results.card_section(run.results)
     parts += results_section(run) or (["## Results", ""] if generation else [])
     parts += generation
     snippet = usage_snippet(run, merged)
@@ -231,6 +233,7 @@ def body(run: Run, merged: Merged | None = None) -> str:
         parts += ["![Mean reward during training](reward.png)", ""]
     elif (run.output_dir / "loss.png").is_file():
         parts += ["![Training and validation loss](loss.png)", ""]
+    parts += tracking_section(run)
     parts += [
         "### Configuration",
         "",
