@@ -314,7 +314,7 @@ def test_overwrite_starts_from_an_empty_folder(tmp_path, finished, prepared_dir,
     with pytest.raises(SystemExit):
         train.run(cfg, overwrite=True, callbacks=[send_signal(2)])
     (ckpt,) = checkpoints.checkpoints(out)  # the step under way when the signal came
-    assert sorted(p.name for p in out.iterdir()) == [ckpt.name, "config.yml", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [ckpt.name, "config.yml", "metrics.jsonl", "status.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old run is gone, not left beside it
     assert run_dir.read_run(out).adapter["r"] == 4
     text = Path(card.write_card(out)).read_text()
