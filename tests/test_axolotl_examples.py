@@ -67,6 +67,7 @@ ACCEPTED = {
     # unfrozen_parameters: with no adapter (ZeRO-3), and beside QLoRA (issue 31)
     "mistral__bigstral__bigstral-ds-zero3.yaml",
     "gemma3__gemma-3-4b-qlora.yml",
+    "jamba__qlora_fsdp_large.yaml",  # use_tensorboard (issue 30)
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 

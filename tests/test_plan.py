@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import saved_activations
 from finetune import config
 from finetune.plan import devices, estimate, fixes, shapes
 from finetune.plan.report import make_plan
@@ -202,35 +203,12 @@ def test_gguf_shapes_from_metadata(smollm2_gguf):
 @pytest.mark.parametrize("targets", [None, ["q_proj", "v_proj"]])
 def test_saved_activations_per_layer_match_autograd(tmp_path, rows, targets):
     """One decoder layer's saved tensors (saved_tensors_hooks, parameters left out) per token, fp32 on CPU."""
-    torch = pytest.importorskip("torch")
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    pytest.importorskip("torch")
     from finetune.plan import memory, setting
 
-    dims = {"vocab_size": 512, "hidden_size": 96, "intermediate_size": 256, "num_attention_heads": 6,
-            "num_key_value_heads": 2}  # fmt: skip
+    dims = saved_activations.DIMS
     batch, seq = 2, 64
-
-    def saved_bytes(layers: int) -> int:
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, attn_implementation="sdpa", **dims))
-        targets_ = targets or "all-linear"
-        model = get_peft_model(model, LoraConfig(r=8, target_modules=targets_))
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            s = t.untyped_storage()
-            if s.data_ptr() not in params:
-                seen[s.data_ptr()] = s.nbytes()
-            return t
-
-        ids = torch.randint(0, 512, (batch, seq))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=ids, labels=ids)
-        return sum(seen.values())
-
-    measured = (saved_bytes(3) - saved_bytes(2)) / (batch * seq)
+    measured = saved_activations.per_layer_token(batch, seq, targets=targets or "all-linear")
     base = model_folder(tmp_path, {"model_type": "llama", "num_hidden_layers": 3, **dims})
     over = {"lora_target_linear": targets is None, "lora_target_modules": targets, "bf16": False}
     cfg = cfg_for(base, rows, **over)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import saved_activations
 from finetune import config
 from finetune.errors import UserError
 from finetune.plan import devices, estimate, memory, setting, shapes
@@ -45,34 +46,10 @@ def tiny_cfg(base: Path, rows: Path, tmp_path: Path, **over) -> config.Config:
 def test_dropout_and_eager_saved_activations_match_autograd(tmp_path, dropout, attn):
     """One decoder layer's saved tensors per token (saved_tensors_hooks, parameters left out): dropout keeps
     its noise and each adapter its own dropped input; eager attention keeps heads x T probabilities a token."""
-    torch = pytest.importorskip("torch")
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    dims = {"vocab_size": 512, "hidden_size": 96, "intermediate_size": 256, "num_attention_heads": 6,
-            "num_key_value_heads": 2}  # fmt: skip
+    pytest.importorskip("torch")
+    dims = saved_activations.DIMS
     batch, seq = 2, 64
-
-    def saved_bytes(layers: int) -> int:
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, attn_implementation=attn, **dims))
-        model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=dropout))
-        model.train()
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            s = t.untyped_storage()
-            if s.data_ptr() not in params:
-                seen[s.data_ptr()] = s.nbytes()
-            return t
-
-        ids = torch.randint(0, 512, (batch, seq))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=ids, labels=ids)
-        return sum(seen.values())
-
-    measured = (saved_bytes(3) - saved_bytes(2)) / (batch * seq)
+    measured = saved_activations.per_layer_token(batch, seq, attn=attn, dropout=dropout)
     folder = tmp_path / "base"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 3, **dims}))
