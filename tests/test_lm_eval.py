@@ -112,16 +112,28 @@ def test_eval_tasks_equal_lm_evals_own_command_on_the_merged_folder(smollm2_gguf
         assert (task, metric, value, "lm-evaluation-harness") in index
 
 
-def finetune_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    """The `finetune` command as a user runs it (a UserError: its lines on stderr, exit 2)."""
-    return subprocess.run(
-        [sys.executable, "-c", "from finetune.cli import main; main()", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=600,
+def finetune_cli(*args, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """The `finetune` command as the console script runs it (cli.main: a UserError's lines on stderr, exit 2),
+    in this process: lm-eval and torch are imported once for the module, not per command."""
+    from finetune import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["finetune", *map(str, args)])
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exited:
+        code = exited.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_unknown_task_is_one_line_before_anything_loads(tmp_path, monkeypatch, capsys):
+    result = finetune_cli(
+        "eval", tmp_path, "--tasks", f"{MC}x", "--include-path", TASKS_DIR, cwd=tmp_path, monkeypatch=monkeypatch,
+        capsys=capsys,
     )  # fmt: skip
-
-
-def test_unknown_task_is_one_line_before_anything_loads(tmp_path):
-    result = finetune_cli("eval", tmp_path, "--tasks", f"{MC}x", "--include-path", TASKS_DIR, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert f"--tasks: unknown lm-eval task: {MC}x (did you mean {MC}" in line
@@ -147,12 +159,14 @@ def test_lm_eval_tasks_score_the_model_when_training_ends(tiny_model_dir, tmp_pa
     assert "### lm-evaluation-harness" in card and f"| {MC} | acc | 3 | 0 | " in card
 
 
-def test_unknown_lm_eval_task_stops_training_before_it_starts(tiny_model_dir, tmp_path, write_config):
+def test_unknown_lm_eval_task_stops_training_before_it_starts(
+    tiny_model_dir, tmp_path, write_config, monkeypatch, capsys
+):
     from conftest import sentiment_config
 
     raw = sentiment_config(tmp_path, str(tiny_model_dir), rows=8, lm_eval_tasks=[MC, "arc_easyy"],
                            lm_eval_include_path=str(TASKS_DIR))  # fmt: skip
-    result = finetune_cli("train", write_config(raw), cwd=tmp_path)
+    result = finetune_cli("train", write_config(raw), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "lm_eval_tasks: unknown lm-eval task: arc_easyy (did you mean arc_easy" in line

@@ -5,14 +5,12 @@ part TRL sees, pairs split in two, length rules, the cache, and the one-line ref
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT
 from finetune import config, data
 from finetune.data import unpaired
 from finetune.data import unpaired_format as fmt
@@ -201,18 +199,21 @@ def test_test_datasets_hold_out_and_dedupe_against_training(tiny_model_dir, tmp_
     ],
 )  # fmt: skip
 def test_bad_unpaired_data_is_one_line_exit_2_and_nothing_written(
-    rows, rl, expected, tiny_model_dir, tmp_path
+    rows, rl, expected, tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
+    """`finetune train` as the console script runs it (cli.main, in this process: no interpreter start-up)."""
+    from finetune import cli
+
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     cfg = {"base_model": str(tiny_model_dir), "adapter": "lora", "rl": rl, "datasets": [{"path": str(path)}],
            "dataset_prepared_path": str(tmp_path / "prepared"), "output_dir": str(tmp_path / "out")}  # fmt: skip
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    result = subprocess.run(
-        [sys.executable, "-m", "finetune.cli", "train", str(tmp_path / "run.yaml")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == expected.format(path=path)
+    monkeypatch.setattr(sys, "argv", ["finetune", "train", str(tmp_path / "run.yaml")])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == expected.format(path=path)
     assert not (tmp_path / "out").exists() and not (tmp_path / "prepared").exists()
 
 
