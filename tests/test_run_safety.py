@@ -244,8 +244,6 @@ def test_a_run_saved_with_trust_remote_code_loads_its_base_only_with_the_users_f
     )
     refused = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
     assert refused == [[c[0], 1, expected] for c in commands]  # CliRunner: a UserError (exit 2 under main)
-    one = finetune("generate", run, "Is the market up?", cwd=ROOT)  # and as the user sees it
-    assert one.returncode == 2 and one.stderr.strip() == expected
     assert finetune("card", run, cwd=ROOT).returncode == 0  # reading alone loads no model: no flag needed
     assert not marker.exists()
     allowed = finetune(
