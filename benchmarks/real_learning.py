@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FPB = ROOT.parent / "shared" / "data" / "finlora" / "fpb_test.jsonl"
+# ../shared beside the checkout; a git worktree elsewhere names it with FINETUNE_SHARED
+SHARED = Path(os.environ.get("FINETUNE_SHARED", ROOT.parent / "shared"))
+FPB = SHARED / "data" / "finlora" / "fpb_test.jsonl"
 LABELS = ("negative", "neutral", "positive")
 HYPER = {"lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "micro_batch_size": 16, "seq_len": 512}
 
@@ -95,6 +97,7 @@ def run_finetune(work: Path, name: str, model: Path, train: Path, seed: int, **o
     return {
         "adapter": str(work / name),
         "wall_s": wall,
+        "loop_s": res.get("train_runtime"),
         "steps": res.get("global_step") or _steps(work / name),
         "peak_mb": res.get("peak_cpu_memory_mb"),
         "train_loss": res.get("train_loss"),
@@ -207,7 +210,7 @@ def main() -> None:
     )
     a = p.parse_args()
     if not FPB.is_file():
-        sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data)")
+        sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data; or set FINETUNE_SHARED)")
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     model, train, held = prepare(work, a.train_rows)
@@ -226,6 +229,10 @@ def main() -> None:
                     r = run_finetune(work, name, model, train, seed)
                 elif variant == "packed":
                     r = run_finetune(work, name, model, train, seed, sample_packing=True)
+                elif variant == "grouped":
+                    r = run_finetune(work, name, model, train, seed, group_by_length=True)
+                elif variant == "flattened":
+                    r = run_finetune(work, name, model, train, seed, batch_flattening=True)
                 else:
                     r = run_script(work, name, model, train, seed, a.train_rows)
                 r["eval"] = finetune_eval(Path(r["adapter"]), held)
