@@ -9,7 +9,7 @@ a whole epoch: a figure of the batches alone, and a cost per batch shape on the 
    what `LengthGroupedSampler` yields); slots = rows x longest row, summed over the epoch's 63 batches. No
    load on the machine can move these figures.
 2. Step cost: forward + backward + optimizer step of SmolLM2-135M-Instruct with LoRA r16 on all linear layers
-   (fp32, as real_learning.py trains) on batches of 16 rows padded to L tokens, for several L, alternated round
+   (fp32, as real_learning.py trains) on batches of 16 rows (--rows) padded to L tokens, for several L, alternated round
    by round, timed in the process's own CPU seconds (on one thread, so no thread waits for another: on a shared
    machine CPU seconds move far less with other load than wall seconds do). A straight line
    cost = a + b x slots is fitted and applied to each epoch's batches: the predicted loop time of grouped over
@@ -52,8 +52,8 @@ def slots(batches: list[np.ndarray], lengths: np.ndarray) -> int:
     return sum(len(b) * int(lengths[b].max()) for b in batches)
 
 
-def step_costs(model_dir: Path, rounds: int) -> dict[int, list[float]]:
-    """CPU seconds of one optimizer step on 16 rows padded to L tokens, per L, `rounds` times each."""
+def step_costs(model_dir: Path, rounds: int, rows: int) -> dict[int, list[float]]:
+    """CPU seconds of one optimizer step on `rows` rows padded to L tokens, per L, `rounds` times each."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -66,7 +66,7 @@ def step_costs(model_dir: Path, rounds: int) -> dict[int, list[float]]:
     model.train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     costs: dict[int, list[float]] = {n: [] for n in LENGTHS}
-    ids = torch.randint(100, 40000, (rl.HYPER["micro_batch_size"], max(LENGTHS)))
+    ids = torch.randint(100, 40000, (rows, max(LENGTHS)))
     for r in range(rounds + 1):  # round 0 warms up (first-touch pages, kernels) and is not counted
         for n in LENGTHS if r % 2 else reversed(LENGTHS):
             batch = {
@@ -89,6 +89,10 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--slots-only", action="store_true")
+    p.add_argument(
+        "--rows", type=int, default=16,
+        help="rows of the timed batches (8 halves the peak memory, ~6.5 GiB at 16: the cost per slot is the same)",
+    )  # fmt: skip
     p.add_argument("--workdir", type=Path, default=Path("/tmp/real_learning"))
     a = p.parse_args()
     from transformers import AutoTokenizer
@@ -111,8 +115,8 @@ def main() -> None:
               f"{s['grouped'] / s['random']:.3f} |")  # fmt: skip
     if a.slots_only:
         return
-    costs = step_costs(model, a.rounds)
-    xs = np.array([rl.HYPER["micro_batch_size"] * n for n in LENGTHS], dtype=float)
+    costs = step_costs(model, a.rounds, a.rows)
+    xs = np.array([a.rows * n for n in LENGTHS], dtype=float)
     ys = np.array([statistics.median(costs[n]) for n in LENGTHS])
     b, c = np.polyfit(xs, ys, 1)
     print(f"\nstep CPU s = {c:.3f} + {b * 1000:.4f} x (thousand slots); medians "
