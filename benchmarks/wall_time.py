@@ -91,7 +91,7 @@ def main() -> None:
             "--seq-len", str(rl.HYPER["seq_len"]), "--seed", str(seed), "--max-steps", str(a.max_steps),
             "--save-adapter", str(a.workdir / name),
         ]  # fmt: skip
-        wall = rl.timed(with_time(cmd, a.workdir / f"{name}.time"), a.workdir / f"{name}.log")
+        wall, _ = rl.timed(with_time(cmd, a.workdir / f"{name}.time"), a.workdir / f"{name}.log")
         res = json.loads(out.read_text())
         runs["script"].append(
             {"seed": seed, "wall_s": wall, "loop_s": round(res["train_runtime"], 1), "peak_mb": res["peak_rss_mb"],

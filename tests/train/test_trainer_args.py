@@ -75,6 +75,14 @@ def test_group_by_length_is_a_sampling_strategy(tmp_path):
     # sample_packing batches through finetune's own token-budget sampler (test_batching.py)
     args, _, notes = build(tmp_path, sample_packing=True, group_by_length=True)
     assert args.train_sampling_strategy == "random" and not notes
+    # the batching plan decides (batch_flattening groups by length where it cannot flatten)
+    raw = {"base_model": "org/model", "adapter": "lora", "datasets": [{"path": str(QA)}]}
+    flat = config.validate({**raw, "batch_flattening": True})
+    for grouped in (True, False):
+        args, _ = trainer_args.training_arguments(
+            flat, FP32, 100, False, str(tmp_path), [], length_grouped=grouped
+        )
+        assert args.train_sampling_strategy == ("group_by_length" if grouped else "random")
 
 
 def test_load_best_model_aligns_saves_with_evaluations(tmp_path):
@@ -230,6 +238,7 @@ def test_packing_note_says_when_a_step_holds_far_more_rows_than_unpacked(tmp_pat
     note = trainer_args.packing_note(packed, 1000, trainer_args.schedule(packed, 1000, batches_per_epoch=21))
     assert note == (
         " — sample_packing puts ~48 rows in an optimizer step (16 unpacked); the same config unpacked takes 63 steps"
+        " (batch_flattening: true instead keeps those steps without the padding)"
     )
     # at most twice the unpacked rows: nothing to say; and never without packing
     assert (

@@ -136,7 +136,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "adam_epsilon2": (),
     "added_tokens_overrides": (),
     "auto_find_batch_size": (),
-    "batch_flattening": (),
     "bench_split": (),
     "chat_template_kwargs": (),
     "chunked_cross_entropy": (),

@@ -213,7 +213,7 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
         problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
     if (cfg.preference or cfg.online_rl) and cfg.train_on_inputs:
         problems.append((("train_on_inputs",), f"has no meaning for {cfg.training_kind} training: remove it"))
-    for key in ("sample_packing", "eval_sample_packing", "group_by_length"):
+    for key in ("sample_packing", "eval_sample_packing", "group_by_length", "batch_flattening"):
         if cfg.online_rl and getattr(cfg, key):
             problems.append(((key,), "not for rl: grpo (prompts are generated from, not packed)"))
         if cfg.preference and getattr(cfg, key):

@@ -132,7 +132,14 @@ def run(
         grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
     )  # GRPO: completions
     args, sched = trainer_args.training_arguments(
-        cfg, prec, rows, eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
+        cfg,
+        prec,
+        rows,
+        eval_set is not None,
+        str(output_dir),
+        notes,
+        plan.batches_per_epoch,
+        length_grouped=plan.strategy == "group_by_length",
     )
     notes += loaded.notes
     say_notes()

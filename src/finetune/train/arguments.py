@@ -60,7 +60,8 @@ def packing_note(cfg: Config, train_rows: int, sched: Schedule) -> str:
         return ""
     return (
         f" — sample_packing puts ~{per_epoch_rows:.0f} rows in an optimizer step ({unpacked_rows} unpacked); "
-        f"the same config unpacked takes {unpacked.total_steps} steps"
+        f"the same config unpacked takes {unpacked.total_steps} steps (batch_flattening: true instead keeps "
+        "those steps without the padding)"
     )
 
 
@@ -173,10 +174,13 @@ def training_arguments(
     notes: list[str],
     batches_per_epoch: int | None = None,
     on_gpu: bool | None = None,
+    length_grouped: bool | None = None,
 ):
     """Build TrainingArguments; every adjustment to what the config says is explained in `notes`.
 
-    `batches_per_epoch`: batches per process per epoch when the batching plan decides it (batching.py).
+    `batches_per_epoch`: batches per process per epoch when the batching plan decides it (batching.py);
+    `length_grouped`: whether the plan's batches come from HF's length-grouped sampler (group_by_length, or
+    batch_flattening where it cannot flatten); None: as group_by_length says.
     """
     import torch
     from transformers import TrainingArguments
@@ -184,6 +188,8 @@ def training_arguments(
     from finetune.model import speedups
 
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    if length_grouped is None:
+        length_grouped = cfg.group_by_length and not cfg.sample_packing
     sched = schedule(cfg, train_rows, batches_per_epoch)
     if has_eval:
         eval_strategy, eval_steps = _interval(
@@ -230,9 +236,7 @@ def training_arguments(
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         # sample_packing batches through finetune's own sampler (batching.py), not the Trainer's
-        "train_sampling_strategy": "group_by_length"
-        if cfg.group_by_length and not cfg.sample_packing
-        else "random",
+        "train_sampling_strategy": "group_by_length" if length_grouped else "random",
         "bf16": prec.bf16,
         "fp16": prec.fp16,
         "tf32": prec.tf32,

@@ -11,8 +11,16 @@
   least (`cut_points`). On CPU sdpa computes the full T×T attention of a packed row even where the mask is
   zero, so long packed rows are slower than padding there (FACTS.md); length-sorted budget batches measured
   fastest (BENCHMARKS.md).
-- `group_by_length`: HF's LengthGroupedSampler, micro_batch_size rows a batch.
+- `flattened` (batch_flattening on a GPU with flash attention): micro_batch_size rows a batch, as unpacked (so
+  the same optimizer steps), flattened into one padding-free row by transformers' DataCollatorWithFlattening
+  (position_ids restarting, axolotl's `batch_flattening`); the varlen kernel keeps the rows apart.
+- `group_by_length`: HF's LengthGroupedSampler, micro_batch_size rows a batch. Also what batch_flattening
+  becomes on CPU or sdpa/eager attention: a flattened row would cost full attention over its whole length
+  there (as a packed one does), while rows of similar length lose most of the padding at no attention cost.
 - `random`: micro_batch_size random rows a batch, padded to the longest.
+
+sample_packing changes what a step is (a token budget, so short rows give far fewer steps); the last three keep
+micro_batch_size rows a step, so an epoch has the unpacked number of optimizer steps.
 
 Token-budget batches (the first two) are built by `TokenBatchSampler`: every row once per epoch, the batch
 order reshuffled per epoch from (seed, epoch) only, so `--resume` skips exactly the batches already trained.
@@ -83,7 +91,7 @@ def padded_collator(cfg: Config, tokenizer, full_length: bool = False):
 
 @dataclass
 class Plan:
-    strategy: str  # packed | length_budget | group_by_length | random
+    strategy: str  # packed | length_budget | flattened | group_by_length | random
     reason: str  # one line for the console and the run summary
     token_budget: int | None
     train_sampler: TokenBatchSampler | None  # None: the Trainer's own sampler (train_sampling_strategy)
@@ -112,6 +120,17 @@ def choose(cfg: Config, attn_implementation: str, on_gpu: bool) -> tuple[str, st
         return "length_budget", (
             f"rows sorted by length in batches of up to {budget:,} padded tokens; on {where} a packed row "
             "costs full attention over its whole length, so packing would be slower here"
+        )
+    flash = on_gpu and "flash" in (attn_implementation or "")
+    if cfg.batch_flattening and flash:
+        return "flattened", (
+            f"{cfg.micro_batch_size} rows a batch flattened into one padding-free row, flash-attention varlen"
+        )
+    if cfg.batch_flattening:
+        where = "CPU" if not on_gpu else f"{attn_implementation} attention"
+        return "group_by_length", (
+            f"{cfg.micro_batch_size} rows of similar length a batch: batch_flattening needs flash-attention "
+            f"varlen on a GPU; on {where} a flattened row costs full attention over its whole length"
         )
     if cfg.group_by_length:
         return "group_by_length", f"{cfg.micro_batch_size} rows of similar length a batch"
@@ -153,6 +172,8 @@ def plan(
     padded = padded_collator(cfg, tokenizer, full_length=full_length)
     if cfg.sample_packing and cfg.group_by_length:
         notes.append("group_by_length: sample_packing already batches by length; it decides the batches")
+    if cfg.sample_packing and cfg.batch_flattening:
+        notes.append("batch_flattening: ignored with sample_packing (it already removes the padding)")
     packed = strategy == "packed"
     flash = "flash" in (attn_implementation or "")
     train_sampler = None
@@ -160,7 +181,7 @@ def plan(
         train_sampler = TokenBatchSampler(
             dataset_lengths(train_set), budget, packed, seed=cfg.seed, world_size=world_size
         )
-    collator = PackedCollator(flash_kwargs=flash) if packed else padded
+    collator = PackedCollator(flash_kwargs=flash) if packed or strategy == "flattened" else padded
 
     eval_sampler, eval_collator = None, padded_collator(cfg, tokenizer, full_length=full_length)
     eval_packing = cfg.eval_sample_packing if cfg.eval_sample_packing is not None else cfg.sample_packing
