@@ -199,7 +199,7 @@ def train(
 ) -> None:
     """Fine-tune: data -> 4-bit/16-bit base + LoRA -> HF Trainer -> adapter, config.yml and card in output_dir."""
     from finetune import train as train_module
-    from finetune.train import launch
+    from finetune import launch
 
     cfg = _load(config, set_)
     launch.check(num_processes, nnodes, node_rank)
@@ -472,7 +472,7 @@ def main() -> None:
     if any(arg.startswith(("--local_rank", "--local-rank")) for arg in sys.argv[1:]):
         # the deepspeed launcher's; LOCAL_RANK says the same. Imported only then: finetune.train imports the
         # config schema (pydantic models built at import), which `--help` and most commands never need
-        from finetune.train.launch import without_local_rank
+        from finetune.launch import without_local_rank
 
         sys.argv[1:] = without_local_rank(sys.argv[1:])
     try:

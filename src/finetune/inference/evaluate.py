@@ -19,10 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune import data as data_module
 from finetune import scoring
 from finetune.config import PreferenceType
-from finetune.data import answer_format, formats
+from finetune.data import answer_format, formats, render
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
 from finetune.inference import generate
@@ -163,7 +162,7 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
                             {spec.role_key: "assistant", spec.content_key: a},
                         ]
                     }
-                messages, target = data_module.render(cfg, ds, row, tok)
+                messages, target = render(cfg, ds, row, tok)
                 question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             elif kind == "input_output":
                 if field_input or field_target:

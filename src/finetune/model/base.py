@@ -124,7 +124,7 @@ def load_base(cfg: Config, prec: Precision, notes: list[str], attn: str | None =
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from finetune.model import gguf as gguf_base
+    from finetune.model import gguf_base
 
     common = {"revision": cfg.revision_of_model, "trust_remote_code": cfg.trust_remote_code}
     model_config = load_model_config(cfg)

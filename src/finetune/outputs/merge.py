@@ -16,7 +16,7 @@ from pathlib import Path
 from finetune import hub
 from finetune.errors import UserError
 from finetune.files import atomic_dir
-from finetune.model import generation
+from finetune.model import Precision, generation, quantization_config
 from finetune.outputs import card, run_dir
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -66,8 +66,7 @@ def load_base(run: run_dir.Run, config, dtype: str, quantization=None, device: s
     dequantized by bitsandbytes (`model.dequantize()`): the NF4-rounded weights the adapter was trained on."""
     from contextlib import nullcontext
 
-    from finetune.model import gguf as gguf_base
-    from finetune.model import new_head_is_expected
+    from finetune.model import gguf_base, new_head_is_expected
 
     cfg = run.cfg
     if cfg.reward_model:
@@ -113,10 +112,8 @@ def forget_bnb_loading_steps(model) -> None:
 def nf4_settings(run: run_dir.Run, train_dtype: str):
     """The run's own BitsAndBytesConfig (finetune.model.quantization_config), for the dtype it trained in:
     NF4 of bf16-rounded weights is not NF4 of fp32 ones."""
-    from finetune import model as model_module
-
-    prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
-    return model_module.quantization_config(run.cfg, prec)
+    prec = Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
+    return quantization_config(run.cfg, prec)
 
 
 def training_dtype(run: run_dir.Run, fallback: str) -> str:

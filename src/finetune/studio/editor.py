@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from finetune import config as config_module
-from finetune.config import yaml_io
+from finetune.config import loads, yaml_io
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
 from finetune.studio import security
@@ -19,7 +18,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 def messages(text: str, source: str) -> tuple[object | None, list[dict]]:
     """(the Config or None, [{line, message}]): every problem `config.loads` finds, at its line (0: none)."""
     try:
-        return config_module.loads(text, source), []
+        return loads(text, source), []
     except UserError as exc:
         return None, [{"line": yaml_io.line_of(p) or 0, "message": p} for p in exc.problems]
 

@@ -202,7 +202,7 @@ def _replace_previous_run(output_dir: Path) -> None:
 
 def resume_command() -> str:
     """The command that continues this run: the one given, with --resume and without --overwrite."""
-    from finetune.train.launch import command_argv
+    from finetune.launch import command_argv
 
     argv = command_argv()  # with --num-processes etc. when finetune launched the processes itself
     if "train" not in argv:

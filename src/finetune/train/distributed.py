@@ -22,7 +22,7 @@ from datetime import timedelta
 from finetune.config import Config
 from finetune.config.deepspeed import deepspeed_config, zero_stage
 from finetune.errors import UserError
-from finetune.train.launch import free_port
+from finetune.launch import free_port
 
 # How long a process waits for the others (a collective, or rank 0 preparing the data) unless the config's
 # ddp_timeout says otherwise: HF's ddp_timeout default.

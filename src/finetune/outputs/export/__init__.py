@@ -172,7 +172,7 @@ def check(path: Path, count: int, tokenizer, prompts: list, reference: list, qua
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.model import gguf as gguf_base
+    from finetune.model import gguf_base
 
     reader = gguf.GGUFReader(str(path))
     if len(reader.tensors) != count:
