@@ -128,23 +128,23 @@ def run(
         f"{loaded.trainable_params:,} trainable "
         f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
-    plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
-    notes += plan.notes
+    batch_plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
+    notes += batch_plan.notes
     rows = len(train_set) * (
         grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
     )  # GRPO: completions
     args, sched = arguments.training_arguments(
-        cfg, prec, rows, eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
+        cfg, prec, rows, eval_set is not None, str(output_dir), notes, batch_plan.batches_per_epoch
     )
     notes += loaded.notes
     say_notes()
 
     # --- train (config.yml first, so an interrupted run can be understood and carded)
     trainer, stop, throughput = build_trainer(
-        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), plan
+        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), batch_plan
     )
     batching_now = trainer.batching_facts()["batching"]  # DPO, KTO, GRPO, reward: TRL's trainer batches
-    console.print(f"batching: {plan.summary if batching_now == plan.strategy else batching_now}")
+    console.print(f"batching: {batch_plan.summary if batching_now == batch_plan.strategy else batching_now}")
     console.print(
         f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)"
         + arguments.packing_note(cfg, len(train_set), sched)
