@@ -6,9 +6,9 @@ Field descriptions double as the README's config reference (`python -m finetune.
 Only pydantic and PyYAML are imported here, so `finetune validate` stays fast (no torch).
 
 This module is the entry point and the order of checks; import config names from here. The pieces:
-config_schema.py (`Config`, the flat top-level keys), config_datasets.py (`datasets:` entries and their
-`type:` dicts), config_checks.py (allowed values, cross-key rules), yaml_io.py (line numbers, `--set`,
-messages), config_output.py (redacted config.yml, README reference).
+schema.py (`Config`, the flat top-level keys, declared in keys_*.py), datasets.py (`datasets:` entries and
+their `type:` dicts), checks.py (allowed values), cross_checks.py and full_checks.py (cross-key rules),
+yaml_io.py (line numbers, `--set`, messages), output.py (redacted config.yml, README reference).
 """
 
 from __future__ import annotations

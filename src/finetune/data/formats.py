@@ -9,7 +9,7 @@ existing configs train on the same tokens:
   EOS is appended. Prompt labels are -100 unless train_on_inputs.
 - `completion`: the text is the answer (BOS masked, EOS appended and trained); a text longer than
   sequence_len is split into chunks afterwards (encode._chunks), as axolotl does.
-- `chat_template`: see chat_format.py (the template's own BOS; trained turns + their end-of-turn token).
+- `chat_template`: see chat.py (the template's own BOS; trained turns + their end-of-turn token).
 - `input_output`: the row's segments tokenized one by one without special tokens and joined (the texts carry
   any BOS/EOS, as in axolotl); segments with label true are trained.
 

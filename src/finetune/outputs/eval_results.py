@@ -2,7 +2,7 @@
 
 The Trainer's eval_results.json holds eval_loss etc. (its `eval_*` keys); `finetune eval` never touches
 those: it adds its results to the same file under one key, `generation` (RESULTS_KEY), by data file stem and
-then by model: `{"generation": {"fpb_test": {"finetuned": {...}, "base": {...}}}}`. card.py reads it (through
+then by model: `{"generation": {"fpb_test": {"finetuned": {...}, "base": {...}}}}`. The card (card/__init__.py) reads it (through
 run_dir.read_run, which merges eval_results.json into run.results): the fine-tuned scores go into the
 model-index (the base model's are not this model's), and a before/after table into Results. Retraining into
 the same output_dir rewrites eval_results.json, so old scores go with the old adapter.

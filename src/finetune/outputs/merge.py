@@ -20,7 +20,7 @@ from finetune.model import Precision, generation, quantization_config
 from finetune.outputs import card, run_dir
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-# Precision the run trained in (train.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
+# Precision the run trained in (train/__init__.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
 # weights were quantized from, which --dequantize must reproduce to round the same way.
 _TRAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32", "fp32": "float32"}
 CHECK_PROMPTS = ("What does EBITDA stand for?", "Net income rose 12% in 2023 because", "Hello")

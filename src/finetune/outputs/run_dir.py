@@ -1,8 +1,8 @@
 """What a finished (or interrupted) run leaves in output_dir, read back for the card and for merge.
 
-The contract with train.py: config.yml (resolved config, `finetune_versions` inside), adapter_config.json +
-adapter_model.safetensors + tokenizer files, trainer_state.json (HF's), all_results.json / train_results.json /
-eval_results.json, loss.png, checkpoint-<step>/ folders. An interrupted run has no final adapter or
+The contract with the recipe (train/__init__.py): config.yml (resolved config, `finetune_versions` inside),
+adapter_config.json + adapter_model.safetensors + tokenizer files, trainer_state.json (HF's), all_results.json /
+train_results.json / eval_results.json, loss.png, checkpoint-<step>/ folders. An interrupted run has no final adapter or
 trainer_state.json: the newest checkpoint's are used.
 """
 
