@@ -5,8 +5,8 @@ Heavy libraries (torch, transformers, peft) are imported inside the commands tha
 problem and exits 2; anything else is a bug and keeps its traceback. The arguments and options are declared
 in cli_options.py (one declaration for an option several commands take).
 
-Each command imports the stage it calls when it runs: the stages pull in torch, transformers or the pydantic
-schema, which `--help` never needs. These are the package's only imports of its own modules inside functions.
+Each command imports the stage it calls when it runs (the stages pull in torch or the pydantic schema): the
+one reason for this package to import its own modules inside functions; a library module imports at the top.
 """
 
 from __future__ import annotations

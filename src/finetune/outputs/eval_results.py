@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.table import Table
+
 from finetune import scoring
 from finetune.errors import UserError
 from finetune.files import atomic_write_json
@@ -67,8 +69,6 @@ def _order(by_model: dict) -> list[str]:
 
 
 def results_table(name: str, by_model: dict):
-    from rich.table import Table
-
     table = Table(title=f"{name} ({next(iter(by_model.values()))['task']})")
     table.add_column("metric")
     for who in _order(by_model):

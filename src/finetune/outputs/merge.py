@@ -11,12 +11,20 @@ from __future__ import annotations
 import gc
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
-from finetune import hub
+from finetune import hub, quiet
 from finetune.errors import UserError
 from finetune.files import atomic_dir
-from finetune.model import Precision, generation, quantization_config
+from finetune.model import (
+    Precision,
+    generation,
+    gguf_base,
+    load_model_config,
+    new_head_is_expected,
+    quantization_config,
+)
 from finetune.outputs import card, run_dir
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -47,8 +55,6 @@ def _torch_dtype(name: str):
 
 def base_config(run: run_dir.Run):
     """The base's model config (cheap): tells a checkpoint saved quantized before any weight is read."""
-    from finetune.model import load_model_config
-
     return load_model_config(run.cfg)
 
 
@@ -64,10 +70,6 @@ def load_base(run: run_dir.Run, config, dtype: str, quantization=None, device: s
     loads quantized whatever we ask, so it is dequantized: those are exactly the weights training saw. With
     `quantization` (the run's BitsAndBytesConfig) the base is quantized on `device` as training did, then
     dequantized by bitsandbytes (`model.dequantize()`): the NF4-rounded weights the adapter was trained on."""
-    from contextlib import nullcontext
-
-    from finetune.model import gguf_base, new_head_is_expected
-
     cfg = run.cfg
     if cfg.reward_model:
         config.num_labels = 1  # the score head; its trained weights come with the adapter
@@ -187,8 +189,6 @@ def merge_command(
     CheckFailed, leaving `out` as it was, when that is above the dtype's CHECK_TOLERANCE.
     """
     from transformers import AutoTokenizer
-
-    from finetune import quiet
 
     quiet.false_alarms()
     output_dir, out = Path(output_dir), Path(out)

@@ -6,6 +6,10 @@
 Each step is a call into the module that owns it (tokenizer, data, model, arguments, run_files, card);
 this file only orders them and decides who writes: in a multi-process run only the main process writes
 outputs, and it prepares the data first while the others wait, then they read its cache.
+
+batching, callbacks and hub_push import transformers (so torch) at the top: the recipe imports them where it
+reaches them, after the fit check, so a run refused before loading stops at once with its one line (and no
+library's import-time log lines); they are the only modules imported inside its functions.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+from rich.console import Console
 
 from finetune import data, hub, model, quiet
 from finetune.config import Config
@@ -22,17 +28,8 @@ from finetune.data.tokenizer import count_new_tokens, load_tokenizer
 from finetune.errors import UserError
 from finetune.model import compute, gguf_base
 from finetune.outputs import card, run_files
-from finetune.train import (
-    arguments,
-    batching,
-    checkpoints,
-    distributed,
-    hub_push,
-    lm_eval_end,
-    tracking,
-)
+from finetune.train import arguments, checkpoints, distributed, lm_eval_end, tracking
 from finetune.train.assemble import build_trainer
-from finetune.train.callbacks import LossWatchdog
 from finetune.train.fit_check import check as check_fit
 from finetune.train.fit_check import judge as judge_fit
 from finetune.train.smoke import smoke_config, smoke_rows
@@ -47,8 +44,6 @@ def run(
     `tune_cpu_heap`: set glibc's allocator for this run (model.compute.cpu_heap). It changes the whole process
     for its lifetime, so only `finetune train`'s own process asks for it (not a notebook or a test calling
     run(), not --smoke); all_results.json says which heap ran (`cpu_heap`: fast, compact or default)."""
-    from rich.console import Console
-
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     notes: list[str] = []  # every replacement of what the config says, printed as soon as it is known
 
@@ -128,6 +123,8 @@ def run(
         f"{loaded.trainable_params:,} trainable "
         f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
+    from finetune.train import batching  # transformers and torch: imported only now (see above)
+
     batch_plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += batch_plan.notes
     rows = len(train_set) * (
@@ -152,6 +149,8 @@ def run(
     checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
     if trainer.is_world_process_zero():
         run_files.write_config(cfg, output_dir)
+    from finetune.train import hub_push
+
     hub_failure = None
     trackers = {**tracking.wandb_environment(cfg, str(output_dir)), **tracking.tracker_environment(cfg)}
     with _environ(trackers), tracking.mlflow_run(cfg, trainer.is_world_process_zero()) as mlflow_facts:
@@ -195,6 +194,8 @@ def run(
 
 def early_stop_reason(trainer, cfg: Config) -> str:
     """Why training ended before its last step: the loss watchdog, else early stopping on the eval loss."""
+    from finetune.train.callbacks import LossWatchdog
+
     step, last = trainer.state.global_step, trainer.state.max_steps
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, LossWatchdog) and callback.stopped_step is not None:

@@ -8,12 +8,13 @@ counts from the real number of optimizer steps, so what the user meant is what r
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
 from finetune.config import Config
 from finetune.config.fsdp import requested as fsdp_requested
-from finetune.model import Precision
+from finetune.model import Precision, speedups
 from finetune.train import distributed, fsdp, tracking
 
 BNB_OPTIMIZERS = {
@@ -92,8 +93,6 @@ def optimizer(cfg: Config, notes: list[str]) -> str:
 
     name = cfg.optimizer
     if name == "adamw_torch_8bit":
-        import importlib.util
-
         if importlib.util.find_spec("torchao") is None:
             notes.append("optimizer: adamw_torch_8bit needs torchao (not installed); using adamw_torch")
             return "adamw_torch"
@@ -180,8 +179,6 @@ def training_arguments(
     """
     import torch
     from transformers import TrainingArguments
-
-    from finetune.model import speedups
 
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     sched = schedule(cfg, train_rows, batches_per_epoch)
