@@ -21,7 +21,7 @@ _trainer_arguments = fsdp.trainer_arguments
 
 def fsdp_even_for_one_rank(cfg, world_size: int, on_gpu: bool, notes: list[str]) -> dict:
     """fsdp.trainer_arguments without its one-process shortcut (world_size feeds nothing else there). On CPU
-    (tests/test_gpu_check.py runs this script there) the Trainer sees a process group only with use_cpu, which
+    (tests/plan/test_gpu_check.py runs this script there) the Trainer sees a process group only with use_cpu, which
     finetune sets for several processes only."""
     arguments = _trainer_arguments(cfg, max(world_size, 2), on_gpu, notes)
     return {**arguments, "use_cpu": True} if arguments and not on_gpu else arguments

@@ -9,7 +9,7 @@ report has to come back from that machine, write it under the folder that is cop
 about 9 minutes (--budget plus start-up).
 
 NOT YET RUN ON A GPU: written on 2026-12-07 when no GPU was lent; only `--dry-run`, the harness and the one-GPU
-FSDP2 commands have run (on CPU, in tests/test_gpu_check.py). Expect the first GPU run to find wrong guesses in the checks themselves.
+FSDP2 commands have run (on CPU, in tests/plan/test_gpu_check.py). Expect the first GPU run to find wrong guesses in the checks themselves.
 
 Each check runs real `finetune` commands (or the existing benchmark scripts: gpu_qlora.py for the 8B
 tokens/s rows of BENCHMARKS.md, plan_accuracy.py for its GPU mode) as subprocesses, each with its own timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -223,3 +224,21 @@ def send_signal(step: int):
 # ---------------------------------------------------------------- the stand-in hub (test_push, test_hub_push)
 
 from hub_standin import hub_env, standin  # noqa: E402, F401 - fixtures
+
+# Llama 3.1 8B / 3.2 1B dimensions (their config.json values), as benchmarks/gpu_qlora.py builds them
+LLAMA = {
+    "8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "tie_word_embeddings": False},
+    "1b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "tie_word_embeddings": True},
+}  # fmt: skip
+
+
+def model_folder(tmp_path: Path, dims: dict) -> Path:
+    """A base that is a config.json and nothing else: the plan must not need a weight file."""
+    folder = tmp_path / "base"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dims))
+    return folder

@@ -1,4 +1,4 @@
-"""Run by tests/test_fsdp.py under torchrun: `finetune train`'s own recipe (train.run) with one extra callback
+"""Run by tests/train/test_fsdp.py under torchrun: `finetune train`'s own recipe (train.run) with one extra callback
 that records, after the first optimizer step, what FSDP2 made of every parameter in this process.
 
     python -m torch.distributed.run --nproc-per-node 2 tests/fsdp_probe.py CONFIG OUT_PREFIX

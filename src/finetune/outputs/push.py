@@ -34,7 +34,7 @@ class PushFailed(UserError):
 def network_errors() -> tuple[type[Exception], ...]:
     """The transport errors (connection refused or reset, timeouts) that huggingface_hub lets escape after
     its retries: the public classes of its HTTP client, httpx2 (huggingface_hub 2.x) or httpx (1.x).
-    tests/test_push.py (a connection dropped by the stand-in hub) fails if they stop being these."""
+    tests/outputs/test_push.py (a connection dropped by the stand-in hub) fails if they stop being these."""
     found = []
     for name in ("httpx2", "httpx"):
         try:

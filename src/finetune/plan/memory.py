@@ -13,8 +13,8 @@ input to the adapter's fp32, autocast casts it back), and k-bit training holds t
 With lora_dropout each adapter keeps its own dropped input and what dropout needs for its backward (CUDA's fused
 kernel: a bool mask; CPU: the scaled noise, in the adapter's fp32). Eager attention keeps the fp32 softmax
 probabilities, batch x heads x T x T (and their compute-dtype copy under autocast), where sdpa keeps only a
-logsumexp. tests/test_plan.py and tests/test_plan_edges.py (dropout, eager) hold this against autograd's own
-count on CPU (saved_tensors_hooks), tests/test_plan.py against the H100 peaks in BENCHMARKS.md;
+logsumexp. tests/plan/test_plan.py and tests/plan/test_plan_edges.py (dropout, eager) hold this against autograd's own
+count on CPU (saved_tensors_hooks), tests/plan/test_plan.py against the H100 peaks in BENCHMARKS.md;
 benchmarks/plan_accuracy.py against measured peak RSS.
 """
 

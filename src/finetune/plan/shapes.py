@@ -3,7 +3,7 @@
 `finetune plan` must answer in well under two seconds and read no weight. Importing torch and transformers
 takes ~2.4 s on a 2-core machine, so the common decoder families (Llama, Mistral, Qwen2/3, Gemma: one
 attention block with q/k/v/o projections and a gated MLP per layer) are counted from config.json by the
-formula their modeling files implement; `tests/test_plan.py` holds that count equal to a `meta`-device
+formula their modeling files implement; `tests/plan/test_plan.py` holds that count equal to a `meta`-device
 model built by transformers. Any other architecture is built on the meta device (exact, ~3 s, no weights).
 A GGUF base's dimensions come from the file's metadata (gguf's reader parses the header, not the tensors).
 """

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_merge import make_run, reference_logits
 
 import gotemplate
 from conftest import INST_FORMAT, sentiment_rows
@@ -16,7 +17,6 @@ from finetune import config
 from finetune.errors import UserError
 from finetune.outputs import export, merge
 from finetune.outputs.export import gguf_file, prompt_template
-from test_merge import make_run, reference_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ import pytest
 from finetune import launch
 from finetune.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_children_get_the_command_without_the_launch_flags():

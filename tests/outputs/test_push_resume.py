@@ -23,8 +23,7 @@ import pytest
 from finetune import config
 from finetune.outputs import push, push_files
 from finetune.train import hub_push
-from test_distributed import ZERO, adapter, launch, losses, run_cfg
-from test_fsdp import FSDP
+from launching import FSDP, ZERO, adapter, launch, losses, run_cfg
 
 STEPS, STOPPED = 4, 2
 ENGINES = {"fsdp": FSDP, "zero2": {"deepspeed": ZERO[2]}}

@@ -19,7 +19,7 @@ from finetune import (
 from finetune.data.tokenizer import count_new_tokens, load_tokenizer  # noqa: E402
 from finetune.errors import UserError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QA = ROOT / "examples" / "finance_qa.jsonl"
 
 pytestmark = pytest.mark.usefixtures("one_thread")

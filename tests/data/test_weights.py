@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from finetune import config, data
 from finetune.config import ConfigError
@@ -175,19 +174,3 @@ def test_grpo_prompts_are_weighted(tiny_model_dir, tmp_path, tok):
         "b.jsonl": 30,
         "c.jsonl": 50,
     }
-
-
-@pytest.mark.slow
-def test_saved_config_and_card_show_the_weights(tiny_model_dir, tmp_path):
-    from test_card import train_in
-
-    extra = write_source(tmp_path / "extra.jsonl", "x", 6)
-    main = tmp_path / "train.jsonl"  # written by run_config; weighted here
-    datasets = [{"path": str(main), "type": {"field_instruction": "context", "field_output": "target",
-                 "format": "[INST] {instruction} [/INST]"}, "weight": 0.5},
-                {"path": str(extra), "type": INST, "weight": 2.5}]  # fmt: skip
-    out = train_in(tmp_path, tiny_model_dir, datasets=datasets, num_epochs=1)
-    saved = yaml.safe_load((out / "config.yml").read_text())
-    assert [d["weight"] for d in saved["datasets"]] == [0.5, 2.5]
-    card = (out / "README.md").read_text()
-    assert f"`{main}` (weight 0.5), `{extra}` (weight 2.5)" in card

@@ -20,10 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
+from test_push import RUN_FILES
 
 from finetune import hub
 from hub_standin import TOKEN
-from test_push import RUN_FILES, free_port
+from launching import free_port
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding"}
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from test_formats import BOS, EOT, cfg_for, decoded, encode
 
 from finetune.data import formats
 from finetune.data.formats import IGNORE
 from finetune.data.tokenizer import load_tokenizer
-from test_formats import BOS, EOT, cfg_for, decoded, encode
 
 CHAT = [
     {"role": "system", "content": "You are a concise analyst."},

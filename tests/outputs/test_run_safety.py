@@ -19,7 +19,7 @@ import yaml
 
 from finetune import config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EVIL = """
 from pathlib import Path
 

@@ -17,6 +17,7 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_formats import cfg_for
 
 from conftest import smollm2_folder
 from finetune.data import formats
@@ -24,7 +25,6 @@ from finetune.data.chat import chat_messages, encode_chat
 from finetune.data.formats import EMPTY, IGNORE, OK
 from finetune.data.tokenizer import CHAT_TEMPLATES, EOT_OF, load_tokenizer
 from finetune.model.tiny import LLAMA3_CHAT_TEMPLATE
-from test_formats import cfg_for
 
 START, END, EOT_END = "\x01", "\x02", "\x03"
 MARKERS = str.maketrans("", "", START + END + EOT_END)

@@ -12,21 +12,12 @@ from pathlib import Path
 import pytest
 
 import saved_activations
+from conftest import LLAMA, model_folder
 from finetune import config
 from finetune.plan import devices, estimate, fixes, shapes
 from finetune.plan.report import make_plan
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# Llama 3.1 8B / 3.2 1B dimensions (their config.json values), as benchmarks/gpu_qlora.py builds them
-LLAMA = {
-    "8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "tie_word_embeddings": False},
-    "1b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
-           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "tie_word_embeddings": True},
-}  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -34,14 +25,6 @@ def rows(tmp_path) -> Path:
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps({"text": f"row {i} " * 40}) + "\n" for i in range(100)))
     return path
-
-
-def model_folder(tmp_path: Path, dims: dict) -> Path:
-    """A base that is a config.json and nothing else: the plan must not need a weight file."""
-    folder = tmp_path / "base"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(dims))
-    return folder
 
 
 def cfg_for(base: Path, rows: Path, **over) -> config.Config:

@@ -20,7 +20,7 @@ from finetune.errors import UserError
 from finetune.plan import devices, estimate, memory, setting, shapes
 from finetune.plan.report import make_plan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def short_rows(path: Path, n: int = 40) -> Path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_export import _bare_run, _template_for
 
 import gotemplate
 from conftest import FINLORA_INST, INST_FORMAT
 from finetune.outputs.export import prompt_template
-from test_export import _bare_run, _template_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

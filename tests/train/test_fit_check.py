@@ -14,7 +14,7 @@ import yaml
 from finetune import config
 from finetune.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QA = ROOT / "examples" / "finance_qa.jsonl"
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -13,7 +13,7 @@ from finetune.model import Precision  # noqa: E402
 from finetune.train import arguments as trainer_args
 from finetune.train import tracking  # noqa: E402
 
-QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
+QA = Path(__file__).resolve().parents[2] / "examples" / "finance_qa.jsonl"
 FP32 = Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
 
 

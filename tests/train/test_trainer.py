@@ -16,7 +16,7 @@ from finetune import (
 from finetune.data.tokenizer import count_new_tokens, load_tokenizer  # noqa: E402
 from finetune.train.trainer import FinetuneTrainer  # noqa: E402
 
-QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
+QA = Path(__file__).resolve().parents[2] / "examples" / "finance_qa.jsonl"
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -23,7 +23,7 @@ from finetune.model import speedups
 from finetune.train import arguments as trainer_args  # noqa: E402
 from finetune.train import batching
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QA = ROOT / "examples" / "finance_qa.jsonl"
 LENGTHS = np.random.default_rng(0).integers(5, 300, size=257)
 

@@ -18,7 +18,7 @@ from finetune import config, train
 from finetune.errors import UserError
 from finetune.train import checkpoints
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QA = ROOT / "examples" / "finance_qa.jsonl"
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
@@ -243,10 +243,10 @@ def test_unfrozen_pattern_matching_nothing_or_4bit_weights_is_one_line(tiny_mode
 
 
 def test_plan_counts_full_gradients_and_optimizer_states_and_fixes_say_zero3_or_8bit(tmp_path):
+    from conftest import LLAMA, model_folder
     from finetune.plan import devices
     from finetune.plan.estimate import estimate
     from finetune.plan.report import make_plan
-    from test_plan import LLAMA, model_folder
 
     base = model_folder(tmp_path, LLAMA["8b"])
     raw = raw_cfg(base, tmp_path / "o", tmp_path, bf16=True, gradient_checkpointing=True, micro_batch_size=1,

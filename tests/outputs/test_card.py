@@ -324,7 +324,7 @@ def test_quickstart_run_card_end_to_end(tmp_path, monkeypatch):
     from finetune.model.tiny import write_tiny_model
     from finetune.outputs import merge
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(tmp_path)
     write_tiny_model(tmp_path / "models" / "tiny")
     (tmp_path / "examples").mkdir()
@@ -373,3 +373,18 @@ def test_quickstart_run_card_end_to_end(tmp_path, monkeypatch):
     prompts = merge.prompt_ids(AutoTokenizer.from_pretrained(out))
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merge.max_difference(merge.logits(merged, prompts), merge.logits(trained, prompts)) < 1e-4
+
+
+@pytest.mark.slow
+def test_saved_config_and_card_show_the_weights(tiny_model_dir, tmp_path):
+    extra = tmp_path / "extra.jsonl"  # a second source, repeated 2.5 times
+    extra.write_text("".join(json.dumps({"q": f"x question {i}", "a": f"x{i}"}) + "\n" for i in range(6)))
+    main = tmp_path / "train.jsonl"  # written by run_config; weighted here
+    datasets = [{"path": str(main), "type": {"field_instruction": "context", "field_output": "target",
+                 "format": "[INST] {instruction} [/INST]"}, "weight": 0.5},
+                {"path": str(extra), "type": {"field_instruction": "q", "field_output": "a", "format": "{instruction} ="}, "weight": 2.5}]  # fmt: skip
+    out = train_in(tmp_path, tiny_model_dir, datasets=datasets, num_epochs=1)
+    saved = yaml.safe_load((out / "config.yml").read_text())
+    assert [d["weight"] for d in saved["datasets"]] == [0.5, 2.5]
+    card = (out / "README.md").read_text()
+    assert f"`{main}` (weight 0.5), `{extra}` (weight 2.5)" in card

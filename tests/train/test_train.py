@@ -26,7 +26,7 @@ from finetune import (
 from finetune.errors import UserError  # noqa: E402
 from finetune.train import checkpoints, smoke
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QA = ROOT / "examples" / "finance_qa.jsonl"
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

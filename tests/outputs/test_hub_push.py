@@ -12,7 +12,7 @@ from finetune import config, train
 from finetune.errors import UserError
 from hub_standin import TOKEN
 
-QA = Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl"
+QA = Path(__file__).resolve().parents[2] / "examples" / "finance_qa.jsonl"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 TOKENIZER = {"chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}

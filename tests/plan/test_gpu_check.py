@@ -14,7 +14,7 @@ import pytest
 
 from finetune import config
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_check  # noqa: E402
@@ -121,7 +121,7 @@ def test_the_one_gpu_fsdp_check_trains_one_fsdp2_rank_and_resumes_on_cpu_too(tmp
 
     import yaml
 
-    from test_distributed import free_port
+    from launching import free_port
 
     ctx = gpu_checks.Context(tmp_path, gpus=1, dry_run=False)
     gpu_checks.prepare(ctx)

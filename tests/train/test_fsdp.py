@@ -20,9 +20,9 @@ import pytest
 from conftest import one_thread_run
 from finetune import config
 from finetune.config.fsdp import fsdp_settings
-from test_distributed import TIMEOUT, adapter, card_hyperparameters, free_port, launch, losses, run_cfg
+from launching import TIMEOUT, adapter, card_hyperparameters, free_port, launch, losses, run_cfg
 
-QA = str(Path(__file__).resolve().parent.parent / "examples" / "finance_qa.jsonl")
+QA = str(Path(__file__).resolve().parents[2] / "examples" / "finance_qa.jsonl")
 FSDP = {"fsdp_version": 2, "fsdp_config": {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}}
 STEPS = 10
 LOSS_TOL = 1e-5  # the bound; observed <= 1e-6 over the first 25 steps at lr 0.01
@@ -77,7 +77,7 @@ def train_with_probe(cfg: Path, tmp: Path) -> list[dict]:
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     prefix = tmp / "probe"
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-            str(free_port()), str(Path(__file__).with_name("fsdp_probe.py")), str(cfg), str(prefix)]  # fmt: skip
+            str(free_port()), str(Path(__file__).resolve().parents[1] / "fsdp_probe.py"), str(cfg), str(prefix)]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=tmp, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     try:

@@ -18,7 +18,7 @@ from conftest import one_thread_run, send_signal, sentiment_rows
 from finetune import config
 from finetune.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEXT_TYPE = {
     "field_instruction": "context", "field_output": "target",
     "format": "{instruction}", "no_input_format": "{instruction}",

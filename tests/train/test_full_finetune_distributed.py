@@ -10,7 +10,7 @@ import pytest
 
 from conftest import one_thread_run
 from finetune import config
-from test_distributed import LOSS_TOL, ZERO, launch, losses, run_cfg
+from launching import LOSS_TOL, ZERO, launch, losses, run_cfg
 
 pytestmark = pytest.mark.slow
 FSDP = {"fsdp_version": 2, "fsdp_config": {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}}
