@@ -5,7 +5,7 @@
 - bitsandbytes warns that an optional CPU kernel (for the bf16 repack that `model.disable_cpu_bf16_repack`
   turns off anyway) is missing, and repeats "MatMul8bitLt: inputs will be cast ..." on every 8-bit layer
   and step: the first is dropped, the second said once. Its paged optimizers warn on CPU, at each state
-  buffer, that they run unpaged: trainer_args says that once in a note instead.
+  buffer, that they run unpaged: train/arguments.py says that once in a note instead.
 - peft 0.21 (preparing and loading an adapter) and TRL 1.16 (at each reference forward) read
   `is_gradient_checkpointing` / call `gradient_checkpointing_enable` as transformers 5 deprecates: a warning
   about their code, which the user can do nothing about (`checkpointing_deprecation`).

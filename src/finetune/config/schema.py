@@ -81,7 +81,7 @@ class Config(TrackingKeys, HubKeys, PreferenceKeys, TrainingKeys, DataKeys, Mode
     @property
     def requested_attention(self) -> str:
         """The attention kernel the config asks for: attn_implementation, else axolotl's older flags, else sdpa
-        (config_checks refuses flags that disagree; model.attn_implementation decides what can run)."""
+        (cross_checks.py refuses flags that disagree; model.attn_implementation decides what can run)."""
         return self.attn_implementation or next(
             (impl for key, impl in checks.ATTENTION_FLAGS.items() if getattr(self, key)), "sdpa"
         )

@@ -41,8 +41,8 @@ def _accelerator_bf16() -> bool:
 def precision(cfg: Config) -> Precision:
     """`bf16: auto` means bf16 where a GPU supports it; on CPU the run stays in fp32 (exact, and not slower).
 
-    axolotl's `bfloat16` / `float16` hold the base in that dtype without mixed precision (config_checks keeps
-    them from contradicting bf16/fp16).
+    axolotl's `bfloat16` / `float16` hold the base in that dtype without mixed precision
+    (config/cross_checks.py keeps them from contradicting bf16/fp16).
     """
     import torch
 

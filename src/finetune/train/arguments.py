@@ -122,8 +122,9 @@ def _warmup(cfg: Config) -> float:
 
 
 def _scheduler(cfg: Config) -> dict:
-    """lr_scheduler (+ lr_scheduler_kwargs), or with eta_min / cosine_min_lr_ratio (cosine only, config_checks)
-    transformers' cosine decaying to that LR (an absolute one, or a fraction of learning_rate)."""
+    """lr_scheduler (+ lr_scheduler_kwargs), or with eta_min / cosine_min_lr_ratio (cosine only,
+    config/cross_checks.py) transformers' cosine decaying to that LR (an absolute one, or a fraction of
+    learning_rate)."""
     extra = dict(cfg.lr_scheduler_kwargs or {})
     if cfg.eta_min is not None:
         floor = {"min_lr": cfg.eta_min}
