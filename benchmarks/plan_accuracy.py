@@ -171,7 +171,7 @@ def model_path(kind: str, workdir: Path) -> str:
         return str(gguf)
     folder = workdir / "smollm2"
     if not (folder / "config.json").exists():
-        from finetune.model.gguf import write_folder
+        from finetune.model.gguf_base import write_folder
 
         write_folder(gguf, folder)
     return str(folder)

@@ -55,7 +55,7 @@ def prepare(work: Path, train_rows: int) -> tuple[Path, Path, Path]:
     """The HF folder of SmolLM2 and the fixed train / held-out split."""
     import importlib.util
 
-    from finetune.model.gguf import write_folder
+    from finetune.model.gguf_base import write_folder
 
     model = work / "smollm2"
     if not (model / "config.json").is_file():

@@ -62,7 +62,7 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     """SmolLM2 as an ordinary HF folder (dequantized once per session): faster to load than the GGUF."""
-    from finetune.model.gguf import write_folder
+    from finetune.model.gguf_base import write_folder
 
     return write_folder(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "model")
 

@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 from urllib.parse import urlparse
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 PROBE_SECONDS = 3.0
@@ -38,8 +39,6 @@ def proxy_for(endpoint: str) -> str | None:
     for https, HTTP_PROXY for http, ALL_PROXY for both, NO_PROXY excepted), shown without its credentials; None
     for a direct connection. Behind a proxy a direct TCP probe says nothing: the push skips it and lets the
     client's own errors decide (outputs/push.py)."""
-    from urllib.request import getproxies_environment, proxy_bypass_environment
-
     proxies = getproxies_environment()
     url = urlparse(endpoint)
     proxy = proxies.get(url.scheme or "https") or proxies.get("all")

@@ -5,7 +5,10 @@
 - bitsandbytes warns that an optional CPU kernel (for the bf16 repack that `model.disable_cpu_bf16_repack`
   turns off anyway) is missing, and repeats "MatMul8bitLt: inputs will be cast ..." on every 8-bit layer
   and step: the first is dropped, the second said once. Its paged optimizers warn on CPU, at each state
-  buffer, that they run unpaged: trainer_args says that once in a note instead.
+  buffer, that they run unpaged: train/arguments.py says that once in a note instead.
+- peft 0.21 (preparing and loading an adapter) and TRL 1.16 (at each reference forward) read
+  `is_gradient_checkpointing` / call `gradient_checkpointing_enable` as transformers 5 deprecates: a warning
+  about their code, which the user can do nothing about (`checkpointing_deprecation`).
 - peft, saving an adapter, looks for config.json beside the base to see whether the vocabulary grew; a GGUF
   base is one file with no config.json, so it warns (twice) about a check finetune does itself
   (model.fit_vocabulary trains and saves grown embeddings).
@@ -46,3 +49,14 @@ def false_alarms() -> None:
     )
     for message in (r"Could not find a config file in .*\.gguf", r"Unable to fetch remote file.*\.gguf"):
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    checkpointing_deprecation()
+
+
+def checkpointing_deprecation() -> None:
+    """The one filter for peft's and TRL's reads of transformers 5's deprecated gradient-checkpointing names
+    (without torch: the model stage calls it before wrapping the base)."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r".*(is_gradient_checkpointing|gradient_checkpointing_enable).*",
+        category=FutureWarning,
+    )

@@ -217,7 +217,7 @@ def run_trainer(tiny_model_dir, out, train_set, tokenizer, sampler, collator):
 
     from finetune.train.trainer import FinetuneTrainer
 
-    plan = batching.Plan("test", "", 512, sampler, None, collator, collator, [])
+    plan = batching.BatchPlan("test", "", 512, sampler, None, collator, collator, [])
     args = TrainingArguments(
         output_dir=str(out), max_steps=4, gradient_accumulation_steps=2, learning_rate=0.01,
         lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", seed=0,

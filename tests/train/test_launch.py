@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune import launch
 from finetune.errors import UserError
-from finetune.train import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,9 @@ Field descriptions double as the README's config reference (`python -m finetune.
 Only pydantic and PyYAML are imported here, so `finetune validate` stays fast (no torch).
 
 This module is the entry point and the order of checks; import config names from here. The pieces:
-config_schema.py (`Config`, the flat top-level keys), config_datasets.py (`datasets:` entries and their
-`type:` dicts), config_checks.py (allowed values, cross-key rules), config_yaml.py (line numbers, `--set`,
-messages), config_output.py (redacted config.yml, README reference).
+schema.py (`Config`, the flat top-level keys, declared in keys_*.py), datasets.py (`datasets:` entries and
+their `type:` dicts), checks.py (allowed values), cross_checks.py and full_checks.py (cross-key rules),
+yaml_io.py (line numbers, `--set`, messages), output.py (redacted config.yml, README reference).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
-from finetune.config import axolotl_keys, axolotl_other_keys, trl_keys
-from finetune.config import yaml_io as config_yaml
+from finetune.config import axolotl_keys, axolotl_other_keys, trl_keys, yaml_io
 from finetune.config.checks import (  # noqa: F401 - re-exported
     CCE_PLUGIN,
     DPO_LOSSES,
@@ -103,7 +102,7 @@ def validate(
     _tokens_dict(data, problems, where)
     for key in ("datasets", "test_datasets"):
         if isinstance(data.get(key), list):
-            data[key] = [config_yaml.drop_nulls(entry) for entry in data[key]]
+            data[key] = [yaml_io.drop_nulls(entry) for entry in data[key]]
             # pair methods with no `type:` read the prompt/chosen/rejected columns (grpo reads SFT formats)
             if data.get("rl") not in (None, "grpo") or data.get("reward_model"):
                 for entry in data[key]:
@@ -118,14 +117,14 @@ def validate(
                     if not axolotl_keys.is_off(name, entry.pop(name)):
                         loc = (key, i, name)
                         problems.append(
-                            f"{where(loc)}{config_yaml.format_loc(loc)}: not supported by finetune yet (remove it or set it to null)"
+                            f"{where(loc)}{yaml_io.format_loc(loc)}: not supported by finetune yet (remove it or set it to null)"
                         )
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         seen = set()
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and config_yaml.TYPE_TAGS.match(p)))
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and yaml_io.TYPE_TAGS.match(p)))
             if loc in seen:
                 continue
             seen.add(loc)
@@ -142,22 +141,22 @@ def validate(
                     if "type" in loc[:-1]
                     else DatasetConfig
                 )
-                text = config_yaml.unknown_key(name, _known_keys(parent))
+                text = yaml_io.unknown_key(name, _known_keys(parent))
             else:
-                text = config_yaml.friendly(err, secret=bool(SECRET_KEY.search(name)))
-            problems.append(f"{where(loc)}{config_yaml.format_loc(loc)}: {text}")
+                text = yaml_io.friendly(err, secret=bool(SECRET_KEY.search(name)))
+            problems.append(f"{where(loc)}{yaml_io.format_loc(loc)}: {text}")
         cfg = None
     if cfg is not None:
-        problems += [f"{where(loc)}{config_yaml.format_loc(loc)}: {text}" for loc, text in cross_checks(cfg)]
+        problems += [f"{where(loc)}{yaml_io.format_loc(loc)}: {text}" for loc, text in cross_checks(cfg)]
         if cfg.online_rl:  # reward functions: built-in names, or modules next to the config file
             folder = Path(source).parent if Path(source).is_file() else Path.cwd()
             cfg._config_dir = str(folder.resolve())
             problems += [
-                f"{where(loc)}{config_yaml.format_loc(loc)}: {text}"
+                f"{where(loc)}{yaml_io.format_loc(loc)}: {text}"
                 for loc, text in trl_keys.reward_problems(cfg.trl, folder)
             ]
     if problems:
-        raise ConfigError(sorted(problems, key=config_yaml.line_of))
+        raise ConfigError(sorted(problems, key=yaml_io.line_of))
     return cfg
 
 
@@ -237,16 +236,16 @@ def loads(text: str, source: str = "<config>", overrides: list[str] | tuple[str,
     """`load` of YAML text already in hand (the Studio's editor), messages naming `source` and its lines."""
     try:
         raw = yaml.safe_load(text) or {}
-        lines = config_yaml.line_map(yaml.compose(text, Loader=yaml.SafeLoader))
+        lines = yaml_io.line_map(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
-        line, problem = config_yaml.yaml_error(exc, text)
+        line, problem = yaml_io.yaml_error(exc, text)
         at = f":{line}" if line else ""
         raise ConfigError([f"{source}{at}: invalid YAML: {problem}"]) from None
     overridden = set()
     for assignment in overrides:
         if isinstance(raw, dict):
             apply_override(raw, assignment)
-            overridden.add(tuple(config_yaml.parse_override_path(assignment.partition("=")[0].strip())))
+            overridden.add(tuple(yaml_io.parse_override_path(assignment.partition("=")[0].strip())))
     return validate(raw, source, lines, overridden)
 
 

@@ -37,7 +37,7 @@ SCHEDULERS = (
     "polynomial",
     "inverse_sqrt",
 )
-# axolotl's older attention flags and the attn_implementation each asks for (xformers: see model.py)
+# axolotl's older attention flags and the attn_implementation each asks for (xformers: see model/compute.py)
 ATTENTION_FLAGS = {
     "flash_attention": "flash_attention_2",
     "flex_attention": "flex_attention",

@@ -1,6 +1,6 @@
 """Dataset-level config: one `datasets:` entry and the `type:` dicts that describe its prompt format.
 
-`Config.datasets` and `Config.test_datasets` (config_schema.py) are lists of `DatasetConfig`.
+`Config.datasets` and `Config.test_datasets` (schema.py) are lists of `DatasetConfig`.
 `StrictModel` and `check_exists` live here because the dataset entries are their first users; the top-level
 schema reuses both (every model forbids unknown keys and is frozen; local paths must exist).
 """

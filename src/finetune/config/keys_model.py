@@ -1,4 +1,4 @@
-"""The keys of the base model, its adapter and the data: the first half of `Config` (config_schema.py).
+"""The keys of the base model, its adapter and the data: the first half of `Config` (schema.py).
 
 Each group is a plain pydantic model that `Config` inherits from, only to keep files small: the groups are
 never used on their own. Their field order is the README table's and the saved config.yml's.

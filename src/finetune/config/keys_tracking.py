@@ -9,6 +9,8 @@ a run that asks for one that is not installed stops before anything loads (train
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from finetune.config.datasets import StrictModel
@@ -111,8 +113,6 @@ class TrackingKeys(StrictModel):
 def tracking_checks(cfg: TrackingKeys) -> list[tuple[tuple, str]]:
     """Keys that mean nothing without the one that turns their feature on, reported at the key that is set;
     and an include path that is not a folder (lm-eval would only say the task is unknown)."""
-    from pathlib import Path
-
     problems = []
     needs = (
         ("lm_eval_tasks", bool(cfg.lm_eval_tasks), ("lm_eval_batch_size", "lm_eval_include_path", "lm_eval_limit", "lm_eval_num_fewshot")),

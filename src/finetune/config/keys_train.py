@@ -1,5 +1,5 @@
 """The keys of training, speed-ups, preference training and tracking: the second half of `Config`
-(config_schema.py), split off only to keep files small.
+(schema.py), split off only to keep files small.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class TrainingKeys(StrictModel):
 
 
 class PreferenceKeys(StrictModel):
-    # --- preference training (reward models, DPO): see preference.py and rl.py
+    # --- preference training (reward models, DPO): see data/preference.py and train/preference.py
     rl: str | None = Field(
         None,
         description="Train with TRL instead of SFT. On preference pairs: `dpo` (DPOTrainer; the reference model is the base with the adapter switched off, so no second copy is loaded; ~2x an SFT step), `kto` (KTOTrainer: unpaired rows with a true/false label, and each pair as a desirable and an undesirable row; reference as for DPO), `orpo` (ORPO: SFT loss + odds-ratio penalty, no reference model), `simpo` (TRL's CPO with loss_type simpo: length-normalized margin, no reference model). Online: `grpo` (GRPOTrainer: samples trl.num_generations completions per prompt of the SFT-format datasets, scores them with trl.reward_funcs, and pushes the policy toward the better ones; a step costs num_generations generations of max_completion_length tokens).",

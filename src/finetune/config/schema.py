@@ -1,10 +1,10 @@
 """The top-level config schema: one flat pydantic model, because the YAML is flat (axolotl's keys).
 
-The keys are declared by concern in config_keys_model.py (model, adapter, data) and config_keys_train.py
+The keys are declared by concern in keys_model.py (model, adapter, data) and keys_train.py
 (training, speed-ups, preference, tracking); `Config` joins them, in that order (the README table's order and
 the saved config.yml's order), and adds the single-key checks and the derived values. Dataset entries are in
-config_datasets.py, cross-key checks in config_checks.py, reading and validating a file in config.py (import
-everything from there).
+datasets.py, cross-key checks in cross_checks.py, reading and validating a file in config/__init__.py
+(import everything from there).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Config(TrackingKeys, HubKeys, PreferenceKeys, TrainingKeys, DataKeys, Mode
     # The config file's folder (set by config.load): where `trl.reward_funcs` modules are found (and, by train only, imported).
     _config_dir: str | None = PrivateAttr(None)
 
-    # Single-key checks (config_checks.py); pydantic reports them at the key.
+    # Single-key checks (checks.py); pydantic reports them at the key.
     _deepspeed_exists = field_validator("deepspeed")(checks.deepspeed_exists)
     _model_paths_exist = field_validator(
         "base_model", "base_model_config", "tokenizer_config", "lora_model_dir"
@@ -81,7 +81,7 @@ class Config(TrackingKeys, HubKeys, PreferenceKeys, TrainingKeys, DataKeys, Mode
     @property
     def requested_attention(self) -> str:
         """The attention kernel the config asks for: attn_implementation, else axolotl's older flags, else sdpa
-        (config_checks refuses flags that disagree; model.attn_implementation decides what can run)."""
+        (cross_checks.py refuses flags that disagree; model.attn_implementation decides what can run)."""
         return self.attn_implementation or next(
             (impl for key, impl in checks.ATTENTION_FLAGS.items() if getattr(self, key)), "sdpa"
         )

@@ -1,7 +1,7 @@
 """The YAML side of the config: line numbers of keys, `--set` overrides and one-line problem messages.
 
-Pure functions over PyYAML's node tree and pydantic's error dicts; config_schema.py owns the schema and
-config.py the order of checks.
+Pure functions over PyYAML's node tree and pydantic's error dicts; schema.py owns the schema and
+config/__init__.py the order of checks.
 """
 
 from __future__ import annotations

@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from finetune.config import Config
-from finetune.data import contamination, encode, formats, row_text, sources
+from finetune.data import (
+    SOURCE,
+    contamination,
+    encode,
+    formats,
+    load_prepared,
+    no_datasets_bars,
+    row_text,
+    sources,
+)
 from finetune.data.rows import IGNORE
 from finetune.errors import UserError
 
@@ -56,8 +65,6 @@ class Analysis:
 
 def analyse(cfg: Config, tokenizer, folder: Path, against: list[str] | tuple = ()) -> Analysis:
     """Every figure of the data report for the prepared data in `folder` (written by data.prepare)."""
-    from finetune.data import SOURCE, load_prepared
-
     prepared = load_prepared(folder, with_source=True)
     stats = prepared.stats
     if SOURCE not in prepared.train.column_names:
@@ -139,8 +146,6 @@ def rows(analysis: Analysis, tokenizer, start: int = 0, limit: int = 50) -> list
 
 def _split(name: str, table, tokenizer) -> Split:
     """Lengths, trained counts, normalised texts and answers of a token table (decoded once, in batches)."""
-    from finetune.data import SOURCE
-
     ids, labels = table["input_ids"].combine_chunks(), table["labels"].combine_chunks()
     offsets = ids.offsets.to_numpy()
     length = np.diff(offsets)
@@ -166,8 +171,6 @@ def _against_split(cfg: Config, tokenizer, path) -> Split:
     where = f"--against {path}"
     if not Path(path).is_file():
         raise UserError(f"{where}: no such file")
-    from finetune.data import no_datasets_bars
-
     local = {
         "path": str(path),
         "data_files": None,

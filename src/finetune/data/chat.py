@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from finetune.config import Config, DatasetConfig
 from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value
+from finetune.data.tokenizer import resolve_chat_template
 from finetune.errors import UserError
 
 # Row role names mapped to the roles chat templates know (axolotl's defaults, ShareGPT included).
@@ -64,8 +65,6 @@ class ChatSpec:
 
 def chat_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> ChatSpec:
     """The ChatSpec of a `type: chat_template` entry (axolotl's keys and defaults)."""
-    from finetune.data.tokenizer import resolve_chat_template
-
     mapping = dict(ds.message_property_mappings or {})
     mapping.setdefault("role", ds.message_field_role or "role")
     mapping.setdefault("content", ds.message_field_content or "content")

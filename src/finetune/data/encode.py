@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
+import multiprocessing
 import os
 from collections import Counter
 from contextlib import contextmanager
@@ -135,8 +137,6 @@ def map_batches(work, state: tuple, dataset, processes: int):
             for batch in rows:
                 yield rows_in(batch), work(*state, batch)
             return
-        import multiprocessing
-
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             while window := list(itertools.islice(rows, 4 * processes)):
                 for batch, result in zip(window, pool.imap(_call_worker, window), strict=True):
@@ -271,8 +271,6 @@ def _row_hashes(table):
 
 def split(table, val_set_size: float, seed: int, shuffle: bool):
     """Seeded shuffle, then a held-out set of val_set_size rows (a share when < 1): (train, eval or None)."""
-    import math
-
     rng = np.random.default_rng(seed)
     n = table.num_rows
     if shuffle and n:

@@ -9,7 +9,7 @@ existing configs train on the same tokens:
   EOS is appended. Prompt labels are -100 unless train_on_inputs.
 - `completion`: the text is the answer (BOS masked, EOS appended and trained); a text longer than
   sequence_len is split into chunks afterwards (encode._chunks), as axolotl does.
-- `chat_template`: see chat_format.py (the template's own BOS; trained turns + their end-of-turn token).
+- `chat_template`: see chat.py (the template's own BOS; trained turns + their end-of-turn token).
 - `input_output`: the row's segments tokenized one by one without special tokens and joined (the texts carry
   any BOS/EOS, as in axolotl); segments with label true are trained.
 
@@ -20,14 +20,11 @@ the first bad row by file and line after a multi-process map, without writing an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from finetune.config import Config, DatasetConfig, DatasetType
+from finetune.data.chat import ChatSpec, chat_spec, encode_chat
 from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value  # noqa: F401 - re-exported
 from finetune.errors import UserError
-
-if TYPE_CHECKING:  # the chat format builds on this module's rows; imported where it is used
-    from finetune.data.chat import ChatSpec
 
 ALPACA_SYSTEM = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request."
 ALPACA_SYSTEM_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -114,8 +111,6 @@ def build_format(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Forma
     elif t == "input_output":
         spec = SegmentsSpec()
     else:
-        from finetune.data.chat import chat_spec
-
         spec = chat_spec(cfg, ds, where, tokenizer)
     # completion: raw text longer than sequence_len is split into chunks, never dropped or truncated (as
     # axolotl's completion strategy does); overlap_len < sequence_len is checked with the config
@@ -165,8 +160,6 @@ def encode_batch(fmt: Format, tokenizer, rows: dict[str, list]) -> dict[str, lis
     """Tokenize a batch (column -> values): input_ids, labels, trained (count), status (OK/EMPTY/ERROR), error, truncated."""
     n = len(next(iter(rows.values()))) if rows else 0
     records = [{k: v[i] for k, v in rows.items()} for i in range(n)]
-    from finetune.data.chat import ChatSpec, encode_chat
-
     if isinstance(fmt.spec, ChatSpec):
         encode = encode_chat
     elif isinstance(fmt.spec, SegmentsSpec):

@@ -18,6 +18,7 @@ def length_stats(cfg: Config, tokenizer=None, table=None) -> dict | None:
     if table is None:
         if cfg.preference or cfg.online_rl:
             return None
+        # a cycle, still: `prepare` lives in data/__init__, which imports this module (issue 28 moves it out)
         from finetune.data import prepare
         from finetune.data.tokenizer import load_tokenizer
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from finetune.config import Config
 from finetune.config.trl_keys import grpo_settings
-from finetune.data import chat as chat_format
-from finetune.data import formats, sources
+from finetune.data import chat, formats, sources
 from finetune.data.rows import RowError
 from finetune.errors import UserError
 
@@ -93,11 +92,11 @@ def build(cfg: Config, tokenizer):
 
 def prompt_and_reference(spec, row: dict, tokenizer) -> tuple[str, str]:
     """The prompt text as SFT training lays it out (chat: ending with the assistant header) and the answer."""
-    if isinstance(spec, chat_format.ChatSpec):
-        messages = chat_format.chat_messages(spec, row)
+    if isinstance(spec, chat.ChatSpec):
+        messages = chat.chat_messages(spec, row)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         reference = messages[last]["content"] if last < len(messages) else ""
-        prompt = chat_format.render_chat(spec, tokenizer, messages[:last], add_generation_prompt=True)
+        prompt = chat.render_chat(spec, tokenizer, messages[:last], add_generation_prompt=True)
         return prompt, reference
     return formats.render_text(spec, row)
 

@@ -10,6 +10,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from finetune.data.rows import IGNORE
 
@@ -24,14 +32,6 @@ def note(text: str) -> None:
 
 def progress():
     """Rich progress bars (on stderr) for tokenization: rows done, time spent and left."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     class Bars(Progress):
         def stop(self) -> None:

@@ -7,13 +7,18 @@ tokens, and a changed config or data gets a new folder and so a new report.
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stdout
 from pathlib import Path
 
 from rich.markup import escape
 
+from finetune import hub
 from finetune.config import Config
-from finetune.data import report
+from finetune.data import analysis, prepare, report
+from finetune.data.tokenizer import load_tokenizer
+from finetune.errors import UserError
 from finetune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 NAME = "data_report"
@@ -21,11 +26,6 @@ NAME = "data_report"
 
 def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
     """`finetune data CONFIG [--against FILE ...] [--json]`: prepare (or reuse) the data, report, write."""
-    from finetune import hub
-    from finetune.data import analysis, prepare
-    from finetune.data.tokenizer import load_tokenizer
-    from finetune.errors import UserError
-
     if cfg.preference or cfg.online_rl:
         raise UserError(
             f"rl: {cfg.rl or 'reward_model'}: `finetune data` reports supervised (SFT) data only for now; "
@@ -39,9 +39,6 @@ def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
         report.note(offline)
     tokenizer = load_tokenizer(cfg)
     if as_json:
-        import io
-        from contextlib import redirect_stdout
-
         with redirect_stdout(io.StringIO()):  # --json: stdout carries the JSON object alone
             prepared = prepare(cfg, tokenizer)
     else:
@@ -61,8 +58,6 @@ def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
 def for_training(cfg: Config, tokenizer, folder: Path) -> dict | None:
     """The report of the data a run trains on: the one in the cache folder (written by `finetune data`, maybe
     with --against files), else computed now and written there. None for preference and GRPO data."""
-    from finetune.data import analysis
-
     if cfg.preference or cfg.online_rl or folder is None:
         return None
     saved = Path(folder) / f"{NAME}.json"
@@ -178,8 +173,6 @@ def markdown(found: dict) -> str:
 
 def histogram_png(found: dict) -> bytes:
     """Token lengths of the training rows per source, with sequence_len marked."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,6 @@ def weight_rows(n: int, weight: float, seed: int, where: str):
     round((weight - int(weight)) × n) rows. Each part is in file order. The generator is seeded by `seed`
     and the entry's key path, so two entries with the same weight draw different rows, and a rerun the same.
     """
-    import zlib
-
     import numpy as np
 
     rng = np.random.default_rng([seed, zlib.crc32(where.encode())])

@@ -13,21 +13,25 @@ Predictions go to predictions_<data stem>[_base].jsonl (line, input, target, pre
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune import data as data_module
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from finetune import scoring
 from finetune.config import PreferenceType
-from finetune.data import answer_format, formats
+from finetune.data import answer_format, formats, render
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
 from finetune.inference import generate
 from finetune.model import generation
-from finetune.outputs import eval_results
+from finetune.outputs import card, eval_results
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,6 @@ def _json_array_rows(path: Path, text: str, limit: int | None) -> list[tuple[int
 
 
 def _csv_rows(text: str, limit: int | None) -> list[tuple[int, dict]]:
-    import csv
-    import io
-
     reader = csv.DictReader(io.StringIO(text))
     rows = []
     start = 2  # the header is line 1; a quoted field may span lines, so each row starts where the last ended
@@ -163,7 +164,7 @@ def examples(loaded, rows, path: Path, field_input: str | None, field_target: st
                             {spec.role_key: "assistant", spec.content_key: a},
                         ]
                     }
-                messages, target = data_module.render(cfg, ds, row, tok)
+                messages, target = render(cfg, ds, row, tok)
                 question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             elif kind == "input_output":
                 if field_input or field_target:
@@ -223,8 +224,6 @@ def run(
     trust_remote_code: bool = False,
 ) -> dict:
     """`finetune eval`: generate, score, write results + predictions, refresh the card. Returns the entry."""
-    from rich.console import Console
-
     console = console or Console(highlight=False, soft_wrap=True)
     path, data = Path(path), Path(data)
     if metric not in scoring.METRICS:
@@ -284,8 +283,6 @@ def run(
     console.print(eval_results.results_table(data.stem, saved[eval_results.RESULTS_KEY][data.stem]))
     console.print(f"wrote {out_dir / eval_results.RESULTS_FILE} and {predictions}")
     if out_dir.resolve() == path.resolve() and loaded.what != "merged" and loaded.run.adapter_dir is not None:
-        from finetune.outputs import card
-
         console.print(f"wrote {card.write_card(path)} (results in the model-index)")
     elif out_dir.resolve() != path.resolve():
         console.print(f"note: the card in {path} is unchanged (results went to --out {out_dir})")
@@ -297,8 +294,6 @@ def run(
 
 
 def _progress(console, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     @contextmanager
     def bar():
         if not console.is_terminal:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+
 from finetune.errors import UserError
 from finetune.inference import generate
 from finetune.model import harness
-from finetune.outputs import lm_eval_results
+from finetune.outputs import card, lm_eval_results
 
 
 def task_names(tasks: str) -> list[str]:
@@ -39,8 +41,6 @@ def run(
     trust_remote_code: bool = False,
 ) -> dict[str, dict]:
     """Evaluate, save under `lm_eval`, refresh the card; returns lm-eval's results by task."""
-    from rich.console import Console
-
     console = console or Console(highlight=False, soft_wrap=True)
     path = Path(path)
     names = task_names(tasks) if isinstance(tasks, str) else list(tasks)
@@ -69,8 +69,6 @@ def run(
     console.print(lm_eval_results.console_table(saved, list(results)))
     console.print(f"wrote {out_dir / lm_eval_results.RESULTS_FILE}")
     if out_dir.resolve() == path.resolve() and loaded.what != "merged" and loaded.run.adapter_dir is not None:
-        from finetune.outputs import card
-
         console.print(f"wrote {card.write_card(path)} (results in the model-index)")
     elif out_dir.resolve() != path.resolve():
         console.print(f"note: the card in {path} is unchanged (results went to --out {out_dir})")

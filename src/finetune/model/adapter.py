@@ -4,8 +4,7 @@ k-bit preparation and gradient checkpointing, then peft's wrap — fresh and see
 
 from __future__ import annotations
 
-import warnings
-
+from finetune import quiet
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.model import speedups
@@ -79,21 +78,10 @@ def gradient_checkpointing_kwargs(cfg: Config) -> dict:
 
 def wrap(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
     """k-bit preparation, gradient checkpointing, then a fresh LoRA (seeded) or the one in lora_model_dir."""
-    with (
-        warnings.catch_warnings()
-    ):  # peft 0.21 reads `is_gradient_checkpointing`, deprecated in transformers 5
-        warnings.filterwarnings(
-            "ignore",
-            message=".*(is_gradient_checkpointing|gradient_checkpointing_enable).*",
-            category=FutureWarning,
-        )
-        return _wrap(cfg, model, kbit, extra_modules_to_save, notes)
-
-
-def _wrap(cfg: Config, model, kbit: bool, extra_modules_to_save: list[str], notes: list[str]):
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
+    quiet.checkpointing_deprecation()  # peft 0.21 reads `is_gradient_checkpointing`, deprecated in transformers 5
     checkpointing = bool(cfg.gradient_checkpointing)  # "offload" too: see speedups.offload_activations
     if cfg.gradient_checkpointing == "offload" and not speedups.offload_applies(cfg):
         notes.append(

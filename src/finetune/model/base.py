@@ -3,7 +3,9 @@ loading (hub, local folder, GGUF file) and the CPU 4-bit workaround; used by tra
 
 from __future__ import annotations
 
+import copy
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from finetune import hub
@@ -11,6 +13,7 @@ from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
 from finetune.config.fsdp import requested as fsdp_requested
 from finetune.errors import UserError
+from finetune.model import gguf_base
 from finetune.model.compute import Precision, attn_implementation
 
 
@@ -90,8 +93,6 @@ _GGUF_CONFIGS: dict[tuple, object] = {}
 def _auto_config(cfg: Config, source: str):
     """AutoConfig.from_pretrained for the base; a local GGUF file's is parsed once per process (a copy each call,
     so overrides applied by one caller do not leak into the next)."""
-    import copy
-
     from transformers import AutoConfig
 
     gguf = cfg.gguf_kwargs(source)
@@ -120,11 +121,7 @@ def load_base(cfg: Config, prec: Precision, notes: list[str], attn: str | None =
     A reward model is the same base with a one-output sequence-classification head (`score`) instead of the LM
     head: it is newly initialised here, trained in full and saved with the adapter (adapter.lora_config).
     """
-    from contextlib import nullcontext
-
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from finetune.model import gguf as gguf_base
 
     common = {"revision": cfg.revision_of_model, "trust_remote_code": cfg.trust_remote_code}
     model_config = load_model_config(cfg)
@@ -177,8 +174,6 @@ def new_head_is_expected():
     try:
         from trl.trainer.reward_trainer import suppress_seqcls_warning
     except ImportError:
-        from contextlib import nullcontext
-
         return nullcontext()
     return suppress_seqcls_warning()
 

@@ -3,7 +3,11 @@ how many CPU threads a small model trains on. Decided before any weight is read.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 
 from finetune.config import Config
@@ -37,8 +41,8 @@ def _accelerator_bf16() -> bool:
 def precision(cfg: Config) -> Precision:
     """`bf16: auto` means bf16 where a GPU supports it; on CPU the run stays in fp32 (exact, and not slower).
 
-    axolotl's `bfloat16` / `float16` hold the base in that dtype without mixed precision (config_checks keeps
-    them from contradicting bf16/fp16).
+    axolotl's `bfloat16` / `float16` hold the base in that dtype without mixed precision
+    (config/cross_checks.py keeps them from contradicting bf16/fp16).
     """
     import torch
 
@@ -63,8 +67,6 @@ def precision(cfg: Config) -> Precision:
 
 def attn_implementation(cfg: Config, notes: list[str]) -> str:
     """sdpa by default; flash_attention_2 only where it can run (CUDA + the flash_attn package)."""
-    import importlib.util
-
     import torch
 
     wanted = cfg.requested_attention
@@ -125,10 +127,6 @@ def cpu_heap(compact: bool = False) -> bool:
     steps are slower (every activation's pages fault in afresh: 60% on SmolLM2).
     MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment win.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
     if not sys.platform.startswith("linux") or _cuda_visible():
         return False
     try:

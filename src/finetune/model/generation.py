@@ -5,13 +5,13 @@ answers it the same way (what stops an answer: data/answer_format.py).
 
 from __future__ import annotations
 
+from finetune.model import unfrozen
+
 
 def attach_adapter(base, tokenizer, adapter_dir):
     """base + the run's adapter (peft); embeddings grown first when training added tokens. Shared with
     `finetune generate` / `finetune eval`, so they load exactly what merge folds in."""
     from peft import PeftModel
-
-    from finetune.model import unfrozen
 
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))

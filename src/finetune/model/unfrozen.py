@@ -16,6 +16,7 @@ from pathlib import Path
 from finetune.config import Config
 from finetune.config.full_checks import unfrozen_pattern
 from finetune.errors import UserError
+from finetune.model.base import quantization_of
 
 UNFROZEN_FILE = "unfrozen_parameters.safetensors"
 _PEFT_PREFIX = "base_model.model."
@@ -35,8 +36,6 @@ def base_name(name: str, peft: bool) -> str | None:
 def prepare_full(cfg: Config, model, gc_kwargs: dict, notes: list[str]):
     """The base for full fine-tuning: a 16/32-bit model (nothing to update in 4/8-bit codes), gradient
     checkpointing as asked, every weight trainable unless unfrozen_parameters narrows it."""
-    from finetune.model.base import quantization_of
-
     quantization = quantization_of(model)
     if quantization in ("4-bit", "8-bit"):
         raise UserError(

@@ -2,7 +2,7 @@
 
 The Trainer's eval_results.json holds eval_loss etc. (its `eval_*` keys); `finetune eval` never touches
 those: it adds its results to the same file under one key, `generation` (RESULTS_KEY), by data file stem and
-then by model: `{"generation": {"fpb_test": {"finetuned": {...}, "base": {...}}}}`. card.py reads it (through
+then by model: `{"generation": {"fpb_test": {"finetuned": {...}, "base": {...}}}}`. The card (card/__init__.py) reads it (through
 run_dir.read_run, which merges eval_results.json into run.results): the fine-tuned scores go into the
 model-index (the base model's are not this model's), and a before/after table into Results. Retraining into
 the same output_dir rewrites eval_results.json, so old scores go with the old adapter.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from rich.table import Table
 
 from finetune import scoring
 from finetune.errors import UserError
@@ -67,8 +69,6 @@ def _order(by_model: dict) -> list[str]:
 
 
 def results_table(name: str, by_model: dict):
-    from rich.table import Table
-
     table = Table(title=f"{name} ({next(iter(by_model.values()))['task']})")
     table.add_column("metric")
     for who in _order(by_model):

@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from rich.table import Table
+
 from finetune.errors import UserError
 from finetune.files import atomic_write_json
 
@@ -72,8 +74,6 @@ def before_after(values: dict) -> str:
 
 
 def console_table(results: dict, tasks: list[str]):
-    from rich.table import Table
-
     table = Table(title="lm-evaluation-harness")
     for column in ("task", "metric", "base → fine-tuned"):
         table.add_column(column, justify="right" if column.startswith("base") else "left")

@@ -11,16 +11,24 @@ from __future__ import annotations
 import gc
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
-from finetune import hub
+from finetune import hub, quiet
 from finetune.errors import UserError
 from finetune.files import atomic_dir
-from finetune.model import generation
+from finetune.model import (
+    Precision,
+    generation,
+    gguf_base,
+    load_model_config,
+    new_head_is_expected,
+    quantization_config,
+)
 from finetune.outputs import card, run_dir
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-# Precision the run trained in (train.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
+# Precision the run trained in (train/__init__.py writes all_results.json["mixed_precision"]): the dtype the 4-bit
 # weights were quantized from, which --dequantize must reproduce to round the same way.
 _TRAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": "float32", "fp32": "float32"}
 CHECK_PROMPTS = ("What does EBITDA stand for?", "Net income rose 12% in 2023 because", "Hello")
@@ -47,8 +55,6 @@ def _torch_dtype(name: str):
 
 def base_config(run: run_dir.Run):
     """The base's model config (cheap): tells a checkpoint saved quantized before any weight is read."""
-    from finetune.model import load_model_config
-
     return load_model_config(run.cfg)
 
 
@@ -64,11 +70,6 @@ def load_base(run: run_dir.Run, config, dtype: str, quantization=None, device: s
     loads quantized whatever we ask, so it is dequantized: those are exactly the weights training saw. With
     `quantization` (the run's BitsAndBytesConfig) the base is quantized on `device` as training did, then
     dequantized by bitsandbytes (`model.dequantize()`): the NF4-rounded weights the adapter was trained on."""
-    from contextlib import nullcontext
-
-    from finetune.model import gguf as gguf_base
-    from finetune.model import new_head_is_expected
-
     cfg = run.cfg
     if cfg.reward_model:
         config.num_labels = 1  # the score head; its trained weights come with the adapter
@@ -113,10 +114,8 @@ def forget_bnb_loading_steps(model) -> None:
 def nf4_settings(run: run_dir.Run, train_dtype: str):
     """The run's own BitsAndBytesConfig (finetune.model.quantization_config), for the dtype it trained in:
     NF4 of bf16-rounded weights is not NF4 of fp32 ones."""
-    from finetune import model as model_module
-
-    prec = model_module.Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
-    return model_module.quantization_config(run.cfg, prec)
+    prec = Precision(bf16=False, fp16=False, tf32=None, dtype=train_dtype)
+    return quantization_config(run.cfg, prec)
 
 
 def training_dtype(run: run_dir.Run, fallback: str) -> str:
@@ -190,8 +189,6 @@ def merge_command(
     CheckFailed, leaving `out` as it was, when that is above the dtype's CHECK_TOLERANCE.
     """
     from transformers import AutoTokenizer
-
-    from finetune import quiet
 
     quiet.false_alarms()
     output_dir, out = Path(output_dir), Path(out)

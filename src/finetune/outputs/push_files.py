@@ -35,7 +35,7 @@ import yaml
 
 from finetune.config import trl_keys
 from finetune.errors import UserError
-from finetune.outputs import ollama_hub
+from finetune.outputs import card, ollama_hub
 
 # unfrozen_parameters.safetensors: base weights trained beside the adapter (model/unfrozen.py)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "unfrozen_parameters.safetensors")
@@ -163,8 +163,6 @@ def run_uploads(
             "folder (an interrupted run: add --checkpoints, or `finetune merge` it first)"
         )
     if "README.md" not in names and (output_dir / "config.yml").is_file():
-        from finetune.outputs import card
-
         files.append(Upload("README.md", card.render(output_dir).encode()))  # an interrupted run: carded now
     if checkpoints:
         for ckpt in checkpoints_of(output_dir):
@@ -188,8 +186,6 @@ def run_uploads(
 
 def card_note(files: list[Upload]) -> str | None:
     """A note when the card cannot link the base model on the hub (the base was a local folder)."""
-    import yaml
-
     card = next((u for u in files if u.path_in_repo == "README.md"), None)
     if card is None:
         return "no model card (README.md) in this push: write one with `finetune card OUTPUT_DIR`"

@@ -1,8 +1,8 @@
 """What a finished (or interrupted) run leaves in output_dir, read back for the card and for merge.
 
-The contract with train.py: config.yml (resolved config, `finetune_versions` inside), adapter_config.json +
-adapter_model.safetensors + tokenizer files, trainer_state.json (HF's), all_results.json / train_results.json /
-eval_results.json, loss.png, checkpoint-<step>/ folders. An interrupted run has no final adapter or
+The contract with the recipe (train/__init__.py): config.yml (resolved config, `finetune_versions` inside),
+adapter_config.json + adapter_model.safetensors + tokenizer files, trainer_state.json (HF's), all_results.json /
+train_results.json / eval_results.json, loss.png, checkpoint-<step>/ folders. An interrupted run has no final adapter or
 trainer_state.json: the newest checkpoint's are used.
 """
 
@@ -15,9 +15,16 @@ from pathlib import Path
 
 import yaml
 
-from finetune import config as config_module
-from finetune.config import Config, trl_keys
-from finetune.config import datasets as config_datasets
+from finetune.config import (
+    Config,
+    ConfigError,
+    DatasetConfig,
+    DatasetType,
+    PreferenceType,
+    load,
+    trl_keys,
+)
+from finetune.config.datasets import type_tag
 from finetune.errors import UserError
 
 _DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt", ".yaml", ".yml"}
@@ -40,18 +47,18 @@ def load_saved_config(path: Path) -> Config:
     """config.yml of a run; it was validated when saved, so paths that are gone (another machine) are fine, and
     so is a reward module that is missing or changed (reading a run never needs, nor runs, its code)."""
     try:
-        return config_module.load(path)
-    except config_module.ConfigError as exc:
+        return load(path)
+    except ConfigError as exc:
         if not all("not found" in p or "trl.reward_funcs[" in p for p in exc.problems):
             raise
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # valid when written; only file checks failed
 
-    def dataset(entry: dict) -> config_module.DatasetConfig:
+    def dataset(entry: dict) -> DatasetConfig:
         kind = entry.get("type", "alpaca")
         if isinstance(kind, dict):  # a custom SFT format, or a preference one (field_prompt/field_chosen ...)
-            pref = config_datasets.type_tag(kind) == "pref"
-            kind = (config_module.PreferenceType if pref else config_module.DatasetType)(**kind)
-        return config_module.DatasetConfig.model_construct(**{**entry, "type": kind})
+            pref = type_tag(kind) == "pref"
+            kind = (PreferenceType if pref else DatasetType)(**kind)
+        return DatasetConfig.model_construct(**{**entry, "type": kind})
 
     for key in ("datasets", "test_datasets"):
         if raw.get(key):

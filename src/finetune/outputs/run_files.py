@@ -16,8 +16,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from finetune import config as config_module
-from finetune.config import Config, trl_keys
+from finetune.config import Config, to_yaml, trl_keys
 from finetune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PACKAGES = (
@@ -83,7 +82,7 @@ def write_config(cfg: Config, output_dir: str | Path) -> None:
             target = output_dir.resolve() / source.relative_to(source_dir.resolve())
             if target != source:
                 atomic_write_bytes(target, source.read_bytes())
-    atomic_write_text(output_dir / "config.yml", config_module.to_yaml(cfg, versions()))
+    atomic_write_text(output_dir / "config.yml", to_yaml(cfg, versions()))
 
 
 def save_model(trainer, output_dir: str | Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from finetune.config import Config
 from finetune.plan import devices, memory, setting, speed
 from finetune.plan.devices import GIB, Device
-from finetune.plan.shapes import Shape
+from finetune.plan.shapes import Shape, shape_of
 
 AUTO_LARGEST = 128  # micro_batch_size: auto tries 1, 2, 4, ... up to this
 
@@ -112,8 +112,6 @@ def estimate(cfg: Config, device: Device, gpus: int = 1, shape: Shape | None = N
     `lengths` (data.length_stats: rows, tokens, longest): size the peak for this data's largest micro-batch,
     not every row at sequence_len. `processes`: on a CPU, how many share its RAM (default `gpus`)."""
     if shape is None:
-        from finetune.plan.shapes import shape_of
-
         shape = shape_of(cfg)
     if micro_batch is None:
         micro_batch = (

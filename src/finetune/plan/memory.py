@@ -20,6 +20,8 @@ benchmarks/plan_accuracy.py against measured peak RSS.
 
 from __future__ import annotations
 
+import dataclasses
+
 from finetune.plan.setting import Setting, adapted
 from finetune.plan.shapes import Shape
 
@@ -101,7 +103,5 @@ def step_traffic_bytes(cfg, shape: Shape, s: Setting) -> float:
     """What a training step writes and frees: every layer's activations and the logits, once more for the
     recomputed forward with gradient checkpointing. Drives the CPU step's memory-bound time (speed.cpu_step)
     and what the fast heap keeps (estimate: fast_heap_kept)."""
-    import dataclasses
-
     kept = activation_parts(cfg, shape, dataclasses.replace(s, checkpointing=False))
     return (kept["activations"] + kept["logits_and_loss"]) * (4 / 3 if s.checkpointing else 1)

@@ -8,6 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from finetune import data, hub
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.plan import devices, fixes
@@ -84,8 +88,6 @@ def data_lengths(cfg: Config) -> tuple[dict | None, str]:
     source = Path(cfg.tokenizer_config or cfg.base_source[0]).expanduser()
     if source.is_dir() and not cfg.base_is_gguf and not any(source.glob("tokenizer*")):
         return None, f"no tokenizer in {source}"
-    from finetune import data
-
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the data summary; stdout is the plan (--json)
             return data.length_stats(cfg), ""
@@ -95,8 +97,6 @@ def data_lengths(cfg: Config) -> tuple[dict | None, str]:
 
 def plan_command(cfg: Config, device: str | None, gpus: int, memory_gib: float | None, as_json: bool,
                  use_data: bool = True) -> Plan:  # fmt: skip
-    from finetune import hub
-
     base_ids = [i for i in cfg.hub_ids if i in (cfg.base_model, cfg.base_model_config, cfg.base_source[0])]
     offline = hub.offline_if_unreachable(base_ids)  # only config.json is fetched: one line, not retries
     lengths, why_not = data_lengths(cfg) if use_data else (None, "--no-data")
@@ -124,9 +124,6 @@ def refusal(plan: Plan) -> str:
 
 
 def print_plan(plan: Plan) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(highlight=False)
     dev = plan.device
     where = f"{dev.name} x {plan.gpus}" if dev.is_gpu else f"CPU ({dev.memory_gib:.1f} GiB RAM)"

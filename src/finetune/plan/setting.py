@@ -11,6 +11,7 @@ from importlib.util import find_spec
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
 from finetune.config.fsdp import requested as fsdp_requested
+from finetune.data.batch_cuts import cut_points
 from finetune.plan.shapes import Linear, Shape
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.adapter.DEFAULT_TARGETS
@@ -139,8 +140,6 @@ def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tu
     if lengths.get("lengths") is None:
         return min(rows * longest, budget) / longest, longest  # rows of shorter rows may fill the budget
     import numpy as np
-
-    from finetune.data.batch_cuts import cut_points
 
     found = lengths.setdefault("largest_by_budget", {})  # the fixes and auto re-plan with the same lengths
     if budget not in found:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune import hub
 from finetune.config import Config
 from finetune.errors import UserError
 
@@ -177,8 +178,6 @@ def gguf_config(path: Path) -> dict:
 def config_dict(cfg: Config) -> dict:
     """The base's config as a dict: a local folder's config.json, a GGUF file's metadata, or config.json alone
     from the hub (huggingface_hub fetches that one file; offline, only the local cache is read)."""
-    from finetune import hub
-
     folder, gguf_file = cfg.base_source
     source = cfg.base_model_config or folder
     local = Path(source).expanduser()

@@ -3,12 +3,15 @@ length from a quick look at the dataset files (no tokenizer: ~4 characters a tok
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 
+from finetune import data
 from finetune.config import Config
-from finetune.plan import devices
+from finetune.data import sources
+from finetune.plan import devices, memory
 from finetune.plan.devices import Device
 from finetune.plan.setting import Setting
 from finetune.plan.shapes import Shape
@@ -51,8 +54,6 @@ def cpu_step(cfg: Config, shape: Shape, s: Setting, device: Device, per_token: f
     """A CPU step is not only FLOPs: t = FLOPs / (efficiency x peak) + activation traffic x seconds per GiB
     (the memory-bound element-wise work: norms, activations, softmax over the vocabulary) + a fixed cost per
     layer (op dispatch, which dominates a narrow model). Each term's constant is fitted (devices.py)."""
-    from finetune.plan import memory
-
     cores = os.cpu_count() or 1
     threads = cores
     if shape.hidden < SMALL_HIDDEN and "OMP_NUM_THREADS" not in os.environ:
@@ -84,8 +85,6 @@ def dataset_size(cfg: Config) -> tuple[int, float] | None:
         with path.open("rb") as f:
             lines = sum(1 for line in f if line.strip())
         if path.suffix == ".json" and lines and path.read_text()[:1] == "[":
-            import json
-
             lines = len(json.loads(path.read_text()))
         rows += max(0, lines - (1 if path.suffix == ".csv" else 0))
         chars += size
@@ -96,11 +95,6 @@ def prepared_stats(cfg: Config) -> dict | None:
     """The stats of this config's prepared data cache (`finetune preprocess` or an earlier run), found without a
     tokenizer: the newest cache under dataset_prepared_path made from the same data files (by content) and the
     same token settings. None when there is none."""
-    import json
-
-    from finetune import data
-    from finetune.data import sources
-
     root = Path(cfg.prepared_path).expanduser()
     if not root.is_dir():
         return None

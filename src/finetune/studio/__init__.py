@@ -15,6 +15,9 @@ import os
 import sys
 from pathlib import Path
 
+from finetune.errors import UserError
+from finetune.studio import security
+
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str | None = None) -> None:
     """Serve the Studio for `root` until Ctrl-C. Off loopback a token is required: generated when not given,
@@ -23,23 +26,18 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 7860, token: str | No
     try:
         import uvicorn
 
-        from finetune.studio import app as app_module
-        from finetune.studio import security
+        from finetune.studio.app import create_app  # starlette: the studio extra
     except ImportError as exc:
-        from finetune.errors import UserError
-
         raise UserError(
             f"finetune studio needs the studio extra ({exc.name} is missing): pip install 'finetune[studio]'"
         ) from None
     root = Path(root).resolve()
     if not root.is_dir():
-        from finetune.errors import UserError
-
         raise UserError(f"--root: {root} is not a folder")
     loopback = security.is_loopback(host)
     token = token or security.new_token()
     os.chdir(root)
-    app = app_module.create_app(root, host, token, device=_device())
+    app = create_app(root, host, token, device=_device())
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + ("" if loopback else f"?token={token}")
     print(f"finetune studio: {root} at {url}", file=sys.stderr, flush=True)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -266,9 +269,6 @@ def create_app(
 
     def stop(folder: Path, name: str) -> bool:
         """SIGTERM to the training (its own checkpoint-and-stop), through its job's runner or its heartbeat pid."""
-        import os
-        import signal
-
         for job in reversed(jobs.for_run(name)):
             if job.kind in Jobs.TRAINING and job.status == "running":
                 return jobs.stop(job)
@@ -295,8 +295,6 @@ def create_app(
         return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")
 
     async def health(request):
-        import sys
-
         # torch_loaded: the Studio starts and lists without torch (the playground and preview load it on demand)
         return JSONResponse(
             {"ok": True, "root": str(root), "time": time.time(), "torch_loaded": "torch" in sys.modules}

@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from finetune import config as config_module
-from finetune.config import yaml_io
+from finetune import data, hub
+from finetune.config import loads, yaml_io
+from finetune.data.report import segments
+from finetune.data.tokenizer import load_tokenizer
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
+from finetune.plan import report
 from finetune.studio import security
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
@@ -19,16 +22,13 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 def messages(text: str, source: str) -> tuple[object | None, list[dict]]:
     """(the Config or None, [{line, message}]): every problem `config.loads` finds, at its line (0: none)."""
     try:
-        return config_module.loads(text, source), []
+        return loads(text, source), []
     except UserError as exc:
         return None, [{"line": yaml_io.line_of(p) or 0, "message": p} for p in exc.problems]
 
 
 def plan(cfg, device: str | None, gpus: int) -> dict:
     """The plan's JSON with readable part names, or {"error": line}."""
-    from finetune import hub
-    from finetune.plan import report
-
     try:
         offline = hub.offline_if_unreachable([cfg.base_model] if cfg.base_model in cfg.hub_ids else [])
         result = report.make_plan(cfg, report.device_for(device, gpus, None), gpus)
@@ -47,10 +47,6 @@ def preview(cfg, rows: int = 3) -> dict:
         return {
             "error": "the preview shows SFT rows; run `finetune preprocess CONFIG --inspect 3` for this method"
         }
-    from finetune import data
-    from finetune.data import report
-    from finetune.data.tokenizer import load_tokenizer
-
     try:
         tokenizer = load_tokenizer(cfg)
         prepared = data.prepare(cfg, tokenizer)  # the cache train reuses: nothing is tokenized twice
@@ -59,8 +55,8 @@ def preview(cfg, rows: int = 3) -> dict:
     out = []
     for i in range(min(rows, len(prepared.train))):
         row = prepared.train[i]
-        segments = report.segments(row["input_ids"], row["labels"], tokenizer)
-        out.append({"tokens": len(row["input_ids"]), "segments": segments})
+        parts = segments(row["input_ids"], row["labels"], tokenizer)
+        out.append({"tokens": len(row["input_ids"]), "segments": parts})
     return {"rows": out, "train_rows": len(prepared.train)}
 
 

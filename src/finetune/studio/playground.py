@@ -10,6 +10,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from finetune.errors import UserError
+from finetune.inference import generate
+
 
 class Playground:
     def __init__(self):
@@ -17,8 +20,6 @@ class Playground:
         self.lock = threading.Lock()
 
     def _model(self, folder: Path, base_only: bool):
-        from finetune.inference import generate
-
         key = (str(folder), base_only)
         if key not in self.models:
             self.models[key] = generate.load(folder, base_only=base_only, say=lambda m: None)
@@ -29,9 +30,6 @@ class Playground:
         temperature: float,
     ) -> Iterator[str]:  # fmt: skip
         """Text pieces of the answer as they are generated; it stops at the format's end of turn."""
-        from finetune.errors import UserError
-        from finetune.inference import generate
-
         pieces: queue.Queue = queue.Queue()
         done = object()
 

@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from finetune.files import atomic_write_json
+
 
 def proc_path(job_file: Path) -> Path:
     return job_file.with_suffix(".proc.json")
 
 
 def write_proc(job_file: Path, **values) -> None:
-    from finetune.files import atomic_write_json
-
     atomic_write_json(proc_path(job_file), values)
 
 

@@ -3,9 +3,13 @@
     finetune tiny-model models/tiny && finetune train examples/quickstart.yaml     # seconds on a CPU
     finetune train configs/financebench.yaml --smoke                               # check a recipe first
 
-Each step is a call into the module that owns it (tokenizer, data, model, trainer_args, outputs, card);
+Each step is a call into the module that owns it (tokenizer, data, model, arguments, run_files, card);
 this file only orders them and decides who writes: in a multi-process run only the main process writes
 outputs, and it prepares the data first while the others wait, then they read its cache.
+
+batching, callbacks and hub_push import transformers (so torch) at the top: the recipe imports them where it
+reaches them, after the fit check, so a run refused before loading stops at once with its one line (and no
+library's import-time log lines); they are the only modules imported inside its functions.
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from finetune import hub
+from rich.console import Console
+
+from finetune import data, hub, model, quiet
 from finetune.config import Config
 from finetune.config.trl_keys import grpo_settings
+from finetune.data import report_files
+from finetune.data.tokenizer import count_new_tokens, load_tokenizer
 from finetune.errors import UserError
-from finetune.model import compute
-from finetune.outputs import run_files as outputs
-from finetune.train import arguments as trainer_args
-from finetune.train import checkpoints, distributed, lm_eval_end, tracking
-from finetune.train import fit_check as fit_check_module
+from finetune.model import compute, gguf_base
+from finetune.outputs import card, run_files
+from finetune.train import arguments, checkpoints, distributed, lm_eval_end, tracking
 from finetune.train.assemble import build_trainer
+from finetune.train.fit_check import check as check_fit
+from finetune.train.fit_check import judge as judge_fit
 from finetune.train.smoke import smoke_config, smoke_rows
 
 
@@ -36,8 +44,6 @@ def run(
     `tune_cpu_heap`: set glibc's allocator for this run (model.compute.cpu_heap). It changes the whole process
     for its lifetime, so only `finetune train`'s own process asks for it (not a notebook or a test calling
     run(), not --smoke); all_results.json says which heap ran (`cpu_heap`: fast, compact or default)."""
-    from rich.console import Console
-
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     notes: list[str] = []  # every replacement of what the config says, printed as soon as it is known
 
@@ -62,7 +68,7 @@ def run(
     predicted: dict = {}
     checked = None  # the fit check's plan
     if not smoke:  # before anything is loaded or written: does it fit? (micro_batch_size: auto resolved)
-        cfg, predicted, checked = fit_check_module.check(cfg, fit_check, memory_gib, smoke, notes)
+        cfg, predicted, checked = check_fit(cfg, fit_check, memory_gib, smoke, notes)
     output_dir = Path(cfg.output_dir)
     is_main = distributed.setup(cfg, notes)  # a multi-process run: join the group; only rank 0 writes
     lm_eval_tasks = None
@@ -84,9 +90,6 @@ def run(
     say_notes()
 
     # --- tokenizer and data (the main process prepares and caches; the others wait, then read its cache)
-    from finetune import data
-    from finetune.data.tokenizer import count_new_tokens, load_tokenizer
-
     with _status(console, "loading the tokenizer"):
         tokenizer = load_tokenizer(cfg)
     with distributed.main_process_first(), _status(console, "preparing the data"):
@@ -100,63 +103,59 @@ def run(
     say_notes()
     console.print(f"data: {len(train_set)} training rows, {len(eval_set) if eval_set else 0} evaluation rows")
     if is_main and not smoke:  # the data report (`finetune data`): three lines, a warning when eval rows leak
-        from finetune.data import report_files
-
         report_files.show_for_training(report_files.for_training(cfg, tokenizer, prepared.path), console)
     # the fit judged again for this data's largest batch; on CPU: a step's activations keep their pages from
     # step to step (fewer page faults), unless RAM is tight
-    heap = fit_check_module.judge(cfg, train_set, checked, fit_check, predicted, notes)
+    heap = judge_fit(cfg, train_set, checked, fit_check, predicted, notes)
     applied = tune_cpu_heap and not smoke and compute.cpu_heap(compact=heap == "compact")
     predicted["cpu_heap"] = heap if applied else "default"  # default: glibc's, as the process had it
 
     # --- model: base + adapter, and the Trainer's arguments
-    from finetune import model as model_module
-
-    prec = model_module.precision(cfg)
+    prec = model.precision(cfg)
     with (
         _status(console, f"loading {cfg.base_model}"),
         distributed.sharded_loading(cfg, prec),  # ZeRO-3: built partitioned
     ):
-        loaded = model_module.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
+        loaded = model.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
     share = 100 * loaded.trainable_params / max(1, loaded.total_params)
     console.print(
         f"model: {cfg.base_model} ({loaded.quantization}) + {cfg.adapter or 'full fine-tune'}: "
         f"{loaded.trainable_params:,} trainable "
         f"of {loaded.total_params:,} parameters ({share:.3f}%)"
     )
-    from finetune.train import batching
+    from finetune.train import batching  # transformers and torch: imported only now (see above)
 
-    plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
-    notes += plan.notes
+    batch_plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
+    notes += batch_plan.notes
     rows = len(train_set) * (
         grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
     )  # GRPO: completions
-    args, sched = trainer_args.training_arguments(
+    args, sched = arguments.training_arguments(
         cfg,
         prec,
         rows,
         eval_set is not None,
         str(output_dir),
         notes,
-        plan.batches_per_epoch,
-        length_grouped=plan.strategy == "group_by_length",
+        batch_plan.batches_per_epoch,
+        length_grouped=batch_plan.strategy == "group_by_length",
     )
     notes += loaded.notes
     say_notes()
 
     # --- train (config.yml first, so an interrupted run can be understood and carded)
     trainer, stop, throughput = build_trainer(
-        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), plan
+        cfg, args, loaded.model, tokenizer, train_set, eval_set, console, list(callbacks), batch_plan
     )
     batching_now = trainer.batching_facts()["batching"]  # DPO, KTO, GRPO, reward: TRL's trainer batches
-    console.print(f"batching: {plan.summary if batching_now == plan.strategy else batching_now}")
+    console.print(f"batching: {batch_plan.summary if batching_now == batch_plan.strategy else batching_now}")
     console.print(
         f"training: {sched.total_steps} optimizer steps ({sched.steps_per_epoch} per epoch)"
-        + trainer_args.packing_note(cfg, len(train_set), sched)
+        + arguments.packing_note(cfg, len(train_set), sched)
     )
     checkpoints.begin_output(output_dir, overwrite, is_main)  # --overwrite: the old run goes only now
     if trainer.is_world_process_zero():
-        outputs.write_config(cfg, output_dir)
+        run_files.write_config(cfg, output_dir)
     from finetune.train import hub_push
 
     hub_failure = None
@@ -178,21 +177,21 @@ def run(
         if trainer.state.global_step < trainer.state.max_steps:
             console.print(early_stop_reason(trainer, cfg))
         eval_metrics = final_evaluation(trainer, eval_set)
-        outputs.save_model(trainer, output_dir)  # every process: ZeRO-3 gathers the weights collectively
+        run_files.save_model(trainer, output_dir)  # every process: ZeRO-3 gathers the weights collectively
 
         # --- outputs: only the main process writes
         if trainer.is_world_process_zero():
             facts = {**run_facts(trainer, prec, cfg), **predicted, **(mlflow_facts or {})}
             tokens = throughput.session_tokens(trainer.state)
-            train_res, all_res = outputs.results(
+            train_res, all_res = run_files.results(
                 trainer, result.metrics, eval_metrics, tokens, prepared.stats, facts
             )
-            outputs.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
+            run_files.write_run_files(trainer, output_dir, train_res, all_res, eval_metrics)
             if lm_eval_tasks is not None:  # lm_eval_tasks: scored now, so the card carries the scores
                 lm_eval_end.run(cfg, lm_eval_tasks, trainer.model, tokenizer, output_dir, console)
             _write_card(output_dir)
             _finish_wandb(cfg, all_res)
-            summary = outputs.summary_lines(output_dir, all_res)
+            summary = run_files.summary_lines(output_dir, all_res)
             Console(highlight=False, soft_wrap=True).print("\n".join(["[bold green]done[/]", *summary]))
             hub_failure = hub_push.final_push(cfg, output_dir, console)  # hub_model_id: push the run
     distributed.finish()
@@ -229,8 +228,6 @@ def final_evaluation(trainer, eval_set) -> dict:
 
 def run_facts(trainer, prec, cfg: Config) -> dict:
     """Facts the card reports that HF's metrics leave out."""
-    from finetune.model import gguf as gguf_base
-
     facts = {
         **gguf_base.facts(cfg),  # a GGUF base: its file and quantization
         **({"trackio_project": trainer.args.project} if cfg.trackio_on else {}),  # the card names it
@@ -267,8 +264,6 @@ def _quiet_libraries() -> None:
     """Our progress replaces the libraries' own bars; their warnings still show, but not the false alarms."""
     import transformers
 
-    from finetune import quiet
-
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()
     quiet.false_alarms()
@@ -279,8 +274,6 @@ def _status(console, text: str):
 
 
 def _write_card(output_dir: Path) -> None:
-    from finetune.outputs import card
-
     card.write_card(output_dir)
 
 

@@ -8,12 +8,13 @@ counts from the real number of optimizer steps, so what the user meant is what r
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
 from finetune.config import Config
 from finetune.config.fsdp import requested as fsdp_requested
-from finetune.model import Precision
+from finetune.model import Precision, speedups
 from finetune.train import distributed, fsdp, tracking
 
 BNB_OPTIMIZERS = {
@@ -93,8 +94,6 @@ def optimizer(cfg: Config, notes: list[str]) -> str:
 
     name = cfg.optimizer
     if name == "adamw_torch_8bit":
-        import importlib.util
-
         if importlib.util.find_spec("torchao") is None:
             notes.append("optimizer: adamw_torch_8bit needs torchao (not installed); using adamw_torch")
             return "adamw_torch"
@@ -124,8 +123,9 @@ def _warmup(cfg: Config) -> float:
 
 
 def _scheduler(cfg: Config) -> dict:
-    """lr_scheduler (+ lr_scheduler_kwargs), or with eta_min / cosine_min_lr_ratio (cosine only, config_checks)
-    transformers' cosine decaying to that LR (an absolute one, or a fraction of learning_rate)."""
+    """lr_scheduler (+ lr_scheduler_kwargs), or with eta_min / cosine_min_lr_ratio (cosine only,
+    config/cross_checks.py) transformers' cosine decaying to that LR (an absolute one, or a fraction of
+    learning_rate)."""
     extra = dict(cfg.lr_scheduler_kwargs or {})
     if cfg.eta_min is not None:
         floor = {"min_lr": cfg.eta_min}
@@ -184,8 +184,6 @@ def training_arguments(
     """
     import torch
     from transformers import TrainingArguments
-
-    from finetune.model import speedups
 
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     if length_grouped is None:

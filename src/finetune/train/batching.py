@@ -90,7 +90,7 @@ def padded_collator(cfg: Config, tokenizer, full_length: bool = False):
 
 
 @dataclass
-class Plan:
+class BatchPlan:
     strategy: str  # packed | length_budget | flattened | group_by_length | random
     reason: str  # one line for the console and the run summary
     token_budget: int | None
@@ -145,7 +145,7 @@ def plan(
     attn_implementation: str,
     on_gpu: bool | None = None,
     world_size: int | None = None,
-) -> Plan:
+) -> BatchPlan:
     """The batching of this run: strategy, samplers and collators (see the module docstring)."""
     if on_gpu is None:
         import torch
@@ -202,7 +202,7 @@ def plan(
             eval_collator = (
                 PackedCollator(flash_kwargs=flash) if eval_packed else padded_collator(cfg, tokenizer)
             )
-    return Plan(
+    return BatchPlan(
         strategy,
         reason,
         budget if token_strategy else None,

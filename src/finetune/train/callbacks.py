@@ -20,7 +20,17 @@ import threading
 import time
 from pathlib import Path
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import TrainerCallback
+
+from finetune.files import atomic_write_json
 
 
 class MetricsLog(TrainerCallback):
@@ -135,15 +145,6 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -221,8 +222,6 @@ class Heartbeat(TrainerCallback):
         self.last = 0.0
 
     def _write(self, state, status: str) -> None:
-        from finetune.files import atomic_write_json
-
         self.last = time.time()
         atomic_write_json(
             self.path,

@@ -16,10 +16,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from finetune.config import Config
+import yaml
+
+from finetune.config import Config, resolved_dict
 from finetune.errors import UserError
 from finetune.files import check_output_dir
+from finetune.launch import command_argv
 from finetune.outputs.run_dir import checkpoints  # one lister for training and for reading runs
+from finetune.train import distributed
 
 
 def problem(ckpt: Path) -> str | None:
@@ -125,10 +129,6 @@ def start_point(cfg: Config, overwrite: bool, resume: bool, is_main: bool, warn)
 
 def changed_keys(cfg: Config, saved: Path) -> list[str]:
     """Top-level keys whose value differs from the run saved in `saved` (config.yml), for a resume warning."""
-    import yaml
-
-    from finetune.config import resolved_dict
-
     if not saved.is_file():
         return []
     before = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
@@ -175,8 +175,6 @@ def begin_output(output_dir: Path, replace: bool, is_main: bool) -> None:
     Called by every process when the run starts writing; only the main process touches folders, the others
     wait here until it has (so no rank sees the old run's files after this).
     """
-    from finetune.train import distributed
-
     if is_main:
         if replace:
             _replace_previous_run(Path(os.path.realpath(output_dir)))  # a symlink keeps pointing at it
@@ -202,8 +200,6 @@ def _replace_previous_run(output_dir: Path) -> None:
 
 def resume_command() -> str:
     """The command that continues this run: the one given, with --resume and without --overwrite."""
-    from finetune.train.launch import command_argv
-
     argv = command_argv()  # with --num-processes etc. when finetune launched the processes itself
     if "train" not in argv:
         return "finetune train CONFIG --resume"

@@ -22,7 +22,8 @@ from datetime import timedelta
 from finetune.config import Config
 from finetune.config.deepspeed import deepspeed_config, zero_stage
 from finetune.errors import UserError
-from finetune.train.launch import free_port
+from finetune.launch import free_port
+from finetune.model import precision
 
 # How long a process waits for the others (a collective, or rank 0 preparing the data) unless the config's
 # ddp_timeout says otherwise: HF's ddp_timeout default.
@@ -131,8 +132,6 @@ def setup(cfg: Config, notes: list[str]) -> bool:
     Without a launcher, DeepSpeed in a plain `python` process looks for mpi4py (FACTS.md): it gets the
     environment torchrun would give a one-process group instead.
     """
-    from finetune.model import precision
-
     check_deepspeed(cfg, precision(cfg))
     if cfg.deepspeed and not launched():
         os.environ.update(

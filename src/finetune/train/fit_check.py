@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 
+from finetune import data, plan
 from finetune.config import Config
 from finetune.errors import UserError
+from finetune.plan import report
 
 
 def this_device(memory_gib: float | None):
     """The GPU this process trains on (as CUDA names it), else the CPU; --memory replaces its size."""
     import torch
-
-    from finetune import plan
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -37,8 +37,6 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
     even with one-token rows stops here (UserError), before anything is loaded; one that does not fit only at
     sequence_len is judged again with the data's largest micro-batch (`judge`), so a long sequence_len with
     short rows is not refused. Pairs and prompts (no lengths to read) are judged here at sequence_len."""
-    from finetune.plan import report
-
     gpus = int(os.environ.get("WORLD_SIZE", "1"))
     device = this_device(memory_gib)
     processes = None if device.is_gpu else int(os.environ.get("LOCAL_WORLD_SIZE", str(gpus)))
@@ -71,9 +69,6 @@ def judge(cfg: Config, train_set, checked, enabled: bool, predicted: dict, notes
     with UserError when it does not fit (`enabled`) — and on a CPU the heap it trains with
     (model.compute.cpu_heap): "fast", or "compact" when the fast heap's worst case for that batch could exceed
     the RAM. `checked`: check()'s plan (its device and shapes); recorded in `predicted` (all_results.json)."""
-    from finetune import data
-    from finetune.plan import report
-
     if checked is None:  # a smoke run, or a base the plan cannot read
         return "fast"
     lengths = data.length_stats(cfg, table=train_set)
@@ -99,8 +94,6 @@ def judge(cfg: Config, train_set, checked, enabled: bool, predicted: dict, notes
 
 def verdict(plan, refuse: bool, notes: list[str]) -> None:
     """A plan that does not fit: one line and exit 2 (UserError) when the check is on, else a note."""
-    from finetune.plan import report
-
     if refuse:
         raise UserError(report.refusal(plan))
     notes.append(report.refusal(plan).replace("; --no-fit-check runs anyway", ""))

@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 
 from finetune.config import Config
 from finetune.errors import UserError
-from finetune.outputs import push, push_files
+from finetune.outputs import card, push, push_files
 
 
 def _problem(exc: Exception) -> str:
@@ -39,8 +39,6 @@ def _problem(exc: Exception) -> str:
 def save_files(cfg: Config, output_dir: Path, checkpoint: Path) -> list[push_files.Upload]:
     """What one checkpoint save pushes: its adapter, tokenizer and state, config.yml, a card of the run so far,
     and with `checkpoint`/`all_checkpoints` the checkpoint itself."""
-    from finetune.outputs import card
-
     files = push_files.model_files(checkpoint, card=False)
     files.append(push_files.Upload("config.yml", output_dir / "config.yml"))
     files.append(push_files.Upload("README.md", card.render(output_dir).encode()))

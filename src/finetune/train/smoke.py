@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from finetune.config import Config
+from finetune.model.tiny import write_tiny_model
 
 SMOKE_STEPS = 2
 SMOKE_EVAL_ROWS = 4
@@ -19,8 +20,6 @@ SMOKE_EVAL_ROWS = 4
 
 def smoke_config(cfg: Config, notes: list[str]) -> Config:
     """The same recipe on a tiny random model, in a temp folder, for a few steps; no DeepSpeed, no W&B."""
-    from finetune.model.tiny import write_tiny_model
-
     root = Path(tempfile.mkdtemp(prefix="finetune-smoke-"))
     tiny = write_tiny_model(root / "tiny-model")
     update = {

@@ -7,7 +7,9 @@ arguments mask `*_token`; the card shows tracking URIs without credentials).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,8 +58,6 @@ def check_wandb_credentials(cfg: Config) -> None:
     mode = (cfg.wandb_mode or os.environ.get("WANDB_MODE") or "online").lower()
     if not cfg.use_wandb or mode in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_DISABLED"):
         return
-    import sys
-
     import wandb
 
     if not wandb.login(prompt=sys.stdin.isatty(), verify=False):
@@ -81,8 +81,6 @@ def check_trackers(cfg: Config) -> None:
     """A tracker whose package is missing stops the run now, in one line (the HF callback would raise a
     RuntimeError only when the Trainer is built, after the model has loaded; MLflow's SQL store only when
     the run starts)."""
-    import importlib.util
-
     problems = [
         f"{_PACKAGES[name][1]}: {name} is not installed ({_PACKAGES[name][2]})"
         for name in cfg.report_to

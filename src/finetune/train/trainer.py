@@ -10,8 +10,8 @@ override):
   pad-id comparison would miss EOS when pad == EOS) and the padded slots, so the padding fraction is known.
 - `log`: each training log line gets `padding_fraction` (of this session's tokens so far).
 - `compute_loss`: under `speedups.offload_activations` when `gradient_checkpointing: offload` runs on a GPU.
-- `create_optimizer` (`LoraPlus`, shared with the TRL trainers in rl.py): LoRA+ parameter groups when
-  `loraplus_lr_ratio` is set.
+- `create_optimizer` (`LoraPlus`, shared with the TRL trainers in preference.py, pair_methods.py and
+  grpo.py): LoRA+ parameter groups when `loraplus_lr_ratio` is set.
 """
 
 from __future__ import annotations

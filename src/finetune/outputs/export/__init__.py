@@ -24,6 +24,7 @@ from finetune import quiet
 from finetune.data import answer_format, chat, formats
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_text
+from finetune.model import gguf_base
 from finetune.outputs import merge, run_dir
 from finetune.outputs.export import gguf_file, gguf_vocab, prompt_template
 from finetune.outputs.merge import CheckFailed
@@ -171,8 +172,6 @@ def check(path: Path, count: int, tokenizer, prompts: list, reference: list, qua
     import gguf
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from finetune.model import gguf as gguf_base
 
     reader = gguf.GGUFReader(str(path))
     if len(reader.tensors) != count:
