@@ -98,7 +98,7 @@ def _rows(what: str, dataset, tokenizer) -> dict:
     """Prompt words, a whole-row text id, and the row's length as the limit applies to it."""
     if what == GRPO:
         prompts = list(dataset["prompt"])
-        words = row_text.to_words(prompts)
+        words = row_text.to_words([_without_bos(tokenizer, p) for p in prompts])
         reference = row_text.to_words(list(dataset["reference"])).text_ids
         length = np.array([len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else [], np.int64)
         return {"prompts": words, "row_ids": _combine(words.text_ids, reference), "length": length}
@@ -120,6 +120,12 @@ def _rows(what: str, dataset, tokenizer) -> dict:
         "length": length + np.max(answers, axis=0),
         "answers": answers,
     }
+
+
+def _without_bos(tokenizer, text: str) -> str:
+    """GRPO's prompts lose a chat template's BOS text (TRL adds it); compared without it on both sides."""
+    bos = tokenizer.bos_token
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def _words(tokenizer, ids) -> row_text.Words:
@@ -160,7 +166,7 @@ def _against(cfg: Config, tokenizer, what: str, path) -> dict:
         except (UserError, formats.RowError) as exc:
             raise UserError(f"--against {src.where(n)}: {exc} (read as datasets[0] is)") from None
     if what == GRPO:
-        return {"prompts": row_text.to_words(texts)}
+        return {"prompts": row_text.to_words([_without_bos(tokenizer, t) for t in texts])}
     table = datasets.Dataset.from_dict({"ids": ids}).data.table
     return {"prompts": _words(tokenizer, table["ids"].combine_chunks())}
 
