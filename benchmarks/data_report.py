@@ -9,7 +9,8 @@ number as the answer). Planted in the sentiment source: 600 rows of fpb_test.jso
 exact repeats (upper case, doubled spaces) and 1,000 paraphrases (one word replaced, one inserted);
 val_set_size 0.02. Times, separately: preparing the data (tokenize, filter, split, save: what `finetune
 preprocess` does), the report (decode, duplicates, MinHash, overlap) and writing data_report.{json,md,png};
-then the report again on the cached data. Uses the tiny model's tokenizer (byte-level, 1,024 tokens: more
+then the report again on the cached data. Each time is wall-clock, with the CPU seconds of this process and its
+workers beside it (on a shared machine the wall time moves with the load, the CPU time much less). Uses the tiny model's tokenizer (byte-level, 1,024 tokens: more
 tokens a row than Llama 3's, so a conservative figure). Needs ../shared/data/finlora (or $FINETUNE_SHARED).
 """
 
@@ -67,6 +68,12 @@ def make_rows(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     return planted, formula
 
 
+def _cpu() -> float:
+    """CPU seconds so far of this process (all its threads) and of its finished worker processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -107,27 +114,29 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python "
             f"{platform.python_version()}, load average {load:.1f} at the start"
         )
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu()
         prepared = data.prepare(cfg, tokenizer)
-        prepare_s = time.perf_counter() - start
+        prepare_s, cpu1 = time.perf_counter() - start, _cpu()
         start = time.perf_counter()
         found = analysis.analyse(cfg, tokenizer, prepared.path, [str(FINLORA / "fpb_test.jsonl")])
-        analyse_s = time.perf_counter() - start
+        analyse_s, cpu2 = time.perf_counter() - start, _cpu()
         start = time.perf_counter()
         report_files.write(prepared.path, found.report)
-        write_s = time.perf_counter() - start
+        write_s, cpu3 = time.perf_counter() - start, _cpu()
         start = time.perf_counter()
         analysis.analyse(cfg, tokenizer, data.load_prepared(prepared.path, with_source=True).path)
-        again_s = time.perf_counter() - start
+        again_s, cpu4 = time.perf_counter() - start, _cpu()
 
         r = found.report
         [against] = r["overlap"]["against"]
         print(
-            f"prepare (tokenize, filter, split, save) {prepare_s:.1f} s; report {analyse_s:.1f} s; "
-            f"write json/md/png {write_s:.1f} s; total {prepare_s + analyse_s + write_s:.1f} s"
+            f"prepare (tokenize, filter, split, save) {prepare_s:.1f} s (CPU {cpu1 - cpu0:.1f} s); report "
+            f"{analyse_s:.1f} s (CPU {cpu2 - cpu1:.1f} s); write json/md/png {write_s:.1f} s (CPU {cpu3 - cpu2:.1f} s); "
+            f"total {prepare_s + analyse_s + write_s:.1f} s (CPU {cpu3 - cpu0:.1f} s)"
         )
         print(
-            f"report on the cached data alone (no --against): {again_s:.1f} s; load average now {os.getloadavg()[0]:.1f}"
+            f"report on the cached data alone (no --against): {again_s:.1f} s (CPU {cpu4 - cpu3:.1f} s); "
+            f"load average now {os.getloadavg()[0]:.1f}"
         )
         print(
             f"found: {r['train']['rows']:,} train rows, {r['eval']['rows']:,} eval rows; exact repeats "

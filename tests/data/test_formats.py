@@ -203,3 +203,29 @@ def test_input_output_segments_train_the_labelled_texts(tiny_model_dir, tok):
     )
     out, _ = encode(cfg_for(tiny_model_dir, {"type": "input_output"}, train_on_inputs=True), rows[:1], tok)
     assert out["labels"][0] == out["input_ids"][0]
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+@pytest.mark.parametrize("strategy", ["drop", "truncate"])
+def test_text_rows_built_in_numpy_equal_encode_batch(tiny_model_dir, train_on_inputs, strategy):
+    """encode.py builds text-format batches in numpy (100k rows: no per-row lists): the same ids, labels,
+    counts, statuses and truncation as formats.encode_batch, row for row (empty answers, bad rows, long rows)."""
+    import pyarrow as pa
+
+    from finetune.data import encode as encode_stage
+
+    cfg = cfg_for(tiny_model_dir, {"type": INST}, sequence_len=24, train_on_inputs=train_on_inputs,
+                  excess_length_strategy=strategy)  # fmt: skip
+    rows = [{"context": "What is ROE?", "target": "Net income over equity."},
+            {"context": "long " * 30, "target": "cut"}, {"context": "q", "target": "   "},
+            {"context": "q", "target": 7}, {"context": "short", "target": "answer " * 40}, {"context": "", "target": "x"}]  # fmt: skip
+    tokenizer = load_tokenizer(cfg)
+    fmt = formats.build_format(cfg, cfg.datasets[0], "datasets[0]", tokenizer)
+    columns = {"context": [r["context"] for r in rows], "target": [r["target"] for r in rows]}
+    lists = pa.RecordBatch.from_pydict(
+        formats.encode_batch(fmt, tokenizer, columns), schema=encode_stage._schema()
+    )
+    built = encode_stage._encode_to_arrow(fmt, tokenizer, columns)
+    assert built.to_pylist() == lists.to_pylist()
+    assert [r["status"] for r in built.to_pylist()] == [0, 0, 1, 2, 0, 0]
+    assert any(r["truncated"] for r in built.to_pylist()) == (strategy == "truncate")

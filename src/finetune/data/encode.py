@@ -96,8 +96,45 @@ def _empty():
 def _encode_to_arrow(fmt, tokenizer, rows: dict):
     import pyarrow as pa
 
+    if isinstance(fmt.spec, formats.TextSpec):
+        return _text_to_arrow(fmt, tokenizer, rows)
     out = formats.encode_batch(fmt, tokenizer, rows)
     return pa.RecordBatch.from_pydict(out, schema=_schema())
+
+
+def _text_to_arrow(fmt: formats.Format, tokenizer, rows: dict):
+    """`formats.encode_batch` of a text format (the same ids, labels, counts and truncation; a test holds
+    them equal), with the prompt and answer ids joined, masked and cut in numpy rather than as two Python
+    lists a row converted to Arrow (a few CPU seconds on 100k rows; tokenizing itself is the rest)."""
+    import pyarrow as pa
+
+    n = rows_in(rows)
+    records = [{k: v[i] for k, v in rows.items()} for i in range(n)]
+    prompts, answers, status, errors = formats.text_pieces(fmt, tokenizer, records)
+    status = np.array(status, np.int8)
+    ok = status == formats.OK
+    prompt_len = np.fromiter(map(len, prompts), np.int64, n) * ok  # rows not OK: no tokens
+    full = prompt_len + np.fromiter(map(len, answers), np.int64, n) * ok
+    parts = itertools.chain.from_iterable(itertools.chain.from_iterable(
+        (prompts[i], answers[i]) for i in np.flatnonzero(ok)))  # fmt: skip
+    flat = np.fromiter(parts, np.int32, int(full.sum()))
+    truncated = ok & (full > fmt.sequence_len) if fmt.truncate else np.zeros(n, bool)
+    length = np.where(truncated, fmt.sequence_len, full)
+    row = np.repeat(np.arange(n), full)
+    pos = np.arange(len(flat)) - np.repeat(np.cumsum(full) - full, full)
+    keep = pos < length[row]
+    trained = keep if fmt.train_on_inputs else keep & (pos >= prompt_len[row])
+    labels = np.where(trained, flat, formats.IGNORE).astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(length)]).astype(np.int32))
+    columns = [
+        pa.ListArray.from_arrays(offsets, pa.array(flat[keep])),
+        pa.ListArray.from_arrays(offsets, pa.array(labels[keep])),
+        pa.array(status),
+        pa.array(errors, pa.string()),
+        pa.array(truncated),
+        pa.array(np.bincount(row[trained], minlength=n).astype(np.int32)),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=_schema())
 
 
 def _call_worker(batch):

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from finetune import hub
 from finetune.config import Config
-from finetune.data import analysis, prepare, report
+from finetune.data import analysis, prepare, report, report_pairs
 from finetune.data.tokenizer import load_tokenizer
 from finetune.errors import UserError
 from finetune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -26,11 +26,6 @@ NAME = "data_report"
 
 def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
     """`finetune data CONFIG [--against FILE ...] [--json]`: prepare (or reuse) the data, report, write."""
-    if cfg.preference or cfg.online_rl:
-        raise UserError(
-            f"rl: {cfg.rl or 'reward_model'}: `finetune data` reports supervised (SFT) data only for now; "
-            "`finetune preprocess --inspect N` shows preference rows"
-        )
     for path in against:  # before anything is tokenized
         if not Path(path).is_file():
             raise UserError(f"--against {path}: no such file")
@@ -43,16 +38,22 @@ def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
             prepared = prepare(cfg, tokenizer)
     else:
         prepared = prepare(cfg, tokenizer)
-    found = analysis.analyse(cfg, tokenizer, prepared.path, against)
-    write(prepared.path, found.report)
+    if cfg.preference or cfg.online_rl:  # pairs, KTO rows, GRPO prompts: report_pairs.py says what differs
+        folder = prepared.path or report_pairs.grpo_folder(cfg, tokenizer)
+        folder.mkdir(parents=True, exist_ok=True)
+        found = report_pairs.analyse(cfg, tokenizer, prepared, folder, against)
+    else:
+        found = analysis.analyse(cfg, tokenizer, prepared.path, against).report
+        folder = prepared.path
+    write(folder, found)
     if as_json:
-        print(json.dumps(found.report, indent=2))
+        print(json.dumps(found, indent=2))
     else:
         console = report.new_console()
-        console.print(markdown(found.report), markup=False)
-        for line in warnings(found.report):
+        console.print(markdown(found), markup=False)
+        for line in warnings(found):
             console.print(f"[yellow]warning:[/] {escape(line)}")
-    return found.report
+    return found
 
 
 def for_training(cfg: Config, tokenizer, folder: Path) -> dict | None:
@@ -129,6 +130,8 @@ def warnings(found: dict) -> list[str]:
 
 def markdown(found: dict) -> str:
     """The report as Markdown tables (data_report.md; also what `finetune data` prints)."""
+    if "kind" in found:  # preference pairs, KTO rows, GRPO prompts
+        return report_pairs.markdown(found)
     lines = [
         "# Data report",
         "",
@@ -183,14 +186,19 @@ def histogram_png(found: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     try:
         for i, counts in hist["counts"].items():
+            if i == "all":  # preference, KTO, GRPO: one series (their caches have no per-row source)
+                ax.stairs(counts, edges, label=f"all sources ({found['kind']})")
+                continue
             key = found["sources"][int(i)]["key"]
             ax.stairs(counts, edges, label=f"{key} {Path(found['sources'][int(i)]['path']).name}")
-        ax.axvline(
-            found["sequence_len"],
-            color="black",
-            linestyle="--",
-            label=f"sequence_len {found['sequence_len']}",
+        limit = found.get("length_limit", found["sequence_len"])
+        seq = found["sequence_len"]
+        name = (
+            f"sequence_len {seq}"
+            if limit == seq
+            else f"prompt limit {limit} (sequence_len - max_completion_length)"
         )
+        ax.axvline(limit, color="black", linestyle="--", label=name)
         ax.set_xlabel("tokens in a training row")
         ax.set_ylabel("rows")
         ax.set_title("Training row lengths by source")

@@ -51,12 +51,29 @@ def decode(tokenizer, values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarr
         rows = [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         texts = tokenizer.backend_tokenizer.decode_batch(rows, skip_special_tokens=True)
         return from_texts(texts)
-    flat, piece_starts = table
-    values = values.astype(np.int64)
-    lengths = np.diff(piece_starts)[values]
-    out = np.concatenate([[0], np.cumsum(lengths)])
-    gather = np.repeat(piece_starts[values] - out[:-1], lengths) + np.arange(out[-1])
-    return flat[gather], out[offsets]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tokens = pc.take(_binary(*table), pa.array(values))  # each token's bytes; then one join a row, in C++
+    rows = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), tokens)
+    return _flat(pc.binary_join(rows, pa.scalar(b"", pa.large_binary())))
+
+
+def _binary(flat: np.ndarray, starts: np.ndarray):
+    """(flat bytes, row starts) as an Arrow large_binary array, without a copy of the bytes."""
+    import pyarrow as pa
+
+    starts = np.ascontiguousarray(starts, np.int64)
+    buffers = [None, pa.py_buffer(starts - starts[0]), pa.py_buffer(flat[starts[0] : starts[-1]])]
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(starts) - 1, buffers)
+
+
+def _flat(array) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow large_binary array as (flat bytes, row starts from 0)."""
+    _, offsets, data = array.buffers()
+    starts = np.frombuffer(offsets, np.int64)[array.offset : array.offset + len(array) + 1]
+    flat = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return flat[starts[0] : starts[-1]], starts - starts[0]
 
 
 def from_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,41 +87,57 @@ def text(flat: np.ndarray, starts: np.ndarray, row: int) -> str:
 
 
 def normalise(flat: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ASCII lower case, whitespace runs as one space, no space at a row's ends."""
-    n_rows = len(starts) - 1
+    """ASCII lower case, whitespace runs as one space, no space at a row's ends.
+
+    Whole-array passes, with no per-byte row number (an int64 a byte: 8 times the text's size).
+    """
     b = _LOWER[flat]
     space = _SPACE[b]
-    row = np.repeat(np.arange(n_rows), np.diff(starts))
-    first = np.zeros(len(b), bool)
-    first[starts[:-1][np.diff(starts) > 0]] = True
-    keep = ~space | ~(first | np.concatenate([[True], space[:-1]]))  # a space after a space or at the start
-    b, row, space = b[keep], row[keep], space[keep]
-    last = np.concatenate([row[1:] != row[:-1], [True]]) if len(b) else np.zeros(0, bool)
-    keep = ~(last & space)  # the one space left at a row's end
-    b, row = np.where(space[keep], np.uint8(32), b[keep]), row[keep]
-    return b, np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_rows))]).astype(np.int64)
+    starts = np.asarray(starts, np.int64)
+    after_space = np.concatenate([[True], space[:-1]])
+    after_space[starts[:-1][np.diff(starts) > 0]] = True  # a row's first byte: as after a space
+    keep = ~(space & after_space)  # a space after a space, or at a row's start
+    kept_starts = np.concatenate([[0], np.cumsum(keep)])[starts]
+    b, space = b[keep], space[keep]
+    ends = kept_starts[1:]
+    trailing = (
+        (ends > kept_starts[:-1]) & space[np.maximum(ends - 1, 0)] if len(b) else np.zeros(len(ends), bool)
+    )
+    drop = np.ones(len(b), bool)
+    drop[ends[trailing] - 1] = False  # the one space left at a row's end
+    b = np.where(space, np.uint8(32), b)[drop]
+    return b, kept_starts - np.concatenate([[0], np.cumsum(trailing)])
 
 
 def words(flat: np.ndarray, starts: np.ndarray) -> Words:
-    """Normalised rows (see `normalise`) as word hashes and text ids."""
+    """Normalised rows (see `normalise`) as word hashes and text ids.
+
+    Arrow splits the rows at spaces and numbers the distinct words (a hash table in C++); only the distinct
+    words (tens of thousands, not millions) are hashed here, each word's hash then looked up by its number.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n_rows = len(starts) - 1
-    row = np.repeat(np.arange(n_rows), np.diff(starts))
-    letter = flat != 32
-    b, row = flat[letter].astype(np.uint64), row[letter]
-    begins = np.concatenate([[True], ~letter[:-1]])[letter] if len(flat) else np.zeros(0, bool)
-    if len(b):  # a row's first word begins at its first byte
-        begins[np.concatenate([[0], np.flatnonzero(np.diff(row)) + 1])] = True
-    word_at = np.flatnonzero(begins)
-    pos = np.arange(len(b)) - np.repeat(word_at, np.diff(np.append(word_at, len(b))))
-    with np.errstate(over="ignore"):
-        h = _sums(
-            (b + np.uint64(1)) * _powers(int(pos.max()) + 1 if len(pos) else 1)[pos],
-            np.append(word_at, len(b)),
-        )
-    ids = mix(h)
-    per_row = np.bincount(row[word_at], minlength=n_rows)
-    word_starts = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+    lists = pc.split_pattern(_binary(flat, starts), b" ")
+    found = lists.flatten()
+    row = np.repeat(np.arange(n_rows), np.diff(lists.offsets.to_numpy()))
+    real = pc.binary_length(found).to_numpy(zero_copy_only=False) > 0  # an empty row splits into one ""
+    coded = pc.dictionary_encode(found.filter(pa.array(real)))
+    ids = _word_hashes(*_flat(coded.dictionary))[coded.indices.to_numpy(zero_copy_only=False)]
+    word_starts = np.concatenate([[0], np.cumsum(np.bincount(row[real], minlength=n_rows))]).astype(np.int64)
     return Words(ids, word_starts, _row_hashes(ids, word_starts))
+
+
+def _word_hashes(flat: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each word's bytes (word i: flat[starts[i]:starts[i + 1]])."""
+    if not len(flat):
+        return np.zeros(len(starts) - 1, np.uint64)
+    lengths = np.diff(starts)
+    pos = np.arange(len(flat)) - np.repeat(starts[:-1], lengths)
+    with np.errstate(over="ignore"):
+        values = (flat.astype(np.uint64) + np.uint64(1)) * _powers(int(lengths.max()))[pos]
+        return mix(_sums(values, starts))
 
 
 def to_words(texts: list[str]) -> Words:
