@@ -133,14 +133,14 @@ def test_cpu_step_is_flops_plus_activation_traffic_plus_a_cost_per_layer(tmp_pat
     assert gc.speed["step_seconds"]["activation_traffic"] == pytest.approx(
         traffic * 4 / 3 * 0.66 * 2, rel=1e-3
     )
-    # the fast heap (the default with RAM to spare) keeps 0.43 GiB a GiB of that traffic; the compact heap not
+    # the fast heap (the default with RAM to spare) keeps 0.55 GiB a GiB of that traffic; the compact heap not
     assert plain.cpu_heap == "fast" and gc.cpu_heap == "fast"
-    assert plain.parts["fast_heap_kept"] == pytest.approx(0.43 * traffic, rel=1e-3)
-    assert gc.parts["fast_heap_kept"] == pytest.approx(0.43 * traffic * 4 / 3, rel=1e-3)
+    assert plain.parts["fast_heap_kept"] == pytest.approx(0.55 * traffic, rel=1e-3)
+    assert gc.parts["fast_heap_kept"] == pytest.approx(0.55 * traffic * 4 / 3, rel=1e-3)
     tight = estimate(cfg_for(base, rows, bf16=False, sequence_len=256, micro_batch_size=4),
-                     devices.Device("cpu", plain.peak_gib - 0.43 * traffic + 0.01, 1.0, False))  # fmt: skip
+                     devices.Device("cpu", plain.peak_gib - 0.55 * traffic + 0.01, 1.0, False))  # fmt: skip
     assert tight.cpu_heap == "compact" and "fast_heap_kept" not in tight.parts
-    assert tight.peak_gib == pytest.approx(plain.peak_gib - 0.43 * traffic, rel=1e-3)
+    assert tight.peak_gib == pytest.approx(plain.peak_gib - 0.55 * traffic, rel=1e-3)
 
 
 # ---------------------------------------------------------------- shapes

@@ -20,15 +20,17 @@ CHARS_PER_TOKEN = 4.0
 SMALL_HIDDEN = 512  # model.compute.SMALL_HIDDEN (plan does not import the model stage)  # English text with a BPE vocabulary; only for the run-length estimate
 
 
-def flops_per_token(shape: Shape, s: Setting, n_lora: int) -> float:
+def flops_per_token(shape: Shape, s: Setting, n_lora: int, full: bool = False) -> float:
     """Forward 2N + backward 2N (input gradients only: the base is frozen) for the base and the head, 6 per
     adapter parameter, causal attention 2·T·q a layer forward (x3 with backward); checkpointing recomputes the
-    layers' forward once more."""
+    layers' forward once more. `full` (full fine-tuning, no adapter): every linear weight's gradient is computed
+    too, another 2N in the backward (6N in all)."""
     layer_linear = shape.linear_params
     head = shape.vocab * shape.hidden
     attention = 2 * s.length * shape.q_width * shape.layers  # QK^T and AV, causal half, per token
     forward = 2 * (layer_linear + head) + 2 * n_lora + attention
-    backward = 2 * (layer_linear + head) + 4 * n_lora + 2 * attention
+    weight_grads = 2 * (layer_linear + head) if full else 0
+    backward = 2 * (layer_linear + head) + weight_grads + 4 * n_lora + 2 * attention
     recompute = 2 * layer_linear + 2 * n_lora + attention if s.checkpointing else 0
     return forward + backward + recompute
 
@@ -40,7 +42,7 @@ def efficiency(device: Device, s: Setting) -> float:
 
 
 def speed(cfg: Config, shape: Shape, s: Setting, device: Device, n_lora: int) -> dict:
-    per_token = flops_per_token(shape, s, n_lora)
+    per_token = flops_per_token(shape, s, n_lora, full=cfg.adapter is None)
     if device.is_gpu:
         tps = device.peak_tflops * 1e12 * efficiency(device, s) / per_token * s.gpus
         out = {"flops_per_token": per_token, "tokens_per_second": tps, "efficiency": efficiency(device, s)}
