@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from finetune import methods
 from finetune.config import Config
 from finetune.data import report
 from finetune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -26,9 +27,9 @@ def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
     from finetune.data.tokenizer import load_tokenizer
     from finetune.errors import UserError
 
-    if cfg.preference or cfg.online_rl:
+    if not methods.of(cfg).answers:
         raise UserError(
-            f"rl: {cfg.rl or 'reward_model'}: `finetune data` reports supervised (SFT) data only for now; "
+            f"{_method_words(cfg)}: `finetune data` reports supervised (SFT) data only for now; "
             "`finetune preprocess --inspect N` shows preference rows"
         )
     for path in against:  # before anything is tokenized
@@ -63,7 +64,7 @@ def for_training(cfg: Config, tokenizer, folder: Path) -> dict | None:
     with --against files), else computed now and written there. None for preference and GRPO data."""
     from finetune.data import analysis
 
-    if cfg.preference or cfg.online_rl or folder is None:
+    if not methods.of(cfg).answers or folder is None:
         return None
     saved = Path(folder) / f"{NAME}.json"
     if saved.is_file():
@@ -207,3 +208,9 @@ def histogram_png(found: dict) -> bytes:
     finally:
         plt.close(fig)
     return buffer.getvalue()
+
+
+def _method_words(cfg: Config) -> str:
+    """How the refusal names the method (as it always has: `rl: dpo`, `rl: reward_model`)."""
+    method = methods.of(cfg)
+    return f"rl: {method.value if method.key == 'rl' else method.key}"

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from finetune import config as config_module
+from finetune import methods
 from finetune.config import yaml_io
 from finetune.errors import UserError
 from finetune.files import atomic_write_text
@@ -43,7 +44,7 @@ def plan(cfg, device: str | None, gpus: int) -> dict:
 
 def preview(cfg, rows: int = 3) -> dict:
     """The first rows as trained: [[text, trained], ...] each (SFT formats; the others say where to look)."""
-    if cfg.preference or cfg.online_rl:
+    if not methods.of(cfg).answers:
         return {
             "error": "the preview shows SFT rows; run `finetune preprocess CONFIG --inspect 3` for this method"
         }

@@ -14,9 +14,8 @@ import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from finetune import hub
+from finetune import hub, methods
 from finetune.config import Config
-from finetune.config.trl_keys import grpo_settings
 from finetune.errors import UserError
 from finetune.model import compute
 from finetune.outputs import run_files as outputs
@@ -128,9 +127,8 @@ def run(
 
     plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += plan.notes
-    rows = len(train_set) * (
-        grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
-    )  # GRPO: completions
+    # GRPO: a step counts completions, num_generations of each prompt
+    rows = len(train_set) * methods.of(cfg).trl_values(cfg).get("num_generations", 1)
     args, sched = trainer_args.training_arguments(
         cfg, prec, rows, eval_set is not None, str(output_dir), notes, plan.batches_per_epoch
     )
