@@ -184,8 +184,8 @@ def cut_cross_entropy_checks(cfg: Config) -> list[tuple[tuple, str]]:
 
 
 def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
-    """A method's own keys only with that method (the table says which), and preference data only with a
-    method that trains on it (never silently ignored)."""
+    """What the method table says of the config's method: keys another method owns, keys it refuses, its own
+    checks; and preference data only with a method that trains on it (never silently ignored)."""
     problems = []
     method = methods.of(cfg)
     chosen = methods.selected(cfg)
@@ -199,25 +199,12 @@ def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
             problems.append(
                 ((key,), f"only used by rl: {' / '.join(names)}: set rl: {names[0]} or remove it")
             )
-    problems += grpo_checks(cfg)
-    kind = method.name
-    if cfg.min_sample_len is not None and method.preference_data:
-        problems.append((("min_sample_len",), f"for SFT data only (not {kind} pairs): remove it"))
+    problems += method.checks(cfg)
+    for key, why in method.refuses:  # keys that mean nothing for this method
+        if getattr(cfg, key) not in (None, False, 0, "", []):
+            problems.append(((key,), why.format(name=method.name)))
     if cfg.max_prompt_len is not None and not method.preference_data:
         problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
-    if method.by_trl and cfg.train_on_inputs:
-        problems.append((("train_on_inputs",), f"has no meaning for {kind} training: remove it"))
-    for key in ("sample_packing", "eval_sample_packing", "group_by_length"):
-        if method.online and getattr(cfg, key):
-            problems.append(((key,), f"not for {method.selector} (prompts are generated from, not packed)"))
-        if method.preference_data and getattr(cfg, key):
-            problems.append(((key,), "not for preference pairs (batches of chosen + rejected, padded)"))
-    if method.online and cfg.eval_metrics:
-        problems.append(
-            (("eval_metrics",), f"not for {method.selector}: the rewards are logged at every step")
-        )
-    if method.preference_data and cfg.eval_metrics:
-        problems.append((("eval_metrics",), "SFT only: DPO and reward models log rewards and accuracy"))
     for key in ("datasets", "test_datasets"):
         for i, ds in enumerate(getattr(cfg, key) or []):
             problems += _data_fits_method(method, ds, (key, i))
@@ -256,30 +243,3 @@ def _data_fits_method(method, ds, where: tuple) -> list[tuple[tuple, str]]:
             )
         ]
     return []
-
-
-def grpo_checks(cfg: Config) -> list[tuple[tuple, str]]:
-    """rl: grpo: groups of num_generations completions must fill whole batches; no evaluation set (yet)."""
-    if not methods.of(cfg).online:
-        return []
-    problems = []
-    trl = cfg.trl
-    generations = (trl.num_generations if trl else None) or 4
-    rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps
-    if rows % generations:
-        problems.append(
-            (
-                ("trl", "num_generations"),
-                f"{generations} must divide micro_batch_size x gradient_accumulation_steps ({rows}): each "
-                "prompt's completions are one group",
-            )
-        )
-    for key in ("val_set_size", "test_datasets"):
-        if getattr(cfg, key):
-            problems.append(
-                (
-                    (key,),
-                    "not for rl: grpo yet: the rewards are logged every step; score with finetune eval after",
-                )
-            )
-    return problems

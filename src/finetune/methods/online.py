@@ -21,6 +21,25 @@ SFT = Method(
 )
 
 
+NOT_PACKED = "not for rl: grpo (prompts are generated from, not packed)"
+NO_EVAL = "not for rl: grpo yet: the rewards are logged every step; score with finetune eval after"
+
+
+def _grpo_checks(cfg) -> list[tuple[tuple, str]]:
+    """Groups of num_generations completions must fill whole batches."""
+    generations = (cfg.trl.num_generations if cfg.trl else None) or 4
+    rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    if rows % generations:
+        return [
+            (
+                ("trl", "num_generations"),
+                f"{generations} must divide micro_batch_size x gradient_accumulation_steps ({rows}): each "
+                "prompt's completions are one group",
+            )
+        ]
+    return []
+
+
 def _grpo_objective(cfg, data) -> str:
     files = sorted({n.rpartition(".")[0].replace(".", "/") + ".py" for n in user_rewards(cfg.trl)})
     shipped = f" (the code: {', '.join(f'`{f}`' for f in files)}, in this folder)" if files else ""
@@ -38,6 +57,16 @@ GRPO = Method(
     value="grpo",
     rows="prompts",
     own_keys=("trl",),
+    refuses=(
+        ("train_on_inputs", "has no meaning for {name} training: remove it"),
+        ("sample_packing", NOT_PACKED),
+        ("eval_sample_packing", NOT_PACKED),
+        ("group_by_length", NOT_PACKED),
+        ("eval_metrics", "not for rl: grpo: the rewards are logged at every step"),
+        ("val_set_size", NO_EVAL),
+        ("test_datasets", NO_EVAL),
+    ),
+    checks=_grpo_checks,
     trainer="finetune.train.grpo:build_trainer",
     trl_trainer="GRPOTrainer",
     trl_config="trl:GRPOConfig",

@@ -19,6 +19,15 @@ TRL_LOG_KEYS = (  # training-log metrics shown in the card's results table when 
 )  # fmt: skip
 NO_REFERENCE_COPY = "the reference is the base model with the adapter switched off"
 PAIRS = "preference pairs, padded per batch"
+NOT_PACKED = "not for preference pairs (batches of chosen + rejected, padded)"
+PAIR_REFUSALS = (  # {name}: the method's name
+    ("min_sample_len", "for SFT data only (not {name} pairs): remove it"),
+    ("train_on_inputs", "has no meaning for {name} training: remove it"),
+    ("sample_packing", NOT_PACKED),
+    ("eval_sample_packing", NOT_PACKED),
+    ("group_by_length", NOT_PACKED),
+    ("eval_metrics", "SFT only: DPO and reward models log rewards and accuracy"),
+)
 
 
 def _dpo_losses(cfg) -> list[str]:
@@ -54,6 +63,7 @@ REWARD = Method(
     key="reward_model",
     value=True,
     rows="pairs",
+    refuses=PAIR_REFUSALS,
     own_keys=("num_labels",),
     trainer="finetune.train.preference:build_trainer",
     trl_trainer="RewardTrainer",
@@ -74,6 +84,7 @@ DPO = Method(
     key="rl",
     value="dpo",
     rows="pairs",
+    refuses=PAIR_REFUSALS,
     own_keys=("rl_beta", "dpo_loss_type"),
     default_beta=0.1,
     trainer="finetune.train.preference:build_trainer",
@@ -96,6 +107,7 @@ KTO = Method(
     key="rl",
     value="kto",
     rows="unpaired",
+    refuses=PAIR_REFUSALS,
     own_keys=("rl_beta", "kto_desirable_weight", "kto_undesirable_weight"),
     default_beta=0.1,
     trainer="finetune.train.kto_orpo_simpo:build_trainer",
@@ -120,6 +132,7 @@ ORPO = Method(
     key="rl",
     value="orpo",
     rows="pairs",
+    refuses=PAIR_REFUSALS,
     own_keys=("orpo_alpha",),
     trainer="finetune.train.kto_orpo_simpo:build_trainer",
     trl_trainer="ORPOTrainer",
@@ -140,6 +153,7 @@ SIMPO = Method(
     key="rl",
     value="simpo",
     rows="pairs",
+    refuses=PAIR_REFUSALS,
     own_keys=("rl_beta", "simpo_gamma", "cpo_alpha"),
     default_beta=2.0,  # the SimPO paper's
     trainer="finetune.train.kto_orpo_simpo:build_trainer",

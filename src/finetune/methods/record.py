@@ -32,6 +32,8 @@ class Method:
     aliases: tuple[str, ...] = ()  # other names for it; the first is the card's tag (reward -> reward-model)
     rows: str = "answers"  # answers (SFT tokens + labels), pairs, unpaired (KTO: pairs too), prompts (GRPO)
     own_keys: tuple[str, ...] = ()  # keys only methods listing them read: refused with every other method
+    refuses: tuple[tuple[str, str], ...] = ()  # (key, why): keys that mean nothing for it, refused when set
+    checks: Callable[[Any], list] = lambda cfg: []  # cfg -> its own (key path, problem) pairs
     default_beta: float | None = None  # rl_beta when unset (what the card reports as the beta that ran)
     trl_trainer: str | None = None  # the TRL trainer that runs it, as the card names it (None: finetune's)
     trl_config: str | None = None  # "module:Class": TRL's config the run's TrainingArguments are copied into
