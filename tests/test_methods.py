@@ -11,6 +11,7 @@ import pytest
 
 from conftest import INST_FORMAT, one_thread_run, sentiment_rows
 from finetune import config, methods
+from test_layers import LINT, lint, planted
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetune"
 # The config attributes that name the method; a dotted module path (finetune.train.preference) is no use of them.
@@ -118,3 +119,23 @@ def test_a_method_registered_in_the_table_trains_end_to_end(tiny_model_dir, tmp_
         card = (out / "README.md").read_text()
         assert "- doubled" in card and "(doubled, loss on" in card  # the card names the method that trained
     assert "doubled" not in methods.rl_names()  # the block ends, the table is as before
+
+
+# ---------------------------------------------------------------- the contracts the table needs
+
+
+@pytest.mark.skipif(not Path(LINT).exists(), reason="import-linter is not installed (dev extra)")
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # the table sits below every stage that asks it (config included): it imports none of them
+        ("methods/record.py", "from finetune.train import trl_steps", "Pipeline layers"),
+        ("methods/pairs.py", "from finetune.config import trl_keys", "Pipeline layers"),
+        # plan reads data through the package's public functions only
+        ("plan/speed.py", "from finetune.data import sources", "plan asks data through its public functions"),
+    ],
+)
+def test_the_linter_refuses_a_planted_import(tmp_path, module, line, broken):
+    result = lint(planted(tmp_path, module, line))
+    assert result.returncode != 0
+    assert f"{broken}" in result.stdout.replace("\n", " ") and "BROKEN" in result.stdout
