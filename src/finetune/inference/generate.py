@@ -54,12 +54,12 @@ class Loaded:
 
 
 def _precision(cfg: Config):
-    from finetune import model as model_module
+    from finetune.model import Precision, precision
 
     try:
-        return model_module.precision(cfg)
+        return precision(cfg)
     except UserError:  # fp16 runs on a machine without GPU: answer in fp32
-        return model_module.Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
+        return Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
 
 
 def load(
@@ -73,8 +73,8 @@ def load(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune import model as model_module
     from finetune import quiet
+    from finetune.model import cpu_threads, load_base
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
     quiet.false_alarms()
@@ -115,7 +115,7 @@ def load(
     else:
         # one whole copy on this device: DeepSpeed's placement (ZeRO-3) is for training only
         cfg = run.cfg.model_copy(update={"deepspeed": None})
-        base = model_module.load_base(cfg, prec, notes)
+        base = load_base(cfg, prec, notes)
         if base_only:
             if len(tokenizer) > base.get_input_embeddings().num_embeddings:
                 base.resize_token_embeddings(len(tokenizer))  # the rows training started from
@@ -127,7 +127,7 @@ def load(
                 )
                 model = generation.attach_adapter(base, tokenizer, run.adapter_dir)
             what = "adapter"
-    model_module.cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
+    cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
     for note in notes:
         say(f"note: {note}")
     model.eval()

@@ -22,23 +22,32 @@ def build_trainer(
     from transformers.trainer_callback import PrinterCallback
 
     from finetune.config import resolved_dict
-    from finetune.train import callbacks as cb
+    from finetune.train.callbacks import (
+        Heartbeat,
+        LossBeforeEval,
+        LossWatchdog,
+        MetricsLog,
+        RichProgress,
+        StopOnSignal,
+        Throughput,
+        WandbConfig,
+    )
 
-    stop, throughput = cb.StopOnSignal(), cb.Throughput()
+    stop, throughput = StopOnSignal(), Throughput()
     callbacks = [
-        cb.LossBeforeEval(),
-        cb.MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
+        LossBeforeEval(),
+        MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
         stop,
         throughput,
-        cb.RichProgress(console),
-        cb.Heartbeat(Path(args.output_dir) / "status.json"),
+        RichProgress(console),
+        Heartbeat(Path(args.output_dir) / "status.json"),
     ]
     if cfg.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.loss_watchdog_threshold is not None:
-        callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
+        callbacks.append(LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
     if cfg.use_wandb:
-        callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
+        callbacks.append(WandbConfig(resolved_dict(cfg)))
     if cfg.hub_model_id:
         from finetune.train.hub_push import HubPush
 
