@@ -46,6 +46,10 @@ def test_the_table_holds_seven_methods_and_the_keys_each_selects(tiny_model_dir,
     """Each method is selected by its key; keys that belong to another method are refused at the key."""
     assert [m.name for m in methods.table()] == ["reward", "dpo", "kto", "orpo", "simpo", "grpo", "sft"]
     assert methods.named("reward-model") is methods.REWARD
+    with pytest.raises(ValueError, match="rows must be one of"):  # a record the data stage could not build
+        methods.Method(name="x", title="x", trainer=print, key="rl", value="x", rows="tokens")
+    with pytest.raises(ValueError, match="already in the table"), methods.register(methods.DPO):
+        pass
     (tmp_path / "x.jsonl").write_text('{"text": "a"}\n')
     base = {
         "base_model": str(tiny_model_dir),

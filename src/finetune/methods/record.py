@@ -1,7 +1,7 @@
 """One training method as a record: what `data`, `train`, the card and the checks ask about it.
 
 A record holds facts and small pure functions of the config (the keys it reads, how they map into its TRL
-config, what its card says); the heavy parts (the trainer, the column shaping) are named by import path
+config, what its card says); the heavy parts (the trainer builder, TRL's config class) are named by import path
 ("module:function") and imported when used, so the table sits below every stage that asks it (config
 included) and imports none of them (the layers contract in pyproject.toml)."""
 
@@ -43,12 +43,16 @@ class Method:
     tags: tuple[str, ...] = ()  # the card's tags after finetune's own
     paper: str | None = None  # cited on the card
     bibtex: str | None = None  # cited in full when the method has one
-    objective: Callable[[Any, dict], str] | None = (
-        None  # (cfg, data summary) -> the card's "trained with" words
-    )
+    objective: Callable[[Any, dict], str] | None = None  # (cfg, data) -> the card's "trained with" words
     hyperparameters: Callable[[Any], dict] = _no_keys  # cfg -> the card's method lines
     log_keys: tuple[str, ...] = ()  # training-log metrics the card's results table shows without evaluations
     batching: str = ""  # how its batches are made (run_facts), when the trainer does not say itself
+
+    def __post_init__(self):
+        if self.rows not in ROWS:
+            raise ValueError(f"{self.name}: rows must be one of {', '.join(ROWS)} (got {self.rows})")
+        if (self.key is None) != (self.value is None):
+            raise ValueError(f"{self.name}: key and value select a method together (SFT has neither)")
 
     @property
     def selector(self) -> str:
