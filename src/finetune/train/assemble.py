@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune import methods
-from finetune.config import Config
+from finetune.config import Config, resolved_dict
+from finetune.model import speedups
+from finetune.train import eval_metrics
 
 
 def build_trainer(
@@ -21,7 +23,6 @@ def build_trainer(
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from finetune.config import resolved_dict
     from finetune.train.callbacks import (
         Heartbeat,
         LossBeforeEval,
@@ -67,8 +68,6 @@ def sft_trainer(
 ):
     """Supervised fine-tuning: finetune's Trainer (train/trainer.py) with the batching plan, token accuracy and
     the eval_metrics scores."""
-    from finetune.model import speedups
-    from finetune.train import eval_metrics
     from finetune.train.trainer import FinetuneTrainer
 
     return FinetuneTrainer(

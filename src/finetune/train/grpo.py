@@ -24,7 +24,7 @@ from __future__ import annotations
 from finetune import methods
 from finetune.config import Config
 from finetune.errors import UserError
-from finetune.train import trl_steps
+from finetune.train import rewards, trl_steps
 
 
 def grpo_arguments(cfg: Config, args):
@@ -71,7 +71,6 @@ def build_trainer(
     evaluation set: the rewards are logged at every step)."""
     from trl import GRPOTrainer
 
-    from finetune.train import rewards
     from finetune.train.trainer import LoraPlus
 
     class FinetuneGRPOTrainer(LoraPlus, trl_steps.FinetuneCard, GRPOTrainer):

@@ -24,6 +24,7 @@ import os
 
 from finetune import methods
 from finetune.config import Config
+from finetune.data.report import no_datasets_bars
 from finetune.train import trl_steps
 
 
@@ -52,8 +53,6 @@ def unpaired(table, seed: int):
     are not neighbours, so the KL term (each batch's completions shifted by one) pairs unrelated rows."""
     if table is None:
         return None
-    from finetune.data import no_datasets_bars
-
     with no_datasets_bars():
         return table.shuffle(seed=seed).flatten_indices()
 
@@ -74,8 +73,6 @@ def pair_columns(table):
                 if labels is not None:
                     out.setdefault(f"{name}labels", []).append(labels)
         return out
-
-    from finetune.data import no_datasets_bars
 
     with no_datasets_bars():
         return table.map(build, batched=True, remove_columns=table.column_names)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from finetune import methods
 from finetune.config import Config
+from finetune.data.report import no_datasets_bars
 from finetune.train import trl_steps
 
 
@@ -58,8 +59,6 @@ def reward_columns(table):
             "chosen_ids": [p + c for p, c in zip(prompts, batch["chosen_ids"], strict=True)],
             "rejected_ids": [p + r for p, r in zip(prompts, batch["rejected_ids"], strict=True)],
         }
-
-    from finetune.data import no_datasets_bars
 
     with no_datasets_bars():  # a progress bar for an in-memory join is noise
         return table.map(join, batched=True, remove_columns=["prompt_ids"])

@@ -204,9 +204,8 @@ def results_section(run: Run) -> list[str]:
     if metrics:
         loss = metrics.get("loss")
         head = f"Final evaluation loss: **{fmt(loss)}**" if loss is not None else "Final evaluation:"
-        if (
-            loss is not None and loss < 50 and not methods.of(run.cfg).preference_data
-        ):  # a pair loss has no perplexity
+        pair_loss = methods.of(run.cfg).preference_data  # a pair loss has no perplexity
+        if loss is not None and loss < 50 and not pair_loss:
             head += f" (perplexity {math.exp(loss):.4f})"
         out += [head, ""]
         others = {k: v for k, v in metrics.items() if k != "loss"}
