@@ -93,11 +93,11 @@ def test_train_pair_methods_overrides_match_trls_methods():
         "args",
         "dataset_name",
     ], (
-        "train.pair_methods FinetunePairTrainer._prepare_dataset overrides a KTOTrainer method whose signature changed"
+        "train.kto_orpo_simpo FinetunePairTrainer._prepare_dataset overrides a KTOTrainer method whose signature changed"
     )
     for trainer in (CPOTrainer, ORPOTrainer):
         assert parameters(trainer.tokenize_row)[1:] == ["feature", "model"], (
-            f"train.pair_methods FinetunePairTrainer.tokenize_row overrides {trainer.__name__}.tokenize_row, changed"
+            f"train.kto_orpo_simpo FinetunePairTrainer.tokenize_row overrides {trainer.__name__}.tokenize_row, changed"
         )
     # the KL completions finetune adds for KTO are read by TRL under this name
     assert "KL_completion_ids" in inspect.getsource(KTOTrainer._prepare_dataset)

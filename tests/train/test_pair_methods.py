@@ -77,14 +77,14 @@ def test_kto_rows_are_unpaired_and_shuffled_once():
     from datasets.table import InMemoryTable
 
     from finetune.data import unpaired
-    from finetune.train import pair_methods
+    from finetune.train import kto_orpo_simpo
 
     pairs = Dataset.from_dict({"prompt_ids": [[1, 2], [1, 3]], "chosen_ids": [[4, 0], [5, 0]],
                                "rejected_ids": [[6, 0], [7, 0]]})  # fmt: skip
     totals = {"pairs_split": 0, "rows_kept": 2}
     table = unpaired.from_pairs(pairs.data.table, totals)  # the data stage splits pairs for rl: kto
     assert totals == {"pairs_split": 2, "rows_kept": 4}
-    rows = pair_methods.unpaired(Dataset(InMemoryTable(table)), seed=0)  # the trainer shuffles them once
+    rows = kto_orpo_simpo.unpaired(Dataset(InMemoryTable(table)), seed=0)  # the trainer shuffles them once
     got = sorted((r["prompt_ids"], r["completion_ids"], r["label"]) for r in rows)
     assert got == [
         ([1, 2], [4, 0], True),
@@ -92,14 +92,14 @@ def test_kto_rows_are_unpaired_and_shuffled_once():
         ([1, 3], [5, 0], True),
         ([1, 3], [7, 0], False),
     ]
-    cols = pair_methods.pair_columns(pairs)
+    cols = kto_orpo_simpo.pair_columns(pairs)
     assert cols[0]["chosen_input_ids"] == [1, 2, 4, 0] and cols[0]["chosen_labels"] == [-100, -100, 4, 0]
     assert cols[1]["rejected_input_ids"] == [1, 3, 7, 0] and cols[1]["prompt_input_ids"] == [1, 3]
 
 
 @pytest.mark.parametrize("rl", ["kto", "dpo"])
 def test_reference_is_the_base_with_the_adapter_off_and_no_copy(rl, tiny_model_dir, tmp_path):
-    """The trainer finetune builds for rl: kto (pair_methods) and rl: dpo (preference.py) scores its reference
+    """The trainer finetune builds for rl: kto (kto_orpo_simpo) and rl: dpo (preference.py) scores its reference
     with the adapter switched off: the base's own log-probabilities, whatever the adapter has learnt, and no
     frozen copy of the adapter is kept (TRL adds a "ref" adapter for a peft model; reference_without_copy drops
     it). ORPO and SimPO have no reference model."""
@@ -110,7 +110,7 @@ def test_reference_is_the_base_with_the_adapter_off_and_no_copy(rl, tiny_model_d
     from finetune import model as model_module
     from finetune.data.tokenizer import count_new_tokens, load_tokenizer
     from finetune.train import arguments as trainer_args
-    from finetune.train import pair_methods, preference
+    from finetune.train import kto_orpo_simpo, preference
 
     cfg = pair_cfg(tiny_model_dir, tmp_path, rl)
     tokenizer = load_tokenizer(cfg)
@@ -118,7 +118,7 @@ def test_reference_is_the_base_with_the_adapter_off_and_no_copy(rl, tiny_model_d
     loaded = model_module.load(cfg, tokenizer, count_new_tokens(cfg, tokenizer))
     prec = model_module.precision(cfg)
     args, _ = trainer_args.training_arguments(cfg, prec, len(prepared.train), False, cfg.output_dir, [])
-    build = pair_methods.build_trainer if rl == "kto" else preference.build_trainer
+    build = kto_orpo_simpo.build_trainer if rl == "kto" else preference.build_trainer
     trainer = build(cfg, args, loaded.model, tokenizer, prepared.train, None, [])
     assert trainer.ref_model is None and sorted(trainer.model.peft_config) == ["default"]  # no copy
 
@@ -153,16 +153,16 @@ def test_reference_is_the_base_with_the_adapter_off_and_no_copy(rl, tiny_model_d
 def test_method_keys_are_read_and_refused_elsewhere(tiny_model_dir, tmp_path):
     from transformers import TrainingArguments
 
-    from finetune.train import pair_methods
+    from finetune.train import kto_orpo_simpo
 
     base = TrainingArguments(str(tmp_path / "o"), learning_rate=2e-4, bf16=False)
     kto = pair_cfg(tiny_model_dir, tmp_path, "kto", rl_beta=0.3, kto_undesirable_weight=1.5)
-    args = pair_methods.arguments(kto, base)
+    args = kto_orpo_simpo.arguments(kto, base)
     assert (args.beta, args.desirable_weight, args.undesirable_weight) == (0.3, 1.0, 1.5)
     assert args.train_sampling_strategy == "sequential" and args.learning_rate == 2e-4 and args.bf16 is False
-    simpo = pair_methods.arguments(pair_cfg(tiny_model_dir, tmp_path, "simpo", simpo_gamma=1.0), base)
+    simpo = kto_orpo_simpo.arguments(pair_cfg(tiny_model_dir, tmp_path, "simpo", simpo_gamma=1.0), base)
     assert (simpo.loss_type, simpo.beta, simpo.simpo_gamma, simpo.cpo_alpha) == ("simpo", 2.0, 1.0, 0.0)
-    orpo = pair_methods.arguments(pair_cfg(tiny_model_dir, tmp_path, "orpo", orpo_alpha=0.2), base)
+    orpo = kto_orpo_simpo.arguments(pair_cfg(tiny_model_dir, tmp_path, "orpo", orpo_alpha=0.2), base)
     assert orpo.beta == 0.2
     with pytest.raises(config.ConfigError) as exc:
         pair_cfg(tiny_model_dir, tmp_path, "dpo", simpo_gamma=1.0, orpo_alpha=0.1)

@@ -21,15 +21,14 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices, BaseModel, ValidationError
 
+from finetune import methods
 from finetune.config import axolotl_keys, axolotl_other_keys, trl_keys, yaml_io
 from finetune.config.checks import (  # noqa: F401 - re-exported
     CCE_PLUGIN,
     DPO_LOSSES,
     LIGER_PLUGIN,
     OPTIMIZERS,
-    PAIR_METHODS,
     RL_LATER,
-    RL_METHODS,
     SCHEDULERS,
 )
 from finetune.config.cross_checks import cross_checks
@@ -148,7 +147,7 @@ def validate(
         cfg = None
     if cfg is not None:
         problems += [f"{where(loc)}{yaml_io.format_loc(loc)}: {text}" for loc, text in cross_checks(cfg)]
-        if cfg.online_rl:  # reward functions: built-in names, or modules next to the config file
+        if methods.of(cfg).online:  # reward functions: built-in names, or modules next to the config file
             folder = Path(source).parent if Path(source).is_file() else Path.cwd()
             cfg._config_dir = str(folder.resolve())
             problems += [

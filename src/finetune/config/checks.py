@@ -10,6 +10,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
+from finetune import methods
 from finetune.config.datasets import check_exists
 
 if TYPE_CHECKING:
@@ -49,9 +50,7 @@ LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 LM_EVAL_PLUGIN = "axolotl.integrations.lm_eval.LMEvalPlugin"  # lm_eval_tasks is what takes effect
 PLUGINS = (LIGER_PLUGIN, CCE_PLUGIN, LM_EVAL_PLUGIN)
-RL_METHODS = ("dpo", "grpo", "kto", "orpo", "simpo")
 RL_LATER = ("ipo",)  # axolotl's other rl: values, refused (ipo is a DPO loss here)
-PAIR_METHODS = ("dpo", "kto", "orpo", "simpo")  # trained on the preference data finetune reads
 # TRL 1.16 DPOConfig.loss_type values.
 DPO_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -86,12 +85,14 @@ def model_path_exists(v: str | None) -> str | None:
 
 
 def known_rl(v: str | None) -> str | None:
-    if v is None or v in RL_METHODS:
+    """rl: one of the method table's (finetune.methods)."""
+    implemented = sorted(methods.rl_names())
+    if v is None or v in implemented:
         return v
     hint = " (rl: dpo with dpo_loss_type: ipo trains the IPO loss)" if v == "ipo" else ""
     if v in RL_LATER:
-        raise ValueError(f"'{v}' is not implemented yet (implemented: {', '.join(RL_METHODS)}){hint}")
-    raise ValueError(f"'{v}' is not a known method (implemented: {', '.join(RL_METHODS)})")
+        raise ValueError(f"'{v}' is not implemented yet (implemented: {', '.join(implemented)}){hint}")
+    raise ValueError(f"'{v}' is not a known method (implemented: {', '.join(implemented)})")
 
 
 def known_dpo_loss(v):

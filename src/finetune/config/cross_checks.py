@@ -3,6 +3,7 @@ config.validate places at the key to change. Each message says what to set inste
 
 from __future__ import annotations
 
+from finetune import methods
 from finetune.config.checks import ATTENTION_FLAGS, PLUGINS
 from finetune.config.datasets import KTO_TYPES, DatasetType, PreferenceType, UnpairedType
 from finetune.config.fsdp import fsdp_settings
@@ -55,8 +56,8 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
     problems += tracking_checks(cfg)
     problems += fsdp_settings(cfg)[1]
     if fsdp_requested(cfg):
-        if cfg.training_kind != "sft":
-            key = "reward_model" if cfg.reward_model else "rl"
+        key = methods.of(cfg).key
+        if key is not None:
             problems.append(
                 ((key,), "FSDP trains supervised fine-tuning only here: use DDP or DeepSpeed for this")
             )
@@ -183,105 +184,62 @@ def cut_cross_entropy_checks(cfg: Config) -> list[tuple[tuple, str]]:
 
 
 def preference_checks(cfg: Config) -> list[tuple[tuple, str]]:
-    """Preference keys only with a preference run, and preference data only there (never silently ignored)."""
+    """What the method table says of the config's method: keys another method owns, keys it refuses, its own
+    checks; and preference data only with a method that trains on it (never silently ignored)."""
     problems = []
-    if cfg.rl and cfg.reward_model:
-        problems.append((("reward_model",), f"cannot be combined with rl: {cfg.rl}: choose one"))
-    if cfg.num_labels is not None and not cfg.reward_model:
+    method = methods.of(cfg)
+    chosen = methods.selected(cfg)
+    if len(chosen) > 1:  # reward_model: true and an rl: method
+        problems.append(((chosen[0].key,), f"cannot be combined with {chosen[1].selector}: choose one"))
+    if cfg.num_labels is not None and not method.score_head:
         problems.append((("num_labels",), "only used by reward models: set reward_model: true or remove it"))
-    only = {  # key -> the rl: methods that read it
-        "rl_beta": ("dpo", "kto", "simpo"),
-        "dpo_loss_type": ("dpo",),
-        "kto_desirable_weight": ("kto",),
-        "kto_undesirable_weight": ("kto",),
-        "orpo_alpha": ("orpo",),
-        "simpo_gamma": ("simpo",),
-        "cpo_alpha": ("simpo",),
-        "trl": ("grpo",),
-    }
-    for key, methods in only.items():
-        if getattr(cfg, key) is not None and cfg.rl not in methods:
+    for key, readers in methods.own_keys().items():
+        names = [m.value for m in readers if m.key == "rl"]
+        if names and getattr(cfg, key) is not None and method not in readers:
             problems.append(
-                ((key,), f"only used by rl: {' / '.join(methods)}: set rl: {methods[0]} or remove it")
+                ((key,), f"only used by rl: {' / '.join(names)}: set rl: {names[0]} or remove it")
             )
-    problems += grpo_checks(cfg)
-    if cfg.min_sample_len is not None and cfg.preference:
-        problems.append(
-            (("min_sample_len",), f"for SFT data only (not {cfg.training_kind} pairs): remove it")
-        )
-    if cfg.max_prompt_len is not None and not cfg.preference:
+    problems += method.checks(cfg)
+    for key, why in method.refuses:  # keys that mean nothing for this method
+        if getattr(cfg, key) not in (None, False, 0, "", []):
+            problems.append(((key,), why.format(name=method.name)))
+    if cfg.max_prompt_len is not None and not method.preference_data:
         problems.append((("max_prompt_len",), "for preference data only: set rl: dpo or reward_model: true"))
-    if (cfg.preference or cfg.online_rl) and cfg.train_on_inputs:
-        problems.append((("train_on_inputs",), f"has no meaning for {cfg.training_kind} training: remove it"))
-    for key in ("sample_packing", "eval_sample_packing", "group_by_length", "batch_flattening"):
-        if cfg.online_rl and getattr(cfg, key):
-            problems.append(((key,), "not for rl: grpo (prompts are generated from, not packed)"))
-        if cfg.preference and getattr(cfg, key):
-            problems.append(((key,), "not for preference pairs (batches of chosen + rejected, padded)"))
-    if cfg.online_rl and cfg.eval_metrics:
-        problems.append((("eval_metrics",), "not for rl: grpo: the rewards are logged at every step"))
-    if cfg.preference and cfg.eval_metrics:
-        problems.append((("eval_metrics",), "SFT only: DPO and reward models log rewards and accuracy"))
     for key in ("datasets", "test_datasets"):
         for i, ds in enumerate(getattr(cfg, key) or []):
-            pref_type = isinstance(ds.type, PreferenceType)
-            chat_pairs = ds.field_chosen is not None or ds.field_rejected is not None
-            unpaired = isinstance(ds.type, UnpairedType) or ds.type in KTO_TYPES
-            if unpaired and cfg.rl != "kto":
-                method = "reward_model: true" if cfg.reward_model else f"rl: {cfg.rl}"
-                text = (
-                    f"{method} needs chosen/rejected pairs; rl: kto reads unpaired rows"
-                    if cfg.preference
-                    else "set rl: kto to train on them"
-                )
-                problems.append(
-                    ((key, i, "type"), f"unpaired rows (a completion and a true/false label): {text}")
-                )
-            elif unpaired:
-                continue
-            elif not cfg.preference and (pref_type or chat_pairs):
-                field = "type" if pref_type else "field_chosen" if ds.field_chosen else "field_rejected"
-                loc = (key, i, field)
-                problems.append((loc, "preference data: set rl: dpo or reward_model: true to train on it"))
-            elif cfg.preference and isinstance(ds.type, str) and ds.type != "chat_template":
-                problems.append(
-                    (
-                        (key, i, "type"),
-                        f"{cfg.training_kind} trains on preference pairs: use a dict with field_prompt/field_chosen/field_rejected, or chat_template with field_chosen/field_rejected (got {ds.type})",
-                    )
-                )
-            elif cfg.preference and isinstance(ds.type, DatasetType):
-                problems.append(
-                    (
-                        (key, i, "type"),
-                        f"{cfg.training_kind} trains on preference pairs: this format has no chosen/rejected answers (use field_prompt/field_chosen/field_rejected)",
-                    )
-                )
+            problems += _data_fits_method(method, ds, (key, i))
     return problems
 
 
-def grpo_checks(cfg: Config) -> list[tuple[tuple, str]]:
-    """rl: grpo: groups of num_generations completions must fill whole batches; no evaluation set (yet)."""
-    if not cfg.online_rl:
-        return []
-    problems = []
-    trl = cfg.trl
-    generations = (trl.num_generations if trl else None) or 4
-    rows = cfg.micro_batch_size * cfg.gradient_accumulation_steps
-    if rows % generations:
-        problems.append(
-            (
-                ("trl", "num_generations"),
-                f"{generations} must divide micro_batch_size x gradient_accumulation_steps ({rows}): each "
-                "prompt's completions are one group",
-            )
+def _data_fits_method(method, ds, where: tuple) -> list[tuple[tuple, str]]:
+    """A dataset entry's layout against what the method reads: unpaired rows (KTO), pairs, or answers."""
+    pref_type = isinstance(ds.type, PreferenceType)
+    chat_pairs = ds.field_chosen is not None or ds.field_rejected is not None
+    unpaired = isinstance(ds.type, UnpairedType) or ds.type in KTO_TYPES
+    if unpaired and method.rows != "unpaired":
+        text = (
+            f"{method.selector} needs chosen/rejected pairs; rl: kto reads unpaired rows"
+            if method.preference_data
+            else "set rl: kto to train on them"
         )
-    for key in ("val_set_size", "test_datasets"):
-        if getattr(cfg, key):
-            problems.append(
-                (
-                    (key,),
-                    "not for rl: grpo yet: the rewards are logged every step; score with finetune eval after",
-                )
+        return [((*where, "type"), f"unpaired rows (a completion and a true/false label): {text}")]
+    if unpaired:
+        return []
+    if not method.preference_data and (pref_type or chat_pairs):
+        field = "type" if pref_type else "field_chosen" if ds.field_chosen else "field_rejected"
+        return [((*where, field), "preference data: set rl: dpo or reward_model: true to train on it")]
+    if method.preference_data and isinstance(ds.type, str) and ds.type != "chat_template":
+        return [
+            (
+                (*where, "type"),
+                f"{method.name} trains on preference pairs: use a dict with field_prompt/field_chosen/field_rejected, or chat_template with field_chosen/field_rejected (got {ds.type})",
             )
-    return problems
+        ]
+    if method.preference_data and isinstance(ds.type, DatasetType):
+        return [
+            (
+                (*where, "type"),
+                f"{method.name} trains on preference pairs: this format has no chosen/rejected answers (use field_prompt/field_chosen/field_rejected)",
+            )
+        ]
+    return []

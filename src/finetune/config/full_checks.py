@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from finetune import methods
 from finetune.config.deepspeed import zero_stage
 from finetune.config.fsdp import requested as fsdp_requested
 from finetune.config.schema import Config
@@ -54,8 +55,8 @@ def full_checks(cfg: Config) -> list[tuple[tuple, str]]:
                         f"updated: set {key}: false, or train an adapter (adapter: {'qlora' if bits == '4-bit' else 'lora'})",
                     )
                 )
-        if cfg.reward_model or cfg.rl:
-            key = "reward_model" if cfg.reward_model else "rl"
+        key = methods.of(cfg).key
+        if key is not None:
             problems.append(
                 ((key,), "trains an adapter here (full fine-tuning is supervised only): set adapter: lora")
             )
@@ -81,8 +82,8 @@ def full_checks(cfg: Config) -> list[tuple[tuple, str]]:
         if why:
             problems.append((("unfrozen_parameters", i), why))
     if cfg.unfrozen_parameters and cfg.adapter is not None:
-        if cfg.reward_model or cfg.rl:
-            key = "reward_model" if cfg.reward_model else "rl"
+        key = methods.of(cfg).key
+        if key is not None:
             problems.append(
                 (
                     ("unfrozen_parameters",),

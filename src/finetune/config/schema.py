@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pydantic import PrivateAttr, field_validator
 
+from finetune import methods
 from finetune.config import checks
-from finetune.config.checks import CCE_PLUGIN, PAIR_METHODS
+from finetune.config.checks import CCE_PLUGIN
 from finetune.config.datasets import looks_local
 from finetune.config.keys_hub import HubKeys
 from finetune.config.keys_model import DataKeys, ModelKeys, Positive  # noqa: F401 - Positive re-exported
@@ -108,26 +109,8 @@ class Config(TrackingKeys, HubKeys, PreferenceKeys, TrainingKeys, DataKeys, Mode
 
     @property
     def training_kind(self) -> str:
-        """`sft`, `reward`, or the rl: method: which trainer runs and which data layout the datasets must have."""
-        return "reward" if self.reward_model else self.rl or "sft"
-
-    @property
-    def rl_beta_or_default(self) -> float:
-        """rl_beta, else TRL's default for the method (DPO, KTO 0.1; SimPO 2.0, the paper's), written down so
-        the card can report the beta that ran."""
-        if self.rl_beta is not None:
-            return self.rl_beta
-        return 2.0 if self.rl == "simpo" else 0.1
-
-    @property
-    def preference(self) -> bool:
-        """Trained on chosen/rejected pairs (DPO, KTO, ORPO, SimPO or a reward model) rather than on answers."""
-        return self.reward_model or self.rl in PAIR_METHODS
-
-    @property
-    def online_rl(self) -> bool:
-        """rl: grpo: prompts of SFT-format datasets, completions sampled and scored by reward functions."""
-        return self.rl == "grpo"
+        """`sft`, `reward`, or the rl: method: the name of the method table's record (finetune.methods)."""
+        return methods.of(self).name
 
     @property
     def config_dir(self) -> str | None:

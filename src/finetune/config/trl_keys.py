@@ -24,14 +24,13 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from finetune.config.datasets import StrictModel
+from finetune.methods.grpo_keys import (  # noqa: F401 - re-exported: the trl: block's mapping lives with GRPO's record
+    BUILTIN_REWARDS,
+    GRPO_DEFAULTS,
+    grpo_settings,
+    user_rewards,
+)
 
-# Reward functions that need no code (train/rewards.py computes them).
-BUILTIN_REWARDS = {
-    "label": "1 when the completion's first label (of the answers' label set) equals the reference, else 0",
-    "numeric": "1 when the completion's first number equals the reference's within 1% (12% = 0.12), else 0",
-    "exact": "1 when the completion equals the reference after normalization (case, punctuation, spaces)",
-    "format": "1 when the completion ended by itself (EOS / end of turn) within max_completion_length, else 0",
-}
 # axolotl TRLConfig keys finetune does not implement -> values that count as "off" (besides None/False/"").
 NOT_IMPLEMENTED: dict[str, tuple] = {
     "vllm_device": ("auto",),
@@ -47,13 +46,6 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "ref_model_mixup_alpha": (0.9,),
     "ref_model_sync_steps": (64,),
 }
-
-
-# finetune's defaults where TRL 1.16's do not suit a LoRA run on a small machine (train/grpo.py says why)
-GRPO_DEFAULTS = {"num_generations": 4, "max_completion_length": 64, "beta": 0.04}
-GRPO_PASSED = (  # trl: keys passed to GRPOConfig under the same name when set
-    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "num_iterations", "epsilon",
-)  # fmt: skip
 
 
 class TrlConfig(StrictModel):
@@ -184,11 +176,6 @@ def _binds(node: ast.stmt, name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t))
 
 
-def user_rewards(trl: TrlConfig | None) -> list[str]:
-    """The reward functions of `trl` that are the user's code (module.function), not built-in."""
-    return [n for n in (trl.reward_names if trl else []) if n not in BUILTIN_REWARDS]
-
-
 def reward_problems(trl: TrlConfig | None, folder: str | Path | None) -> list[tuple[tuple, str]]:
     """Each reward function that cannot be found (checked statically, never imported), and reward_weights that
     do not match them."""
@@ -209,17 +196,3 @@ def reward_problems(trl: TrlConfig | None, folder: str | Path | None) -> list[tu
             )
         )
     return problems
-
-
-def grpo_settings(trl: TrlConfig | None) -> dict:
-    """The GRPOConfig settings the `trl:` block gives, finetune's defaults filled in (also what the card shows)."""
-    out = dict(GRPO_DEFAULTS)
-    for key in (*GRPO_DEFAULTS, *GRPO_PASSED):
-        value = getattr(trl, key, None) if trl else None
-        if value is not None:
-            out[key] = value
-    if trl is not None and trl.scale_rewards is not None:
-        out["scale_rewards"] = "group" if trl.scale_rewards else "none"
-    if trl is not None and trl.reward_weights is not None:
-        out["reward_weights"] = list(trl.reward_weights)
-    return out

@@ -3,28 +3,20 @@ rl: kto (prompt_ids, completion_ids, label) tables (unpaired.py: unpaired rows, 
 
 `data.prepare` dispatches here for rl: dpo, kto, orpo, simpo and reward_model, so preference data is loaded (sources.py), cached
 by fingerprint, split (val_set_size / test_datasets) and deduplicated exactly like SFT data, and a bad row is
-reported by file and line. Rows are rendered and tokenized by preference.py. Length rules, in this order:
-
-1. max_prompt_len: a longer prompt keeps its last max_prompt_len tokens (the BOS stays first): the end of
-   a prompt is what the answers follow. (TRL 1.16 has no max_prompt_length any more; this is its job.)
-2. sequence_len: a pair whose prompt + longer answer exceeds it is dropped, or with excess_length_strategy:
-   truncate, both answers are cut to fit (dropped when the prompt alone fills it, or when the cut answers
-   no longer differ).
-
-Pairs with an empty answer or two identical answers teach nothing and are skipped; every removal is counted.
+reported by file and line. Rows are rendered and tokenized by preference_format.py (KTO's unpaired rows by
+unpaired_format.py), then fitted to max_prompt_len and sequence_len, deduplicated and counted by answer_rows.py,
+the one path for both kinds of rows. (TRL 1.16 has no max_prompt_length any more; the data stage does its job.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import nullcontext
 
-import numpy as np
-
+from finetune import methods
 from finetune.config import Config
-from finetune.data import encode, report, sources, unpaired, unpaired_format
-from finetune.data import preference_format as preference
+from finetune.data import answer_rows, encode, preference_format, report, sources, unpaired, unpaired_format
+from finetune.data.report import no_datasets_bars
 from finetune.errors import UserError
 
 PREFERENCE_FORMAT_VERSION = (
@@ -36,16 +28,14 @@ COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 def fingerprint_settings(cfg: Config) -> dict:
     """What preference tables depend on beyond SFT's settings (data.fingerprint_inputs adds it): rl: kto
     keeps unpaired rows (unpaired.py), every other method pairs."""
-    rows = "unpaired" if cfg.rl == "kto" else "pairs"
+    rows = methods.of(cfg).rows  # pairs, or unpaired (kto)
     return {"version": PREFERENCE_FORMAT_VERSION, "max_prompt_len": cfg.max_prompt_len, "rows": rows}
 
 
 def build(cfg: Config, tokenizer, show_progress: bool = True):
     """(train table, eval table or None, stats), in memory; raises UserError on the first bad row."""
-    from finetune.data import no_datasets_bars
-
-    kto = cfg.rl == "kto"  # unpaired rows (unpaired.py), else pairs
-    dedup, counts = (unpaired.deduplicate, unpaired.token_counts) if kto else (deduplicate, token_counts)
+    kto = methods.of(cfg).rows == "unpaired"  # unpaired rows (unpaired.py), else pairs
+    layout = answer_rows.UNPAIRED if kto else answer_rows.PAIRS
     with no_datasets_bars():
         train, stats = _encode_entries(cfg, cfg.datasets, "datasets", tokenizer, show_progress)
         test = (
@@ -54,7 +44,7 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
             else None
         )
     if cfg.dataset_exact_deduplication:
-        train, stats["duplicates"] = dedup(train)
+        train, stats["duplicates"] = answer_rows.deduplicate(layout, train)
         stats["rows_kept"] -= stats["duplicates"]
     if not train.num_rows:
         what = "rows" if kto else "preference pairs"
@@ -62,7 +52,7 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
     if test is not None:
         eval_, test_stats = test
         if cfg.dataset_exact_deduplication:
-            eval_, test_stats["duplicates"] = dedup(eval_, against=train)
+            eval_, test_stats["duplicates"] = answer_rows.deduplicate(layout, eval_, against=train)
             test_stats["rows_kept"] -= test_stats["duplicates"]
         train, _ = encode.split(train, 0, cfg.seed, cfg.shuffle_merged_datasets)
         stats["test_datasets"] = test_stats
@@ -71,10 +61,10 @@ def build(cfg: Config, tokenizer, show_progress: bool = True):
     if kto:
         stats["desirable"], stats["undesirable"] = unpaired.label_counts(train)
         unpaired.check_classes(stats)
-    stats["tokens"], stats["trained_tokens"] = counts(train)
+    stats["tokens"], stats["trained_tokens"] = answer_rows.token_counts(layout, train)
     stats["train_rows"] = train.num_rows
     stats["eval_rows"] = eval_.num_rows if eval_ is not None else 0
-    stats["eval_tokens"] = counts(eval_)[0]
+    stats["eval_tokens"] = answer_rows.token_counts(layout, eval_)[0]
     stats["sequence_len"], stats["excess_length_strategy"] = cfg.sequence_len, cfg.excess_length_strategy
     stats["max_prompt_len"] = cfg.max_prompt_len
     return train, eval_, stats
@@ -86,7 +76,7 @@ COUNTERS = ("rows_in", "rows_kept", "dropped_too_long", "truncated", "empty_answ
 def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bool):
     import pyarrow as pa
 
-    kto = cfg.rl == "kto"
+    kto = methods.of(cfg).rows == "unpaired"
     extra = ("unpaired_rows", "pairs_split") if kto else ()
     tables, totals = [], dict.fromkeys((*COUNTERS, "duplicates", "prompt_truncated", *extra), 0)
     entries_out = []
@@ -105,9 +95,9 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
                     specs[rows] = (
                         unpaired_format.unpaired_spec(cfg, ds, where, tokenizer)
                         if rows
-                        else preference.pair_spec(cfg, ds, where, tokenizer)
+                        else preference_format.pair_spec(cfg, ds, where, tokenizer)
                     )
-                work, fit = (unpaired.encode_batch, unpaired.fit) if rows else (_encode_batch, _fit)
+                work = unpaired.encode_batch if rows else _encode_batch
                 name = f"tokenizing {os.path.basename(src.label)}"
                 task = progress.add_task(name, total=len(src.dataset)) if progress else None
                 start = 0  # index of the batch's first row, for naming a bad row's line
@@ -115,24 +105,26 @@ def _encode_entries(cfg: Config, entries, key: str, tokenizer, show_progress: bo
                     work, (specs[rows], tokenizer), src.dataset, cfg.dataset_processes or os.cpu_count() or 1
                 )
                 for n, out in batches:
-                    kept = fit(out, src, start, cfg, tokenizer.bos_token_id, totals)
-                    tables.append(unpaired.from_pairs(kept, totals) if kto and not rows else kept)
+                    layout = answer_rows.UNPAIRED if rows else answer_rows.PAIRS
+                    kept = answer_rows.fit(layout, out, src, start, cfg, tokenizer.bos_token_id, totals)
+                    table = unpaired.table(kept) if rows else _pairs(kept)
+                    tables.append(unpaired.from_pairs(table, totals) if kto and not rows else table)
                     start += n
                     if progress:
                         progress.advance(task, n)
             mine = tables[first:]
             entry = pa.concat_tables(mine) if mine else (unpaired.table() if kto else _empty())
-            counts = unpaired.token_counts if kto else token_counts
-            entries_out.append(_entry_stats(where, ds, loaded, entry, counts))
+            layout = answer_rows.UNPAIRED if kto else answer_rows.PAIRS
+            entries_out.append(_entry_stats(where, ds, loaded, entry, layout))
     totals["sources"] = entries_out
     if not tables:
         return (unpaired.table() if kto else _empty()), totals
     return pa.concat_tables(tables), totals
 
 
-def _entry_stats(where: str, ds, loaded, table, counts) -> dict:
+def _entry_stats(where: str, ds, loaded, table, layout: answer_rows.Layout) -> dict:
     """encode.entry_stats for pairs and unpaired rows: before weighting, tokens are known at weight 1 only."""
-    tokens, trained = counts(table)
+    tokens, trained = answer_rows.token_counts(layout, table)
     read = sum(src.rows_read if src.rows_read is not None else len(src.dataset) for src in loaded)
     return {
         "key": where,
@@ -149,39 +141,13 @@ def _entry_stats(where: str, ds, loaded, table, counts) -> dict:
 
 def _encode_batch(spec, tokenizer, batch: dict) -> dict:
     rows = [{k: v[j] for k, v in batch.items()} for j in range(encode.rows_in(batch))]
-    return preference.encode_pairs(spec, tokenizer, rows)
+    return preference_format.encode_pairs(spec, tokenizer, rows)
 
 
-def _fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict):
-    """Report the first bad row; apply max_prompt_len and sequence_len; count; return the kept rows."""
+def _pairs(kept: dict):
+    """The kept pairs as an Arrow table (answer_rows.fit's columns)."""
     import pyarrow as pa
 
-    bad = [i for i, s in enumerate(out["status"]) if s == preference.ERROR]
-    if bad:
-        raise UserError(f"{src.where(start + bad[0])}: {out['error'][bad[0]]}")
-    kept = {c: [] for c in COLUMNS}
-    for i, status in enumerate(out["status"]):
-        totals["rows_in"] += 1
-        if status == preference.EMPTY:
-            totals["empty_answer"] += 1
-            continue
-        if status == preference.SAME:
-            totals["same_answers"] += 1
-            continue
-        p, c, r = out["prompt_ids"][i], out["chosen_ids"][i], out["rejected_ids"][i]
-        if cfg.max_prompt_len and len(p) > cfg.max_prompt_len:
-            p = preference.keep_end(p, cfg.max_prompt_len, bos)
-            totals["prompt_truncated"] += 1
-        room = cfg.sequence_len - len(p)
-        if max(len(c), len(r)) > room:
-            if cfg.excess_length_strategy != "truncate" or room <= 0 or c[:room] == r[:room]:
-                totals["dropped_too_long"] += 1
-                continue
-            c, r = c[:room], r[:room]
-            totals["truncated"] += 1
-        for name, ids in zip(COLUMNS, (p, c, r), strict=True):
-            kept[name].append(ids)
-        totals["rows_kept"] += 1
     return pa.table({c: pa.array(kept[c], pa.list_(pa.int32())) for c in COLUMNS})
 
 
@@ -189,33 +155,6 @@ def _empty():
     import pyarrow as pa
 
     return pa.table({c: pa.array([], pa.list_(pa.int32())) for c in COLUMNS})
-
-
-def deduplicate(table, against=None):
-    """Drop exact repeats of (prompt, chosen, rejected), keeping the first; with `against`, rows found there."""
-    from finetune.data import encode
-
-    return encode.deduplicate(table, against, row_hashes=_row_hashes)
-
-
-def _row_hashes(table):
-    columns = [table[c].to_pylist() for c in COLUMNS]
-    for row in zip(*columns, strict=True):
-        h = hashlib.blake2b(digest_size=16)
-        for ids in row:
-            h.update(np.asarray(ids, dtype=np.int32).tobytes() + b"|")
-        yield h.digest()
-
-
-def token_counts(table) -> tuple[int, int]:
-    """(tokens the model reads: prompt+chosen and prompt+rejected, answer tokens) of a table."""
-    import pyarrow.compute as pc
-
-    if table is None or table.num_rows == 0:
-        return 0, 0
-    length = {c: int(pc.sum(pc.list_value_length(table[c])).as_py() or 0) for c in COLUMNS}
-    answers = length["chosen_ids"] + length["rejected_ids"]
-    return 2 * length["prompt_ids"] + answers, answers
 
 
 # ---------------------------------------------------------------- what the user is told

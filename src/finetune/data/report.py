@@ -6,6 +6,7 @@ green and between ⟦ ⟧ (the brackets survive when the output is piped to a fi
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -194,3 +195,17 @@ def length_distribution(train, eval_, sequence_len: int) -> None:
         for lo, hi, count in zip(edges[:-1], edges[1:], counts, strict=True):
             bar = "█" * int(round(40 * count / max(counts.max(), 1)))
             console.print(f"  {lo:>7}–{hi:<7} {count:>8,} {bar}")
+
+
+@contextmanager
+def no_datasets_bars():
+    """datasets' tqdm bars off while we load and save (ours are rich bars), restored after."""
+    import datasets
+
+    were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_on:
+            datasets.enable_progress_bars()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from finetune import hub
+from finetune import hub, methods
 from finetune.config import Config
 from finetune.data import analysis, prepare, report, report_pairs
 from finetune.data.tokenizer import load_tokenizer
@@ -38,7 +38,7 @@ def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
             prepared = prepare(cfg, tokenizer)
     else:
         prepared = prepare(cfg, tokenizer)
-    if cfg.preference or cfg.online_rl:  # pairs, KTO rows, GRPO prompts: report_pairs.py says what differs
+    if not methods.of(cfg).answers:  # pairs, KTO rows, GRPO prompts: report_pairs.py says what differs
         folder = prepared.path or report_pairs.grpo_folder(cfg, tokenizer)
         folder.mkdir(parents=True, exist_ok=True)
         found = report_pairs.analyse(cfg, tokenizer, prepared, folder, against)
@@ -59,7 +59,7 @@ def data_command(cfg: Config, against: list[str], as_json: bool) -> dict:
 def for_training(cfg: Config, tokenizer, folder: Path) -> dict | None:
     """The report of the data a run trains on: the one in the cache folder (written by `finetune data`, maybe
     with --against files), else computed now and written there. None for preference and GRPO data."""
-    if cfg.preference or cfg.online_rl or folder is None:
+    if not methods.of(cfg).answers or folder is None:
         return None
     saved = Path(folder) / f"{NAME}.json"
     if saved.is_file():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune import methods
 from finetune.config import Config
 from finetune.data import (
     contamination,
@@ -39,7 +40,8 @@ _P = np.uint64(0x9E3779B97F4A7C15)
 
 
 def kind(cfg: Config) -> str:
-    return GRPO if cfg.online_rl else KTO if cfg.rl == "kto" else PAIRS
+    """Which layout the method's rows have (the method table's `rows`)."""
+    return {"prompts": GRPO, "unpaired": KTO}.get(methods.of(cfg).rows, PAIRS)
 
 
 def analyse(cfg: Config, tokenizer, prepared, folder: Path, against: list[str] | tuple = ()) -> dict:

@@ -2,7 +2,7 @@
 
 preference.py loads, caches and splits the data as for every preference run and calls in here for rl: kto:
 a source of unpaired rows (unpaired_format.py says which) is tokenized and fitted row by row; a source of
-pairs is fitted as pairs (preference.py's rules) and each kept pair becomes two rows, its chosen answer
+pairs is fitted as pairs (answer_rows.py's rules) and each kept pair becomes two rows, its chosen answer
 desirable and its rejected one undesirable. So one run can mix pair files and unpaired files: both end as
 unpaired rows. Length rules for an unpaired row, as for pairs: max_prompt_len keeps the prompt's end (and its
 BOS); a row whose prompt + answer exceeds sequence_len is dropped, or with excess_length_strategy: truncate,
@@ -13,14 +13,9 @@ refused here, before anything is cached.
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
-
+from finetune import methods
 from finetune.config import Config
-from finetune.data import report
-from finetune.data import unpaired_format as fmt
-from finetune.data.preference_format import keep_end
+from finetune.data import encode, report, unpaired_format
 from finetune.errors import UserError
 
 COLUMNS = ("prompt_ids", "completion_ids", "label")
@@ -28,7 +23,7 @@ COLUMNS = ("prompt_ids", "completion_ids", "label")
 
 def refusal(cfg: Config, where: str, label: str) -> str:
     """The one line for unpaired rows given to a method that trains on pairs."""
-    method = "reward_model: true" if cfg.reward_model else f"rl: {cfg.rl}"
+    method = methods.of(cfg).selector
     return (
         f"{where}: {label} holds unpaired rows (prompt, completion, label): {method} needs chosen/rejected "
         "pairs; rl: kto reads unpaired rows"
@@ -36,39 +31,8 @@ def refusal(cfg: Config, where: str, label: str) -> str:
 
 
 def encode_batch(spec, tokenizer, batch: dict) -> dict:
-    from finetune.data.encode import rows_in
-
-    rows = [{k: v[j] for k, v in batch.items()} for j in range(rows_in(batch))]
-    return fmt.encode_rows(spec, tokenizer, rows)
-
-
-def fit(out: dict, src, start: int, cfg: Config, bos: int | None, totals: dict):
-    """Report the first bad row; apply max_prompt_len and sequence_len; count; return the kept rows."""
-    bad = [i for i, s in enumerate(out["status"]) if s == fmt.ERROR]
-    if bad:
-        raise UserError(f"{src.where(start + bad[0])}: {out['error'][bad[0]]}")
-    kept = {c: [] for c in COLUMNS}
-    for i, status in enumerate(out["status"]):
-        totals["rows_in"] += 1
-        if status == fmt.EMPTY:
-            totals["empty_answer"] += 1
-            continue
-        p, c = out["prompt_ids"][i], out["completion_ids"][i]
-        if cfg.max_prompt_len and len(p) > cfg.max_prompt_len:
-            p = keep_end(p, cfg.max_prompt_len, bos)
-            totals["prompt_truncated"] += 1
-        room = cfg.sequence_len - len(p)
-        if len(c) > room:
-            if cfg.excess_length_strategy != "truncate" or room <= 0:
-                totals["dropped_too_long"] += 1
-                continue
-            c = c[:room]
-            totals["truncated"] += 1
-        for name, value in zip(COLUMNS, (p, c, out["label"][i]), strict=True):
-            kept[name].append(value)
-        totals["rows_kept"] += 1
-        totals["unpaired_rows"] += 1
-    return table(kept)
+    rows = [{k: v[j] for k, v in batch.items()} for j in range(encode.rows_in(batch))]
+    return unpaired_format.encode_rows(spec, tokenizer, rows)
 
 
 def from_pairs(pairs, totals: dict):
@@ -95,31 +59,6 @@ def table(rows: dict | None = None):
         "completion_ids": pa.array(rows["completion_ids"], ids),
         "label": pa.array(rows["label"], pa.bool_()),
     })  # fmt: skip
-
-
-def deduplicate(rows, against=None):
-    """Drop exact repeats of (prompt, completion, label), keeping the first; with `against`, rows found there."""
-    from finetune.data import encode
-
-    return encode.deduplicate(rows, against, row_hashes=_row_hashes)
-
-
-def _row_hashes(rows):
-    for p, c, label in zip(*(rows[k].to_pylist() for k in COLUMNS), strict=True):
-        h = hashlib.blake2b(digest_size=16)
-        h.update(np.asarray(p, dtype=np.int32).tobytes() + b"|")
-        h.update(np.asarray(c, dtype=np.int32).tobytes() + (b"|1" if label else b"|0"))
-        yield h.digest()
-
-
-def token_counts(rows) -> tuple[int, int]:
-    """(tokens the model reads: prompt + answer, answer tokens) of a table."""
-    import pyarrow.compute as pc
-
-    if rows is None or rows.num_rows == 0:
-        return 0, 0
-    prompt, answer = (int(pc.sum(pc.list_value_length(rows[c])).as_py() or 0) for c in COLUMNS[:2])
-    return prompt + answer, answer
 
 
 def label_counts(rows) -> tuple[int, int]:

@@ -24,14 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from finetune.config import KTO_TYPES, Config, DatasetConfig, PreferenceType, UnpairedType
-from finetune.data import preference_format as pairs
+from finetune.data import preference_format
 from finetune.data.chat import ChatSpec, chat_messages, chat_spec, render_chat
 from finetune.data.formats import RowError, text_value, token_ids
 from finetune.errors import UserError
 
 # axolotl's KTO strategy name -> the column holding the user's turn (argilla_chat: none, see above)
 PROMPT_COLUMN = {"argilla": "instruction", "intel": "question", "prompt_pairs": "prompt", "ultra": "prompt"}
-OK, EMPTY, ERROR = pairs.OK, pairs.EMPTY, pairs.ERROR
+OK, EMPTY, ERROR = preference_format.OK, preference_format.EMPTY, preference_format.ERROR
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def unpaired_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> Unpa
     """The UnpairedSpec of one dataset entry; a bad template raises UserError naming its key path."""
     if isinstance(ds.type, UnpairedType):
         t = ds.type
-        pairs.check_templates(
+        preference_format.check_templates(
             t, where, {"prompt_format": ("prompt", "system"), "completion_format": ("completion",)}
         )
         return UnpairedSpec(text=t, chat=None, field_completion=t.field_completion, field_label=t.field_label)
@@ -120,7 +120,7 @@ def render_prompt(spec: UnpairedSpec, row: dict, tokenizer) -> tuple[str, list[d
             )
         messages = turns[:-1]
     elif spec.chat is not None and (spec.text is None or isinstance(row.get(spec.field_prompt), list)):
-        messages = pairs.prompt_messages(spec.chat, row)
+        messages = preference_format.prompt_messages(spec.chat, row)
         system = text_value(row, spec.field_system, required=False) if spec.field_system else ""
         if system.strip() and not (messages and messages[0]["role"] == "system"):
             messages = [{"role": "system", "content": system}, *messages]
@@ -147,8 +147,10 @@ def render_row(spec: UnpairedSpec, row: dict, tokenizer) -> tuple[str, str, bool
             label,
             False,
         )
-    answer = pairs.answer_message(spec.chat, row, spec.field_completion)
-    completion = pairs.chat_answer(spec.chat, tokenizer, messages, prompt, answer, spec.field_completion)
+    answer = preference_format.answer_message(spec.chat, row, spec.field_completion)
+    completion = preference_format.chat_answer(
+        spec.chat, tokenizer, messages, prompt, answer, spec.field_completion
+    )
     return prompt, completion, label, True
 
 
@@ -172,10 +174,13 @@ def encode_rows(spec: UnpairedSpec, tokenizer, records: list[dict]) -> dict[str,
         rows = [i for i in range(n) if chat[i] == is_chat and status[i] == OK]
         for i, ids in zip(rows, token_ids(tokenizer, [prompts[i] for i in rows], not is_chat), strict=True):
             prompt_ids[i] = ids
-    enders = {False: pairs.turn_enders(None, tokenizer), True: pairs.turn_enders(spec.chat, tokenizer)}
+    enders = {
+        False: preference_format.turn_enders(None, tokenizer),
+        True: preference_format.turn_enders(spec.chat, tokenizer),
+    }
     answers = token_ids(tokenizer, completions, add_special_tokens=False)
     completion_ids = [
-        pairs.ended(ids, enders[chat[i]], tokenizer) if status[i] == OK else []
+        preference_format.ended(ids, enders[chat[i]], tokenizer) if status[i] == OK else []
         for i, ids in enumerate(answers)
     ]
     return {

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune import data, hub
-from finetune.config import Config, DatasetConfig, PreferenceType
-from finetune.data import answer_format, formats
+from finetune import data, hub, methods
+from finetune.config import Config, DatasetConfig
+from finetune.data import (
+    answer_format,
+    question_prompt,  # noqa: F401 - the prompt for a question (the playground calls it here)
+)
 from finetune.errors import UserError
 from finetune.model import generation
 from finetune.outputs import run_dir
@@ -51,12 +54,12 @@ class Loaded:
 
 
 def _precision(cfg: Config):
-    from finetune import model as model_module
+    from finetune.model import Precision, precision
 
     try:
-        return model_module.precision(cfg)
+        return precision(cfg)
     except UserError:  # fp16 runs on a machine without GPU: answer in fp32
-        return model_module.Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
+        return Precision(bf16=False, fp16=False, tf32=None, dtype="float32")
 
 
 def load(
@@ -70,8 +73,8 @@ def load(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune import model as model_module
     from finetune import quiet
+    from finetune.model import cpu_threads, load_base
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
     quiet.false_alarms()
@@ -85,7 +88,7 @@ def load(
     offline = hub.offline_if_unreachable(run.cfg.hub_ids)
     if offline:
         say(f"note: {offline}")
-    if run.cfg.reward_model:
+    if methods.of(run.cfg).score_head:
         raise UserError(
             f"{path}: a reward model scores text and does not generate (its card shows how to score)"
         )
@@ -112,7 +115,7 @@ def load(
     else:
         # one whole copy on this device: DeepSpeed's placement (ZeRO-3) is for training only
         cfg = run.cfg.model_copy(update={"deepspeed": None})
-        base = model_module.load_base(cfg, prec, notes)
+        base = load_base(cfg, prec, notes)
         if base_only:
             if len(tokenizer) > base.get_input_embeddings().num_embeddings:
                 base.resize_token_embeddings(len(tokenizer))  # the rows training started from
@@ -124,7 +127,7 @@ def load(
                 )
                 model = generation.attach_adapter(base, tokenizer, run.adapter_dir)
             what = "adapter"
-    model_module.cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
+    cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
     for note in notes:
         say(f"note: {note}")
     model.eval()
@@ -135,63 +138,8 @@ def load(
 
 
 def prompt_ids(cfg: Config, ds: DatasetConfig, row: dict, tokenizer) -> list[int]:
-    """Token ids of a row's prompt as training tokenized it; a bad row raises UserError.
-
-    completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it);
-    input_output's prompt is its segments before the first trained one (no special tokens added, as trained).
-    """
-    kind = answer_format.format_kind(ds)
-    if kind == "input_output":  # the segments before the first trained one, tokenized as in training
-        spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
-        try:
-            parts = formats.segments(spec, row)
-        except formats.RowError as exc:
-            raise UserError(f"row: {exc}") from None
-        texts = formats.prompt_and_answer(parts)[0]
-        return [t for ids in formats.token_ids(tokenizer, texts, add_special_tokens=False) for t in ids]
-    if kind != "completion":
-        return data.encode_prompt(cfg, ds, row, tokenizer)
-    spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
-    try:
-        text = formats.text_value(row, spec.field_instruction)
-    except formats.RowError as exc:
-        raise UserError(f"row: {exc}") from None
-    bos = formats.token_ids(tokenizer, [""], add_special_tokens=True)[0]
-    return bos + formats.token_ids(tokenizer, [text], add_special_tokens=False)[0]
-
-
-def question_prompt(
-    cfg: Config,
-    ds: DatasetConfig,
-    tokenizer,
-    question: str,
-    system: str | None = None,
-    history: list[tuple[str, str]] = (),
-) -> list[int]:
-    """The prompt ids for a user's question (after `history`'s (role, text) turns in chat formats)."""
-    if isinstance(ds.type, PreferenceType):  # a DPO run: its pairs' prompt_format (preference.py)
-        if system and "{system}" not in ds.type.prompt_format:
-            raise UserError("--system: this run's prompt_format has no {system} (it trained without one)")
-        return prompt_ids(
-            cfg, ds, {ds.type.field_prompt: question, ds.type.field_system: system or ""}, tokenizer
-        )
-    kind = answer_format.format_kind(ds)
-    spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer).spec
-    if kind == "chat":
-        # an empty assistant turn last: data.render keeps every message before the last assistant turn
-        turns = [*([("system", system)] if system else []), *history, ("user", question), ("assistant", "")]
-        row = {spec.field_messages: [{spec.role_key: r, spec.content_key: c} for r, c in turns]}
-        return prompt_ids(cfg, ds, row, tokenizer)
-    if system and kind != "custom":
-        raise UserError(f"--system: this run's {kind} format has no system prompt (it trained without one)")
-    if kind == "input_output":  # the question is the text before the answer, as the segments were
-        return prompt_ids(cfg, ds, {spec.field: [{"label": False, "text": question}]}, tokenizer)
-    row = {spec.field_instruction: question, **({spec.field_output: ""} if spec.field_output else {})}
-    if system and ds.type.field_system:
-        row[ds.type.field_system] = system
-    elif system:
-        ds = ds.model_copy(update={"type": ds.type.model_copy(update={"system_prompt": system})})
-    return prompt_ids(cfg, ds, row, tokenizer)
+    """Token ids of a row's prompt as training tokenized it (data.encode_prompt); a bad row raises UserError."""
+    return data.encode_prompt(cfg, ds, row, tokenizer)
 
 
 # ---------------------------------------------------------------- answering

@@ -4,7 +4,7 @@ k-bit preparation and gradient checkpointing, then peft's wrap — fresh and see
 
 from __future__ import annotations
 
-from finetune import quiet
+from finetune import methods, quiet
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.model import speedups
@@ -28,10 +28,12 @@ def lora_config(cfg: Config, extra_modules_to_save: list[str] = (), model=None):
         check_layers(cfg, model)
         if targets == "all-linear":  # peft takes layers_to_transform only with a list of module names
             targets = linear_module_names(model)
-    head = ["score"] if cfg.reward_model else []  # a new reward head: trained in full, saved with the adapter
+    head = (
+        ["score"] if methods.of(cfg).score_head else []
+    )  # a new reward head: trained in full, saved with the adapter
     to_save = list(dict.fromkeys([*(cfg.lora_modules_to_save or []), *extra_modules_to_save, *head])) or None
     return LoraConfig(
-        task_type="SEQ_CLS" if cfg.reward_model else "CAUSAL_LM",
+        task_type="SEQ_CLS" if methods.of(cfg).score_head else "CAUSAL_LM",
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,

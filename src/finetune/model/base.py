@@ -8,7 +8,7 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-from finetune import hub
+from finetune import hub, methods
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
 from finetune.config.fsdp import requested as fsdp_requested
@@ -148,7 +148,7 @@ def load_base(cfg: Config, prec: Precision, notes: list[str], attn: str | None =
     if quant is not None:
         kwargs["quantization_config"] = quant
     auto_class, quiet = AutoModelForCausalLM, nullcontext()
-    if cfg.reward_model:
+    if methods.of(cfg).score_head:
         auto_class, quiet = AutoModelForSequenceClassification, new_head_is_expected()
         model_config.num_labels = 1  # one scalar reward per sequence
     # a GGUF base is dequantized on the CPU, then rebuilt as an ordinary model where it will train

@@ -14,7 +14,7 @@ import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
-from finetune import hub, quiet
+from finetune import hub, methods, quiet
 from finetune.errors import UserError
 from finetune.files import atomic_dir
 from finetune.model import (
@@ -62,7 +62,7 @@ def auto_class(run: run_dir.Run):
     """What the run trained: a reward model is the base with a one-output score head (saved with the adapter)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification if run.cfg.reward_model else AutoModelForCausalLM
+    return AutoModelForSequenceClassification if methods.of(run.cfg).score_head else AutoModelForCausalLM
 
 
 def load_base(run: run_dir.Run, config, dtype: str, quantization=None, device: str = "cpu"):
@@ -71,11 +71,11 @@ def load_base(run: run_dir.Run, config, dtype: str, quantization=None, device: s
     `quantization` (the run's BitsAndBytesConfig) the base is quantized on `device` as training did, then
     dequantized by bitsandbytes (`model.dequantize()`): the NF4-rounded weights the adapter was trained on."""
     cfg = run.cfg
-    if cfg.reward_model:
+    if methods.of(cfg).score_head:
         config.num_labels = 1  # the score head; its trained weights come with the adapter
     placement = {"quantization_config": quantization, "device_map": {"": device}} if quantization else {}
     try:
-        with new_head_is_expected() if cfg.reward_model else nullcontext():
+        with new_head_is_expected() if methods.of(cfg).score_head else nullcontext():
             model = auto_class(run).from_pretrained(
                 cfg.base_source[0], config=config, dtype=_torch_dtype(dtype),
                 revision=cfg.revision_of_model, trust_remote_code=cfg.trust_remote_code, **hub.loader_kwargs(),
@@ -229,7 +229,7 @@ def merge_command(
             base = load_base(run, config, torch_dtype)
         if run.cfg.quantized_4bit and not (dequantize or prequantized):
             print("note: the adapter was trained on NF4 weights; --dequantize merges into exactly those")
-        if run.cfg.reward_model and tokenizer.pad_token_id is not None:
+        if methods.of(run.cfg).score_head and tokenizer.pad_token_id is not None:
             base.config.pad_token_id = tokenizer.pad_token_id  # a score is read at the last non-pad token
         model = generation.attach_adapter(base, tokenizer, run.adapter_dir)
         prompts = prompt_ids(tokenizer)

@@ -16,6 +16,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from finetune import methods
 from finetune.config import Config, to_yaml, trl_keys
 from finetune.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -75,7 +76,7 @@ def write_config(cfg: Config, output_dir: str | Path) -> None:
     relative path as next to the training config), so the run folder is self-contained: its config reads back
     anywhere, and `finetune train output_dir/config.yml` finds the very code that trained."""
     output_dir = Path(output_dir)
-    if cfg.online_rl and cfg.config_dir:
+    if methods.of(cfg).online and cfg.config_dir:
         source_dir = Path(cfg.config_dir)
         for name in trl_keys.user_rewards(cfg.trl):
             source = trl_keys.reward_file(name, source_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from finetune import data, hub
+from finetune import data, hub, methods
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.plan import devices, fixes
@@ -80,7 +80,7 @@ def data_lengths(cfg: Config) -> tuple[dict | None, str]:
     """(data.length_stats of this config's training set, "") — prepared and cached as `finetune preprocess`
     does, its summary on stderr — or (None, why not): data not on this machine, a base without a tokenizer
     here (a folder with config.json alone: no torch is imported for it), pairs or prompts, unreadable data."""
-    if cfg.preference or cfg.online_rl:
+    if not methods.of(cfg).answers:
         return None, "preference pairs and prompts are sized at sequence_len"
     missing = [ds.path for ds in cfg.datasets if not Path(ds.path).expanduser().exists()]
     if missing:

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass
 from importlib.util import find_spec
 
+from finetune import data, methods
 from finetune.config import Config
 from finetune.config.deepspeed import zero_stage
 from finetune.config.fsdp import requested as fsdp_requested
-from finetune.data.batch_cuts import cut_points
 from finetune.plan.shapes import Linear, Shape
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.adapter.DEFAULT_TARGETS
@@ -114,8 +114,8 @@ def setting(cfg: Config, on_gpu: bool, micro_batch: int, gpus: int, saved_bits: 
         zero=3 if fsdp_requested(cfg) else (zero_stage(cfg.deepspeed) or 0) if cfg.deepspeed else 0,
         gpus=max(1, gpus),
         double_quant=cfg.bnb_4bit_use_double_quant is not False,
-        pairs=cfg.preference,
-        lm_head=not cfg.reward_model,
+        pairs=methods.of(cfg).preference_data,
+        lm_head=not methods.of(cfg).score_head,
         dropout=cfg.lora_dropout > 0,
         eager=cfg.requested_attention == "eager",
         batch=data_batch(cfg, on_gpu, micro_batch, lengths) if lengths else None,
@@ -144,7 +144,7 @@ def data_batch(cfg: Config, on_gpu: bool, micro_batch: int, lengths: dict) -> tu
     found = lengths.setdefault("largest_by_budget", {})  # the fixes and auto re-plan with the same lengths
     if budget not in found:
         ordered = np.sort(np.asarray(lengths["lengths"]))
-        cuts = cut_points(ordered, budget)
+        cuts = data.cut_points(ordered, budget)
         batches = [(b - a, int(ordered[b - 1])) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         found[budget] = max(batches, key=lambda batch: (batch[0] * batch[1], batch[1]))
     return found[budget]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from finetune import data
 from finetune.config import Config
-from finetune.data import sources
 from finetune.plan import devices, memory
 from finetune.plan.devices import Device
 from finetune.plan.setting import Setting
@@ -93,37 +92,12 @@ def dataset_size(cfg: Config) -> tuple[int, float] | None:
     return rows, chars
 
 
-def prepared_stats(cfg: Config) -> dict | None:
-    """The stats of this config's prepared data cache (`finetune preprocess` or an earlier run), found without a
-    tokenizer: the newest cache under dataset_prepared_path made from the same data files (by content) and the
-    same token settings. None when there is none."""
-    root = Path(cfg.prepared_path).expanduser()
-    if not root.is_dir():
-        return None
-    want = json.loads(json.dumps({
-        "format_version": data.FORMAT_VERSION,
-        "datasets": [{"config": ds.model_dump(mode="json"), "content_sha256": sources.content_digest(ds, f"datasets[{i}]")}
-                     for i, ds in enumerate(cfg.datasets)],
-        "settings": {key: getattr(cfg, key) for key in data.TOKEN_KEYS},
-    }, default=str))  # fmt: skip
-    found = []
-    for inputs in root.glob(f"*/{'finetune_inputs.json'}"):
-        try:
-            have = json.loads(inputs.read_text())
-            stats = json.loads((inputs.parent / data.STATS_FILE).read_text())["stats"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if all(have.get(key) == value for key, value in want.items()):
-            found.append((inputs.stat().st_mtime, stats))
-    return max(found, key=lambda x: x[0])[1] if found else None
-
-
 def run_length(cfg: Config, s: Setting, tps: float) -> dict:
     """Optimizer steps, tokens and wall time of the whole run: from the prepared data cache when there is one
     (exact rows and tokens), else from the dataset files (rows longer than sequence_len are cut)."""
     per_step_rows = s.micro_batch * cfg.gradient_accumulation_steps * s.gpus
     out: dict = {"optimizer_steps": cfg.max_steps, "tokens": None, "wall_hours": None, "gpu_hours": None}
-    stats = prepared_stats(cfg) if cfg.datasets else None
+    stats = data.cached_stats(cfg) if cfg.datasets else None
     if stats and stats.get("train_rows"):
         size, out["counted_from"] = (stats["train_rows"], stats["tokens"] * CHARS_PER_TOKEN), "prepared data"
     else:

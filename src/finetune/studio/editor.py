@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from finetune import data, hub
+from finetune import data, hub, methods
 from finetune.config import loads, yaml_io
 from finetune.data.report import segments
 from finetune.data.tokenizer import load_tokenizer
@@ -43,7 +43,7 @@ def plan(cfg, device: str | None, gpus: int) -> dict:
 
 def preview(cfg, rows: int = 3) -> dict:
     """The first rows as trained: [[text, trained], ...] each (SFT formats; the others say where to look)."""
-    if cfg.preference or cfg.online_rl:
+    if not methods.of(cfg).answers:
         return {
             "error": "the preview shows SFT rows; run `finetune preprocess CONFIG --inspect 3` for this method"
         }

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from finetune import data, hub, model, quiet
+from finetune import data, hub, methods, model, quiet
 from finetune.config import Config
-from finetune.config.trl_keys import grpo_settings
 from finetune.data import report_files
 from finetune.data.tokenizer import count_new_tokens, load_tokenizer
 from finetune.errors import UserError
@@ -127,9 +126,8 @@ def run(
 
     batch_plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
     notes += batch_plan.notes
-    rows = len(train_set) * (
-        grpo_settings(cfg.trl)["num_generations"] if cfg.online_rl else 1
-    )  # GRPO: completions
+    # GRPO: a step counts completions, num_generations of each prompt
+    rows = len(train_set) * methods.of(cfg).trl_values(cfg).get("num_generations", 1)
     args, sched = arguments.training_arguments(
         cfg,
         prec,

@@ -1,13 +1,15 @@
-"""The Trainer of one run: which class trains it (finetune's SFT Trainer, or TRL's for GRPO, DPO, reward models,
-KTO, ORPO, SimPO) and the callbacks every run gets (metrics file, signals, progress, early stopping, loss watchdog,
-W&B, hub pushes)."""
+"""The Trainer of one run: the method table's builder for it (finetune's SFT Trainer here, or TRL's for GRPO,
+DPO, reward models, KTO, ORPO, SimPO) and the callbacks every run gets (metrics file, signals, progress, early
+stopping, loss watchdog, W&B, hub pushes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from finetune.config import Config
-from finetune.train import grpo
+from finetune import methods
+from finetune.config import Config, resolved_dict
+from finetune.model import speedups
+from finetune.train import eval_metrics
 
 
 def build_trainer(
@@ -21,60 +23,63 @@ def build_trainer(
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from finetune.config import resolved_dict
-    from finetune.model import speedups
-    from finetune.train import callbacks as cb
-    from finetune.train import eval_metrics
-    from finetune.train.trainer import FinetuneTrainer
+    from finetune.train.callbacks import (
+        Heartbeat,
+        LossBeforeEval,
+        LossWatchdog,
+        MetricsLog,
+        RichProgress,
+        StopOnSignal,
+        Throughput,
+        WandbConfig,
+    )
 
-    stop, throughput = cb.StopOnSignal(), cb.Throughput()
+    stop, throughput = StopOnSignal(), Throughput()
     callbacks = [
-        cb.LossBeforeEval(),
-        cb.MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
+        LossBeforeEval(),
+        MetricsLog(Path(args.output_dir) / "metrics.jsonl"),
         stop,
         throughput,
-        cb.RichProgress(console),
-        cb.Heartbeat(Path(args.output_dir) / "status.json"),
+        RichProgress(console),
+        Heartbeat(Path(args.output_dir) / "status.json"),
     ]
     if cfg.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if cfg.loss_watchdog_threshold is not None:
-        callbacks.append(cb.LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
+        callbacks.append(LossWatchdog(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience))
     if cfg.use_wandb:
-        callbacks.append(cb.WandbConfig(resolved_dict(cfg)))
+        callbacks.append(WandbConfig(resolved_dict(cfg)))
     if cfg.hub_model_id:
         from finetune.train.hub_push import HubPush
 
         callbacks.append(HubPush(cfg, console))
-    if cfg.online_rl:  # rl: grpo: TRL's GRPOTrainer, same arguments and callbacks (grpo.py)
-        trainer = grpo.build_trainer(
-            cfg, args, model, tokenizer, train_set, callbacks + extra_callbacks, console
-        )
-        trainer.remove_callback(PrinterCallback)
-    elif cfg.preference:  # rl: dpo, reward_model (preference.py); kto / orpo / simpo (pair_methods.py)
-        from finetune.train import pair_methods
-        from finetune.train import preference as rl
-
-        builder = pair_methods if cfg.rl in ("kto", "orpo", "simpo") else rl
-        trainer = builder.build_trainer(
-            cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console
-        )
-        trainer.remove_callback(PrinterCallback)
-    else:
-        trainer = FinetuneTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=plan.train_collator,
-            batch_plan=plan,
-            offload=speedups.offload_applies(cfg),
-            processing_class=tokenizer,
-            callbacks=callbacks + extra_callbacks,
-            # token accuracy (+ eval_metrics: scores)
-            **eval_metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
-        )
-        trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
+    build = methods.of(cfg).build_trainer()  # one signature for every method (finetune.methods)
+    trainer = build(
+        cfg, args, model, tokenizer, train_set, eval_set, callbacks + extra_callbacks, console, plan
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; RichProgress shows the same, readably
     if cfg.loraplus_lr_ratio is not None:
         trainer.loraplus = (cfg.loraplus_lr_ratio, cfg.loraplus_lr_embedding)
     return trainer, stop, throughput
+
+
+def sft_trainer(
+    cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None, plan=None
+):
+    """Supervised fine-tuning: finetune's Trainer (train/trainer.py) with the batching plan, token accuracy and
+    the eval_metrics scores."""
+    from finetune.train.trainer import FinetuneTrainer
+
+    return FinetuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=plan.train_collator,
+        batch_plan=plan,
+        offload=speedups.offload_applies(cfg),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        # token accuracy (+ eval_metrics: scores)
+        **eval_metrics.trainer_hooks(cfg, model, tokenizer, eval_set),
+    )

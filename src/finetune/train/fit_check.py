@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from finetune import data, plan
+from finetune import data, methods, plan
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.plan import report
@@ -53,7 +53,7 @@ def check(cfg: Config, enabled: bool, memory_gib: float | None, smoke: bool, not
             f"micro_batch_size: auto -> {plan.micro_batch} (the largest power of two predicted to fit "
             f"{device.memory_gib:.1f} GiB with every row at sequence_len: {plan.peak_gib:.1f} GiB)"
         )
-    if not plan.fits and (cfg.preference or cfg.online_rl):
+    if not plan.fits and methods.of(cfg).by_trl:
         verdict(plan, enabled and not smoke, notes)
     elif not plan.fits:  # the smallest batch there can be: if that does not fit, no data will
         tiny = {"rows": 1, "tokens": 1, "longest": 1}

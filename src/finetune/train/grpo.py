@@ -13,7 +13,7 @@ the Trainer. What finetune decides here, and why (TRL 1.16):
 - micro_batch_size counts completions, as in TRL: a step sees micro_batch_size x gradient_accumulation_steps
   / num_generations prompts.
 - Reference model: the base with the adapter switched off (no second copy), as for DPO
-  (preference.reference_without_copy drops the frozen copy TRL makes of a peft model's adapter).
+  (trl_steps.reference_without_copy drops the frozen copy TRL makes of a peft model's adapter).
 - Generation: transformers' generate with the policy (adapter on). vLLM only on a GPU with vLLM installed.
 - Logs per step (metrics.jsonl, W&B, the card): reward and reward_std, rewards/<func>/mean and /std,
   completions/mean_length, kl, entropy, loss.
@@ -21,27 +21,22 @@ the Trainer. What finetune decides here, and why (TRL 1.16):
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import fields
-
+from finetune import methods
 from finetune.config import Config
-from finetune.config.trl_keys import grpo_settings
 from finetune.errors import UserError
+from finetune.train import rewards, trl_steps
 
 
 def grpo_arguments(cfg: Config, args):
-    from transformers import TrainingArguments
-    from trl import GRPOConfig
-
-    values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
-    pinned = {
-        "bf16": args.bf16,  # TRL's default turns bf16 on even on CPU
-        "gradient_checkpointing": args.gradient_checkpointing,  # adapter.wrap decided
-        "remove_unused_columns": False,  # reference and source go to the reward functions
-        "use_vllm": bool(cfg.trl and cfg.trl.use_vllm),
-        "include_num_input_tokens_seen": "no",  # TRL counts prompt + completion tokens itself
-    }
-    return GRPOConfig(**{**values, **pinned, **grpo_settings(cfg.trl)})
+    """GRPOConfig: every value of the run's TrainingArguments and the `trl:` block (the table's trl_values)."""
+    method = methods.of(cfg)
+    pinned = trl_steps.pinned(
+        args,
+        remove_unused_columns=False,  # reference and source go to the reward functions
+        use_vllm=bool(cfg.trl and cfg.trl.use_vllm),
+        include_num_input_tokens_seen="no",  # TRL counts prompt + completion tokens itself
+    )
+    return trl_steps.trl_config(method.trl_config_class(), args, method.trl_values(cfg), pinned)
 
 
 def check_vllm(cfg: Config) -> None:
@@ -69,19 +64,17 @@ def end_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def build_trainer(cfg: Config, args, model, tokenizer, train_set, callbacks: list, console=None):
-    """GRPOTrainer around the model stage's peft model, with finetune's callbacks and reward functions."""
+def build_trainer(
+    cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None, plan=None
+):
+    """GRPOTrainer around the model stage's peft model, with finetune's callbacks and reward functions (no
+    evaluation set: the rewards are logged at every step)."""
     from trl import GRPOTrainer
 
-    from finetune.train import rewards
-    from finetune.train.preference import reference_without_copy, restore_trainable_weights
     from finetune.train.trainer import LoraPlus
 
-    class FinetuneGRPOTrainer(LoraPlus, GRPOTrainer):
+    class FinetuneGRPOTrainer(LoraPlus, trl_steps.FinetuneCard, GRPOTrainer):
         """GRPOTrainer with finetune's model card."""
-
-        def create_model_card(self, *args, **kwargs):
-            """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
 
         def batching_facts(self) -> dict:
             return {"batching": f"{self.num_generations} sampled completions per prompt, padded per batch"}
@@ -93,13 +86,11 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, callbacks: lis
             f"[yellow]note:[/] lora_dropout: {cfg.lora_dropout:g} stays on during GRPO's training forward; "
             "the sampling and reference passes run without it"
         )
-    warnings.filterwarnings(
-        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    trl_steps.quiet_checkpointing_warning()
     funcs = rewards.reward_functions(
         cfg, tokenizer, list(train_set["reference"]), end_token_ids(model, tokenizer)
     )
-    weights = {name: p.data for name, p in model.named_parameters() if p.requires_grad}  # references, no copy
+    weights = trl_steps.trainable_weights(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     trainer = FinetuneGRPOTrainer(
@@ -110,6 +101,6 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, callbacks: lis
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
-    restore_trainable_weights(trainer.model, weights)
+    trl_steps.reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
+    trl_steps.restore_trainable_weights(trainer.model, weights)
     return trainer

@@ -6,10 +6,10 @@ config, data, model, callbacks and outputs as SFT — `train.run` only swaps the
 
 What finetune decides here, and why (TRL 1.16, FACTS.md):
 
-- Arguments: the TrainingArguments `trainer_args.py` maps from every key, copied into RewardConfig /
+- Arguments: the TrainingArguments `train/arguments.py` maps from every key, copied into RewardConfig /
   DPOConfig, with TRL's defaults that differ from HF's pinned to what the config says: bf16 (TRL turns it on
   by default, even on CPU), gradient checkpointing (adapter.wrap already set it up), and no max_length (the
-  data stage applied sequence_len and max_prompt_len, see preference_data.py).
+  data stage applied sequence_len and max_prompt_len, see data/preference.py); the shared steps are train/trl_steps.py.
 - Data: the cached (prompt_ids, chosen_ids, rejected_ids) tables go in tokenized. The reward model scores
   prompt + answer; DPOTrainer would re-tokenize from text, so `_prepare_dataset` is skipped for them.
 - Reference model (DPO): the base with the adapter switched off — a fresh LoRA adapter starts as exactly the
@@ -21,35 +21,28 @@ What finetune decides here, and why (TRL 1.16, FACTS.md):
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import fields
-
+from finetune import methods
 from finetune.config import Config
+from finetune.data.report import no_datasets_bars
+from finetune.train import trl_steps
 
 
 def trl_arguments(cfg: Config, args, notes: list[str]):
-    """RewardConfig or DPOConfig with every value of the SFT TrainingArguments (trainer_args.py) plus the
-    preference settings; TRL defaults that differ from HF's are pinned to what the config says."""
-    from transformers import TrainingArguments
-    from trl import DPOConfig, RewardConfig
-
-    values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
-    common = {
-        "bf16": args.bf16,  # TRL's default turns bf16 on even on CPU
-        "gradient_checkpointing": args.gradient_checkpointing,  # TRL's default is on; adapter.wrap decided
-        "max_length": None,  # lengths were settled by the data stage (sequence_len, max_prompt_len)
-        "disable_dropout": True,
-    }
+    """RewardConfig or DPOConfig (the method table's trl_config) with every value of the SFT TrainingArguments
+    plus the method's settings (its trl_values); TRL defaults that differ from HF's are pinned to what the
+    config says."""
+    method = methods.of(cfg)
+    pinned = trl_steps.pinned(
+        args,
+        max_length=None,  # lengths were settled by the data stage (sequence_len, max_prompt_len)
+        disable_dropout=True,
+    )
     if cfg.lora_dropout:
         notes.append(
-            f"lora_dropout: {cfg.lora_dropout:g} is switched off for {cfg.training_kind} training (TRL's "
+            f"lora_dropout: {cfg.lora_dropout:g} is switched off for {method.name} training (TRL's "
             "disable_dropout): both answers of a pair must be scored by the same network"
         )
-    if cfg.reward_model:
-        return RewardConfig(**{**values, **common})
-    loss = cfg.dpo_loss_type or "sigmoid"
-    dpo = {"beta": cfg.rl_beta_or_default, "loss_type": [loss] if isinstance(loss, str) else list(loss)}
-    return DPOConfig(**{**values, **common, **dpo})
+    return trl_steps.trl_config(method.trl_config_class(), args, method.trl_values(cfg), pinned)
 
 
 # ---------------------------------------------------------------- data
@@ -67,8 +60,6 @@ def reward_columns(table):
             "rejected_ids": [p + r for p, r in zip(prompts, batch["rejected_ids"], strict=True)],
         }
 
-    from finetune.data import no_datasets_bars
-
     with no_datasets_bars():  # a progress bar for an in-memory join is noise
         return table.map(join, batched=True, remove_columns=["prompt_ids"])
 
@@ -81,17 +72,14 @@ def _trainer_classes():
 
     from finetune.train.trainer import LoraPlus
 
-    class FinetuneRewardTrainer(LoraPlus, RewardTrainer):
-        """RewardTrainer whose model card is finetune's (card.py), written from the run's files."""
-
-        def create_model_card(self, *args, **kwargs):
-            """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
+    class FinetuneRewardTrainer(LoraPlus, trl_steps.FinetuneCard, RewardTrainer):
+        """RewardTrainer whose model card is finetune's (outputs/card), written from the run's files."""
 
         def batching_facts(self) -> dict:
             """What train.run_facts records about batching: each pair's chosen and rejected, padded per batch."""
-            return {"batching": "preference pairs, padded per batch"}
+            return {"batching": methods.REWARD.batching}
 
-    class FinetuneDPOTrainer(LoraPlus, DPOTrainer):
+    class FinetuneDPOTrainer(LoraPlus, trl_steps.FinetuneCard, DPOTrainer):
         """DPOTrainer fed finetune's tokenized pairs, with finetune's model card."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -101,34 +89,28 @@ def _trainer_classes():
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
-        def create_model_card(self, *args, **kwargs):
-            """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
-
         def batching_facts(self) -> dict:
             """What train.run_facts records about batching: each pair's chosen and rejected, padded per batch."""
-            return {"batching": "preference pairs, padded per batch"}
+            return {"batching": methods.DPO.batching}
 
     return FinetuneRewardTrainer, FinetuneDPOTrainer
 
 
-def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None):
-    """RewardTrainer or DPOTrainer around the model stage's peft model, with finetune's callbacks.
-
-    `args` are the run's TrainingArguments (trainer_args.py); each replacement is printed as a note.
-    """
+def build_trainer(
+    cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None, plan=None
+):
+    """RewardTrainer (a method with a score head) or DPOTrainer around the model stage's peft model, with
+    finetune's callbacks. `args` are the run's TrainingArguments; each replacement is printed as a note."""
     notes: list[str] = []
     args = trl_arguments(cfg, args, notes)
     for note in notes:
         if console is not None:
             console.print(f"[yellow]note:[/] {note}")
-    # TRL 1.16 reads `is_gradient_checkpointing` (deprecated in transformers 5) at each reference forward
-    warnings.filterwarnings(
-        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    trl_steps.quiet_checkpointing_warning()
     reward_cls, dpo_cls = _trainer_classes()
-    weights = {name: p.data for name, p in model.named_parameters() if p.requires_grad}  # references, no copy
+    weights = trl_steps.trainable_weights(model)
     common = {"args": args, "processing_class": tokenizer, "callbacks": callbacks}
-    if cfg.reward_model:
+    if methods.of(cfg).score_head:
         trainer = reward_cls(
             model=model,
             train_dataset=reward_columns(train_set),
@@ -139,31 +121,9 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, call
         trainer = dpo_cls(
             model=model, ref_model=None, train_dataset=train_set, eval_dataset=eval_set, **common
         )
-        reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
-    restore_trainable_weights(trainer.model, weights)
+        trl_steps.reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
+    trl_steps.restore_trainable_weights(trainer.model, weights)
     return trainer
-
-
-def reference_without_copy(model, keep_copy: bool) -> bool:
-    """Drop TRL's frozen copy of a fresh adapter: with it gone, DPOTrainer scores the reference with the adapter
-    switched off, which is the same network (LoRA's B starts at zero) without a second set of weights.
-    Returns whether a copy was dropped."""
-    if keep_copy or "ref" not in getattr(model, "peft_config", {}):
-        return False
-    model.delete_adapter("ref")
-    model.set_adapter("default")
-    return True
-
-
-def restore_trainable_weights(model, weights: dict) -> None:
-    """Undo TRL's bf16 cast of trainable weights on quantized bases (trl dpo/reward_trainer `_is_quantized_model`):
-    each gets back the very tensor the model stage made (no copy was kept, the cast made new ones), so the adapter
-    trains in the dtype SFT uses (bf16 weights on a CPU fp32 run round away updates smaller than ~0.4% of a
-    weight) and an adapter from lora_model_dir is not rounded before it starts (nor apart from its reference)."""
-    for name, param in model.named_parameters():
-        original = weights.get(name)
-        if original is not None and param.data is not original:
-            param.data = original
 
 
 # ---------------------------------------------------------------- scoring with a reward model

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from finetune import config as config_module
-from finetune.config import Config
+from finetune import methods
+from finetune.config import REDACTED, Config, redact
 from finetune.files import atomic_write_text
 from finetune.outputs import eval_results, lm_eval_results
-from finetune.outputs.card import preference as card_preference
+from finetune.outputs.card import trl_training
 from finetune.outputs.card.tracking import tracking_section
 from finetune.outputs.card.training import (
     eval_metrics,
@@ -65,7 +65,7 @@ def _method(run: Run) -> str:
 
 
 def training_kind(cfg: Config) -> str:
-    return {"reward": "reward-model"}.get(cfg.training_kind, cfg.training_kind)
+    return methods.of(cfg).tag
 
 
 def _datasets(cfg: Config) -> list[str]:
@@ -94,9 +94,9 @@ def metadata(run: Run, merged: Merged | None = None):
         tags.append(f"base_model:{'finetune' if merged or full else 'adapter'}:{base_id}")
     if merged:
         tags.append("merged")
-    if cfg.preference or cfg.online_rl:
-        tags += [t for t in card_preference.tags(cfg) if t not in tags]
-    task = card_preference.pipeline_tag(cfg) if cfg.preference else "text-generation"
+    method = methods.of(cfg)
+    tags += [t for t in method.tags if t not in tags]  # the TRL methods': trl, dpo ...
+    task = method.pipeline_tag
     results = []
     kind, name, split = _eval_data(cfg)
     for key, value in eval_metrics(run).items():
@@ -173,17 +173,17 @@ def _description(run: Run, merged: Merged | None) -> str:
         first = f"**{cfg.run_name}** is a full fine-tune of {base} ({which} trained, saved as a whole model)."
     else:
         first = f"**{cfg.run_name}** is a {_method(run)} adapter for {base}."
-    if cfg.online_rl:  # GRPO: prompts and rewards, not answers
-        first = card_preference.what_it_is(run, _method(run), base, merged)
+    if methods.of(cfg).online:  # GRPO: prompts and rewards, not answers
+        first = trl_training.what_it_is(run, _method(run), base, merged)
         return (
-            f"{first} It was trained with {tool} ({card_preference.how_trained(cfg)}) on the prompts of {data} "
+            f"{first} It was trained with {tool} ({trl_training.how_trained(cfg)}) on the prompts of {data} "
             f"for {length}{done}, with sequences of up to {cfg.sequence_len} tokens."
         )
-    if cfg.preference:  # reward model or DPO: what it is, and how it was trained, said its own way
-        first = card_preference.what_it_is(run, _method(run), base, merged)
+    if methods.of(cfg).preference_data:  # reward model, DPO ...: what it is and how it trained, its own way
+        first = trl_training.what_it_is(run, _method(run), base, merged)
         return (
-            f"{first} It was trained with {tool} ({card_preference.how_trained(cfg, fact(run, 'data'))}) on "
-            f"{card_preference.what_data(cfg, fact(run, 'data'))} from "
+            f"{first} It was trained with {tool} ({trl_training.how_trained(cfg, fact(run, 'data'))}) on "
+            f"{trl_training.what_data(cfg, fact(run, 'data'))} from "
             f"{data} for {length}{done}, with sequences of up to {cfg.sequence_len} tokens."
         )
     return (
@@ -198,11 +198,11 @@ def _redact_values(value):
         return {k: _redact_values(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_values(v) for v in value]
-    return _SECRET_VALUE.sub(config_module.REDACTED, value) if isinstance(value, str) else value
+    return _SECRET_VALUE.sub(REDACTED, value) if isinstance(value, str) else value
 
 
 def _config_yaml(run: Run) -> str:
-    raw = _redact_values(config_module.redact(yaml.safe_load(run.config_text) or {}))
+    raw = _redact_values(redact(yaml.safe_load(run.config_text) or {}))
     return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=120).rstrip()
 
 
@@ -222,10 +222,10 @@ def body(run: Run, merged: Merged | None = None) -> str:
     if snippet:
         parts += ["## Usage", "", "```python", snippet, "```", ""]
     parts += ["## Training procedure", "", "### Training hyperparameters", ""]
-    trl_run = cfg.preference or cfg.online_rl
-    hp = {**hyperparameters(run), **(card_preference.hyperparameters(cfg) if trl_run else {})}
+    trl_run = methods.of(cfg).by_trl
+    hp = {**hyperparameters(run), **(trl_training.hyperparameters(cfg) if trl_run else {})}
     parts += [f"- {k}: {fmt(v)}" for k, v in hp.items()] + [""]
-    log_keys = card_preference.LOG_KEYS if trl_run else ()
+    log_keys = methods.of(cfg).log_keys
     table = markdown_table(training_rows(run.state.get("log_history", []), log_keys))
     if table:
         parts += ["### Training results", "", table, ""]
@@ -242,7 +242,7 @@ def body(run: Run, merged: Merged | None = None) -> str:
     ]
     parts += ["```yaml", _config_yaml(run), "```", "", "</details>", ""]
     parts += _versions_section(run)
-    parts += card_preference.citations(cfg) if trl_run else []
+    parts += trl_training.citations(cfg) if trl_run else []
     return "\n".join(parts)
 
 
@@ -253,7 +253,7 @@ def _versions_section(run: Run) -> list[str]:
         "deepspeed": bool(cfg.deepspeed),
         "wandb": cfg.use_wandb,
         "bitsandbytes": cfg.quantized_4bit or cfg.load_in_8bit or "8bit" in cfg.optimizer,
-        "trl": cfg.preference or cfg.online_rl,
+        "trl": methods.of(cfg).by_trl,
     }
     names = [k for k in _VERSION_NAMES if k in versions] + [k for k in versions if k not in _VERSION_NAMES]
     lines = [f"- {_VERSION_NAMES.get(k, k)} {versions[k]}" for k in names if used.get(k, True)]
@@ -266,7 +266,7 @@ def render(output_dir: str | Path, merged: Merged | None = None) -> str:
 
     run = read_run(output_dir)
     text = f"---\n{metadata(run, merged).to_yaml()}\n---\n\n{body(run, merged)}"
-    text = _SECRET_VALUE.sub(config_module.REDACTED, text)
+    text = _SECRET_VALUE.sub(REDACTED, text)
     return str(ModelCard(text))  # parses the front matter: a card the hub would refuse fails here
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from finetune import methods
 from finetune.outputs.run_dir import Run, fact
 
 _NOT_DISTRIBUTED = {"", "no", "none", "not_parallel", "not_distributed"}
@@ -203,7 +204,8 @@ def results_section(run: Run) -> list[str]:
     if metrics:
         loss = metrics.get("loss")
         head = f"Final evaluation loss: **{fmt(loss)}**" if loss is not None else "Final evaluation:"
-        if loss is not None and loss < 50 and not run.cfg.preference:  # a pair loss has no perplexity
+        pair_loss = methods.of(run.cfg).preference_data  # a pair loss has no perplexity
+        if loss is not None and loss < 50 and not pair_loss:
             head += f" (perplexity {math.exp(loss):.4f})"
         out += [head, ""]
         others = {k: v for k, v in metrics.items() if k != "loss"}

@@ -1,6 +1,6 @@
 """The model card's usage snippet: load the adapter (or the merged model) and prompt it as it was trained.
 
-The prompt is rendered by the same code that formatted the training data (`formats.render_text`), so the
+The prompt is rendered by the same code that formatted the training data (`data.format_prompt`), so the
 snippet asks in exactly the layout the adapter learned; chat-template runs use the saved tokenizer's template.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from finetune import methods
 from finetune.config import PreferenceType, UnpairedType
-from finetune.data import formats, unpaired_format
-from finetune.data import preference_format as preference
-from finetune.outputs.card import preference as card_preference
+from finetune.data import formats, trained_prompt, unpaired_format
+from finetune.outputs.card import trl_training
 
 if TYPE_CHECKING:
     from finetune.outputs.card import Merged
@@ -27,12 +27,10 @@ def example_prompt(run: Run) -> str | None:
     ds = cfg.datasets[0]
     if unpaired_format.is_chat(ds):  # chat_template, or rl: kto's chatml.* / llama3.* types
         return None
-    if isinstance(ds.type, UnpairedType):  # KTO: the question in the unpaired rows' prompt format
-        return unpaired_format.format_prompt(
-            cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None
-        )
-    if isinstance(ds.type, PreferenceType):  # DPO: the question in the pairs' prompt format
-        return preference.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
+    if isinstance(
+        ds.type, UnpairedType | PreferenceType
+    ):  # DPO, KTO: the question in the rows' prompt format
+        return trained_prompt.format_prompt(cfg, ds, {ds.type.field_prompt: EXAMPLE_QUESTION}, tokenizer=None)
     spec = formats.build_format(cfg, ds, "datasets[0]", tokenizer=None).spec
     # input_output: the prompt is whatever text came before the answers
     if isinstance(spec, formats.SegmentsSpec):
@@ -40,7 +38,7 @@ def example_prompt(run: Run) -> str | None:
     if spec.field_output is None:  # completion: the model continues raw text
         return "EBITDA stands for"
     row = {spec.field_instruction: EXAMPLE_QUESTION, spec.field_output: ""}
-    return formats.render_text(spec, row)[0]
+    return trained_prompt.format_prompt(cfg, ds, row, tokenizer=None)
 
 
 def usage_snippet(run: Run, merged: Merged | None = None) -> str:
@@ -60,8 +58,8 @@ def usage_snippet(run: Run, merged: Merged | None = None) -> str:
             else f"{cfg.output_dir}/{run.adapter_dir.name}"
         )
     )
-    if cfg.reward_model:
-        return card_preference.reward_usage(run, merged, where)
+    if methods.of(cfg).score_head:
+        return trl_training.reward_usage(run, merged, where)
     lines = ["import torch"]
     if merged or full:
         dtype = _DTYPES.get(merged.dtype, "bfloat16") if merged else "bfloat16"

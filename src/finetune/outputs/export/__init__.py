@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from finetune import quiet
+from finetune import methods, quiet
 from finetune.data import answer_format, chat, formats
 from finetune.errors import UserError
 from finetune.files import atomic_dir, atomic_write_text
@@ -56,7 +56,7 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
     """The TEMPLATE/SYSTEM/chat template of the run's first `datasets:` entry (the one finetune generate uses)."""
     cfg, ds = run.cfg, run.cfg.datasets[0]
     adds_bos = gguf_vocab.adds_bos(tokenizer)  # text formats: tokenized with special tokens
-    if cfg.preference:
+    if methods.of(cfg).preference_data:
         return prompt_template.PromptTemplate(
             None,
             "",
@@ -85,7 +85,7 @@ def _template(run: run_dir.Run, tokenizer) -> prompt_template.PromptTemplate:
 
 def _stops(run: run_dir.Run, tokenizer, model) -> list[str]:
     """The tokens that end an answer (what finetune generate stops on), as text for `PARAMETER stop`."""
-    if run.cfg.preference:
+    if methods.of(run.cfg).preference_data:
         ids = [tokenizer.eos_token_id]
     else:
         ids = answer_format.stop_ids(run.cfg, run.cfg.datasets[0], tokenizer, model)
@@ -110,7 +110,7 @@ def export_command(
     name = _name(name, output_dir)
     gguf_file.check_quant(quant, name)
     run = run_dir.read_run(output_dir, trust_remote_code=trust_remote_code)
-    if run.cfg.reward_model:
+    if methods.of(run.cfg).score_head:
         raise UserError(
             f"{output_dir}: a reward model scores text and does not generate; GGUF export is for generation"
         )
@@ -162,7 +162,7 @@ def export_command(
 
 def _eot_tokens(run: run_dir.Run, tokenizer) -> tuple[str, ...]:
     ds = run.cfg.datasets[0]
-    if run.cfg.preference or answer_format.format_kind(ds) != "chat":
+    if methods.of(run.cfg).preference_data or answer_format.format_kind(ds) != "chat":
         return tuple(run.cfg.eot_tokens or ())
     return formats.build_format(run.cfg, ds, "datasets[0]", tokenizer).spec.eot_tokens
 

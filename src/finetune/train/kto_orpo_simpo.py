@@ -21,49 +21,27 @@ the reward model train on.
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 
+from finetune import methods
 from finetune.config import Config
-from finetune.train.preference import reference_without_copy, restore_trainable_weights
+from finetune.data.report import no_datasets_bars
+from finetune.train import trl_steps
 
 
 def arguments(cfg: Config, args):
-    """KTOConfig, ORPOConfig or CPOConfig with every value of the run's TrainingArguments and the method's keys."""
-    from transformers import TrainingArguments
-
-    values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
-    values.update(
-        bf16=args.bf16,  # TRL's default turns bf16 on even on CPU
-        gradient_checkpointing=args.gradient_checkpointing,  # adapter.wrap decided
+    """KTOConfig, ORPOConfig or CPOConfig (the method table's trl_config) with every value of the run's
+    TrainingArguments and the method's keys (its trl_values)."""
+    os.environ.setdefault(
+        "TRL_EXPERIMENTAL_SILENCE", "1"
+    )  # ORPO and CPO live in trl.experimental in TRL 1.16
+    method = methods.of(cfg)
+    pinned = trl_steps.pinned(
+        args,
         max_length=None,  # the data stage applied sequence_len and max_prompt_len
         disable_dropout=True,
         remove_unused_columns=False,
     )
-    if cfg.rl == "kto":
-        from trl import KTOConfig
-
-        return KTOConfig(
-            **values | {"train_sampling_strategy": "sequential"},  # the KL term pairs neighbours in a batch
-            beta=cfg.rl_beta_or_default,
-            desirable_weight=cfg.kto_desirable_weight or 1.0,
-            undesirable_weight=cfg.kto_undesirable_weight or 1.0,
-        )
-    os.environ.setdefault(
-        "TRL_EXPERIMENTAL_SILENCE", "1"
-    )  # ORPO and CPO live in trl.experimental in TRL 1.16
-    if cfg.rl == "orpo":
-        from trl.experimental.orpo import ORPOConfig
-
-        return ORPOConfig(**values, beta=cfg.orpo_alpha or 0.1)
-    from trl.experimental.cpo import CPOConfig
-
-    return CPOConfig(
-        **values,
-        loss_type="simpo",
-        beta=cfg.rl_beta_or_default,
-        simpo_gamma=cfg.simpo_gamma if cfg.simpo_gamma is not None else 0.5,
-        cpo_alpha=cfg.cpo_alpha if cfg.cpo_alpha is not None else 0.0,
-    )
+    return trl_steps.trl_config(method.trl_config_class(), args, method.trl_values(cfg), pinned)
 
 
 # ---------------------------------------------------------------- data
@@ -75,8 +53,6 @@ def unpaired(table, seed: int):
     are not neighbours, so the KL term (each batch's completions shifted by one) pairs unrelated rows."""
     if table is None:
         return None
-    from finetune.data import no_datasets_bars
-
     with no_datasets_bars():
         return table.shuffle(seed=seed).flatten_indices()
 
@@ -98,8 +74,6 @@ def pair_columns(table):
                     out.setdefault(f"{name}labels", []).append(labels)
         return out
 
-    from finetune.data import no_datasets_bars
-
     with no_datasets_bars():
         return table.map(build, batched=True, remove_columns=table.column_names)
 
@@ -107,17 +81,17 @@ def pair_columns(table):
 # ---------------------------------------------------------------- the trainers
 
 
-def _trainer_class(rl: str):
+def _trainer_class(method: methods.Method):
     from finetune.train.trainer import LoraPlus
 
-    if rl == "kto":
+    if method.rows == "unpaired":
         from trl import KTOTrainer as base
-    elif rl == "orpo":
+    elif method is methods.ORPO:
         from trl.experimental.orpo import ORPOTrainer as base
     else:
         from trl.experimental.cpo import CPOTrainer as base
 
-    class FinetunePairTrainer(LoraPlus, base):
+    class FinetunePairTrainer(LoraPlus, trl_steps.FinetuneCard, base):
         """TRL's trainer fed finetune's tokenized rows, with finetune's model card."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -140,44 +114,36 @@ def _trainer_class(rl: str):
                 return {}
             return super().tokenize_row(feature, model)
 
-        def create_model_card(self, *args, **kwargs):
-            """TRL writes its own README.md into output_dir at every checkpoint; finetune's card replaces it."""
-
         def batching_facts(self) -> dict:
-            what = (
-                "unpaired rows (KTO), padded per batch"
-                if rl == "kto"
-                else "preference pairs, padded per batch"
-            )
-            return {"batching": what}
+            return {"batching": method.batching}
 
     return FinetunePairTrainer
 
 
-def build_trainer(cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None):
+def build_trainer(
+    cfg: Config, args, model, tokenizer, train_set, eval_set, callbacks: list, console=None, plan=None
+):
     """The KTO / ORPO / CPO(SimPO) trainer around the model stage's peft model, with finetune's callbacks."""
-    import warnings
-
-    warnings.filterwarnings(
-        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
+    method = methods.of(cfg)
+    trl_steps.quiet_checkpointing_warning()
     if cfg.lora_dropout and console is not None:
         console.print(
-            f"[yellow]note:[/] lora_dropout: {cfg.lora_dropout:g} is switched off for {cfg.rl} training (TRL's "
-            "disable_dropout)"
+            f"[yellow]note:[/] lora_dropout: {cfg.lora_dropout:g} is switched off for {method.name} training "
+            "(TRL's disable_dropout)"
         )
     trl_args = arguments(cfg, args)
-    if cfg.rl == "kto":
+    kto = method.rows == "unpaired"  # KTO's rows, shuffled once; the others' pairs in ORPO/CPO's columns
+    if kto:
         train, evals = unpaired(train_set, cfg.seed), unpaired(eval_set, cfg.seed)
     else:
         train, evals = pair_columns(train_set), pair_columns(eval_set)
-    weights = {name: p.data for name, p in model.named_parameters() if p.requires_grad}  # references, no copy
-    extra = {"ref_model": None} if cfg.rl == "kto" else {}
-    trainer = _trainer_class(cfg.rl)(
+    weights = trl_steps.trainable_weights(model)
+    extra = {"ref_model": None} if kto else {}
+    trainer = _trainer_class(method)(
         model=model, args=trl_args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
         callbacks=callbacks, **extra,
     )  # fmt: skip
-    if cfg.rl == "kto":
-        reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
-    restore_trainable_weights(trainer.model, weights)
+    if kto:
+        trl_steps.reference_without_copy(trainer.model, keep_copy=bool(cfg.lora_model_dir))
+    trl_steps.restore_trainable_weights(trainer.model, weights)
     return trainer
