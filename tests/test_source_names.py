@@ -1,8 +1,5 @@
 """Names in the source explain themselves: a file a comment names exists, and a module is imported under its own
 name (issue 28). Both go stale silently when a file is renamed, so they are checked here, over all of src/.
-
-The PENDING sets name what is still wrong in files another change was reworking at the same time; each entry
-must still be wrong (the test fails once it is fixed, so the sets only shrink until they are empty).
 """
 
 from __future__ import annotations
@@ -25,29 +22,6 @@ EXTERNAL = {
 }
 
 # (file under src/finetune, the stale name): in files the method-table change owned while this test was written.
-PENDING_FILES = {
-    ("config/cross_checks.py", "model.py"),
-    ("data/preference_format.py", "preference_data.py"),
-    ("outputs/card/preference.py", "card.py"),
-    ("train/preference.py", "trainer_args.py"),
-    ("train/preference.py", "preference_data.py"),
-    ("train/preference.py", "card.py"),
-}
-PENDING_ALIASES = {
-    ("data/__init__.py", "finetune.data.chat as chat_format"),
-    ("data/__init__.py", "finetune.data.preference as preference_data"),
-    ("data/__init__.py", "finetune.data.preference_format as preference"),
-    ("data/preference.py", "finetune.data.preference_format as preference"),
-    ("data/unpaired.py", "finetune.data.unpaired_format as fmt"),
-    ("data/unpaired_format.py", "finetune.data.preference_format as pairs"),
-    ("inference/generate.py", "finetune.model as model_module"),
-    ("outputs/card/__init__.py", "finetune.config as config_module"),
-    ("outputs/card/__init__.py", "finetune.outputs.card.preference as card_preference"),
-    ("outputs/card/usage.py", "finetune.data.preference_format as preference"),
-    ("outputs/card/usage.py", "finetune.outputs.card.preference as card_preference"),
-    ("train/assemble.py", "finetune.train.callbacks as cb"),
-    ("train/assemble.py", "finetune.train.preference as rl"),
-}
 
 PY_NAME = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.py)\b")
 MODULE_PATH = re.compile(r"\bfinetune((?:\.[a-z_][a-z0-9_]*)+)")
@@ -78,8 +52,7 @@ def stale_file_names() -> set[tuple[str, str]]:
 
 def test_every_file_a_comment_names_exists():
     stale = stale_file_names()
-    assert stale - PENDING_FILES == set(), "rename these to the file that holds the code now"
-    assert PENDING_FILES - stale == set(), "fixed: take these out of PENDING_FILES"
+    assert stale == set(), "rename these to the file that holds the code now"
 
 
 def test_every_finetune_module_path_in_the_source_exists():
@@ -114,8 +87,7 @@ def module_aliases() -> set[tuple[str, str]]:
 
 def test_no_module_of_ours_is_imported_under_another_name():
     found = module_aliases()
-    assert found - PENDING_ALIASES == set(), "import the module under its own name (or the names it defines)"
-    assert PENDING_ALIASES - found == set(), "fixed: take these out of PENDING_ALIASES"
+    assert found == set(), "import the module under its own name (or the names it defines)"
 
 
 def test_the_checks_see_what_they_look_for(tmp_path):

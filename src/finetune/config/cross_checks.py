@@ -30,7 +30,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
     if cfg.fp16 and cfg.bf16 is True:
         problems.append((("fp16",), "cannot be combined with bf16: true"))
     if cfg.lora_target_modules is None and not cfg.lora_target_linear:
-        pass  # defaults to the attention projections (see model.py)
+        pass  # defaults to the attention projections (see model/adapter.py)
     if cfg.load_best_model_at_end and not (cfg.val_set_size or cfg.test_datasets):
         problems.append(
             (("load_best_model_at_end",), "needs evaluation data: set val_set_size or test_datasets")

@@ -14,7 +14,7 @@ tokenized on its own (text formats add the tokenizer's BOS; chat templates carry
 own without special tokens, and EOS is appended unless the answer already ends its turn. Tokenizing the pieces
 apart is deliberate: TRL's own tokenizer joins prompt + answer, so a prompt ending in a space merges it into
 the answer's first token, and its common-prefix split cuts "neutral"/"negative" into "ne" + ... (FACTS.md).
-Building the tables, lengths and caching: preference_data.py.
+Building the tables, lengths and caching: preference.py (with answer_rows.py, shared with KTO).
 """
 
 from __future__ import annotations

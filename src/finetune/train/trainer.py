@@ -10,7 +10,7 @@ override):
   pad-id comparison would miss EOS when pad == EOS) and the padded slots, so the padding fraction is known.
 - `log`: each training log line gets `padding_fraction` (of this session's tokens so far).
 - `compute_loss`: under `speedups.offload_activations` when `gradient_checkpointing: offload` runs on a GPU.
-- `create_optimizer` (`LoraPlus`, shared with the TRL trainers in preference.py, pair_methods.py and
+- `create_optimizer` (`LoraPlus`, shared with the TRL trainers in preference.py, kto_orpo_simpo.py and
   grpo.py): LoRA+ parameter groups when `loraplus_lr_ratio` is set.
 """
 
