@@ -21,8 +21,6 @@ EXTERNAL = {
     "folder/a/b/__init__.py": "an example reward module",
 }
 
-# (file under src/finetune, the stale name): in files the method-table change owned while this test was written.
-
 PY_NAME = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.py)\b")
 MODULE_PATH = re.compile(r"\bfinetune((?:\.[a-z_][a-z0-9_]*)+)")
 
