@@ -190,10 +190,11 @@ def _against_split(cfg: Config, tokenizer, path) -> Split:
 def _totals(split: Split) -> dict:
     trained = int(split.trained.sum())
     return {"rows": len(split.length), "tokens": int(split.length.sum()), "trained_tokens": trained,
-            "masked_tokens": int(split.length.sum()) - trained, "lengths": _lengths(split.length)}  # fmt: skip
+            "masked_tokens": int(split.length.sum()) - trained, "lengths": length_summary(split.length)}  # fmt: skip
 
 
-def _lengths(lengths: np.ndarray) -> dict | None:
+def length_summary(lengths: np.ndarray) -> dict | None:
+    """min, mean, p50/p90/p99 and max of rows' token lengths (None for no rows): the report's length line."""
     if not len(lengths):
         return None
     p50, p90, p99 = (float(x) for x in np.percentile(lengths, [50, 90, 99]))
@@ -217,7 +218,7 @@ def _source(entry: dict, index: int, train: Split | None, eval_: Split | None, t
     rows_split = train if train is not None else eval_
     sel = mine["train" if train is not None else "eval"]
     out["masked_tokens"] = int(entry.get("tokens", 0)) - int(entry.get("trained_tokens", 0))
-    out["lengths"] = _lengths(rows_split.length[sel])
+    out["lengths"] = length_summary(rows_split.length[sel])
     if total is not None:
         out["share_of_trained_tokens"] = (
             round(int(rows_split.trained[sel].sum()) / total, 4) if total else 0.0
@@ -249,3 +250,15 @@ def _histogram(train: Split, entries: int, sequence_len: int) -> dict:
 def _public(found: dict | None) -> dict | None:
     """An overlap's figures without its per-row arrays."""
     return None if found is None else {k: v for k, v in found.items() if not isinstance(v, np.ndarray)}
+
+
+def overlap_table_rows(found: dict) -> list[str]:
+    """The Markdown rows of the overlap table (eval split, then each --against file), for SFT rows and pairs alike."""
+    checks = [("eval split", found["overlap"]["eval"])] + [
+        (f"`{a['file']}`", a) for a in found["overlap"]["against"]
+    ]
+    return [
+        f"| {what} | {o['rows']:,} | {o['exact_rows']:,} | {o['ngram_rows']:,} ({o['ngram_share']:.1%}) | {o['short_rows']:,} |"
+        for what, o in checks
+        if o
+    ]

@@ -163,14 +163,7 @@ def markdown(found: dict) -> str:
               f"- exact (after whitespace/case normalisation): {e['rows']} rows ({e['within_source']} within a source, {e['across_sources']} across)",
               f"- near (MinHash, Jaccard >= {n['threshold']} of word 3-grams): {n['rows']} rows ({n['within_source']} within, {n['across_sources']} across)",
               "", "## Overlap with the training rows", "", "| rows of | rows | exact | share a 13-gram | under 13 words |", "|---|---|---|---|---|"]  # fmt: skip
-    checks = [("eval split", found["overlap"]["eval"])] + [
-        (f"`{a['file']}`", a) for a in found["overlap"]["against"]
-    ]
-    for what, o in checks:
-        if o:
-            lines.append(
-                f"| {what} | {o['rows']:,} | {o['exact_rows']:,} | {o['ngram_rows']:,} ({o['ngram_share']:.1%}) | {o['short_rows']:,} |"
-            )
+    lines += analysis.overlap_table_rows(found)
     return "\n".join(lines) + "\n"
 
 

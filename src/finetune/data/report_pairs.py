@@ -24,6 +24,7 @@ import numpy as np
 from finetune import methods
 from finetune.config import Config
 from finetune.data import (
+    analysis,
     contamination,
     encode_prompt,
     fingerprint_inputs,
@@ -179,18 +180,14 @@ def _against(cfg: Config, tokenizer, what: str, path) -> dict:
 
 def _totals(rows: dict, limit: int) -> dict:
     length = rows["length"]
-    out = {"rows": len(length), "lengths": _lengths(length), "at_limit": int((length >= limit).sum())}
+    out = {
+        "rows": len(length),
+        "lengths": analysis.length_summary(length),
+        "at_limit": int((length >= limit).sum()),
+    }
     if "answers" in rows:
         out["answer_tokens"] = int(sum(a.sum() for a in rows["answers"]))
     return out
-
-
-def _lengths(lengths: np.ndarray) -> dict | None:
-    if not len(lengths):
-        return None
-    p50, p90, p99 = (float(x) for x in np.percentile(lengths, [50, 90, 99]))
-    return {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 1), "p50": p50, "p90": p90,
-            "p99": p99, "max": int(lengths.max())}  # fmt: skip
 
 
 def _sources(entries: list[dict], what: str) -> list[dict]:
@@ -257,13 +254,6 @@ def markdown(found: dict) -> str:
         "| rows of | rows | exact prompt | share a 13-gram | under 13 words |",
         "|---|---|---|---|---|",
     ]
-    checks = [("eval split", found["overlap"]["eval"])] + [
-        (f"`{a['file']}`", a) for a in found["overlap"]["against"]
-    ]
-    for name, o in checks:
-        if o:
-            lines.append(
-                f"| {name} | {o['rows']:,} | {o['exact_rows']:,} | {o['ngram_rows']:,} ({o['ngram_share']:.1%}) | {o['short_rows']:,} |"
-            )
+    lines += analysis.overlap_table_rows(found)
     lines += ["", "Not reported for this method: " + "; ".join(found["not_reported"]) + "."]
     return "\n".join(lines) + "\n"  # fmt: skip
