@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_learning  # noqa: E402
 from real_learning import FPB, HYPER, ROOT, cached, finetune_eval, prepare, save, strict_accuracy, timed  # noqa: E402
 
 LR = 1e-5
@@ -103,9 +104,11 @@ def main() -> None:
     p.add_argument("--train-rows", type=int, default=1000)
     p.add_argument("--workdir", default="/tmp/real_full_finetune")
     p.add_argument("--reuse", action="store_true", help="reuse runs already measured in --workdir")
+    p.add_argument("--data", type=Path, default=FPB, help="FinLoRA's fpb_test.jsonl (from a git worktree)")
     a = p.parse_args()
-    if not FPB.is_file():
-        sys.exit(f"{FPB} not found: this benchmark needs ../shared (FinLoRA data)")
+    if not a.data.is_file():
+        sys.exit(f"{a.data} not found: this benchmark needs ../shared (FinLoRA data) or --data")
+    real_learning.FPB = a.data  # prepare() reads it
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     model, train, held = prepare(work, a.train_rows)
