@@ -75,9 +75,9 @@ def build_trainer(cfg: Config, args, model, tokenizer, train_set, callbacks: lis
 
     from finetune.train import rewards
     from finetune.train.preference import reference_without_copy, restore_trainable_weights
-    from finetune.train.trainer import LoraPlus
+    from finetune.train.trainer import EndsAtMaxSteps, LoraPlus
 
-    class FinetuneGRPOTrainer(LoraPlus, GRPOTrainer):
+    class FinetuneGRPOTrainer(EndsAtMaxSteps, LoraPlus, GRPOTrainer):
         """GRPOTrainer with finetune's model card."""
 
         def create_model_card(self, *args, **kwargs):

@@ -108,7 +108,7 @@ def pair_columns(table):
 
 
 def _trainer_class(rl: str):
-    from finetune.train.trainer import LoraPlus
+    from finetune.train.trainer import EndsAtMaxSteps, LoraPlus
 
     if rl == "kto":
         from trl import KTOTrainer as base
@@ -117,7 +117,7 @@ def _trainer_class(rl: str):
     else:
         from trl.experimental.cpo import CPOTrainer as base
 
-    class FinetunePairTrainer(LoraPlus, base):
+    class FinetunePairTrainer(EndsAtMaxSteps, LoraPlus, base):
         """TRL's trainer fed finetune's tokenized rows, with finetune's model card."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

@@ -79,9 +79,9 @@ def reward_columns(table):
 def _trainer_classes():
     from trl import DPOTrainer, RewardTrainer
 
-    from finetune.train.trainer import LoraPlus
+    from finetune.train.trainer import EndsAtMaxSteps, LoraPlus
 
-    class FinetuneRewardTrainer(LoraPlus, RewardTrainer):
+    class FinetuneRewardTrainer(EndsAtMaxSteps, LoraPlus, RewardTrainer):
         """RewardTrainer whose model card is finetune's (card.py), written from the run's files."""
 
         def create_model_card(self, *args, **kwargs):
@@ -91,7 +91,7 @@ def _trainer_classes():
             """What train.run_facts records about batching: each pair's chosen and rejected, padded per batch."""
             return {"batching": "preference pairs, padded per batch"}
 
-    class FinetuneDPOTrainer(LoraPlus, DPOTrainer):
+    class FinetuneDPOTrainer(EndsAtMaxSteps, LoraPlus, DPOTrainer):
         """DPOTrainer fed finetune's tokenized pairs, with finetune's model card."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
