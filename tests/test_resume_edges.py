@@ -33,3 +33,34 @@ def test_resuming_from_the_last_checkpoint_trains_no_extra_step(method, tiny_mod
     assert not (out / "checkpoint-4").exists()
     a, b = state_of(last, weights), state_of(out, weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # checkpoint-3's, untouched
+
+
+def test_generate_and_eval_read_an_interrupted_full_fine_tune_from_its_newest_checkpoint(
+    tiny_model_dir, tmp_path
+):
+    from conftest import send_signal
+    from finetune.errors import UserError
+    from finetune.inference import evaluate, generate
+    from test_full_finetune import QA
+
+    cfg = make_cfg(tiny_model_dir, tmp_path / "out", tmp_path / "prep", save_steps=1)
+    with pytest.raises(SystemExit):
+        train.run(cfg, callbacks=[send_signal(1)])  # stops after step 2 of 3
+    out = tmp_path / "out"
+    assert not (out / "config.json").exists() and (out / "checkpoint-2" / "model.safetensors").is_file()
+    assert not (out / "checkpoint-3").exists()
+    said = []
+    loaded = generate.load(out, say=said.append)
+    assert loaded.what == "merged" and any("checkpoint-2" in s and "interrupted" in s for s in said)
+    saved = state_of(out / "checkpoint-2")
+    weights = dict(loaded.model.state_dict())
+    assert all(torch.equal(weights[k], v) for k, v in saved.items())  # the checkpoint's trained weights
+    result = evaluate.run(out, QA, limit=2, max_new_tokens=4)
+    assert result["examples"] == 2 and (out / "eval_results.json").is_file()
+
+    for ckpt in out.glob("checkpoint-*"):  # no checkpoint holds a whole model: one line saying what to do
+        (ckpt / "model.safetensors").unlink()
+    with pytest.raises(
+        UserError, match=r"full fine-tune with no saved model .*finetune train CONFIG --resume"
+    ):
+        generate.load(out, say=said.append)
