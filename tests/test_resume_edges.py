@@ -57,6 +57,10 @@ def test_generate_and_eval_read_an_interrupted_full_fine_tune_from_its_newest_ch
     assert all(torch.equal(weights[k], v) for k, v in saved.items())  # the checkpoint's trained weights
     result = evaluate.run(out, QA, limit=2, max_new_tokens=4)
     assert result["examples"] == 2 and (out / "eval_results.json").is_file()
+    from huggingface_hub import ModelCard  # the run folder's card carries the scores (a full fine-tune's too)
+
+    scored = {r.dataset_name for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert QA.stem in scored
 
     for ckpt in out.glob("checkpoint-*"):  # no checkpoint holds a whole model: one line saying what to do
         (ckpt / "model.safetensors").unlink()
