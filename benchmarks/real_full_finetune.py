@@ -115,6 +115,12 @@ def script_result(work: Path, model: Path, train: Path, seed: int, wall: float) 
             "losses": [e["loss"] for e in res["log"]]}  # fmt: skip
 
 
+def trained(work: Path, name: str, seed: int) -> bool:
+    """A contender whose training finished in an earlier call (its evaluation may not have)."""
+    done = work / f"{name}-{seed}" / ("trainer_state.json" if name == "finetune" else "config.json")
+    return done.is_file() and (work / f"{name}-{seed}" / "model.safetensors").is_file()
+
+
 def start_eval(run: Path, held: Path, base_only: bool = False):
     finetune = shutil.which("finetune") or "finetune"
     cmd = [finetune, "eval", str(run), "--data", str(held), "--batch-size", "16"] + [
@@ -123,9 +129,11 @@ def start_eval(run: Path, held: Path, base_only: bool = False):
     return start(cmd, run.parent / f"{run.name}-eval{'-base' * base_only}.log")
 
 
-def accuracy(run: Path, held: Path, base_only: bool = False) -> float:
-    results = json.loads((run / "eval_results.json").read_text())["generation"][held.stem]
-    return results["base" if base_only else "finetuned"]["accuracy"]
+def accuracy(run: Path, held: Path, base_only: bool = False) -> float | None:
+    """What `finetune eval` wrote for this held-out file (None: not evaluated yet)."""
+    path = run / "eval_results.json"
+    results = json.loads(path.read_text())["generation"].get(held.stem, {}) if path.is_file() else {}
+    return results.get("base" if base_only else "finetuned", {}).get("accuracy")
 
 
 def weight_difference(a: Path, b: Path) -> float:
@@ -154,23 +162,34 @@ def main() -> None:
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
                      "train_rows": a.train_rows, "seed": a.seed, "learning_rate": LR}  # fmt: skip
     runs = {name: cached(work, f"{name}-{a.seed}", a.reuse) for name in ("finetune", "script")}
-    if runs["finetune"] is None or runs["script"] is None:  # both at once, one thread each
-        ours, theirs = (
-            start_finetune(work, model, train, a.seed),
-            start_script(work, model, train, a.seed, a.train_rows),
-        )
-        runs = {"finetune": finetune_result(work, a.seed, wait(ours)),
-                "script": script_result(work, model, train, a.seed, wait(theirs))}  # fmt: skip
-        evals = {name: start_eval(Path(r["model"]), held) for name, r in runs.items()}
-        for name, r in runs.items():
+    todo = [n for n, r in runs.items() if r is None and not (a.reuse and trained(work, n, a.seed))]
+    started = {}  # the contenders to train, at once, one thread each
+    if "finetune" in todo:
+        started["finetune"] = start_finetune(work, model, train, a.seed)
+    if "script" in todo:
+        started["script"] = start_script(work, model, train, a.seed, a.train_rows)
+    walls = {name: wait(proc) for name, proc in started.items()}
+    for name in [n for n, r in runs.items() if r is None]:
+        wall = walls.get(name)  # None: trained by an earlier call (--reuse)
+        if name == "finetune":
+            runs[name] = finetune_result(work, a.seed, wall)
+        else:
+            runs[name] = script_result(work, model, train, a.seed, wall)
+    for r in runs.values():  # --reuse: an evaluation already written in the folder counts
+        if "eval" not in r and a.reuse and accuracy(Path(r["model"]), held) is not None:
+            r["eval"] = accuracy(Path(r["model"]), held)
+    evals = {n: start_eval(Path(r["model"]), held) for n, r in runs.items() if "eval" not in r}
+    for name, r in runs.items():
+        if name in evals:
             wait(evals[name])
             r["eval"] = accuracy(Path(r["model"]), held)
-            if a.strict:
-                r["strict"], r["answers"] = strict_accuracy(Path(r["model"]), None, held)
-            save(work, f"{name}-{a.seed}", r)
+        if a.strict and "strict" not in r:
+            r["strict"], r["answers"] = strict_accuracy(Path(r["model"]), None, held)
+        save(work, f"{name}-{a.seed}", r)
     for name, r in runs.items():
         print(json.dumps({name: {k: v for k, v in r.items() if k != "losses"}}), flush=True)
-    wait(start_eval(Path(runs["finetune"]["model"]), held, base_only=True))
+    if not (a.reuse and accuracy(Path(runs["finetune"]["model"]), held, base_only=True) is not None):
+        wait(start_eval(Path(runs["finetune"]["model"]), held, base_only=True))
     base = {"eval": accuracy(Path(runs["finetune"]["model"]), held, base_only=True)}
     if a.strict:
         base["strict"], base["answers"] = strict_accuracy(model, None, held)
@@ -189,7 +208,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base.get('strict', float('nan')):.3f} | | | |")
     for name, r in runs.items():
-        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {r.get('strict', float('nan')):.3f} | {r['wall_s']:.0f} | "
+        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {r.get('strict', float('nan')):.3f} | {r['wall_s'] or 0:.0f} | "
               f"{r['peak_mb'] or 0:.0f} | {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} |")  # fmt: skip
     print(
         f"\nloss curves ({len(ours)} steps each): max |finetune - script| = {results['max_loss_difference']}"
