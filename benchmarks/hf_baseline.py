@@ -4,12 +4,14 @@
     python benchmarks/hf_baseline.py ... --group-by-length        # the same, rows of similar length batched
     python benchmarks/hf_baseline.py --model DIR --data train.jsonl --rows 1000 --lora --format "{context}" \
         --lr 5e-4 --batch 16 --save-adapter DIR                    # real_learning.py's run: fp32 base + LoRA
+    python benchmarks/hf_baseline.py ... --full --lr 1e-5 --save-model DIR   # real_full_finetune.py's: every weight
 
 What a user writes from the transformers/peft docs: tokenize "[INST] {context} [/INST]" + target + EOS with
 the prompt masked out of the labels, NF4 4-bit base with double quantization (or a plain fp32 base with
 --lora), prepare_model_for_kbit_training, LoRA on every linear layer, DataCollatorForSeq2Seq padding each
-batch to its longest row, the Trainer for one epoch. Nothing from finetune is imported, so it measures the
-libraries alone. Writes real (non-pad) tokens/s, the padding fraction and peak RSS to --out as JSON.
+batch to its longest row, the Trainer for one epoch (--full: no LoRA, every weight of the fp32 base trains).
+Nothing from finetune is imported, so it measures the libraries alone. Writes real (non-pad) tokens/s, the
+padding fraction, peak RSS and the logged losses (every --logging-steps) to --out as JSON.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--optim", default="adamw_torch")
     p.add_argument("--save-adapter", help="save the trained adapter here (PeftModel.save_pretrained)")
+    p.add_argument("--full", action="store_true", help="full fine-tuning: fp32 base, no LoRA, every weight")
+    p.add_argument("--save-model", help="--full: save the trained model here (Trainer.save_model)")
+    p.add_argument("--logging-steps", type=int, default=10)
     a = p.parse_args()
 
     import datasets
@@ -96,7 +101,7 @@ def main() -> None:
     )
     dtype = torch.bfloat16 if a.gpu else torch.float32
     quant = None
-    if not a.lora:
+    if not (a.lora or a.full):
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -110,10 +115,13 @@ def main() -> None:
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     set_seed(a.seed)
-    model = get_peft_model(
-        model,
-        LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
+    if not a.full:
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=a.lora_r, lora_alpha=a.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
+        )
     collator = CountingCollator(tokenizer)
     args = TrainingArguments(
         output_dir=a.out + ".trainer",
@@ -123,7 +131,7 @@ def main() -> None:
         learning_rate=a.lr,
         optim=a.optim,
         lr_scheduler_type="cosine",
-        logging_steps=10,
+        logging_steps=a.logging_steps,
         save_strategy="no",
         report_to="none",
         seed=a.seed,
@@ -150,7 +158,15 @@ def main() -> None:
         "padding_fraction": round(1 - collator.real / collator.slots, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "final_loss": result.metrics.get("train_loss"),
+        "log": [
+            {k: e[k] for k in ("step", "loss", "grad_norm", "learning_rate") if k in e}
+            for e in trainer.state.log_history
+            if "loss" in e
+        ],
     }
+    if a.save_model:
+        trainer.save_model(a.save_model)
+        tokenizer.save_pretrained(a.save_model)
     if a.save_adapter:
         model.save_pretrained(a.save_adapter)
         tokenizer.save_pretrained(a.save_adapter)

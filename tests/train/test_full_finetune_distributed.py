@@ -24,10 +24,10 @@ def full_cfg(base: Path, tmp: Path, **over) -> dict:
     return raw
 
 
-def model_state(out: Path) -> dict:
+def model_state(out: Path, name: str = "model.safetensors") -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(out / "model.safetensors"))
+    return load_file(str(out / name))
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,38 @@ def test_full_fine_tune_on_two_processes_matches_one(
     assert mine.keys() == ref.keys() and not (out / "adapter_config.json").exists()
     for key, value in mine.items():  # whole tensors, gathered from the shards
         assert value.shape == ref[key].shape and (value - ref[key]).abs().max() <= WEIGHT_TOL, key
+
+
+UNFROZEN = ["^model.layers.0.mlp.*", "^model.norm.weight$"]
+
+
+@pytest.fixture(scope="module")
+def unfrozen_reference(tiny_model_dir, tmp_path_factory) -> Path:
+    """LoRA with unfrozen_parameters beside it, one plain process, the 2-process runs' global batch."""
+    tmp = tmp_path_factory.mktemp("unfrozen-reference")
+    raw = run_cfg(tiny_model_dir, tmp, micro_batch_size=4, unfrozen_parameters=UNFROZEN)
+    return one_thread_run(config.validate(raw))
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_unfrozen_beside_lora_on_two_processes_matches_one(
+    engine, tiny_model_dir, tmp_path, write_config, unfrozen_reference
+):
+    """The unfrozen base weights train under DDP / ZeRO-2 (ZeRO-1 partitions the same optimizer states less)
+    as in one process, and the saved file holds them whole."""
+    from finetune.model.unfrozen import UNFROZEN_FILE
+
+    extra = {"deepspeed": ZERO[2]} if engine == "zero2" else {}
+    cfg = write_config(run_cfg(tiny_model_dir, tmp_path, unfrozen_parameters=UNFROZEN, **extra))
+    out = tmp_path / "out"
+    launch([["train", str(cfg), "--num-processes", "2"]], tmp_path)
+    assert losses(out) == pytest.approx(losses(unfrozen_reference), abs=LOSS_TOL, rel=0)
+    for name in (UNFROZEN_FILE, "adapter_model.safetensors"):
+        mine, ref = model_state(out, name), model_state(unfrozen_reference, name)
+        assert mine.keys() == ref.keys() and len(mine) > 0
+        for key, value in mine.items():
+            assert value.shape == ref[key].shape and (value - ref[key]).abs().max() <= WEIGHT_TOL, key
+    trained, base = model_state(out, UNFROZEN_FILE), model_state(tiny_model_dir)
+    assert all(
+        (trained[k] - base[k]).abs().max() > 0 for k in trained
+    )  # each trained (and equally on both ranks)

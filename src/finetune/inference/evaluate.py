@@ -282,7 +282,10 @@ def run(
     saved = eval_results.save_results(out_dir, data.stem, who, entry)
     console.print(eval_results.results_table(data.stem, saved[eval_results.RESULTS_KEY][data.stem]))
     console.print(f"wrote {out_dir / eval_results.RESULTS_FILE} and {predictions}")
-    if out_dir.resolve() == path.resolve() and loaded.what != "merged" and loaded.run.adapter_dir is not None:
+    run_folder = loaded.run.cfg.adapter is None or (
+        loaded.what != "merged" and loaded.run.adapter_dir is not None
+    )
+    if out_dir.resolve() == path.resolve() and run_folder:  # a training run's folder (a full fine-tune's too)
         console.print(f"wrote {card.write_card(path)} (results in the model-index)")
     elif out_dir.resolve() != path.resolve():
         console.print(f"note: the card in {path} is unchanged (results went to --out {out_dir})")

@@ -92,7 +92,11 @@ def load(
         raise UserError(
             f"{path}: a reward model scores text and does not generate (its card shows how to score)"
         )
-    merged = run.adapter_dir is None and (path / "config.json").is_file()
+    model_dir = path
+    if run.cfg.adapter is None and run.adapter_dir is None and not (path / "config.json").is_file():
+        model_dir = run_dir.newest_full_model(path)  # an interrupted full fine-tune
+        say(f"note: {path} has no final model (interrupted run?); using the newest checkpoint {model_dir}")
+    merged = run.adapter_dir is None and (model_dir / "config.json").is_file()
     if run.adapter_dir is None and not merged:
         raise UserError(
             f"{path}: no adapter_config.json here or in a checkpoint-* folder, and no merged model"
@@ -101,14 +105,14 @@ def load(
         say(
             f"note: {path} has no final adapter (interrupted run?); using the newest checkpoint {run.adapter_dir}"
         )
-    tok_dir = run.adapter_dir or path
+    tok_dir = run.adapter_dir or model_dir
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)  # as trained: added tokens, pad token, chat template
     prec = _precision(run.cfg)
     notes: list[str] = []
     if merged and not base_only:
         import torch
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=prec.torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=prec.torch_dtype)
         if torch.cuda.is_available():
             model = model.to("cuda")
         what = "merged"

@@ -68,7 +68,10 @@ def run(
     saved = lm_eval_results.save(out_dir, results, who, loaded.what)
     console.print(lm_eval_results.console_table(saved, list(results)))
     console.print(f"wrote {out_dir / lm_eval_results.RESULTS_FILE}")
-    if out_dir.resolve() == path.resolve() and loaded.what != "merged" and loaded.run.adapter_dir is not None:
+    run_folder = loaded.run.cfg.adapter is None or (
+        loaded.what != "merged" and loaded.run.adapter_dir is not None
+    )
+    if out_dir.resolve() == path.resolve() and run_folder:  # a training run's folder (a full fine-tune's too)
         console.print(f"wrote {card.write_card(path)} (results in the model-index)")
     elif out_dir.resolve() != path.resolve():
         console.print(f"note: the card in {path} is unchanged (results went to --out {out_dir})")

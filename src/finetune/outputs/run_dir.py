@@ -105,6 +105,20 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
+def newest_full_model(output_dir: str | Path) -> Path:
+    """The newest checkpoint-N of an interrupted full fine-tune that holds a whole model (config.json and
+    safetensors weights); one line saying what to do when none does."""
+    for ckpt in reversed(checkpoints(output_dir)):
+        weights = (ckpt / "model.safetensors").is_file() or (ckpt / "model.safetensors.index.json").is_file()
+        if weights and (ckpt / "config.json").is_file():
+            return ckpt
+    raise UserError(
+        f"{output_dir}: a full fine-tune with no saved model here or in a checkpoint-* folder (interrupted "
+        "before its first checkpoint, or its checkpoints hold ZeRO-3/FSDP shards only): finish it with "
+        "`finetune train CONFIG --resume`"
+    )
+
+
 def read_run(output_dir: str | Path, trust_remote_code: bool | None = None) -> Run:
     """A run folder, read without running anything in it. `trust_remote_code`: None for readers that load no
     model (card, push); for those that do (merge, export, eval, generate), the user's --trust-remote-code."""

@@ -71,9 +71,9 @@ def build_trainer(
     evaluation set: the rewards are logged at every step)."""
     from trl import GRPOTrainer
 
-    from finetune.train.trainer import LoraPlus
+    from finetune.train.trainer import EndsAtMaxSteps, LoraPlus
 
-    class FinetuneGRPOTrainer(LoraPlus, trl_steps.FinetuneCard, GRPOTrainer):
+    class FinetuneGRPOTrainer(EndsAtMaxSteps, LoraPlus, trl_steps.FinetuneCard, GRPOTrainer):
         """GRPOTrainer with finetune's model card."""
 
         def batching_facts(self) -> dict:

@@ -82,7 +82,7 @@ def pair_columns(table):
 
 
 def _trainer_class(method: methods.Method):
-    from finetune.train.trainer import LoraPlus
+    from finetune.train.trainer import EndsAtMaxSteps, LoraPlus
 
     if method.rows == "unpaired":
         from trl import KTOTrainer as base
@@ -91,7 +91,7 @@ def _trainer_class(method: methods.Method):
     else:
         from trl.experimental.cpo import CPOTrainer as base
 
-    class FinetunePairTrainer(LoraPlus, trl_steps.FinetuneCard, base):
+    class FinetunePairTrainer(EndsAtMaxSteps, LoraPlus, trl_steps.FinetuneCard, base):
         """TRL's trainer fed finetune's tokenized rows, with finetune's model card."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

@@ -70,16 +70,16 @@ def reward_columns(table):
 def _trainer_classes():
     from trl import DPOTrainer, RewardTrainer
 
-    from finetune.train.trainer import LoraPlus
+    from finetune.train.trainer import EndsAtMaxSteps, LoraPlus
 
-    class FinetuneRewardTrainer(LoraPlus, trl_steps.FinetuneCard, RewardTrainer):
+    class FinetuneRewardTrainer(EndsAtMaxSteps, LoraPlus, trl_steps.FinetuneCard, RewardTrainer):
         """RewardTrainer whose model card is finetune's (outputs/card), written from the run's files."""
 
         def batching_facts(self) -> dict:
             """What train.run_facts records about batching: each pair's chosen and rejected, padded per batch."""
             return {"batching": methods.REWARD.batching}
 
-    class FinetuneDPOTrainer(LoraPlus, trl_steps.FinetuneCard, DPOTrainer):
+    class FinetuneDPOTrainer(EndsAtMaxSteps, LoraPlus, trl_steps.FinetuneCard, DPOTrainer):
         """DPOTrainer fed finetune's tokenized pairs, with finetune's model card."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

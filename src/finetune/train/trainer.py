@@ -10,6 +10,7 @@ override):
   pad-id comparison would miss EOS when pad == EOS) and the padded slots, so the padding fraction is known.
 - `log`: each training log line gets `padding_fraction` (of this session's tokens so far).
 - `compute_loss`: under `speedups.offload_activations` when `gradient_checkpointing: offload` runs on a GPU.
+- `_run_epoch` (`EndsAtMaxSteps`, shared with the TRL trainers): nothing to train when resumed at max_steps.
 - `create_optimizer` (`LoraPlus`, shared with the TRL trainers in preference.py, kto_orpo_simpo.py and
   grpo.py): LoRA+ parameter groups when `loraplus_lr_ratio` is set.
 """
@@ -36,6 +37,18 @@ class EpochToSampler(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.sampler.set_epoch(state.global_step // self.steps_per_epoch)
+
+
+class EndsAtMaxSteps:
+    """Trainer mixin: a run resumed from a checkpoint already at (or past) max_steps trains nothing. The HF
+    Trainer checks max_steps only after an optimizer step, so when max_steps ends mid-epoch (max_steps set, or
+    a fraction of an epoch) a resumed epoch ran one more step: checkpoint-3 of 3 ended at global_step 4."""
+
+    def _run_epoch(self, *args, **kwargs):
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
 
 class LoraPlus:
@@ -67,7 +80,7 @@ class LoraPlus:
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 
 
-class FinetuneTrainer(LoraPlus, Trainer):
+class FinetuneTrainer(EndsAtMaxSteps, LoraPlus, Trainer):
     def __init__(self, *args, batch_plan=None, offload: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_plan = batch_plan
