@@ -15,7 +15,7 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-from finetune import methods
+from finetune import hub, methods
 from finetune.config import Config
 from finetune.data import cache, encode, formats, lengths, preference, prompts, report, sources
 from finetune.data.batch_cuts import cut_points  # noqa: F401 - the plan cuts token-budget batches as train does
@@ -156,8 +156,7 @@ def length_stats(cfg: Config, tokenizer=None, table=None) -> dict | None:
 
 def preprocess_command(cfg: Config, inspect: int = 0) -> PreparedData:
     """`finetune preprocess CONFIG [--inspect N]`: build (or reuse) the cache; optionally show N examples."""
-    from finetune import hub
-    from finetune.data.tokenizer import load_tokenizer
+    from finetune.data.tokenizer import load_tokenizer  # transformers: loaded only when needed
 
     offline = hub.offline_if_unreachable(cfg.hub_ids)
     if offline:

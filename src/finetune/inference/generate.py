@@ -13,13 +13,12 @@ and stops at the tokenizer's EOS, the template's end-of-turn token or the model'
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune import data, hub, methods
+from finetune import data, hub, methods, quiet
 from finetune.config import Config, DatasetConfig
 from finetune.data import (
     answer_format,
@@ -73,8 +72,7 @@ def load(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune import quiet
-    from finetune.model import cpu_threads, load_base
+    from finetune.model import cpu_threads, load_base  # torch
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise around an answer
     quiet.false_alarms()
@@ -125,11 +123,9 @@ def load(
                 base.resize_token_embeddings(len(tokenizer))  # the rows training started from
             model, what = base, "base"
         else:
-            with warnings.catch_warnings():  # peft 0.21 reads is_gradient_checkpointing (deprecated in 5.x)
-                warnings.filterwarnings(
-                    "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-                )
-                model = generation.attach_adapter(base, tokenizer, run.adapter_dir)
+            model = generation.attach_adapter(
+                base, tokenizer, run.adapter_dir
+            )  # quiet.false_alarms: peft's read
             what = "adapter"
     cpu_threads(model, notes)  # a tiny model generates faster on one thread, as it trains
     for note in notes:

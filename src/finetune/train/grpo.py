@@ -21,7 +21,7 @@ the Trainer. What finetune decides here, and why (TRL 1.16):
 
 from __future__ import annotations
 
-from finetune import methods
+from finetune import methods, quiet
 from finetune.config import Config
 from finetune.errors import UserError
 from finetune.train import rewards, trl_steps
@@ -86,7 +86,7 @@ def build_trainer(
             f"[yellow]note:[/] lora_dropout: {cfg.lora_dropout:g} stays on during GRPO's training forward; "
             "the sampling and reference passes run without it"
         )
-    trl_steps.quiet_checkpointing_warning()
+    quiet.checkpointing_deprecation()  # TRL reads it at each reference forward
     funcs = rewards.reward_functions(
         cfg, tokenizer, list(train_set["reference"]), end_token_ids(model, tokenizer)
     )

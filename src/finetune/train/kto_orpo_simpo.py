@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from finetune import methods
+from finetune import methods, quiet
 from finetune.config import Config
 from finetune.data.report import no_datasets_bars
 from finetune.train import trl_steps
@@ -125,7 +125,7 @@ def build_trainer(
 ):
     """The KTO / ORPO / CPO(SimPO) trainer around the model stage's peft model, with finetune's callbacks."""
     method = methods.of(cfg)
-    trl_steps.quiet_checkpointing_warning()
+    quiet.checkpointing_deprecation()  # TRL reads it at each reference forward
     if cfg.lora_dropout and console is not None:
         console.print(
             f"[yellow]note:[/] lora_dropout: {cfg.lora_dropout:g} is switched off for {method.name} training "

@@ -21,7 +21,7 @@ What finetune decides here, and why (TRL 1.16, FACTS.md):
 
 from __future__ import annotations
 
-from finetune import methods
+from finetune import methods, quiet
 from finetune.config import Config
 from finetune.data.report import no_datasets_bars
 from finetune.train import trl_steps
@@ -106,7 +106,7 @@ def build_trainer(
     for note in notes:
         if console is not None:
             console.print(f"[yellow]note:[/] {note}")
-    trl_steps.quiet_checkpointing_warning()
+    quiet.checkpointing_deprecation()  # TRL reads it at each reference forward
     reward_cls, dpo_cls = _trainer_classes()
     weights = trl_steps.trainable_weights(model)
     common = {"args": args, "processing_class": tokenizer, "callbacks": callbacks}

@@ -4,7 +4,6 @@ the model card left to finetune, and the trainable weights kept as the model sta
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import fields
 
 
@@ -31,13 +30,6 @@ class FinetuneCard:
 
     def create_model_card(self, *args, **kwargs):
         """Nothing: finetune writes the card."""
-
-
-def quiet_checkpointing_warning() -> None:
-    """TRL 1.16 reads `is_gradient_checkpointing` (deprecated in transformers 5) at each reference forward."""
-    warnings.filterwarnings(
-        "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
 
 
 def trainable_weights(model) -> dict:
