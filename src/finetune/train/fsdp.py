@@ -90,11 +90,14 @@ def full_adapter_state(model) -> dict:
 
     local = model.state_dict()
     if not hasattr(model, "peft_config"):  # full fine-tuning: the whole model is what is saved
-        kept = {id(v) for v in local.values()}
+        names = list(local)
     else:
-        kept = {id(v) for v in get_peft_model_state_dict(model, state_dict=local).values()}
+        # peft picks the entries it saves; asked with the local shards as plain tensors it returns those very
+        # objects (peft >= 0.22 would gather DTensors itself and hand back new ones, unmatched by identity)
+        shards = {name: v.to_local() if isinstance(v, DTensor) else v for name, v in local.items()}
+        kept = {id(v) for v in get_peft_model_state_dict(model, state_dict=shards).values()}
+        names = [name for name, v in shards.items() if id(v) in kept]
     return {
-        name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
-        for name, value in local.items()
-        if id(value) in kept
+        name: (local[name].full_tensor() if isinstance(local[name], DTensor) else local[name]).detach().cpu()
+        for name in names
     }
