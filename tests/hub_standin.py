@@ -62,18 +62,9 @@ class Commit:
     deleted: list = field(default_factory=list)  # paths, and folders ending in "/"
 
 
-class StandInHub:
-    def __init__(self, token: str, fail: dict | None = None, drop: set | None = None):
-        self.token, self.fail, self.drop = token, dict(fail or {}), set(drop or ())
-        self.requests: list[tuple[str, str]] = []  # (method, path)
-        self.unknown: list[str] = []
-        self.bodies: list[bytes] = []  # every request body, to search for the token
-        self.repos: dict[str, Repo] = {}
-        self.commits: list[Commit] = []
-        self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) for the life of a `with` block: the stand-in hub and
+    the test proxy. A subclass gives `_handler()` (the request handler class) and calls `serve(self)` last."""
 
     def __enter__(self):
         self._thread.start()
@@ -82,6 +73,24 @@ class StandInHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve(server: LocalServer) -> None:
+    server.server = ThreadingHTTPServer(("127.0.0.1", 0), server._handler())
+    server.url = f"http://127.0.0.1:{server.server.server_address[1]}"
+    server._thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+
+
+class StandInHub(LocalServer):
+    def __init__(self, token: str, fail: dict | None = None, drop: set | None = None):
+        self.token, self.fail, self.drop = token, dict(fail or {}), set(drop or ())
+        self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.unknown: list[str] = []
+        self.bodies: list[bytes] = []  # every request body, to search for the token
+        self.repos: dict[str, Repo] = {}
+        self.commits: list[Commit] = []
+        self._lock = threading.Lock()
+        serve(self)
 
     def pushed(self, repo: str, branch: str = "main") -> dict:
         """The repo's files on `branch` after all commits: path -> bytes."""

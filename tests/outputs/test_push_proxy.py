@@ -15,38 +15,27 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import pytest
 from test_push import RUN_FILES
 
 from finetune import hub
-from hub_standin import TOKEN
+from hub_standin import TOKEN, LocalServer, serve
 from launching import free_port
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding"}
 
 
-class ForwardingProxy:
+class ForwardingProxy(LocalServer):
     """Forwards every request to 127.0.0.1:`upstream_port`; `seen` records (method, absolute URL)."""
 
     def __init__(self, upstream_port: int, password: str | None = None):
         self.upstream_port = upstream_port
         self.password = password  # asked for (407) on every request when set
         self.seen: list[tuple[str, str]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        serve(self)
 
     def _handler(self):
         proxy = self
