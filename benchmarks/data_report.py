@@ -1,6 +1,6 @@
 """`finetune data` on 100k rows: how long the data report takes, and whether it finds what was planted.
 
-    python benchmarks/data_report.py [--rows 100000] [--processes 1]
+    python benchmarks/data_report.py [--rows 100000] [--processes 1] [--command]
 
 Two sources in FinLoRA's shape, with sentences drawn from the words of ../shared/data/finlora (so the words
 are real, the rows unique): ~72% sentiment rows ("Instruction: What is the sentiment ... Input: <15-40
@@ -78,6 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument(
+        "--command", action="store_true", help="also time `finetune data` itself, start to end"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -145,6 +148,25 @@ def main() -> None:
             f"{against['ngram_rows']} by 13-gram (planted {PLANT_AGAINST}, ~2% of them went to the eval split)"
         )
         print("labels of the sentiment source:", r["sources"][0]["labels"])
+        if args.command:  # the whole command as a user runs it: a new process, an empty cache
+            import subprocess
+            import sys
+
+            import yaml
+
+            path = tmp / "config.yaml"
+            path.write_text(yaml.safe_dump({**raw, "dataset_prepared_path": str(tmp / "fresh")}))
+            finetune = Path(sys.executable).parent / "finetune"
+            against = str(FINLORA / "fpb_test.jsonl")
+            start = time.perf_counter()
+            done = subprocess.run(
+                [finetune, "data", str(path), "--against", against, "--json"], capture_output=True
+            )
+            wall = time.perf_counter() - start
+            assert done.returncode == 0, done.stderr.decode()[-2000:]
+            print(
+                f"`finetune data CONFIG --against fpb_test.jsonl --json`, empty cache, new process: {wall:.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ ACCEPTED = {
     "mistral__bigstral__bigstral-ds-zero3.yaml",
     "gemma3__gemma-3-4b-qlora.yml",
     "jamba__qlora_fsdp_large.yaml",  # use_tensorboard (issue 30)
+    # tokenizer_use_mistral_common: mistral-common's tokenizer and chat format (issue 31)
+    "magistral__magistral-small-fsdp-qlora.yaml",
+    "ministral3__ministral3-3b-qlora.yaml",
 }
 LINE = re.compile(r"^(?P<file>[^:]+)(:(?P<line>\d+))?: (--set )?[A-Za-z_][\w.\[\]]*: \S.*$")
 

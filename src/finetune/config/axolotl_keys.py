@@ -92,7 +92,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "freeze_mm_modules": (),
     "image_size": (),
     "image_resize_algorithm": (),
-    "tokenizer_use_mistral_common": (),
     "cls_model_config": (),
     # --- data features not built yet
     "skip_prepare_dataset": (),

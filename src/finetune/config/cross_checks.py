@@ -11,6 +11,7 @@ from finetune.config.fsdp import requested as fsdp_requested
 from finetune.config.full_checks import full_checks
 from finetune.config.keys_hub import hub_checks
 from finetune.config.keys_tracking import tracking_checks
+from finetune.config.mistral_checks import mistral_common_checks
 from finetune.config.schema import Config
 
 
@@ -53,7 +54,7 @@ def cross_checks(cfg: Config) -> list[tuple[tuple, str]]:
         )
     problems += gguf_checks(cfg) + full_checks(cfg)
     problems += hub_checks(cfg)
-    problems += tracking_checks(cfg)
+    problems += tracking_checks(cfg) + mistral_common_checks(cfg)
     problems += fsdp_settings(cfg)[1]
     if fsdp_requested(cfg):
         key = methods.of(cfg).key

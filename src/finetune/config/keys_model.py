@@ -45,6 +45,10 @@ class ModelKeys(StrictModel):
         None, description="Accepted for axolotl compatibility; AutoTokenizer is always used."
     )
     tokenizer_use_fast: bool = Field(True, description="Use the fast (Rust) tokenizer.")
+    tokenizer_use_mistral_common: bool = Field(
+        False,
+        description="Tokenize with Mistral's own library, mistral-common (`tekken.json` or `tokenizer.model.v*` in the model folder), and its chat format for `type: chat_template` data, trained turn by turn with exact masks; supervised fine-tuning only. Needs `pip install 'finetune[mistral]'`. Off: the Hugging Face tokenizer files are used even when mistral-common is installed.",
+    )
     trust_remote_code: bool = Field(
         False, description="Run code shipped with the model. Off unless you turn it on."
     )

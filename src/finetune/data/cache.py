@@ -17,7 +17,9 @@ from typing import Any
 from finetune import methods
 from finetune.config import Config, DatasetConfig
 from finetune.data import preference, sources
+from finetune.data.mistral_chat import tokenizer_file_digest
 from finetune.data.report import no_datasets_bars
+from finetune.data.tokenizer import is_mistral_common
 from finetune.files import atomic_dir, atomic_write_json
 
 FORMAT_VERSION = 3  # bump when the token layout changes, so caches written by older code are not reused
@@ -114,7 +116,9 @@ def tokenizer_digest(tokenizer) -> str:
     `prepare` changes it without changing our tokens, and must not cost a cache miss.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
+    if is_mistral_common(tokenizer):  # its file holds the vocabulary and the version that decides the format
+        model = tokenizer_file_digest(tokenizer)
+    elif backend is not None:
         state = json.loads(backend.to_str())
         state.pop("truncation", None)
         state.pop("padding", None)

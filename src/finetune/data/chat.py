@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from finetune.config import Config, DatasetConfig
 from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value
-from finetune.data.tokenizer import resolve_chat_template
+from finetune.data.tokenizer import is_mistral_common, resolve_chat_template
 from finetune.errors import UserError
 
 # Row role names mapped to the roles chat templates know (axolotl's defaults, ShareGPT included).
@@ -71,6 +71,25 @@ def chat_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> ChatSpec
     roles = dict(DEFAULT_ROLES)
     for target, sources in (ds.roles or {}).items():
         roles.update({source: target for source in sources})
+    if is_mistral_common(tokenizer):  # its own format (data/mistral_chat.py): no template, EOS ends a turn
+        template, eots = None, (tokenizer.eos_token,)
+    else:
+        template, eots = _template_and_eots(cfg, ds, where, tokenizer)
+    return ChatSpec(
+        field_messages=ds.field_messages,
+        role_key=mapping["role"],
+        content_key=mapping["content"],
+        roles=roles,
+        roles_to_train=tuple(roles.get(r, r) for r in ds.roles_to_train or ("assistant",)),
+        train_on_eos=ds.train_on_eos or "turn",
+        drop_system_message=bool(ds.drop_system_message),
+        template=template,
+        eot_tokens=eots,
+    )
+
+
+def _template_and_eots(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> tuple[str | None, tuple]:
+    """The entry's own template (None: the tokenizer's) and the end-of-turn tokens it trains."""
     template = (
         resolve_chat_template(ds.chat_template, cfg.chat_template_jinja, tokenizer, f"{where}.chat_template")
         if ds.chat_template
@@ -84,17 +103,7 @@ def chat_spec(cfg: Config, ds: DatasetConfig, where: str, tokenizer) -> ChatSpec
     if not eots:
         vocab = tokenizer.get_vocab()
         eots = tuple(dict.fromkeys(t for t in (tokenizer.eos_token, *KNOWN_EOT) if t and t in vocab))
-    return ChatSpec(
-        field_messages=ds.field_messages,
-        role_key=mapping["role"],
-        content_key=mapping["content"],
-        roles=roles,
-        roles_to_train=tuple(roles.get(r, r) for r in ds.roles_to_train or ("assistant",)),
-        train_on_eos=ds.train_on_eos or "turn",
-        drop_system_message=bool(ds.drop_system_message),
-        template=template,
-        eot_tokens=eots,
-    )
+    return template, eots
 
 
 def chat_messages(spec: ChatSpec, row: dict) -> list[dict]:
@@ -184,7 +193,7 @@ def _trained_spans(
             )
         ):
             spans.append((end, end + len(eot)))
-    return _merged(spans)
+    return merged_spans(spans)
 
 
 # Private-use characters: no template trims, escapes or changes the case of them, and data rarely has them.
@@ -221,7 +230,7 @@ def _content_span(
     return len(before), len(text) - len(after)
 
 
-def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def merged_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Spans sorted, with touching or overlapping ones joined (as _label_tokens needs them)."""
     out: list[tuple[int, int]] = []
     for start, end in sorted(spans):

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from finetune.config import Config, DatasetConfig, DatasetType
 from finetune.data.chat import ChatSpec, chat_spec, encode_chat
+from finetune.data.mistral_chat import encode_chat_mistral
 from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError, text_value  # noqa: F401 - re-exported
+from finetune.data.tokenizer import is_mistral_common
 from finetune.errors import UserError
 
 ALPACA_SYSTEM = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request."
@@ -161,7 +163,7 @@ def encode_batch(fmt: Format, tokenizer, rows: dict[str, list]) -> dict[str, lis
     n = len(next(iter(rows.values()))) if rows else 0
     records = [{k: v[i] for k, v in rows.items()} for i in range(n)]
     if isinstance(fmt.spec, ChatSpec):
-        encode = encode_chat
+        encode = encode_chat_mistral if is_mistral_common(tokenizer) else encode_chat
     elif isinstance(fmt.spec, SegmentsSpec):
         encode = _encode_segments
     else:

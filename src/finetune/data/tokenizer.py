@@ -51,10 +51,15 @@ EOT_OF = {
 
 
 def load_tokenizer(cfg: Config):
-    """AutoTokenizer from tokenizer_config or base_model, with `special_tokens`, `tokens` and `chat_template`."""
+    """AutoTokenizer from tokenizer_config or base_model, with `special_tokens`, `tokens` and `chat_template`;
+    mistral-common's tokenizer (data/mistral_chat.py) under tokenizer_use_mistral_common."""
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer_config or cfg.base_source[0]
+    if cfg.tokenizer_use_mistral_common:
+        from finetune.data.mistral_chat import load_mistral_tokenizer
+
+        return load_mistral_tokenizer(cfg, source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source,
@@ -63,6 +68,7 @@ def load_tokenizer(cfg: Config):
             use_fast=cfg.tokenizer_use_fast,
             **cfg.gguf_kwargs(source),
             **hub.loader_kwargs(),  # a GGUF file carries its tokenizer and chat template
+            **_hf_format_only(),
         )
     except (OSError, ValueError) as exc:  # missing files, or a folder without tokenizer files
         raise UserError(
@@ -84,6 +90,33 @@ def load_tokenizer(cfg: Config):
             cfg.chat_template, cfg.chat_template_jinja, tokenizer, "chat_template"
         )
     return tokenizer
+
+
+def load_saved_tokenizer(folder, cfg: Config):
+    """The tokenizer a run saved in `folder` (with the tokens training added and its chat template), read the way
+    the run read its base's: mistral-common's under tokenizer_use_mistral_common, else the Hugging Face files."""
+    if cfg.tokenizer_use_mistral_common:
+        from finetune.data.mistral_chat import load_mistral_tokenizer
+
+        return load_mistral_tokenizer(cfg.model_copy(update={"revision_of_model": None}), str(folder))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, **_hf_format_only())
+
+
+def is_mistral_common(tokenizer) -> bool:
+    """Whether this is transformers' wrapper of a mistral-common tokenizer (data/mistral_chat.py). By the class's
+    name: importing the class needs mistral-common installed."""
+    return type(tokenizer).__name__ in ("MistralCommonBackend", "MistralCommonTokenizer")
+
+
+def _hf_format_only() -> dict:
+    """With mistral-common installed, transformers picks Mistral's own tokenizer by itself whenever the model
+    folder has a tekken.json; finetune uses it only when tokenizer_use_mistral_common asks (axolotl's meaning),
+    so the Hugging Face files are asked for explicitly. Without the package there is nothing to pick."""
+    from importlib.util import find_spec
+
+    return {"mistral_format": False} if find_spec("mistral_common") else {}
 
 
 def resolve_chat_template(value: str, jinja: str | None, tokenizer, where: str) -> str:

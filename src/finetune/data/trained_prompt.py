@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from finetune import methods
 from finetune.config import Config, DatasetConfig, PreferenceType
-from finetune.data import answer_format, chat, formats, preference_format, unpaired_format
+from finetune.data import answer_format, chat, formats, mistral_chat, preference_format, unpaired_format
+from finetune.data.tokenizer import is_mistral_common
 from finetune.errors import UserError
 
 
@@ -38,6 +39,8 @@ def format_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> s
     prompt, _ = render(cfg, ds_cfg, row, tokenizer)
     if isinstance(prompt, str):
         return prompt
+    if is_mistral_common(tokenizer):  # its control tokens as text, for reading only
+        return tokenizer.decode(mistral_chat.encode_prompt(tokenizer, prompt))
     spec = formats.build_format(cfg, ds_cfg, "dataset", tokenizer).spec
     return chat.render_chat(spec, tokenizer, prompt, add_generation_prompt=True)
 
@@ -49,6 +52,8 @@ def encode_prompt(cfg: Config, ds_cfg: DatasetConfig, row: dict, tokenizer) -> l
     completion trains on raw text after BOS, so its prompt is BOS + the row's text (the model continues it);
     input_output's prompt is its segments before the first trained one (no special tokens added, as trained).
     """
+    if is_mistral_common(tokenizer):  # chat_template rows only (config/mistral_checks.py); never via text
+        return mistral_chat.encode_prompt(tokenizer, render(cfg, ds_cfg, row, tokenizer)[0])
     kind = None if methods.of(cfg).preference_data else answer_format.format_kind(ds_cfg)
     if kind in ("input_output", "completion"):
         return _raw_prompt(cfg, ds_cfg, row, tokenizer, kind)

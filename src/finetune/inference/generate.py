@@ -24,6 +24,7 @@ from finetune.data import (
     answer_format,
     question_prompt,  # noqa: F401 - the prompt for a question (the playground calls it here)
 )
+from finetune.data.tokenizer import load_saved_tokenizer
 from finetune.errors import UserError
 from finetune.model import generation
 from finetune.outputs import run_dir
@@ -70,7 +71,7 @@ def load(
     `dataset_index` picks the `datasets:` entry whose format the prompts take (a run may mix formats).
     """
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from finetune.model import cpu_threads, load_base  # torch
 
@@ -104,7 +105,7 @@ def load(
             f"note: {path} has no final adapter (interrupted run?); using the newest checkpoint {run.adapter_dir}"
         )
     tok_dir = run.adapter_dir or model_dir
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)  # as trained: added tokens, pad token, chat template
+    tokenizer = load_saved_tokenizer(tok_dir, run.cfg)  # as trained: added tokens, pad token, template
     prec = _precision(run.cfg)
     notes: list[str] = []
     if merged and not base_only:

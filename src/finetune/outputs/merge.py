@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from finetune import hub, methods, quiet
+from finetune.data.tokenizer import load_saved_tokenizer
 from finetune.errors import UserError
 from finetune.files import atomic_dir
 from finetune.model import (
@@ -188,7 +189,6 @@ def merge_command(
     Returns the largest |logit difference| between the saved merged model and base + adapter; raises
     CheckFailed, leaving `out` as it was, when that is above the dtype's CHECK_TOLERANCE.
     """
-    from transformers import AutoTokenizer
 
     quiet.false_alarms()
     output_dir, out = Path(output_dir), Path(out)
@@ -218,7 +218,7 @@ def merge_command(
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         print(f"loading {run.cfg.base_model} in {dtype}")
-        tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)  # training may have added tokens
+        tokenizer = load_saved_tokenizer(run.adapter_dir, run.cfg)  # training may have added tokens
         if dequantize and not prequantized:
             train_dtype = training_dtype(run, torch_dtype)
             device = quantization_device(run)
