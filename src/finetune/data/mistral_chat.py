@@ -22,34 +22,11 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from finetune import hub
 from finetune.data import chat
 from finetune.data.rows import EMPTY, ERROR, IGNORE, OK, Format, RowError
 from finetune.errors import UserError
 
 _SENTINELS = ("A", "B")  # one token each, and different tokens, in every Mistral vocabulary
-
-
-def load_mistral_tokenizer(cfg, source: str):
-    """`MistralCommonBackend` from the folder or hub id's tekken.json / tokenizer.model.v*, in test mode."""
-    try:
-        from transformers import MistralCommonBackend
-
-        # right padding in training batches, as the Hugging Face tokenizers of these models have (the wrapper's
-        # default is left); generation pads its prompts on the left itself (model/generation.py)
-        return MistralCommonBackend.from_pretrained(
-            source, revision=cfg.revision_of_model, padding_side="right", **hub.loader_kwargs()
-        )
-    except ImportError as exc:
-        raise UserError(
-            "tokenizer_use_mistral_common: needs the mistral-common package "
-            f"({str(exc).splitlines()[0]}): pip install 'finetune[mistral]'"
-        ) from None
-    except (OSError, ValueError) as exc:  # no tekken.json / tokenizer.model.v* there
-        raise UserError(
-            f"tokenizer_use_mistral_common: no mistral-common tokenizer (tekken.json or tokenizer.model.v*) "
-            f"in {source!r} ({str(exc).splitlines()[0]})"
-        ) from None
 
 
 def tokenizer_file(tokenizer) -> Path:

@@ -57,8 +57,6 @@ def load_tokenizer(cfg: Config):
 
     source = cfg.tokenizer_config or cfg.base_source[0]
     if cfg.tokenizer_use_mistral_common:
-        from finetune.data.mistral_chat import load_mistral_tokenizer
-
         return load_mistral_tokenizer(cfg, source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -96,12 +94,34 @@ def load_saved_tokenizer(folder, cfg: Config):
     """The tokenizer a run saved in `folder` (with the tokens training added and its chat template), read the way
     the run read its base's: mistral-common's under tokenizer_use_mistral_common, else the Hugging Face files."""
     if cfg.tokenizer_use_mistral_common:
-        from finetune.data.mistral_chat import load_mistral_tokenizer
-
         return load_mistral_tokenizer(cfg.model_copy(update={"revision_of_model": None}), str(folder))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder, **_hf_format_only())
+
+
+def load_mistral_tokenizer(cfg, source: str):
+    """tokenizer_use_mistral_common: `MistralCommonBackend` (transformers' wrapper of Mistral's own library) from
+    the folder or hub id's tekken.json / tokenizer.model.v*, in mistral-common's test mode (generation's;
+    data/mistral_chat.py encodes training rows with its finetuning-mode twin)."""
+    try:
+        from transformers import MistralCommonBackend
+
+        # right padding in training batches, as the Hugging Face tokenizers of these models have (the wrapper's
+        # default is left); generation pads its prompts on the left itself (model/generation.py)
+        return MistralCommonBackend.from_pretrained(
+            source, revision=cfg.revision_of_model, padding_side="right", **hub.loader_kwargs()
+        )
+    except ImportError as exc:
+        raise UserError(
+            "tokenizer_use_mistral_common: needs the mistral-common package "
+            f"({str(exc).splitlines()[0]}): pip install 'finetune[mistral]'"
+        ) from None
+    except (OSError, ValueError) as exc:  # no tekken.json / tokenizer.model.v* there
+        raise UserError(
+            f"tokenizer_use_mistral_common: no mistral-common tokenizer (tekken.json or tokenizer.model.v*) "
+            f"in {source!r} ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def is_mistral_common(tokenizer) -> bool:
