@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_chat_format import CHAT
 from test_formats import decoded, encode
 
 from finetune import config
@@ -26,13 +27,6 @@ TOKENIZERS = {
     "tekken": ("tekken.json", "tekken_240911.json"),
     "spm_v7": ("tokenizer.model.v7", "mistral_instruct_tokenizer_241114.model.v7"),
 }
-CHAT = [
-    {"role": "system", "content": "You are a concise analyst."},
-    {"role": "user", "content": "What is ROE?"},
-    {"role": "assistant", "content": "Return on equity."},
-    {"role": "user", "content": "And ROA?"},
-    {"role": "assistant", "content": "Return on assets."},
-]
 
 
 def tokenizer_folder(root: Path, kind: str) -> Path:

@@ -166,33 +166,52 @@ def encode_chat(fmt: Format, tokenizer, records: list[dict]):
 def _trained_spans(
     spec: ChatSpec, tokenizer, messages: list[dict], text: str, train_all: bool
 ) -> list[tuple[int, int]]:
-    """Character spans of `text` to train: content of trained turns (+ their end-of-turn token).
+    """Character spans of `text` to train: content of trained turns (+ their end-of-turn token)."""
+    sentinel = _sentinel(text)
+
+    def end_of_turn(end: int) -> int:
+        return len(max((t for t in spec.eot_tokens if text.startswith(t, end)), key=len, default=""))
+
+    return spans_to_train(
+        spec,
+        messages,
+        len(text),
+        train_all,
+        lambda i: _content_span(spec, tokenizer, messages, text, i, sentinel),
+        end_of_turn,
+    )
+
+
+def spans_to_train(spec: ChatSpec, messages: list[dict], whole: int, train_all: bool, locate, end_of_turn):
+    """The spans (of characters, or of tokens: data/mistral_chat.py) to train, as roles_to_train and
+    train_on_eos say: the content of each trained turn, and the end-of-turn marker right after a turn.
+    `locate(i)` is message i's content span; `end_of_turn(end)` the length of the marker at `end` (0: none).
 
     A turn whose content is empty or whitespace-only trains nothing, not even its end-of-turn token."""
     if train_all:
-        return [(0, len(text))] if any(m["content"].strip() for m in messages) else []
+        return [(0, whole)] if any(m["content"].strip() for m in messages) else []
     trained_turns = [
         i for i, m in enumerate(messages) if m["role"] in spec.roles_to_train and m["content"].strip()
     ]
     if not trained_turns:
         return []
-    spans, sentinel, trained_set = [], _sentinel(text), set(trained_turns)
+    spans, trained_set = [], set(trained_turns)
     for i, message in enumerate(messages):
         trained = i in trained_set
         if not message["content"].strip() or not (trained or spec.train_on_eos == "all"):
             continue
-        start, end = _content_span(spec, tokenizer, messages, text, i, sentinel)
+        start, end = locate(i)
         if trained and end > start:
             spans.append((start, end))
-        eot = max((t for t in spec.eot_tokens if text.startswith(t, end)), key=len, default=None)
-        if eot and (
+        marker = end_of_turn(end)
+        if marker and (
             spec.train_on_eos == "all"
             or (
                 trained
                 and (spec.train_on_eos == "turn" or (spec.train_on_eos == "last" and i == trained_turns[-1]))
             )
         ):
-            spans.append((end, end + len(eot)))
+            spans.append((end, end + marker))
     return merged_spans(spans)
 
 

@@ -98,33 +98,20 @@ def encode_chat_mistral(fmt: Format, tokenizer, records: list[dict]):
 def _trained_spans(
     spec: chat.ChatSpec, tokenizer, messages: list[dict], row_ids: list[int], train_all: bool
 ) -> list[tuple[int, int]]:
-    """Token spans to train: the content of trained turns, and the EOS after it as train_on_eos says (the
-    rules of data/chat.py; mistral-common ends an assistant turn with EOS and no other turn with one)."""
-    if train_all:
-        return [(0, len(row_ids))] if any(m["content"].strip() for m in messages) else []
-    trained_turns = [
-        i for i, m in enumerate(messages) if m["role"] in spec.roles_to_train and m["content"].strip()
-    ]
-    if not trained_turns:
-        return []
-    spans, trained_set = [], set(trained_turns)
-    for i, message in enumerate(messages):
-        trained = i in trained_set
-        if not message["content"].strip() or not (trained or spec.train_on_eos == "all"):
-            continue
-        start, end = _content_span(spec, tokenizer, messages, row_ids, i)
-        if trained and end > start:
-            spans.append((start, end))
-        ends_turn = end < len(row_ids) and row_ids[end] == tokenizer.eos_token_id
-        if ends_turn and (
-            spec.train_on_eos == "all"
-            or (
-                trained
-                and (spec.train_on_eos == "turn" or (spec.train_on_eos == "last" and i == trained_turns[-1]))
-            )
-        ):
-            spans.append((end, end + 1))
-    return chat.merged_spans(spans)
+    """Token spans to train, by data/chat.py's rules; mistral-common ends an assistant turn with EOS and no
+    other turn with one."""
+
+    def end_of_turn(end: int) -> int:
+        return int(end < len(row_ids) and row_ids[end] == tokenizer.eos_token_id)
+
+    return chat.spans_to_train(
+        spec,
+        messages,
+        len(row_ids),
+        train_all,
+        lambda i: _content_span(spec, tokenizer, messages, row_ids, i),
+        end_of_turn,
+    )
 
 
 def _content_span(
