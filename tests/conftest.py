@@ -183,9 +183,7 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
     evaluations with token accuracy and `eval_metrics: auto`. Read-only: copy it before writing into it."""
     import json
 
-    import torch
-
-    from finetune import config, train
+    from finetune import config
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "sentiment.jsonl"
@@ -198,12 +196,7 @@ def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
         "learning_rate": 0.01, "lr_scheduler": "constant", "logging_steps": 5, "eval_steps": 10,
         "eval_metrics": "auto", "eval_metrics_samples": 8, "seed": 7,
     })  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train.run(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    return one_thread_run(cfg)
 
 
 def send_signal(step: int):

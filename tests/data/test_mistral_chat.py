@@ -11,6 +11,7 @@ import pytest
 from test_chat_format import CHAT
 from test_formats import decoded, encode
 
+from conftest import one_thread_run
 from finetune import config
 from finetune.config import ConfigError
 from finetune.data import mistral_chat, report_files, trained_prompt
@@ -197,10 +198,8 @@ def test_keys_mistral_common_cannot_take_are_refused_at_the_key(
 @pytest.fixture(scope="module")
 def mistral_run(tmp_path_factory) -> Path:
     """LoRA on a tiny Llama whose vocabulary is Nemo's tekken (131k tokens, hidden size 16), 4 steps."""
-    import torch
     from transformers import MistralCommonBackend
 
-    from finetune import train
     from finetune.model.tiny import build_model
 
     root = tmp_path_factory.mktemp("mistral_run")
@@ -230,12 +229,7 @@ def mistral_run(tmp_path_factory) -> Path:
         dataset_prepared_path=str(root / "prepared"), dataset_processes=1, output_dir=str(root / "out"),
         micro_batch_size=4, max_steps=4, learning_rate=0.01, lr_scheduler="constant", logging_steps=1, seed=7,
     )  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train.run(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    return one_thread_run(cfg)
 
 
 def test_a_run_trains_saves_mistral_commons_tokenizer_and_generates(mistral_run):

@@ -49,9 +49,8 @@ def decode(tokenizer, values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarr
     table = _byte_table(tokenizer)
     if table is None:
         rows = [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-        backend = getattr(
-            tokenizer, "backend_tokenizer", None
-        )  # none: mistral-common's (data/mistral_chat.py)
+        # no Rust backend: mistral-common's tokenizer (data/mistral_chat.py)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
         decode_batch = backend.decode_batch if backend is not None else tokenizer.batch_decode
         texts = decode_batch(rows, skip_special_tokens=True)
         return from_texts(texts)

@@ -57,7 +57,7 @@ def load_tokenizer(cfg: Config):
 
     source = cfg.tokenizer_config or cfg.base_source[0]
     if cfg.tokenizer_use_mistral_common:
-        return load_mistral_tokenizer(cfg, source)
+        return load_mistral_tokenizer(source, cfg.revision_of_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source,
@@ -94,13 +94,13 @@ def load_saved_tokenizer(folder, cfg: Config):
     """The tokenizer a run saved in `folder` (with the tokens training added and its chat template), read the way
     the run read its base's: mistral-common's under tokenizer_use_mistral_common, else the Hugging Face files."""
     if cfg.tokenizer_use_mistral_common:
-        return load_mistral_tokenizer(cfg.model_copy(update={"revision_of_model": None}), str(folder))
+        return load_mistral_tokenizer(str(folder))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder, **_hf_format_only())
 
 
-def load_mistral_tokenizer(cfg, source: str):
+def load_mistral_tokenizer(source: str, revision: str | None = None):
     """tokenizer_use_mistral_common: `MistralCommonBackend` (transformers' wrapper of Mistral's own library) from
     the folder or hub id's tekken.json / tokenizer.model.v*, in mistral-common's test mode (generation's;
     data/mistral_chat.py encodes training rows with its finetuning-mode twin)."""
@@ -110,7 +110,7 @@ def load_mistral_tokenizer(cfg, source: str):
         # right padding in training batches, as the Hugging Face tokenizers of these models have (the wrapper's
         # default is left); generation pads its prompts on the left itself (model/generation.py)
         return MistralCommonBackend.from_pretrained(
-            source, revision=cfg.revision_of_model, padding_side="right", **hub.loader_kwargs()
+            source, revision=revision, padding_side="right", **hub.loader_kwargs()
         )
     except ImportError as exc:
         raise UserError(
