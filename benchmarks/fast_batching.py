@@ -1,5 +1,6 @@
-"""What length-grouped batches (batch_flattening on CPU) save on real_learning.py's run, measured without training
-a whole epoch: a figure of the batches alone, and a cost per batch shape on the real model.
+"""What length-grouped batches (group_by_length; batch_flattening on CPU until 2026-12-08, which now flattens)
+save on real_learning.py's run, measured without training a whole epoch: a figure of the batches alone, and a
+cost per batch shape on the real model.
 
     python benchmarks/fast_batching.py                    # token slots for seeds 42 43 44, then the step costs
     python benchmarks/fast_batching.py --slots-only       # no model: the batches' padded tokens only

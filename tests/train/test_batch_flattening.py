@@ -1,14 +1,15 @@
 # ruff: noqa: E402
 """Fast batching that keeps the steps (batch_flattening; batching.py's `flattened` and `group_by_length`): the
-same optimizer steps as unpacked, fewer padded tokens, every row once per epoch with its labels unchanged, and
-flattened rows give the padded batch's loss. CPU cannot flatten (no flash-attention varlen): there the same
-key groups rows by length, and the run says so."""
+same optimizer steps as unpacked, no padded tokens, every row once per epoch with its labels unchanged, and
+flattened rows give the padded batch's loss — with flash-attention varlen on a GPU, with sdpa run per sequence
+elsewhere (CPU). Where neither serves (eager attention), the same key groups rows by length, and says so."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -17,6 +18,7 @@ torch = pytest.importorskip("torch")
 from conftest import INST_FORMAT as PROMPT
 from finetune import config, train
 from finetune.model import Precision
+from finetune.model.sequence_attention import SEQUENCE_SDPA, use_sequence_attention
 from finetune.train import arguments as trainer_args
 from finetune.train import batching
 
@@ -54,14 +56,22 @@ def cfg_of(tmp_path, base="org/model", **over) -> config.Config:
 # ---------------------------------------------------------------- the choice
 
 
-def test_batch_flattening_flattens_with_flash_and_groups_by_length_elsewhere(tmp_path):
+def test_batch_flattening_flattens_with_flash_or_sdpa_and_groups_by_length_elsewhere(tmp_path):
     cfg = cfg_of(tmp_path, batch_flattening=True)
     strategy, why = batching.choose(cfg, "flash_attention_2", on_gpu=True)
-    assert strategy == "flattened" and why.startswith("4 rows a batch flattened")
-    for attn, on_gpu, where in [("sdpa", False, "on CPU"), ("sdpa", True, "on sdpa attention")]:
-        strategy, why = batching.choose(cfg, attn, on_gpu=on_gpu)
+    assert (
+        strategy == "flattened"
+        and why == "4 rows a batch flattened into one padding-free row, flash-attention varlen"
+    )
+    for on_gpu in (False, True):  # sdpa switched to per-sequence attention (attention_for): CPU or GPU alike
+        strategy, why = batching.choose(cfg, SEQUENCE_SDPA, on_gpu=on_gpu)
+        assert strategy == "flattened" and why.endswith("sdpa run per sequence (no varlen kernel here)")
+    for attn in ("eager", "sdpa"):  # eager, or an sdpa model that could not switch: rows grouped by length
+        strategy, why = batching.choose(cfg, attn, on_gpu=False)
         assert strategy == "group_by_length"
-        assert "batch_flattening needs flash-attention varlen on a GPU" in why and where in why
+        assert why.endswith(
+            f"batch_flattening needs flash-attention varlen or sdpa, and this model runs {attn} attention"
+        )
     # sample_packing keeps axolotl's meaning (token-budget steps) and decides when both are set
     both = cfg_of(tmp_path, batch_flattening=True, sample_packing=True)
     assert batching.choose(both, "flash_attention_2", on_gpu=True)[0] == "packed"
@@ -99,8 +109,8 @@ def test_flash_plan_flattens_micro_batch_size_rows_into_one_row(tmp_path, tiny_m
     ],
 )
 def test_flattened_batch_gives_the_padded_loss(tmp_path, tiny_model_dir, attn):
-    """The flash plan's collator on micro_batch_size real rows: the loss of the padded batch. sdpa runs it on
-    CPU (transformers detects the restarting position_ids), flash-attention varlen on a GPU."""
+    """The flattening collator on micro_batch_size real rows: the loss of the padded batch. sdpa run per
+    sequence on CPU, flash-attention varlen on a GPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     flash = attn.startswith("flash")
@@ -120,8 +130,8 @@ def test_flattened_batch_gives_the_padded_loss(tmp_path, tiny_model_dir, attn):
         batching.padded_collator(cfg, tok)([dict(f) for f in features]),
         flattened.train_collator([dict(f) for f in features]),
     ]
-    if not flash:  # sdpa takes no varlen arguments: it finds the rows from position_ids alone
-        batches[1] = {k: v for k, v in batches[1].items() if not k.startswith(("cu_seq", "max_length"))}
+    if not flash:  # what attention_for does to an sdpa model when batch_flattening is on
+        assert use_sequence_attention(model)
     losses = []
     with torch.no_grad():
         for batch in batches:
@@ -134,7 +144,7 @@ def test_flattened_batch_gives_the_padded_loss(tmp_path, tiny_model_dir, attn):
 
 
 def planned_trainer(cfg, tiny_model_dir):
-    """The Trainer as `train.run` assembles it (plan -> arguments -> trainer), without training."""
+    """The Trainer as `train.run` assembles it (attention -> plan -> arguments -> trainer), without training."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -143,13 +153,14 @@ def planned_trainer(cfg, tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     train_set = data.prepare(cfg, tok).train
-    plan = batching.plan(cfg, tok, train_set, None, "sdpa", on_gpu=False, world_size=1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM"))
+    attention = batching.attention_for(cfg, model, "sdpa")
+    plan = batching.plan(cfg, tok, train_set, None, attention, on_gpu=False, world_size=1)
     args, sched = trainer_args.training_arguments(
         cfg, FP32, len(train_set), False, cfg.output_dir, [], plan.batches_per_epoch, on_gpu=False,
         length_grouped=plan.strategy == "group_by_length",
     )  # fmt: skip
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM"))
     trainer = FinetuneTrainer(
         model=model, args=args, train_dataset=train_set, data_collator=plan.train_collator,
         processing_class=tok, batch_plan=plan,
@@ -157,46 +168,69 @@ def planned_trainer(cfg, tiny_model_dir):
     return trainer, train_set, sched
 
 
+def batch_rows(batch) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(input_ids, labels) of each row in a batch, and the batch's padded tokens."""
+    if "attention_mask" not in batch:  # flattened: one row, the sequences cut at cu_seq_lens_q
+        assert batch["input_ids"].shape[0] == 1 and batch["position_ids"].shape == batch["input_ids"].shape
+        bounds = batch["cu_seq_lens_q"].tolist()
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        return [(ids[a:b], labels[a:b]) for a, b in pairwise(bounds)], 0
+    out = []
+    for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True):
+        real = mask.bool()
+        assert (labels[~real] == -100).all()
+        out.append((ids[real].tolist(), labels[real].tolist()))
+    return out, int((batch["attention_mask"] == 0).sum())
+
+
 def test_cpu_batches_keep_rows_steps_and_masking_with_less_padding(tmp_path, tiny_model_dir):
     runs = {}
-    for name, over in [("unpacked", {}), ("flattening", {"batch_flattening": True})]:
+    variants = [
+        ("unpacked", {}),
+        ("grouped", {"group_by_length": True}),
+        ("flattening", {"batch_flattening": True}),
+    ]
+    for name, over in variants:
         cfg = cfg_of(tmp_path / name, base=tiny_model_dir, **over)
         trainer, train_set, sched = planned_trainer(cfg, tiny_model_dir)
         assert sched.steps_per_epoch == math.ceil(ROWS / 4)
         source = {tuple(r["input_ids"]): r["labels"] for r in train_set}
         seen, padded = [], []
         for batch in trainer.get_train_dataloader():
-            assert len(batch["input_ids"]) <= 4  # micro_batch_size rows a batch, as unpacked
-            padded.append(int((batch["attention_mask"] == 0).sum()))
-            for ids, mask, labels in zip(
-                batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
-            ):
-                real = mask.bool()
-                key = tuple(ids[real].tolist())
-                assert labels[real].tolist() == source[key]  # masking unchanged
-                assert (labels[~real] == -100).all()
-                seen.append(key)
+            batch_of, pad = batch_rows(batch)
+            assert len(batch_of) <= 4  # micro_batch_size rows a batch, as unpacked
+            padded.append(pad)
+            for ids, labels in batch_of:
+                assert (
+                    labels == source[tuple(ids)]
+                )  # masking unchanged (a row's first label is never trained)
+                seen.append(tuple(ids))
         assert sorted(seen) == sorted(source)  # every row exactly once in the epoch
         runs[name] = (len(padded), sum(padded))
-    assert runs["flattening"][0] == runs["unpacked"][0] == math.ceil(ROWS / 4)
-    assert runs["flattening"][1] < runs["unpacked"][1] / 3, runs  # rows of similar length share a batch
+    assert runs["flattening"][0] == runs["grouped"][0] == runs["unpacked"][0] == math.ceil(ROWS / 4)
+    assert runs["grouped"][1] < runs["unpacked"][1] / 3, runs  # rows of similar length share a batch
+    assert runs["flattening"][1] == 0 < runs["grouped"][1], runs
 
 
 @pytest.mark.slow
-def test_batch_flattening_run_on_cpu_says_it_groups_and_takes_the_unpacked_steps(
-    tmp_path, tiny_model_dir, capsys
-):
-    results = {}
+def test_batch_flattening_run_on_cpu_flattens_and_trains_as_unpacked(tmp_path, tiny_model_dir, capsys):
+    """The same rows in the same order, flattened: the unpacked run's steps and losses, with no padding."""
+    results, logs = {}, {}
     for name, over in [("unpacked", {}), ("flattening", {"batch_flattening": True})]:
         cfg = cfg_of(tmp_path / name, base=tiny_model_dir, **over)
         train.run(cfg)
         results[name] = json.loads((tmp_path / name / "out" / "all_results.json").read_text())
-        results[name]["steps"] = json.loads((tmp_path / name / "out" / "trainer_state.json").read_text())[
-            "global_step"
-        ]
-    err = capsys.readouterr().err
-    assert "batch_flattening needs flash-attention varlen on a GPU; on CPU" in " ".join(err.split())
+        state = json.loads((tmp_path / name / "out" / "trainer_state.json").read_text())
+        results[name]["steps"] = state["global_step"]
+        logs[name] = [e["loss"] for e in state["log_history"] if "loss" in e]
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "batching: flattened (4 rows a batch flattened into one padding-free row, sdpa run per sequence"
+        in err
+    )
     flat, plain = results["flattening"], results["unpacked"]
-    assert flat["batching"] == "group_by_length" and plain["batching"] == "random"
+    assert flat["batching"] == "flattened" and plain["batching"] == "random"
     assert flat["steps"] == plain["steps"] == math.ceil(ROWS / 4)
-    assert flat["padded_tokens"] < plain["padded_tokens"] / 3
+    assert flat["padded_tokens"] == 0 < plain["padded_tokens"]
+    assert len(logs["flattening"]) == len(logs["unpacked"]) == flat["steps"]
+    assert logs["flattening"] == pytest.approx(logs["unpacked"], rel=1e-4)  # the same training, step by step

@@ -225,5 +225,5 @@ class DataKeys(StrictModel):
     )
     batch_flattening: bool = Field(
         False,
-        description="No padding, and the same optimizer steps as unpacked: micro_batch_size rows a batch, flattened into one padding-free row (position_ids restarting, axolotl's meaning) on a GPU with flash attention; elsewhere (CPU, sdpa) those rows are grouped by length instead (HF's length-grouped sampler), since there a flattened row costs full attention over its whole length. Unlike sample_packing it keeps rows / micro_batch_size steps an epoch.",
+        description="No padding, and the same optimizer steps as unpacked: micro_batch_size rows a batch, flattened into one padding-free row (position_ids restarting, axolotl's meaning); flash-attention's varlen kernel keeps the rows apart on a GPU, and elsewhere (CPU, sdpa) attention runs per row. With eager attention the rows are grouped by length instead. Unlike sample_packing it keeps rows / micro_batch_size steps an epoch.",
     )

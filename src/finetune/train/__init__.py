@@ -124,7 +124,8 @@ def run(
     )
     from finetune.train import batching  # transformers and torch: imported only now (see above)
 
-    batch_plan = batching.plan(cfg, tokenizer, train_set, eval_set, loaded.attn_implementation)
+    attention = batching.attention_for(cfg, loaded.model, loaded.attn_implementation)
+    batch_plan = batching.plan(cfg, tokenizer, train_set, eval_set, attention)
     notes += batch_plan.notes
     # GRPO: a step counts completions, num_generations of each prompt
     rows = len(train_set) * methods.of(cfg).trl_values(cfg).get("num_generations", 1)

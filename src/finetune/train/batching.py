@@ -11,12 +11,14 @@
   least (`cut_points`). On CPU sdpa computes the full T×T attention of a packed row even where the mask is
   zero, so long packed rows are slower than padding there (FACTS.md); length-sorted budget batches measured
   fastest (BENCHMARKS.md).
-- `flattened` (batch_flattening on a GPU with flash attention): micro_batch_size rows a batch, as unpacked (so
-  the same optimizer steps), flattened into one padding-free row by transformers' DataCollatorWithFlattening
-  (position_ids restarting, axolotl's `batch_flattening`); the varlen kernel keeps the rows apart.
+- `flattened` (batch_flattening): micro_batch_size rows a batch, as unpacked (so the same optimizer steps),
+  flattened into one padding-free row by transformers' DataCollatorWithFlattening (position_ids restarting,
+  axolotl's `batch_flattening`). On a GPU with flash attention its varlen kernel keeps the rows apart; with sdpa
+  (CPU, or a GPU without flash_attn) the model is switched to sdpa run one sequence at a time
+  (model/sequence_attention.py), so no slot goes to padding and no row attends to another.
 - `group_by_length`: HF's LengthGroupedSampler, micro_batch_size rows a batch. Also what batch_flattening
-  becomes on CPU or sdpa/eager attention: a flattened row would cost full attention over its whole length
-  there (as a packed one does), while rows of similar length lose most of the padding at no attention cost.
+  becomes where neither kernel can serve it (eager attention, a model that does not dispatch through
+  transformers' AttentionInterface): rows of similar length lose most of the padding.
 - `random`: micro_batch_size random rows a batch, padded to the longest.
 
 sample_packing changes what a step is (a token budget, so short rows give far fewer steps); the last three keep
@@ -39,6 +41,7 @@ from typing import Any
 
 from finetune.config import Config
 from finetune.data.rows import IGNORE
+from finetune.model.sequence_attention import SEQUENCE_SDPA
 from finetune.train.token_batches import (  # noqa: F401 - re-exported: batching is the stage's entry
     BATCH_COST_TOKENS,
     TokenBatchSampler,
@@ -122,19 +125,30 @@ def choose(cfg: Config, attn_implementation: str, on_gpu: bool) -> tuple[str, st
             "costs full attention over its whole length, so packing would be slower here"
         )
     flash = on_gpu and "flash" in (attn_implementation or "")
+    flattened = f"{cfg.micro_batch_size} rows a batch flattened into one padding-free row"
     if cfg.batch_flattening and flash:
-        return "flattened", (
-            f"{cfg.micro_batch_size} rows a batch flattened into one padding-free row, flash-attention varlen"
-        )
+        return "flattened", f"{flattened}, flash-attention varlen"
+    if cfg.batch_flattening and attn_implementation == SEQUENCE_SDPA:
+        return "flattened", f"{flattened}, sdpa run per sequence (no varlen kernel here)"
     if cfg.batch_flattening:
-        where = "CPU" if not on_gpu else f"{attn_implementation} attention"
         return "group_by_length", (
             f"{cfg.micro_batch_size} rows of similar length a batch: batch_flattening needs flash-attention "
-            f"varlen on a GPU; on {where} a flattened row costs full attention over its whole length"
+            f"varlen or sdpa, and this model runs {attn_implementation} attention"
         )
     if cfg.group_by_length:
         return "group_by_length", f"{cfg.micro_batch_size} rows of similar length a batch"
     return "random", f"{cfg.micro_batch_size} random rows a batch, padded to the longest"
+
+
+def attention_for(cfg: Config, model, attn_implementation: str) -> str:
+    """The attention the run trains with: batch_flattening without flash-attention switches an sdpa model to
+    sdpa one sequence at a time (`flattened` above); anything else trains as loaded."""
+    if cfg.batch_flattening and not cfg.sample_packing and attn_implementation == "sdpa":
+        from finetune.model.sequence_attention import use_sequence_attention
+
+        if use_sequence_attention(model):
+            return SEQUENCE_SDPA
+    return attn_implementation
 
 
 def plan(
@@ -181,7 +195,10 @@ def plan(
         train_sampler = TokenBatchSampler(
             dataset_lengths(train_set), budget, packed, seed=cfg.seed, world_size=world_size
         )
-    collator = PackedCollator(flash_kwargs=flash) if packed or strategy == "flattened" else padded
+    if packed or strategy == "flattened":  # flattened rows carry their bounds for the attention to read
+        collator = PackedCollator(flash_kwargs=flash or strategy == "flattened")
+    else:
+        collator = padded
 
     eval_sampler, eval_collator = None, padded_collator(cfg, tokenizer, full_length=full_length)
     eval_packing = cfg.eval_sample_packing if cfg.eval_sample_packing is not None else cfg.sample_packing
