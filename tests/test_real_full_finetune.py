@@ -27,7 +27,9 @@ def test_full_fine_tune_equals_the_hand_written_full_ft_script(smollm2_dir, tmp_
 
     from finetune import config
 
-    raw = sentiment_config(tmp_path, str(smollm2_dir), rows=16, shuffle_merged_datasets=False)
+    raw = sentiment_config(
+        tmp_path, str(smollm2_dir), rows=16, shuffle_merged_datasets=False, batch_flattening=False
+    )  # padded, as the script
     for key in ("adapter", "lora_r", "lora_alpha", "lora_target_linear"):
         raw.pop(key)  # no adapter: full fine-tuning
     raw.update(learning_rate=1e-5, save_strategy="no")

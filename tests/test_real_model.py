@@ -57,14 +57,18 @@ def test_gguf_base_trains_cards_and_merges_to_an_ordinary_folder(smollm2_gguf, s
 
 def test_finetune_adapter_equals_the_hand_written_hf_script_bit_for_bit(smollm2_dir, tmp_path):
     """Same model, rows, prompt, LoRA, batch, learning rate, schedule and seed; the data in file order
-    (shuffle_merged_datasets: false), since the script does not shuffle before the Trainer's sampler. Any
-    extra token, different mask, padding side, initialisation or optimizer setting breaks the equality."""
+    (shuffle_merged_datasets: false), since the script does not shuffle before the Trainer's sampler; padded
+    batches, as the script's (batch_flattening: false: flattened ones give the same loss with float sums in
+    another order). Any extra token, different mask, padding side, initialisation or optimizer setting breaks
+    the equality."""
     import yaml
     from safetensors.torch import load_file
 
     from finetune import config
 
-    raw = sentiment_config(tmp_path, str(smollm2_dir), rows=16, shuffle_merged_datasets=False)
+    raw = sentiment_config(
+        tmp_path, str(smollm2_dir), rows=16, shuffle_merged_datasets=False, batch_flattening=False
+    )
     cfg = config.validate(raw)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     # each in a process of its own on ONE thread: with two, a reduction's rounding can differ from run to run,

@@ -57,26 +57,39 @@ def cfg_of(tmp_path, base="org/model", **over) -> config.Config:
 
 
 def test_batch_flattening_flattens_with_flash_or_sdpa_and_groups_by_length_elsewhere(tmp_path):
+    for cfg in (cfg_of(tmp_path, batch_flattening=True), cfg_of(tmp_path)):  # asked for, or the default
+        strategy, why = batching.choose(cfg, "flash_attention_2", on_gpu=True)
+        assert strategy == "flattened"
+        assert why == "4 rows a batch flattened into one padding-free row, flash-attention varlen"
+        for on_gpu in (
+            False,
+            True,
+        ):  # sdpa switched to per-sequence attention (attention_for): CPU or GPU alike
+            strategy, why = batching.choose(cfg, SEQUENCE_SDPA, on_gpu=on_gpu)
+            assert strategy == "flattened" and why.endswith("sdpa run per sequence (no varlen kernel here)")
     cfg = cfg_of(tmp_path, batch_flattening=True)
-    strategy, why = batching.choose(cfg, "flash_attention_2", on_gpu=True)
-    assert (
-        strategy == "flattened"
-        and why == "4 rows a batch flattened into one padding-free row, flash-attention varlen"
-    )
-    for on_gpu in (False, True):  # sdpa switched to per-sequence attention (attention_for): CPU or GPU alike
-        strategy, why = batching.choose(cfg, SEQUENCE_SDPA, on_gpu=on_gpu)
-        assert strategy == "flattened" and why.endswith("sdpa run per sequence (no varlen kernel here)")
     for attn in ("eager", "sdpa"):  # eager, or an sdpa model that could not switch: rows grouped by length
         strategy, why = batching.choose(cfg, attn, on_gpu=False)
         assert strategy == "group_by_length"
-        assert why.endswith(
-            f"batch_flattening needs flash-attention varlen or sdpa, and this model runs {attn} attention"
-        )
+        want = f"batch_flattening needs flash-attention varlen or sdpa, and this model runs {attn} attention"
+        assert why.endswith(want)
+    # the default yields to what else shapes the batches, and padded batches stay one key away
+    assert batching.choose(cfg_of(tmp_path), "eager", on_gpu=False)[0] == "random"
+    assert (
+        batching.choose(cfg_of(tmp_path, group_by_length=True), SEQUENCE_SDPA, False)[0] == "group_by_length"
+    )
+    assert batching.choose(cfg_of(tmp_path, batch_flattening=False), SEQUENCE_SDPA, False)[0] == "random"
+    assert not batching.flattening(cfg_of(tmp_path, pad_to_sequence_len=True))  # full-length rows asked for
+    assert not batching.flattening(cfg_of(tmp_path, sample_packing=True))
+    assert not batching.flattening(cfg_of(tmp_path).model_copy(update={"rl": "dpo"}))  # TRL pads its pairs
     # sample_packing keeps axolotl's meaning (token-budget steps) and decides when both are set
     both = cfg_of(tmp_path, batch_flattening=True, sample_packing=True)
     assert batching.choose(both, "flash_attention_2", on_gpu=True)[0] == "packed"
     assert batching.choose(both, "sdpa", on_gpu=False)[0] == "length_budget"
-    assert batching.choose(cfg_of(tmp_path), "flash_attention_2", on_gpu=True)[0] == "random"
+    assert (
+        batching.choose(cfg_of(tmp_path, batch_flattening=False), "flash_attention_2", on_gpu=True)[0]
+        == "random"
+    )
 
 
 def test_flash_plan_flattens_micro_batch_size_rows_into_one_row(tmp_path, tiny_model_dir):
@@ -216,7 +229,10 @@ def test_cpu_batches_keep_rows_steps_and_masking_with_less_padding(tmp_path, tin
 def test_batch_flattening_run_on_cpu_flattens_and_trains_as_unpacked(tmp_path, tiny_model_dir, capsys):
     """The same rows in the same order, flattened: the unpacked run's steps and losses, with no padding."""
     results, logs = {}, {}
-    for name, over in [("unpacked", {}), ("flattening", {"batch_flattening": True})]:
+    for name, over in [
+        ("unpacked", {"batch_flattening": False}),
+        ("flattening", {}),
+    ]:  # flattening: the default
         cfg = cfg_of(tmp_path / name, base=tiny_model_dir, **over)
         train.run(cfg)
         results[name] = json.loads((tmp_path / name / "out" / "all_results.json").read_text())

@@ -223,7 +223,7 @@ class DataKeys(StrictModel):
         False,
         description="micro_batch_size rows of similar length a batch (less padding; HF's length-grouped sampler).",
     )
-    batch_flattening: bool = Field(
-        False,
-        description="No padding, and the same optimizer steps as unpacked: micro_batch_size rows a batch, flattened into one padding-free row (position_ids restarting, axolotl's meaning); flash-attention's varlen kernel keeps the rows apart on a GPU, and elsewhere (CPU, sdpa) attention runs per row. With eager attention the rows are grouped by length instead. Unlike sample_packing it keeps rows / micro_batch_size steps an epoch.",
+    batch_flattening: bool | None = Field(
+        None,
+        description="No padding, and the same optimizer steps as unpacked: micro_batch_size rows a batch, flattened into one padding-free row (position_ids restarting, axolotl's meaning); flash-attention's varlen kernel keeps the rows apart on a GPU, and elsewhere (CPU, sdpa) attention runs per row. Unset (the default): on for SFT wherever attention can keep the rows apart and no other key shapes the batches (sample_packing, group_by_length, pad_to_sequence_len). false: rows padded per batch (the hand-written HF script's arithmetic, bit for bit). true with eager attention groups rows by length instead. Unlike sample_packing it keeps rows / micro_batch_size steps an epoch.",
     )

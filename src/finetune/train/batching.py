@@ -39,6 +39,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from finetune import methods
 from finetune.config import Config
 from finetune.data.rows import IGNORE
 from finetune.model.sequence_attention import SEQUENCE_SDPA
@@ -126,11 +127,11 @@ def choose(cfg: Config, attn_implementation: str, on_gpu: bool) -> tuple[str, st
         )
     flash = on_gpu and "flash" in (attn_implementation or "")
     flattened = f"{cfg.micro_batch_size} rows a batch flattened into one padding-free row"
-    if cfg.batch_flattening and flash:
+    if flattening(cfg) and flash:
         return "flattened", f"{flattened}, flash-attention varlen"
-    if cfg.batch_flattening and attn_implementation == SEQUENCE_SDPA:
+    if flattening(cfg) and attn_implementation == SEQUENCE_SDPA:
         return "flattened", f"{flattened}, sdpa run per sequence (no varlen kernel here)"
-    if cfg.batch_flattening:
+    if cfg.batch_flattening:  # asked for, and neither kernel can keep the rows apart
         return "group_by_length", (
             f"{cfg.micro_batch_size} rows of similar length a batch: batch_flattening needs flash-attention "
             f"varlen or sdpa, and this model runs {attn_implementation} attention"
@@ -140,10 +141,21 @@ def choose(cfg: Config, attn_implementation: str, on_gpu: bool) -> tuple[str, st
     return "random", f"{cfg.micro_batch_size} random rows a batch, padded to the longest"
 
 
+def flattening(cfg: Config) -> bool:
+    """Whether this run flattens its batches where attention allows: batch_flattening: true, or unset (the
+    default) for SFT batches that no other key shapes (sample_packing, group_by_length, pad_to_sequence_len).
+    The padded batch's arithmetic (tests) and held-out accuracy on the real model (BENCHMARKS.md), no padding."""
+    if cfg.sample_packing:
+        return False
+    if cfg.batch_flattening is not None:
+        return cfg.batch_flattening
+    return methods.of(cfg).answers and not (cfg.group_by_length or cfg.pad_to_sequence_len)
+
+
 def attention_for(cfg: Config, model, attn_implementation: str) -> str:
-    """The attention the run trains with: batch_flattening without flash-attention switches an sdpa model to
-    sdpa one sequence at a time (`flattened` above); anything else trains as loaded."""
-    if cfg.batch_flattening and not cfg.sample_packing and attn_implementation == "sdpa":
+    """The attention the run trains with: flattening without flash-attention switches an sdpa model to sdpa one
+    sequence at a time (`flattened` above); anything else trains as loaded."""
+    if flattening(cfg) and attn_implementation == "sdpa":
         from finetune.model.sequence_attention import use_sequence_attention
 
         if use_sequence_attention(model):
