@@ -129,7 +129,7 @@ def test_full_fine_tune_is_read_by_generate_push_export_and_refused_by_merge(ful
 
     _, out = full_run
     loaded = generate.load(out, say=lambda m: None)
-    assert loaded.what == "merged"  # the folder is the model
+    assert loaded.what == "fully fine-tuned"  # the folder is the model (not "merged": nothing was merged)
     with pytest.raises(UserError, match="a full fine-tune .*nothing to merge") as exc:
         merge.merge_command(out, tmp_path / "merged")
     assert len(exc.value.problems) == 1 and not (tmp_path / "merged").exists()

@@ -53,7 +53,7 @@ def test_generate_and_eval_read_an_interrupted_full_fine_tune_from_its_newest_ch
     assert not (out / "checkpoint-3").exists()
     said = []
     loaded = generate.load(out, say=said.append)
-    assert loaded.what == "merged" and any("checkpoint-2" in s and "interrupted" in s for s in said)
+    assert loaded.what == "fully fine-tuned" and any("checkpoint-2" in s and "interrupted" in s for s in said)
     saved = state_of(out / "checkpoint-2")
     weights = dict(loaded.model.state_dict())
     assert all(torch.equal(weights[k], v) for k, v in saved.items())  # the checkpoint's trained weights

@@ -37,7 +37,7 @@ class Loaded:
     model: Any
     tokenizer: Any
     run: run_dir.Run
-    what: str  # "adapter", "merged" or "base"
+    what: str  # "adapter", "merged", "fully fine-tuned" or "base"
     dataset_index: int = 0  # which `datasets:` entry's format prompts are built in (--dataset)
 
     @property
@@ -114,7 +114,7 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=prec.torch_dtype)
         if torch.cuda.is_available():
             model = model.to("cuda")
-        what = "merged"
+        what = "merged" if run.cfg.adapter else "fully fine-tuned"  # a full fine-tune's folder is the model
     else:
         # one whole copy on this device: DeepSpeed's placement (ZeRO-3) is for training only
         cfg = run.cfg.model_copy(update={"deepspeed": None})

@@ -42,7 +42,7 @@ from typing import Any
 from finetune import methods
 from finetune.config import Config
 from finetune.data.rows import IGNORE
-from finetune.model.sequence_attention import SEQUENCE_SDPA
+from finetune.model.sequence_attention import SEQUENCE_SDPA, use_sequence_attention
 from finetune.train.token_batches import (  # noqa: F401 - re-exported: batching is the stage's entry
     BATCH_COST_TOKENS,
     TokenBatchSampler,
@@ -155,11 +155,8 @@ def flattening(cfg: Config) -> bool:
 def attention_for(cfg: Config, model, attn_implementation: str) -> str:
     """The attention the run trains with: flattening without flash-attention switches an sdpa model to sdpa one
     sequence at a time (`flattened` above); anything else trains as loaded."""
-    if flattening(cfg) and attn_implementation == "sdpa":
-        from finetune.model.sequence_attention import use_sequence_attention
-
-        if use_sequence_attention(model):
-            return SEQUENCE_SDPA
+    if flattening(cfg) and attn_implementation == "sdpa" and use_sequence_attention(model):
+        return SEQUENCE_SDPA
     return attn_implementation
 
 
