@@ -238,7 +238,7 @@ def test_packing_note_says_when_a_step_holds_far_more_rows_than_unpacked(tmp_pat
     note = trainer_args.packing_note(packed, 1000, trainer_args.schedule(packed, 1000, batches_per_epoch=21))
     assert note == (
         " — sample_packing puts ~48 rows in an optimizer step (16 unpacked); the same config unpacked takes 63 steps"
-        " (batch_flattening: true instead keeps those steps without the padding)"
+        " (without sample_packing, batch_flattening, the default, keeps those steps without the padding)"
     )
     # at most twice the unpacked rows: nothing to say; and never without packing
     assert (

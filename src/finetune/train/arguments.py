@@ -61,8 +61,8 @@ def packing_note(cfg: Config, train_rows: int, sched: Schedule) -> str:
         return ""
     return (
         f" — sample_packing puts ~{per_epoch_rows:.0f} rows in an optimizer step ({unpacked_rows} unpacked); "
-        f"the same config unpacked takes {unpacked.total_steps} steps (batch_flattening: true instead keeps "
-        "those steps without the padding)"
+        f"the same config unpacked takes {unpacked.total_steps} steps (without sample_packing, batch_flattening, "
+        "the default, keeps those steps without the padding)"
     )
 
 
