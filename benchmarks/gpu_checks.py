@@ -211,6 +211,31 @@ def verify_flatten(ctx: Context, outputs: list[str]) -> str:
     return f"{trained_on_gpu(ctx, 'flash-flatten')}; padding {res.get('padding_fraction')}"
 
 
+def plan_sdpa_flatten(ctx: Context):
+    padded = write(
+        ctx,
+        "sdpa-flatten",
+        "padded",
+        batch_flattening=False,
+        output_dir=str(ctx.workdir / "sdpa-flatten" / "padded"),
+    )
+    flattened = write(ctx, "sdpa-flatten")  # the default: flattened, sdpa run per row (no flash_attn needed)
+    return [(padded, []), (flattened, [])], [train(padded), train(flattened)]
+
+
+def verify_sdpa_flatten(ctx: Context, outputs: list[str]) -> str:
+    assert "sdpa run per sequence" in " ".join(outputs[1].split()), (
+        "the default did not flatten with sdpa per row"
+    )
+    res = results(ctx, "sdpa-flatten")
+    assert res.get("batching") == "flattened", f"batching {res.get('batching')}, not flattened"
+    detail = trained_on_gpu(ctx, "sdpa-flatten")
+    padded, flattened = losses(ctx.workdir / "sdpa-flatten" / "padded"), losses(out(ctx, "sdpa-flatten"))
+    worst = max(abs(a - b) for a, b in zip(padded, flattened, strict=True))
+    assert worst <= 2e-2, f"losses differ from padded batches by {worst:.2e} (bf16)"
+    return f"{detail}; padding {res.get('padding_fraction')}; max |loss - padded's| {worst:.1e}"
+
+
 def no_gpu(ctx: Context) -> str | None:
     return None if ctx.gpus else "no CUDA GPU (nvidia-smi lists none)"
 
@@ -292,6 +317,8 @@ CHECKS = [
           single("flash-varlen", sample_packing=True, flash_attention=True), verify_flash, flash_missing),
     Check("flash-flatten", "batch_flattening + flash_attention: micro_batch_size rows flattened, varlen", 90, 20,
           single("flash-flatten", batch_flattening=True, flash_attention=True), verify_flatten, flash_missing),
+    Check("sdpa-flatten", "the default batching on CUDA sdpa: rows flattened, sdpa per row, vs padded", 120, 30,
+          plan_sdpa_flatten, verify_sdpa_flatten),
     Check("grpo", "rl: grpo (examples/grpo.yaml on the tiny model), 3 steps", 120, 30, plan_grpo, verify_grpo),
     Check("fsdp", "FSDP2, FULL_STATE_DICT checkpoints, --resume (one rank per GPU, at most 2)", 180, 60,
           plan_fsdp, verify_fsdp, no_gpu),

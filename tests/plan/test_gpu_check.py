@@ -28,13 +28,13 @@ def test_dry_run_lists_every_check_and_validates_each_config(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     names = [c.name for c in gpu_checks.CHECKS]
-    assert {"qlora-bf16", "fit-check", "liger", "offload", "flash-varlen", "flash-flatten", "fsdp", "grpo", "torch-compile",
+    assert {"qlora-bf16", "fit-check", "liger", "offload", "flash-varlen", "flash-flatten", "sdpa-flatten", "fsdp", "grpo", "torch-compile",
             "plan-accuracy", "8b-qlora", "8b-lora"} == set(names)  # fmt: skip
     for name in names:
         assert f"\n{name} (" in proc.stdout, name
     validated = [line for line in proc.stdout.splitlines() if "config ok:" in line]
-    assert len(validated) == 14  # offload and fsdp use two configs each, every other check one
-    assert f"dry run: {len(names)} checks, 14 configs valid" in proc.stdout
+    assert len(validated) == 16  # offload, sdpa-flatten and fsdp use two configs each, every other check one
+    assert f"dry run: {len(names)} checks, 16 configs valid" in proc.stdout
     # the 8B rows validate the very config gpu_qlora.py trains, and plan_accuracy.py's own config
     assert "check-8b-qlora-none-gctrue-p1.yaml" in proc.stdout and "tiny-b8-s512-4bit-gc.yaml" in proc.stdout
     assert "examples/grpo.yaml --set base_model=" in proc.stdout
