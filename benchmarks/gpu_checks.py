@@ -317,7 +317,7 @@ CHECKS = [
           single("flash-varlen", sample_packing=True, flash_attention=True), verify_flash, flash_missing),
     Check("flash-flatten", "batch_flattening + flash_attention: micro_batch_size rows flattened, varlen", 90, 20,
           single("flash-flatten", batch_flattening=True, flash_attention=True), verify_flatten, flash_missing),
-    Check("sdpa-flatten", "the default batching on CUDA sdpa: rows flattened, sdpa per row, vs padded", 120, 30,
+    Check("sdpa-flatten", "the default batching on CUDA sdpa: rows flattened, sdpa per row, vs padded", 90, 30,
           plan_sdpa_flatten, verify_sdpa_flatten),
     Check("grpo", "rl: grpo (examples/grpo.yaml on the tiny model), 3 steps", 120, 30, plan_grpo, verify_grpo),
     Check("fsdp", "FSDP2, FULL_STATE_DICT checkpoints, --resume (one rank per GPU, at most 2)", 180, 60,
