@@ -163,16 +163,18 @@ def verify_liger(ctx: Context, outputs: list[str]) -> str:
     return trained_on_gpu(ctx, "liger")
 
 
-def plan_offload(ctx: Context):
-    plain = write(
-        ctx,
-        "offload",
-        "plain",
-        gradient_checkpointing=True,
-        output_dir=str(ctx.workdir / "offload" / "plain"),
-    )
-    offload = write(ctx, "offload", gradient_checkpointing="offload")
-    return [(plain, []), (offload, [])], [train(plain), train(offload)]
+def against(name: str, baseline: str, baseline_over: dict, **over):
+    """A check's plan: a baseline config (trained into workdir/name/<baseline>) and the checked one, in turn."""
+
+    def plan(ctx: Context):
+        base = write(ctx, name, baseline, output_dir=str(ctx.workdir / name / baseline), **baseline_over)
+        checked = write(ctx, name, **over)
+        return [(base, []), (checked, [])], [train(base), train(checked)]
+
+    return plan
+
+
+plan_offload = against("offload", "plain", {"gradient_checkpointing": True}, gradient_checkpointing="offload")
 
 
 def verify_offload(ctx: Context, outputs: list[str]) -> str:
@@ -211,16 +213,8 @@ def verify_flatten(ctx: Context, outputs: list[str]) -> str:
     return f"{trained_on_gpu(ctx, 'flash-flatten')}; padding {res.get('padding_fraction')}"
 
 
-def plan_sdpa_flatten(ctx: Context):
-    padded = write(
-        ctx,
-        "sdpa-flatten",
-        "padded",
-        batch_flattening=False,
-        output_dir=str(ctx.workdir / "sdpa-flatten" / "padded"),
-    )
-    flattened = write(ctx, "sdpa-flatten")  # the default: flattened, sdpa run per row (no flash_attn needed)
-    return [(padded, []), (flattened, [])], [train(padded), train(flattened)]
+# the default (flattened, sdpa run per row: no flash_attn needed) against batch_flattening: false
+plan_sdpa_flatten = against("sdpa-flatten", "padded", {"batch_flattening": False})
 
 
 def verify_sdpa_flatten(ctx: Context, outputs: list[str]) -> str:
