@@ -40,12 +40,10 @@ def padded(features: list[dict], pad_id: int) -> dict:
 
 
 def flattened(features: list[dict]) -> dict:
-    from transformers import DataCollatorWithFlattening
+    """The training collator batch_flattening uses (rows joined, position_ids restarting, the row bounds)."""
+    from finetune.train.batching import PackedCollator
 
-    flatten = DataCollatorWithFlattening(
-        return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True
-    )
-    return {**flatten([dict(f) for f in features]), "use_cache": False}
+    return PackedCollator(flash_kwargs=True)([dict(f) for f in features])
 
 
 def loss_and_grads(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
